@@ -1,0 +1,115 @@
+"""Command line: every subcommand is a library function.
+
+    memtrain demo                         SMT->DMT vs BPTT on retrieval, one table (the main job)
+    memtrain train --preset NAME k=v ...  one run of any method (smt | dmt | bptt)
+    memtrain eval RUN_DIR [--lengths ..]  the RNN alone, the teacher, drift, longer sequences
+    memtrain presets                      list presets
+    memtrain config --preset NAME k=v     print the resolved configuration
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _print_summary(s: dict) -> None:
+    print(json.dumps({k: v for k, v in s.items() if k != "drift"}, indent=1))
+
+
+def cmd_train(args) -> None:
+    from .presets import preset_config
+    from .train import train
+
+    cfg = preset_config(args.preset, args.overrides)
+    _print_summary(train(cfg, progress=not args.quiet))
+
+
+def cmd_eval(args) -> None:
+    from .evaluate import drift_at
+    from .run import evaluate_run
+
+    for row in evaluate_run(args.run, lengths=args.lengths, batch_size=args.batch, seed=args.seed):
+        drift = row.pop("drift", None)
+        if drift:
+            row.update(drift_at(drift))
+        print(json.dumps(row))
+
+
+def cmd_demo(args) -> None:
+    from .compare import compare, format_table
+
+    overrides = [f'task_args={{"length": {args.length}}}', f"cell.kind={args.cell}", f"train.seed={args.seed}"]
+    if args.threads:
+        overrides.append(f"train.threads={args.threads}")
+    rows = compare(args.out, overrides + args.overrides, smt_steps=args.smt_steps, dmt_steps=args.dmt_steps,
+                   progress=not args.quiet)
+    print()
+    print(f"retrieval, T={args.length}, cell={args.cell}: accuracy of the RNN running alone from its initial memory")
+    print(format_table(rows))
+    print(f"runs and metrics in {args.out}/")
+
+
+def cmd_presets(args) -> None:
+    from .presets import PRESETS
+
+    for name, (desc, _) in PRESETS.items():
+        print(f"{name:16s} {desc}")
+
+
+def cmd_config(args) -> None:
+    from .config import to_dict
+    from .presets import preset_config
+
+    print(json.dumps(to_dict(preset_config(args.preset, args.overrides)), indent=1))
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="memtrain", description="Train RNNs without backpropagation through time (SMT/DMT) and compare with BPTT.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train one run (smt, dmt or bptt)")
+    t.add_argument("--preset", default=None, help="start from a preset (see `memtrain presets`)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("overrides", nargs="*", help="settings as key=value, e.g. method=bptt cell.kind=gru train.steps=200 out_dir=runs/x")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a finished run")
+    e.add_argument("run", help="run directory (holds run.json and model.safetensors)")
+    e.add_argument("--lengths", type=int, nargs="*", default=None, help="sequence lengths (default: T, 2T, 4T)")
+    e.add_argument("--batch", type=int, default=256)
+    e.add_argument("--seed", type=int, default=1234)
+    e.set_defaults(func=cmd_eval)
+
+    d = sub.add_parser("demo", help="the main job: SMT->DMT vs BPTT on retrieval, one table")
+    d.add_argument("--length", type=int, default=64)
+    d.add_argument("--cell", default="mlp")
+    d.add_argument("--smt-steps", type=int, default=1000)
+    d.add_argument("--dmt-steps", type=int, default=200)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=int, default=0)
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--quiet", action="store_true")
+    d.add_argument("overrides", nargs="*", help="extra settings applied to every stage")
+    d.set_defaults(func=cmd_demo)
+
+    sub.add_parser("presets", help="list presets").set_defaults(func=cmd_presets)
+    c = sub.add_parser("config", help="print the resolved configuration")
+    c.add_argument("--preset", default=None)
+    c.add_argument("overrides", nargs="*")
+    c.set_defaults(func=cmd_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ValueError as e:
+        print(f"memtrain: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""The main job: SMT -> DMT and BPTT on the same cell and task, BPTT given the same wall-clock,
+then one table. `memtrain demo` runs it on the embedded default (retrieval, no download)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .config import RunConfig, apply_overrides, to_dict
+from .presets import PRESETS
+from .train import train
+
+DEMO_DEFAULTS = dict(length=64, smt_steps=1000, dmt_steps=200, cell="mlp", seed=0)
+
+
+def compare(out_dir: str, overrides: list[str] = (), smt_steps: int = 1000, dmt_steps: int = 200,
+            bptt_seconds: float | None = None, progress: bool = True, log=print) -> list[dict]:
+    """Train SMT, then DMT from it, then BPTT for the same total wall-clock (unless bptt_seconds is
+    given); return one summary row per stage and write them to out_dir/compare.json."""
+    out = Path(out_dir)
+    base = list(PRESETS["retrieval-smt"][1]) + list(overrides)
+    smt_cfg = apply_overrides(RunConfig(), base + [f"train.steps={smt_steps}", f"out_dir={out / 'smt'}", "method=smt"])
+    log(f"[1/3] SMT: teacher + cell jointly, {smt_steps} steps")
+    smt = train(smt_cfg, progress=progress)
+    log(f"[2/3] DMT from the SMT run, {dmt_steps} steps")
+    dmt_cfg = apply_overrides(smt_cfg, [f"method=dmt", f"train.steps={dmt_steps}", f"init_from={out / 'smt'}",
+                                        f"out_dir={out / 'dmt'}", "train.lr=0.0003", "train.warmup=0"])
+    dmt = train(dmt_cfg, progress=progress)
+    budget = bptt_seconds if bptt_seconds is not None else smt["train_seconds"] + dmt["train_seconds"]
+    log(f"[3/3] BPTT on the same cell for the same wall-clock ({budget:.0f} s)")
+    bptt_cfg = apply_overrides(smt_cfg, ["method=bptt", "train.steps=1000000", f"train.time_limit={budget}",
+                                         f"out_dir={out / 'bptt'}"])
+    bptt = train(bptt_cfg, progress=progress)
+    rows = [
+        {"method": "SMT (RNN after SMT)", **_row(smt)},
+        {"method": "SMT -> DMT", **_row(dmt, extra_seconds=smt["train_seconds"], extra_steps=smt["steps"])},
+        {"method": "BPTT", **_row(bptt)},
+    ]
+    (out / "compare.json").write_text(json.dumps({"rows": rows, "config": to_dict(smt_cfg)}, indent=1))
+    return rows
+
+
+def _row(s: dict, extra_seconds: float = 0.0, extra_steps: int = 0) -> dict:
+    return {"rnn_acc": s["rnn_acc"], "teacher_acc": s.get("teacher_acc"),
+            "seconds": round(s["train_seconds"] + extra_seconds, 1), "updates": s["steps"] + extra_steps,
+            "sequential_steps": s["sequential_steps"], "drift_end": s["drift"][-1] if s.get("drift") else None}
+
+
+def format_table(rows: list[dict]) -> str:
+    head = "| method | RNN alone acc | teacher acc | wall-clock (s) | updates | sequential cell steps / update |"
+    lines = [head, "|---|---|---|---|---|---|"]
+    for r in rows:
+        t = "-" if r["teacher_acc"] is None else f"{r['teacher_acc']:.3f}"
+        lines.append(f"| {r['method']} | {r['rnn_acc']:.3f} | {t} | {r['seconds']:.0f} | {r['updates']} | {r['sequential_steps']} |")
+    return "\n".join(lines)

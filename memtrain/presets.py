@@ -1,0 +1,27 @@
+"""Presets are data: a name, a line of description, and dotted overrides on `RunConfig()`."""
+from __future__ import annotations
+
+from .config import RunConfig, apply_overrides
+
+# Teacher: width 64, 4 heads, 2 encoder layers, 1 decoder layer, K=4 memory tokens (Z=256),
+# one-pass causal encoder. Cell: residual MLP. See EXPERIMENTS.md for how these were chosen.
+_SMALL = ["teacher.d_model=64", "teacher.mem_tokens=4", "teacher.n_heads=4", "teacher.encoder_depth=2",
+          "teacher.decoder_depth=1", "cell.d_mem=64", "cell.mem_tokens=4", "cell.n_heads=4", "cell.readout_depth=1"]
+
+PRESETS: dict[str, tuple[str, list[str]]] = {
+    "retrieval-smt": ("SMT on retrieval, T=64, CPU-sized", _SMALL + ["method=smt", "task=retrieval", 'task_args={"length": 64}']),
+    "retrieval-bptt": ("BPTT on retrieval, T=64, same cell", _SMALL + ["method=bptt", "task=retrieval", 'task_args={"length": 64}']),
+    "tiny": ("a few seconds on a CPU: for smoke tests", [
+        "teacher.d_model=16", "teacher.mem_tokens=2", "teacher.n_heads=2", "teacher.encoder_depth=1", "teacher.decoder_depth=1",
+        "cell.d_mem=16", "cell.mem_tokens=2", "cell.n_heads=2", "cell.readout_depth=1", "cell.depth=1",
+        'task_args={"length": 12}', "smt.future=8", "smt.dec_samples=4", "smt.unif_samples=16",
+        "train.steps=5", "train.eval_every=5", "train.eval_batch=16", "train.batch_size=4", "train.warmup=0"]),
+}
+
+
+def preset_config(name: str | None, overrides: list[str] = ()) -> RunConfig:
+    if name is None:
+        return apply_overrides(RunConfig(), list(overrides))
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; presets: {sorted(PRESETS)}")
+    return apply_overrides(RunConfig(), PRESETS[name][1] + list(overrides))

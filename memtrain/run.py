@@ -1,0 +1,37 @@
+"""Loading a finished run back: the config, the teacher (if any) and the cell, ready to evaluate."""
+from __future__ import annotations
+
+import torch
+
+from .cells import build_cell
+from .checkpoint import load_module, read_run
+from .config import RunConfig, from_dict
+from .evaluate import evaluate
+from .tasks import build_task, sample_eval
+from .teacher import Teacher
+
+
+def load_run(run_dir: str, device: str = "cpu"):
+    """-> (config, task, teacher or None, cell), weights loaded, in eval mode."""
+    meta, tensors = read_run(run_dir)
+    cfg = from_dict(RunConfig, meta["config"])
+    task = build_task(cfg.task, **cfg.task_args)
+    cell = build_cell(cfg.cell)
+    load_module(cell, tensors, "cell", run_dir)
+    teacher = None
+    if "teacher" in meta["modules"]:
+        teacher = Teacher(cfg.teacher)
+        load_module(teacher, tensors, "teacher", run_dir)
+        teacher.to(device).eval()
+    return cfg, task, teacher, cell.to(device).eval()
+
+
+def evaluate_run(run_dir: str, lengths=None, batch_size: int = 256, seed: int = 1234) -> list[dict]:
+    """Evaluate at the training length and (by default) 2T and 4T: length generalisation."""
+    cfg, task, teacher, cell = load_run(run_dir)
+    T = task.length
+    rows = []
+    for L in lengths or [T, 2 * T, 4 * T]:
+        x, y = sample_eval(task, batch_size, torch.Generator().manual_seed(seed), length=L)
+        rows.append({"length": L, **evaluate(cell, teacher, x, y)})
+    return rows
