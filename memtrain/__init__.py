@@ -9,7 +9,7 @@ from .rollout import rollout
 from .smt import SMT, SMTConfig
 from .tasks import TASKS, build_task
 from .teacher import Teacher, TeacherConfig
-from .train import build, train
+from .trainer import build, train
 
 __version__ = "0.1.0"
 __all__ = ["BPTT", "BPTTConfig", "CELLS", "Cell", "CellConfig", "adopt_teacher", "build_cell", "RunConfig",

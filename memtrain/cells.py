@@ -43,7 +43,9 @@ class CellConfig:
     def validate(self) -> None:
         if self.kind not in CELLS:
             raise ValueError(f"cell.kind must be one of {sorted(CELLS)}, got {self.kind!r}")
-        for name in ("vocab_size", "mem_tokens", "d_mem", "hidden_mult", "depth", "n_heads", "readout_depth"):
+        if self.vocab_size < 0:
+            raise ValueError(f"cell.vocab_size must be >= 1 (or 0: from the task), got {self.vocab_size}")
+        for name in ("mem_tokens", "d_mem", "hidden_mult", "depth", "n_heads", "readout_depth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"cell.{name} must be >= 1, got {getattr(self, name)}")
         if self.kind == "lstm" and self.mem_tokens % 2:
@@ -58,9 +60,13 @@ class Cell(nn.Module):
     def __init__(self, cfg: CellConfig):
         super().__init__()
         cfg.validate()
+        if cfg.vocab_size < 1:
+            raise ValueError("cell.vocab_size must be set (>= 1) to build a cell")
         self.cfg = cfg
         self.K, self.D, self.Z = cfg.mem_tokens, cfg.d_mem, cfg.mem_size
-        self.m_init = nn.Parameter(torch.zeros(self.Z))
+        # learned start memory: a random point where normalised memories live (zeros without norm)
+        m_init = rms_normalize(torch.randn(self.Z), self.D) if cfg.norm_memory else torch.zeros(self.Z)
+        self.m_init = nn.Parameter(m_init)
         self.head = MemoryDecoder(self.D, cfg.n_heads, cfg.readout_depth, cfg.vocab_size)
 
     def init_memory(self, batch_size: int) -> torch.Tensor:

@@ -51,8 +51,6 @@ def read_run(run_dir: str | Path) -> tuple[dict, dict]:
     d = Path(run_dir)
     if not d.is_dir():
         raise ValueError(f"checkpoint {str(d)!r} is not a directory")
-    if any(d.glob("*.pt")) or any(d.glob("*.pkl")):
-        pass  # pickles are simply never opened
     meta_path, weights_path = d / META, d / WEIGHTS
     if not meta_path.is_file() or not weights_path.is_file():
         raise ValueError(f"checkpoint {str(d)!r} needs {META} and {WEIGHTS} (memtrain never loads pickles)")
@@ -64,6 +62,8 @@ def read_run(run_dir: str | Path) -> tuple[dict, dict]:
         raise ValueError(f"checkpoint {str(d)!r} is not a memtrain run (format {meta.get('format') if isinstance(meta, dict) else None!r})")
     if meta.get("version") != VERSION:
         raise ValueError(f"checkpoint {str(d)!r} has format version {meta.get('version')!r}; this memtrain reads version {VERSION}")
+    if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("modules"), list):
+        raise ValueError(f"checkpoint {str(d)!r}: {META} lacks its 'config' or 'modules' entry")
     try:
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as e:

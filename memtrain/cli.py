@@ -19,7 +19,7 @@ def _print_summary(s: dict) -> None:
 
 def cmd_train(args) -> None:
     from .presets import preset_config
-    from .train import train
+    from .trainer import train
 
     cfg = preset_config(args.preset, args.overrides)
     _print_summary(train(cfg, progress=not args.quiet))
@@ -102,7 +102,14 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args, extra = parser.parse_known_args(argv)
+    # settings may come after flags too: `train --preset tiny --quiet train.steps=3`
+    stray = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     try:
         args.func(args)
     except ValueError as e:

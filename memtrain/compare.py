@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .config import RunConfig, apply_overrides, to_dict
 from .presets import PRESETS
-from .train import train
+from .trainer import train
 
 DEMO_DEFAULTS = dict(length=64, smt_steps=1000, dmt_steps=200, cell="mlp", seed=0)
 

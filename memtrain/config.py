@@ -75,7 +75,7 @@ def to_dict(cfg) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-def _coerce(value, tp, key: str):
+def coerce(value, tp, key: str):
     """Check and convert a plain value to a field's annotated type."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -87,14 +87,14 @@ def _coerce(value, tp, key: str):
             if a is type(None):
                 continue
             try:
-                return _coerce(value, a, key)
+                return coerce(value, a, key)
             except ValueError as e:
                 errors.append(str(e))
         raise ValueError(errors[0] if errors else f"{key}: bad value {value!r}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(typing.get_args(tp)):
             raise ValueError(f"{key} must be a list of {len(typing.get_args(tp))} numbers, got {value!r}")
-        return tuple(_coerce(v, a, key) for v, a in zip(value, typing.get_args(tp)))
+        return tuple(coerce(v, a, key) for v, a in zip(value, typing.get_args(tp)))
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -108,6 +108,8 @@ def _coerce(value, tp, key: str):
             raise ValueError(f"{key} must be a number, got {value!r}")
         return float(value)
     if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # key=123 on the command line parses as a number; keep it as text
         if not isinstance(value, str):
             raise ValueError(f"{key} must be a string, got {value!r}")
         return value
@@ -121,7 +123,7 @@ def _coerce(value, tp, key: str):
 def from_dict(cls, data: dict, prefix: str = ""):
     """Build a dataclass from plain values, refusing unknown keys and wrong types."""
     if not isinstance(data, dict):
-        raise ValueError(f"{prefix or 'config'} must be a mapping, got {type(data).__name__}")
+        raise ValueError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
@@ -133,7 +135,7 @@ def from_dict(cls, data: dict, prefix: str = ""):
         if dataclasses.is_dataclass(tp):
             kwargs[k] = from_dict(tp, v, prefix + k + ".")
         else:
-            kwargs[k] = _coerce(v, tp, prefix + k)
+            kwargs[k] = coerce(v, tp, prefix + k)
     return cls(**kwargs)
 
 

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .cells import Cell, check_compatible
-from .losses import readout_ce
+from .losses import readout_ce, upcast
 from .rollout import rollout
 from .teacher import Teacher
 
@@ -58,7 +58,7 @@ def dmt_loss(teacher: Teacher, cell: Cell, x, y, cfg: DMTConfig, s0: torch.Tenso
     sel = torch.arange(cfg.every, Td + 1, cfg.every, device=x.device)
     if len(sel) == 0:
         raise ValueError(f"dmt.every={cfg.every} is longer than the rollout ({Td} steps)")
-    drift = (m_hat[:, sel].float() - M_tgt[:, sel].float()).pow(2).mean(-1)  # (B, n)
+    drift = (upcast(m_hat[:, sel]) - upcast(M_tgt[:, sel])).pow(2).mean(-1)  # (B, n)
     loss_dyn = drift.mean()
     m_read = m_hat[:, 1:].detach() if cfg.readout_on_detached else m_hat[:, 1:]
     loss_readout = readout_ce(cell.readout, m_read, y_roll)

@@ -5,25 +5,24 @@ import torch
 import torch.nn.functional as F
 
 
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """Half-precision values (bf16 autocast) to float32 for losses; float32/float64 unchanged."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def masked_ce(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy over positions with y >= 0. logits (..., V), y (...), optional weight (...).
     Returns 0 (with a gradient path) when nothing is supervised."""
     mask = (y >= 0).to(logits.dtype)
     if weight is not None:
         mask = mask * weight
-    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.clamp(min=0).reshape(-1), reduction="none")
+    ce = F.cross_entropy(upcast(logits.reshape(-1, logits.shape[-1])), y.clamp(min=0).reshape(-1), reduction="none")
     return (ce * mask.reshape(-1)).sum() / mask.sum().clamp(min=1e-12)
-
-
-def masked_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
-    """(correct, counted) over positions with y >= 0."""
-    mask = y >= 0
-    return int(((logits.argmax(-1) == y) & mask).sum()), int(mask.sum())
 
 
 def uniformity(tokens: torch.Tensor, t: float = 2.0) -> torch.Tensor:
     """Wang & Isola (2020): log mean_{a != b} exp(-t ||a - b||^2) over unit-normalised rows (N, D)."""
-    z = F.normalize(tokens.float(), dim=-1)
+    z = F.normalize(upcast(tokens), dim=-1)
     return torch.pdist(z).pow(2).mul(-t).exp().mean().log()
 
 
@@ -33,4 +32,4 @@ def readout_ce(readout, memories: torch.Tensor, y: torch.Tensor) -> torch.Tensor
     mask = y >= 0
     if not bool(mask.any()):
         return memories.sum() * 0.0
-    return F.cross_entropy(readout(memories[mask]).float(), y[mask])
+    return F.cross_entropy(upcast(readout(memories[mask])), y[mask])

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .cells import Cell, adopt_teacher, check_compatible
-from .losses import masked_ce, uniformity
+from .losses import masked_ce, uniformity, upcast
 from .teacher import Teacher
 
 
@@ -107,7 +107,7 @@ def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_po
     if not cfg.dyn_trains_teacher:
         m_now, m_next = m_now.detach(), m_next.detach()
     pred = cell.update(m_now.reshape(-1, Z), x_in.reshape(-1))  # (B*R, Z)
-    loss_dyn = F.mse_loss(pred.float(), m_next.reshape(-1, Z).float())
+    loss_dyn = F.mse_loss(upcast(pred), upcast(m_next.reshape(-1, Z)))
 
     # uniformity over sampled memory tokens
     loss_unif = uniformity(M.reshape(-1, D)[unif_idx])

@@ -7,6 +7,8 @@ Example (retrieval, length 10, 4 symbols; 0 marks the needle and asks for it at 
 """
 from __future__ import annotations
 
+import typing
+import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -36,7 +38,7 @@ class Retrieval:
         return self.n_symbols + 1
 
     def sample(self, batch_size, gen=None, length=None):
-        T = length or self.length
+        T = self.length if length is None else length
         _check_length("retrieval", T, 4)
         B = batch_size
         x = _rand_ints(1, self.n_symbols + 1, (B, T), gen)
@@ -65,7 +67,7 @@ class Copy:
         return self.n_symbols + 1
 
     def sample(self, batch_size, gen=None, length=None):
-        T = length or self.length
+        T = self.length if length is None else length
         _check_length("copy", T, 3)
         L = (T - 1) // 2
         s = _rand_ints(1, self.n_symbols + 1, (batch_size, L), gen)
@@ -92,7 +94,7 @@ class Stack:
         return self.n_symbols + 1
 
     def sample(self, batch_size, gen=None, length=None):
-        T = length or self.length
+        T = self.length if length is None else length
         _check_length("stack", T, 1)
         B = batch_size
         stack = torch.zeros(B, self.max_depth, dtype=torch.long)
@@ -125,7 +127,7 @@ class KeyValue:
         return 1 + self.n_keys + self.n_values
 
     def sample(self, batch_size, gen=None, length=None):
-        T = length or self.length
+        T = self.length if length is None else length
         _check_length("kv", T, 3)
         n = (T - 1) // 2
         if n > self.n_keys:
@@ -157,7 +159,7 @@ class ModularICL:
         return self.modulus
 
     def sample(self, batch_size, gen=None, length=None):
-        T = length or self.length
+        T = self.length if length is None else length
         _check_length("icl", T, 2)
         B, p = batch_size, self.modulus
         hi = max(1, int(round(self.difficulty * p)))
@@ -182,7 +184,7 @@ class Parity:
         return 2
 
     def sample(self, batch_size, gen=None, length=None):
-        T = length or self.length
+        T = self.length if length is None else length
         _check_length("parity", T, 1)
         x = _rand_ints(0, 2, (batch_size, T), gen)
         y = x.cumsum(1) % 2
@@ -226,13 +228,15 @@ class TokenFile:
                 raise ValueError(f"task 'tokens': {name} holds no tokens")
             if arr.min() < 0 or arr.max() >= self.vocab:
                 raise ValueError(f"task 'tokens': {name} has token ids in [{arr.min()}, {arr.max()}], outside vocab={self.vocab}")
+            if len(arr) < self.length + 1:
+                raise ValueError(f"task 'tokens': {name} holds {len(arr)} tokens, fewer than length+1={self.length + 1}")
 
     @property
     def vocab_size(self) -> int:
         return self.vocab
 
     def sample(self, batch_size, gen=None, length=None, split="train"):
-        T = length or self.length
+        T = self.length if length is None else length
         data = self._train if split == "train" else self._eval
         if len(data) < T + 1:
             raise ValueError(f"task 'tokens': the {split} split has {len(data)} tokens, fewer than length+1={T + 1}")
@@ -273,11 +277,14 @@ class NpzTask:
         if not p.is_file():
             raise ValueError(f"task 'npz': {name}={path!r} does not exist")
         try:
-            with np.load(p, allow_pickle=False) as f:
+            f = np.load(p, allow_pickle=False)
+            if not isinstance(f, np.lib.npyio.NpzFile):
+                raise ValueError(f"task 'npz': {name}={path!r} is a single array, not an .npz archive with 'x' and 'y'")
+            with f:
                 if "x" not in f or "y" not in f:
                     raise ValueError(f"task 'npz': {name}={path!r} must hold arrays 'x' and 'y', has {sorted(f.keys())}")
                 x, y = f["x"], f["y"]
-        except (OSError, ValueError, EOFError) as e:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
             if "task 'npz'" in str(e):
                 raise
             raise ValueError(f"task 'npz': {name}={path!r} is not a readable .npz file ({e})") from None
@@ -299,7 +306,7 @@ class NpzTask:
         return self.vocab
 
     def sample(self, batch_size, gen=None, length=None, split="train"):
-        T = length or self.length
+        T = self.length if length is None else length
         x, y = self._train if split == "train" else self._eval
         if T > x.shape[1]:
             raise ValueError(f"task 'npz': asked for length {T} but sequences have T={x.shape[1]}")
@@ -322,12 +329,14 @@ TASKS: dict[str, type] = {
 def build_task(name: str, **params):
     if name not in TASKS:
         raise ValueError(f"task must be one of {sorted(TASKS)}, got {name!r}")
+    from .config import coerce
+
     cls = TASKS[name]
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(params) - known)
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(params) - set(hints))
     if unknown:
-        raise ValueError(f"task '{name}' has no parameter(s) {unknown}; it takes {sorted(known)}")
-    return cls(**params)
+        raise ValueError(f"task '{name}' has no parameter(s) {unknown}; it takes {sorted(f.name for f in fields(cls))}")
+    return cls(**{k: coerce(v, hints[k], f"task_args.{k}") for k, v in params.items()})
 
 
 def sample_eval(task, batch_size, gen, length=None):

@@ -51,7 +51,9 @@ class TeacherConfig:
             raise ValueError(f"teacher.encoder must be one of {ENCODERS}, got {self.encoder!r}")
         if self.encoder == "window" and not self.window:
             raise ValueError("teacher.encoder='window' needs teacher.window (Tc) to be set")
-        for name in ("vocab_size", "mem_tokens", "d_model", "n_heads", "encoder_depth", "decoder_depth"):
+        if self.vocab_size < 0:
+            raise ValueError(f"teacher.vocab_size must be >= 1 (or 0: from the task), got {self.vocab_size}")
+        for name in ("mem_tokens", "d_model", "n_heads", "encoder_depth", "decoder_depth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"teacher.{name} must be >= 1, got {getattr(self, name)}")
         if self.window is not None and self.window < 1:
@@ -104,6 +106,8 @@ class Teacher(nn.Module):
     def __init__(self, cfg: TeacherConfig):
         super().__init__()
         cfg.validate()
+        if cfg.vocab_size < 1:
+            raise ValueError("teacher.vocab_size must be set (>= 1) to build a teacher")
         self.cfg = cfg
         D, K = cfg.d_model, cfg.mem_tokens
         self.embed = nn.Embedding(cfg.vocab_size, D)

@@ -28,6 +28,8 @@ def pick_device(name: str) -> torch.device:
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("train.device='cuda' but no CUDA device is available")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("train.device='mps' but no MPS device is available")
     return torch.device(name)
 
 
@@ -51,16 +53,16 @@ def sequential_steps(cfg: RunConfig, T: int) -> int:
 
 def build(cfg: RunConfig):
     """Validate everything, then build task, teacher, cell and method (loading `init_from`)."""
-    if cfg.method not in ("smt", "dmt", "bptt"):
-        cfg.validate()  # names the bad method before any work
+    cfg.validate()
     task = build_task(cfg.task, **cfg.task_args)
     V = task.vocab_size
     for part, name in ((cfg.teacher, "teacher"), (cfg.cell, "cell")):
-        if part.vocab_size == 0:
-            part.vocab_size = V
-        if part.vocab_size < V:
+        if 0 < part.vocab_size < V:
             raise ValueError(f"{name}.vocab_size={part.vocab_size} but task '{cfg.task}' uses token ids up to {V - 1} (vocab {V})")
-    cfg.validate()
+    chosen = cfg.teacher.vocab_size or cfg.cell.vocab_size or V  # 0 means "as the task / the other"
+    cfg.teacher.vocab_size = cfg.teacher.vocab_size or chosen
+    cfg.cell.vocab_size = cfg.cell.vocab_size or chosen
+    pick_device(cfg.train.device)
     T = task.length
     if cfg.method == "dmt" and cfg.dmt.rollout is not None and cfg.dmt.rollout > T:
         raise ValueError(f"dmt.rollout={cfg.dmt.rollout} needs sequences at least that long; task length is {T}")

@@ -1,0 +1,310 @@
+"""SMT throughput: memory-transition labels per second, authors' `forward_smt` vs memtrain's `SMT`.
+
+One "update" = forward + backward + gradient clipping + AdamW step, as in each codebase's training loop
+(the authors clip the RNN and the teacher separately, memtrain clips all trainable parameters at once).
+A "label" is one supervised memory transition (m_t, x_{t+1}) -> m_{t+1} in the dynamics loss:
+
+- authors: `forward_smt` trains ONE transition per sequence (encode the context x_0..x_{Tc-1} and the
+  shifted context x_1..x_Tc, one RNN step), so labels/update = B. Their sequence is T = Tc + Tf.
+- memtrain: `SMT.loss` encodes every prefix of the sequence in one pass and trains every transition,
+  so labels/update = B * T (or B * smt.dyn_samples). Its sequence is T = Tc, with smt.future = Tf.
+
+Setting (the brief's): memory-token cell, d=64, K=4 memory tokens (Z=256), teacher encoder depth 2,
+RNN depth 2, decoder depth 1, 4 heads, context Tc=128, future Tf=32, batch 32, vocabulary 9
+(retrieval-like random tokens; the speed does not depend on the data). float32.
+
+The authors' code is NOT part of this repository and is never copied into it: the script imports their
+`model.py` from a folder given with --authors-src (default third_party/smt/src, ignored by git):
+
+    git clone https://github.com/akarshkumar0101/smt third_party/smt
+    pip install x-transformers einops          # their model.py needs these; memtrain does not
+
+Without it the script says so and measures memtrain alone.
+
+    python benchmarks/smt_throughput.py [--threads 2] [--repeats 5] [--out smt_throughput.json]
+
+Methods are timed in interleaved blocks (every repeat runs each method once, in a rotating order),
+so a busy machine slows all of them alike and the ratio stays meaningful even when the absolute
+numbers do not.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from memtrain import build, build_task
+from memtrain.presets import preset_config
+
+B, D, K, HEADS, ENC_DEPTH, RNN_DEPTH, DEC_DEPTH, TC, TF, N_SYMBOLS = 32, 64, 4, 4, 2, 2, 1, 128, 32, 8
+VOCAB = N_SYMBOLS + 1
+
+
+def load_authors(src: str):
+    """Import the authors' model.py from `src`; returns the module, or None with a printed reason."""
+    path = Path(src) / "model.py"
+    if not path.is_file():
+        print(f"[authors] {path} not found: measuring memtrain alone. To compare, get the authors' code with\n"
+              f"    git clone https://github.com/akarshkumar0101/smt third_party/smt\n"
+              f"and pass --authors-src third_party/smt/src (the default).\n")
+        return None
+    spec = importlib.util.spec_from_file_location("smt_authors_model", path)
+    mod = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(mod)
+    except ImportError as e:
+        print(f"[authors] could not import {path}: {e}\n    their model.py needs: pip install x-transformers einops\n"
+              f"measuring memtrain alone.\n")
+        return None
+    return mod
+
+
+def make_batch(length: int, gen: torch.Generator):
+    """Retrieval-like tokens (marker 0 before a needle, 0 at the end asks for it), with dense
+    next-token targets so that every method's masked losses are well defined (the authors' decoder
+    loss is 0/0 if its Tf targets are all unsupervised). Returns x, y (B, length) int64."""
+    x, y_ret = build_task("retrieval", length=length, n_symbols=N_SYMBOLS).sample(B, gen)
+    y = torch.cat([x[:, 1:], y_ret[:, -1:]], dim=1)
+    return x, y
+
+
+def n_params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+class Runner:
+    """One method: a fixed batch, an optimizer, and `update()` (one training update)."""
+
+    def __init__(self, name, labels, params, loss_fn, clip_groups, device):
+        self.name, self.labels, self.params, self.loss_fn = name, labels, params, loss_fn
+        self.clip_groups, self.device = clip_groups, device
+        self.opt = torch.optim.AdamW(params, lr=3e-4, betas=(0.9, 0.95), weight_decay=0.01)
+        self.times: list[float] = []  # seconds per update, one entry per timed block
+        self.iters = 1  # updates per timed block (calibrated after warmup)
+
+    def update(self):
+        loss = self.loss_fn()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for group in self.clip_groups:
+            torch.nn.utils.clip_grad_norm_(group, 1.0)
+        self.opt.step()
+        return loss
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def block(self, n: int) -> float:
+        self.sync()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            self.update()
+        self.sync()
+        return (time.perf_counter() - t0) / n
+
+    def trained_params(self) -> int:
+        """Parameters that actually receive a gradient in one update (after `update`)."""
+        return sum(p.numel() for p in self.params if p.grad is not None)
+
+
+def authors_runner(am, device, gen, dim_head: int | None = None) -> tuple[Runner, dict]:
+    """The authors' Teacher, RNN and forward_smt. x_transformers gives every attention head width 64 by
+    default (attn_dim_head), so at d=64 with 4 heads their attention is 256 wide (ours: 64). With
+    `dim_head` set, their classes are built with `attn_dim_head=dim_head` passed to x_transformers'
+    Encoder/Decoder (their code is not changed; only the constructor they look up is wrapped while
+    building), which makes the sizes match memtrain's."""
+    name = "authors forward_smt" if dim_head is None else f"authors forward_smt, attn_dim_head={dim_head}"
+    saved = am.Encoder, am.Decoder
+    if dim_head is not None:
+        try:  # x_transformers warns (via loguru) that rotary dims < 32 are small for language models
+            from loguru import logger
+            logger.disable("x_transformers")
+        except ImportError:
+            pass
+        am.Encoder = functools.partial(saved[0], attn_dim_head=dim_head)
+        am.Decoder = functools.partial(saved[1], attn_dim_head=dim_head)
+    try:
+        teacher, rnn, tcfg, scfg = _build_authors(am, device)
+    finally:
+        am.Encoder, am.Decoder = saved
+    x, y = make_batch(TC + TF, gen)
+    batch = {"x": x.to(device), "y": y.to(device)}
+    params = list(rnn.parameters()) + list(teacher.parameters())  # as train_smt.py (hot_rnn, hot_teacher)
+    r = Runner(name, B, params, lambda: am.forward_smt(rnn, teacher, batch, scfg)["loss"],
+               [list(rnn.parameters()), list(teacher.parameters())], device)
+    sizes = {"teacher": n_params(teacher), "rnn": n_params(rnn), "rnn_update_only": n_params(rnn.embed) + n_params(rnn.rnn),
+             "optimizer": sum(p.numel() for p in params), "T": TC + TF, "Tc": TC, "Tf": TF,
+             "attn_dim_head": dim_head or "x_transformers default (64)"}
+    return r, sizes
+
+
+def _build_authors(am, device):
+    tcfg = am.TeacherConfig(vocab_size=VOCAB, mem_size=K * D, mem_tokens=K, d_model=D, encoder_depth=ENC_DEPTH,
+                            decoder_depth=DEC_DEPTH, n_heads=HEADS)
+    rcfg = am.RNNConfig(vocab_size=VOCAB, mem_size=K * D, mem_tokens=K, d_model=D, rnn_depth=RNN_DEPTH,
+                        decoder_depth=DEC_DEPTH, n_heads=HEADS)
+    scfg = am.SMTConfig(T=TC + TF, Tc=TC, Tf=TF)  # their defaults otherwise (coefs, hot_rnn, hot_teacher)
+    teacher, rnn = am.Teacher(tcfg).to(device), am.RNN(rcfg).to(device)
+    teacher.train(), rnn.train()
+    return teacher, rnn, tcfg, scfg
+
+
+def memtrain_runner(name, dec_samples, dyn_samples, device, gen) -> tuple[Runner, dict]:
+    over = ["method=smt", f'task_args={{"length": {TC}, "n_symbols": {N_SYMBOLS}}}', f"train.batch_size={B}",
+            "cell.kind=memtok", f"cell.depth={RNN_DEPTH}", f"cell.d_mem={D}", f"cell.mem_tokens={K}", f"cell.n_heads={HEADS}",
+            f"cell.readout_depth={DEC_DEPTH}", f"teacher.d_model={D}", f"teacher.mem_tokens={K}", f"teacher.n_heads={HEADS}",
+            f"teacher.encoder_depth={ENC_DEPTH}", f"teacher.decoder_depth={DEC_DEPTH}", f"smt.future={TF}",
+            f"smt.dec_samples={json.dumps(dec_samples)}", f"smt.dyn_samples={json.dumps(dyn_samples)}"]
+    cfg = preset_config("retrieval-smt", over)
+    task, teacher, cell, method = build(cfg)
+    assert task.vocab_size == VOCAB and cell.cfg.kind == "memtok"
+    method.to(device).train()
+    x, y = make_batch(TC, gen)
+    x, y = x.to(device), y.to(device)
+    lgen = torch.Generator().manual_seed(0)
+    params = method.trainable()
+    T = x.shape[1]
+    labels = B * (min(dyn_samples, T) if dyn_samples else T)
+    r = Runner(name, labels, params, lambda: method.loss(x, y, lgen)[0], [params], device)
+    sizes = {"teacher": n_params(teacher), "cell": n_params(cell),
+             "cell_update_only": n_params(cell) - n_params(cell.head) - cell.m_init.numel(),
+             "optimizer": sum(p.numel() for p in params), "T": T, "future": cfg.smt.future,
+             "dec_samples": dec_samples, "dyn_samples": dyn_samples, "encoder": cfg.teacher.encoder}
+    return r, sizes
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--authors-src", default="third_party/smt/src", help="folder holding the authors' model.py")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument("--repeats", type=int, default=5, help="timed blocks per method (interleaved)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed updates per method first")
+    p.add_argument("--min-block", type=float, default=0.5,
+                   help="seconds a timed block should last at least (fast methods run several updates per block)")
+    p.add_argument("--dec-samples", type=int, nargs="*", default=[32, 8],
+                   help="extra memtrain variants with smt.dec_samples=N (the main one decodes every memory)")
+    p.add_argument("--authors-dim-head", type=int, default=D // HEADS,
+                   help="also time the authors' model with this x_transformers attn_dim_head (size-matched to memtrain "
+                        "at d/heads=16; 0: skip). Their unmodified model (head width 64) is always timed.")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="", help="write the results as JSON here")
+    a = p.parse_args(argv)
+
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    device = torch.device(a.device)
+    gen = torch.Generator().manual_seed(a.seed)
+    load0 = os.getloadavg()
+
+    runners, sizes = [], {}
+    am = load_authors(a.authors_src)
+    if am is not None:
+        for dh in [None] + ([a.authors_dim_head] if a.authors_dim_head else []):
+            r, sizes_r = authors_runner(am, device, gen, dh)
+            runners.append(r)
+            sizes[r.name] = sizes_r
+    variants = [("memtrain SMT (decode all memories)", None)] + [(f"memtrain SMT dec_samples={n}", n) for n in a.dec_samples]
+    for name, ds in variants:
+        r, sizes_r = memtrain_runner(name, ds, None, device, gen)
+        runners.append(r)
+        sizes[r.name] = sizes_r
+
+    # warmup, then calibrate updates per block so that every block lasts >= min_block seconds
+    for r in runners:
+        for _ in range(max(1, a.warmup)):
+            r.sync()
+            t0 = time.perf_counter()
+            loss = r.update()
+            r.sync()
+            per = time.perf_counter() - t0  # the last warmup update calibrates the block size
+        if not torch.isfinite(loss):
+            print(f"warning: {r.name} loss is {loss.item()} (timing is still valid)")
+        sizes[r.name]["trained_params"] = r.trained_params()
+        r.iters = max(1, int(a.min_block / max(per, 1e-6) + 0.999))
+
+    print(f"timing {len(runners)} methods x {a.repeats} interleaved blocks "
+          f"({', '.join(f'{r.iters} upd/block' for r in runners)}), threads={a.threads}, device={device}", flush=True)
+    for rep in range(a.repeats):
+        k = rep % len(runners)
+        for r in runners[k:] + runners[:k]:  # rotate the order each repeat
+            r.times.append(r.block(r.iters))
+    load1 = os.getloadavg()
+
+    rows = []
+    for r in runners:
+        med = statistics.median(r.times)
+        rows.append({"method": r.name, "median_s_per_update": med, "min_s_per_update": min(r.times),
+                     "times_s_per_update": r.times, "updates_per_block": r.iters, "labels_per_update": r.labels,
+                     "labels_per_s": r.labels / med, "sizes": sizes[r.name]})
+
+    print("\n| method | median s/update | labels/update | labels/s |")
+    print("|---|---:|---:|---:|")
+    for row in rows:
+        print(f"| {row['method']} | {row['median_s_per_update']:.4f} | {row['labels_per_update']} | {row['labels_per_s']:,.0f} |")
+
+    ratios = {}
+    authors_rows = [row for row in rows if row["method"].startswith("authors")]
+    ours_rows = [row for row in rows if not row["method"].startswith("authors")]
+    if authors_rows:
+        print("\nratio of labels/s, memtrain / authors (same process, interleaved blocks). 'of medians' is the headline;"
+              "\n'per-repeat' pairs blocks of the same repeat (robust to load that drifts between repeats); 'of minima'"
+              "\nuses each method's fastest block (other jobs only ever add time):")
+        print("| memtrain variant | authors variant | of medians | per-repeat (median) | of minima | s/update ratio (medians) |")
+        print("|---|---|---:|---:|---:|---:|")
+        for row in ours_rows:
+            ratios[row["method"]] = {}
+            for b in authors_rows:
+                r = {"of_medians": row["labels_per_s"] / b["labels_per_s"],
+                     "median_of_per_repeat": statistics.median(
+                         (row["labels_per_update"] / t) / (b["labels_per_update"] / tb)
+                         for t, tb in zip(row["times_s_per_update"], b["times_s_per_update"])),
+                     "of_minima": (row["labels_per_update"] / row["min_s_per_update"]) / (b["labels_per_update"] / b["min_s_per_update"]),
+                     "s_per_update_of_medians": row["median_s_per_update"] / b["median_s_per_update"]}
+                ratios[row["method"]][b["method"]] = r
+                print(f"| {row['method']} | {b['method']} | {r['of_medians']:.0f}x | {r['median_of_per_repeat']:.0f}x "
+                      f"| {r['of_minima']:.0f}x | {r['s_per_update_of_medians']:.1f}x |")
+
+    print("\nparameters (authors: the RNN's own decoder+to_logits gets no gradient from forward_smt;"
+          " memtrain: the cell's readout head and m_init are copies of the teacher's, not trained):")
+    print("| method | teacher | RNN / cell | of which update path | in optimizer | receiving gradients |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for row in rows:
+        s = sizes[row["method"]]
+        cell = s.get("rnn", s.get("cell"))
+        upd = s.get("rnn_update_only", s.get("cell_update_only"))
+        print(f"| {row['method']} | {s['teacher']:,} | {cell:,} | {upd:,} | {s['optimizer']:,} | {s['trained_params']:,} |")
+
+    print(f"\nsequences: authors T=Tc+Tf={TC + TF} (Tc={TC}, Tf={TF}), one transition per sequence; memtrain T={TC} "
+          f"with smt.future={TF}, every transition (B*T={B * TC}). batch {B}, float32, threads {a.threads}.")
+    print(f"load average before/after: {load0[0]:.2f} / {load1[0]:.2f} on {os.cpu_count()} CPUs. The machine may be"
+          " busy with other jobs: absolute times can be inflated, but the methods run in interleaved blocks in"
+          " the same process, so the ratio is the meaningful number.")
+
+    if a.out:
+        result = {"setting": {"B": B, "d_model": D, "mem_tokens": K, "Z": K * D, "n_heads": HEADS, "encoder_depth": ENC_DEPTH,
+                              "rnn_depth": RNN_DEPTH, "decoder_depth": DEC_DEPTH, "Tc": TC, "Tf": TF, "vocab": VOCAB,
+                              "dtype": "float32", "device": str(device), "threads": a.threads, "repeats": a.repeats,
+                              "warmup": a.warmup},
+                  "authors_code": str(Path(a.authors_src) / "model.py") if am is not None else None,
+                  "results": rows, "ratios_labels_per_s_memtrain_over_authors": ratios,
+                  "loadavg_before_after": [load0[0], load1[0]], "cpu_count": os.cpu_count(),
+                  "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\nwrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+import pytest
+import torch
+
+from memtrain.cells import CellConfig, build_cell
+from memtrain.teacher import Teacher, TeacherConfig
+
+V, K, D, H = 7, 2, 8, 2
+
+
+def tiny_teacher(**kw) -> Teacher:
+    cfg = dict(vocab_size=V, mem_tokens=K, d_model=D, n_heads=H, encoder_depth=2, decoder_depth=1)
+    cfg.update(kw)
+    return Teacher(TeacherConfig(**cfg))
+
+
+def tiny_cell(kind="mlp", **kw):
+    cfg = dict(kind=kind, vocab_size=V, mem_tokens=K, d_mem=D, n_heads=H, depth=1, hidden_mult=2, readout_depth=1)
+    cfg.update(kw)
+    return build_cell(CellConfig(**cfg))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny models: one torch thread is much faster than two fighting over a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

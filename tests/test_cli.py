@@ -1,0 +1,235 @@
+"""The command line: help, a tiny training run, evaluation, presets, and bad input answered with exit
+code 2 and one `memtrain: error:` line that names the problem, before anything is written."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from memtrain.cli import main
+from memtrain.presets import PRESETS
+
+SUBCOMMANDS = ["train", "eval", "demo", "presets", "config"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one torch thread is much faster than several fighting over a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def run_main(argv):
+    """-> (exit code, stdout, stderr); argparse's SystemExit counts as an exit code."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(argv)
+        except SystemExit as e:
+            rc = e.code
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "r"
+    rc, stdout, stderr = run_main(["train", "--preset", "tiny", "--quiet", f"out_dir={out}"])
+    return out, rc, stdout, stderr
+
+
+# ---- help ----------------------------------------------------------------------------------------
+
+def test_top_level_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: memtrain")
+    for sub in SUBCOMMANDS:
+        assert sub in text
+
+
+@pytest.mark.parametrize("sub", SUBCOMMANDS)
+def test_subcommand_help(sub, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([sub, "--help"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: memtrain {sub}")
+
+
+def test_no_subcommand_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main([])
+    assert e.value.code == 2
+    assert "memtrain: error:" in capsys.readouterr().err
+
+
+def test_python_dash_m_help():
+    p = subprocess.run([sys.executable, "-m", "memtrain.cli", "--help"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("usage: memtrain")
+    assert all(sub in p.stdout for sub in SUBCOMMANDS)
+
+
+# ---- train, eval, presets, config ----------------------------------------------------------------
+
+def test_train_tiny_writes_a_run(cli_run):
+    out, rc, stdout, stderr = cli_run
+    assert rc == 0, stderr
+    assert (out / "run.json").is_file() and (out / "model.safetensors").is_file()
+    summary = json.loads(stdout)
+    assert summary["method"] == "smt" and summary["steps"] == 5
+    assert 0.0 <= summary["rnn_acc"] <= 1.0 and "drift" not in summary
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["format"] == "memtrain-run" and meta["version"] == 1
+    assert meta["config"]["teacher"]["d_model"] == 16 and meta["config"]["out_dir"] == str(out)
+    assert meta["summary"]["rnn_acc"] == summary["rnn_acc"]
+    assert "memtrain: error" not in stderr
+
+
+def test_eval_prints_json_lines_at_T_2T_4T(cli_run):
+    out = cli_run[0]
+    rc, stdout, stderr = run_main(["eval", str(out), "--batch", "16"])
+    assert rc == 0, stderr
+    rows = [json.loads(line) for line in stdout.splitlines()]
+    assert [r["length"] for r in rows] == [12, 24, 48]
+    for r in rows:
+        assert 0.0 <= r["rnn_acc"] <= 1.0 and 0.0 <= r["teacher_acc"] <= 1.0
+        assert r["rnn_ce"] > 0
+        T = r["length"]
+        assert {f"drift@{T // 4}", f"drift@{T // 2}", f"drift@{T}"} <= set(r)
+        assert "drift" not in r
+    # explicit lengths, and the same seed gives the same numbers
+    rc, stdout2, _ = run_main(["eval", str(out), "--batch", "16", "--lengths", "12", "5"])
+    assert rc == 0
+    rows2 = [json.loads(line) for line in stdout2.splitlines()]
+    assert [r["length"] for r in rows2] == [12, 5]
+    assert rows2[0] == rows[0]
+
+
+def test_eval_of_a_non_run_is_a_clean_error(tmp_path):
+    rc, stdout, stderr = run_main(["eval", str(tmp_path)])
+    assert rc == 2 and stdout == ""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("memtrain: error:") and "never loads pickles" in lines[0]
+
+
+def test_presets_lists_tiny(capsys):
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [line.split()[0] for line in lines]
+    assert "tiny" in names
+    assert names == list(PRESETS)
+
+
+def test_config_prints_the_resolved_config(capsys):
+    assert main(["config", "--preset", "tiny", "cell.kind=gru", "train.steps=7"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["cell"]["kind"] == "gru" and d["train"]["steps"] == 7 and d["teacher"]["d_model"] == 16
+
+
+# ---- bad input: exit 2, one line naming the problem, nothing written ---------------------------------
+
+def _assert_clean_error(rc, stdout, stderr, names, out):
+    assert rc == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("memtrain: error:")
+    for n in names:
+        assert n in lines[0], f"{n!r} not named in {lines[0]!r}"
+    assert not out.exists(), "out_dir was created for a run that never started"
+
+
+def test_unknown_preset(tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["train", "--preset", "nosuch", "--quiet", f"out_dir={out}"])
+    cap = capsys.readouterr()
+    _assert_clean_error(rc, cap.out, cap.err, ["preset", "'nosuch'", "tiny"], out)
+
+
+BAD = {
+    "unknown key": (["cell.colour=red"], ["cell.colour"]),
+    "unknown cell kind": (["cell.kind=foo"], ["cell.kind", "'foo'"]),
+    "unknown task": (["task=nosuch"], ["task", "'nosuch'"]),
+    "unknown task parameter": (["task_args.bogus=1"], ["bogus"]),
+    "wrong type": (["train.steps=abc"], ["train.steps"]),
+    "unknown method": (["method=foo"], ["method", "'foo'"]),
+    "memory size mismatch": (["cell.d_mem=32"], ["cell.d_mem=32", "16"]),
+    "memory token mismatch": (["cell.mem_tokens=4"], ["cell.mem_tokens=4"]),
+    "teacher vocab too small": (["teacher.vocab_size=5"], ["teacher.vocab_size=5", "vocab 9"]),
+    "cell vocab too small": (["cell.vocab_size=5", "method=bptt"], ["cell.vocab_size=5", "vocab 9"]),
+    "dmt without init_from": (["method=dmt"], ["init_from"]),
+    "no such init_from": (["method=dmt", "init_from=/nonexistent/run"], ["/nonexistent/run"]),
+    "tokens task without a file": (["task=tokens"], ["path"]),
+}
+
+
+@pytest.mark.parametrize("overrides,names", list(BAD.values()), ids=list(BAD))
+def test_bad_settings(overrides, names, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["train", "--preset", "tiny", "--quiet", *overrides, f"out_dir={out}"])
+    cap = capsys.readouterr()
+    _assert_clean_error(rc, cap.out, cap.err, names, out)
+
+
+def test_dmt_rollout_longer_than_the_task(cli_run, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["train", "--preset", "tiny", "--quiet", "method=dmt", f"init_from={cli_run[0]}", "dmt.rollout=20",
+               f"out_dir={out}"])
+    cap = capsys.readouterr()
+    _assert_clean_error(rc, cap.out, cap.err, ["dmt.rollout=20", "12"], out)
+
+
+def test_dmt_from_a_run_without_teacher(tmp_path, capsys):
+    bptt = tmp_path / "bptt"
+    assert main(["train", "--preset", "tiny", "--quiet", "method=bptt", "train.steps=1", "train.eval_every=1",
+                 f"out_dir={bptt}"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "out"
+    rc = main(["train", "--preset", "tiny", "--quiet", "method=dmt", f"init_from={bptt}", f"out_dir={out}"])
+    cap = capsys.readouterr()
+    _assert_clean_error(rc, cap.out, cap.err, ["init_from", "no teacher"], out)
+
+
+# ---- known gaps: how it should behave ---------------------------------------------------------------
+
+def test_short_training_token_file_writes_nothing(tmp_path, capsys):
+    short, long = tmp_path / "short.txt", tmp_path / "long.txt"
+    short.write_bytes(b"too short for a window of 33")
+    long.write_bytes(b"the quick brown fox jumps over the lazy dog. " * 20)
+    out = tmp_path / "out"
+    rc = main(["train", "--preset", "tiny", "--quiet", "task=tokens", f"task_args.path={short}",
+               f"task_args.eval_path={long}", "task_args.length=32", f"out_dir={out}"])
+    cap = capsys.readouterr()
+    _assert_clean_error(rc, cap.out, cap.err, ["path holds 28 tokens", "length+1=33"], out)
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
+def test_unavailable_mps_is_a_clean_error(tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["train", "--preset", "tiny", "--quiet", "train.device=mps", f"out_dir={out}"])
+    cap = capsys.readouterr()
+    _assert_clean_error(rc, cap.out, cap.err, ["train.device", "mps"], out)
+
+
+def test_numeric_token_path_is_a_clean_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    rc = main(["train", "--preset", "tiny", "--quiet", "task=tokens", "task_args.path=123", f"out_dir={out}"])
+    cap = capsys.readouterr()
+    _assert_clean_error(rc, cap.out, cap.err, ["123"], out)
+
+
+def test_settings_on_both_sides_of_a_flag(tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["train", "--preset", "tiny", "train.steps=1", "--quiet", "train.eval_every=1", f"out_dir={out}"])
+    assert rc == 0
+    assert json.loads((out / "run.json").read_text())["config"]["train"]["steps"] == 1
