@@ -9,15 +9,19 @@ A "label" is one supervised memory transition (m_t, x_{t+1}) -> m_{t+1} in the d
 - memtrain: `SMT.loss` encodes every prefix of the sequence in one pass and trains every transition,
   so labels/update = B * T (or B * smt.dyn_samples). Its sequence is T = Tc, with smt.future = Tf.
 
-Setting (the brief's): memory-token cell, d=64, K=4 memory tokens (Z=256), teacher encoder depth 2,
-RNN depth 2, decoder depth 1, 4 heads, context Tc=128, future Tf=32, batch 32, vocabulary 9
-(retrieval-like random tokens; the speed does not depend on the data). float32.
+Setting: memory-token cell, d=64, K=4 memory tokens (Z=256), teacher encoder depth 2, RNN depth 2,
+decoder depth 1, 4 heads, context Tc=128, future Tf=32, batch 32, vocabulary 9 (retrieval-like random
+tokens; the speed does not depend on the data), float32. memtrain is timed decoding every memory and
+with smt.dec_samples=32 (its default) and 8. x_transformers gives each attention head width 64 unless
+told otherwise, so the authors' model at d=64 with 4 heads has 256-wide attention (about twice
+memtrain's parameters); it is also timed with attn_dim_head=16, which matches memtrain's sizes.
 
 The authors' code is NOT part of this repository and is never copied into it: the script imports their
 `model.py` from a folder given with --authors-src (default third_party/smt/src, ignored by git):
 
     git clone https://github.com/akarshkumar0101/smt third_party/smt
-    pip install x-transformers einops          # their model.py needs these; memtrain does not
+    pip install x-transformers==2.18.5 einops  # their model.py needs these (version from their
+                                               # requirements.txt); memtrain does not
 
 Without it the script says so and measures memtrain alone.
 
