@@ -41,6 +41,7 @@ class TeacherConfig:
     decoder_depth: int = 1
     encoder: str = "causal"  # "causal" (one pass) | "window" (per-window bidirectional, as the authors)
     window: int | None = None  # Tc; None = the whole prefix (needed for "window")
+    token_shift: bool = False  # each encoder token also embeds the previous input (a "smeared key")
 
     @property
     def mem_size(self) -> int:
@@ -111,6 +112,8 @@ class Teacher(nn.Module):
         self.cfg = cfg
         D, K = cfg.d_model, cfg.mem_tokens
         self.embed = nn.Embedding(cfg.vocab_size, D)
+        # previous-input embedding; index V stands for "no previous input" (the first token)
+        self.prev_embed = nn.Embedding(cfg.vocab_size + 1, D) if cfg.token_shift else None
         self.registers = nn.Parameter(torch.zeros(K, D))
         self.blocks = nn.ModuleList(Block(D, cfg.n_heads) for _ in range(cfg.encoder_depth))
         self.decoder = MemoryDecoder(D, cfg.n_heads, cfg.decoder_depth, cfg.vocab_size)
@@ -118,6 +121,14 @@ class Teacher(nn.Module):
         nn.init.normal_(self.registers, 0.0, 1.0)
 
     # ---- encoder --------------------------------------------------------------------------
+    def embed_inputs(self, x: torch.Tensor, lo: int = 0) -> torch.Tensor:
+        """Token embeddings for x[:, lo:] (B, T-lo, D); with token_shift, plus the previous input's."""
+        h = self.embed(x[:, lo:])
+        if self.prev_embed is not None:
+            prev = F.pad(x, (1, 0), value=self.cfg.vocab_size)[:, lo:-1]  # x_{t-1}, V before x_0
+            h = h + self.prev_embed(prev)
+        return h
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, T) token ids -> M (B, T+1, Z): the memory before any input and after every input."""
         if self.cfg.encoder == "window":
@@ -143,7 +154,7 @@ class Teacher(nn.Module):
         B, T = x.shape
         K, D = self.cfg.mem_tokens, self.cfg.d_model
         S = T + 1
-        h_tok = self.embed(x)  # (B, T, D)
+        h_tok = self.embed_inputs(x)  # (B, T, D)
         h_reg = self.registers.expand(B, S, K, D).reshape(B, S * K, D)  # (B, S*K, D)
         Dh, dt = D // self.cfg.n_heads, h_tok.dtype
         rot_tok = rotary(torch.arange(T, device=x.device), Dh, dt)
@@ -168,10 +179,10 @@ class Teacher(nn.Module):
         B, T = x.shape
         K, D, Tc = self.cfg.mem_tokens, self.cfg.d_model, self.cfg.window
         S = T + 1
-        xp = F.pad(x, (Tc, 0))  # (B, Tc+T), left padding
-        win = xp.unfold(1, Tc, 1)  # (B, S, Tc): window s holds x_{s-Tc} .. x_{s-1}
+        e = F.pad(self.embed_inputs(x), (0, 0, Tc, 0))  # (B, Tc+T, D), left padding
+        win = e.unfold(1, Tc, 1).transpose(2, 3)  # (B, S, Tc, D): window s holds x_{s-Tc} .. x_{s-1}
         real = (torch.arange(S, device=x.device)[:, None] - Tc + torch.arange(Tc, device=x.device)[None, :]) >= 0  # (S, Tc)
-        h = torch.cat([self.embed(win), self.registers.expand(B, S, K, D)], dim=2).reshape(B * S, Tc + K, D)
+        h = torch.cat([win, self.registers.expand(B, S, K, D)], dim=2).reshape(B * S, Tc + K, D)
         keep = torch.cat([real, real.new_ones(S, K)], dim=1)  # (S, Tc+K) key mask
         mask = keep.repeat(B, 1)[:, None, None, :]  # (B*S, 1, 1, Tc+K)
         pos = torch.cat([torch.arange(Tc, device=x.device), torch.full((K,), Tc, device=x.device)])
@@ -202,9 +213,8 @@ def encode_reference(teacher: Teacher, x: torch.Tensor) -> torch.Tensor:
     out = []
     for s in range(T + 1):
         lo = max(0, s - Tc) if cfg.encoder == "window" else 0
-        xs = x[:, lo:s]
         n = s - lo
-        h = torch.cat([teacher.embed(xs), teacher.registers.expand(B, K, D)], dim=1)  # (B, n+K, D)
+        h = torch.cat([teacher.embed_inputs(x[:, :s], lo), teacher.registers.expand(B, K, D)], dim=1)  # (B, n+K, D)
         if cfg.encoder == "window":
             pos = torch.cat([torch.arange(n), torch.full((K,), n)])
             mask = None  # bidirectional over the window and the registers

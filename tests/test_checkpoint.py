@@ -23,15 +23,6 @@ from memtrain.trainer import train
 train_mod = importlib.import_module("memtrain.trainer")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one torch thread is much faster than several fighting over a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _train_capturing(cfg):
     """train(), plus copies of the exact module tensors handed to save_run."""
     captured = {}

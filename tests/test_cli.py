@@ -18,15 +18,6 @@ from memtrain.presets import PRESETS
 SUBCOMMANDS = ["train", "eval", "demo", "presets", "config"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one torch thread is much faster than several fighting over a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def run_main(argv):
     """-> (exit code, stdout, stderr); argparse's SystemExit counts as an exit code."""
     out, err = io.StringIO(), io.StringIO()

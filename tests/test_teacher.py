@@ -7,19 +7,20 @@ from memtrain.teacher import encode_reference
 from tests.conftest import V, tiny_teacher
 
 
+@pytest.mark.parametrize("shift", [False, True])
 @pytest.mark.parametrize("encoder,window", [("causal", None), ("causal", 3), ("window", 4), ("window", 20)])
-def test_one_pass_matches_per_prefix_reference(encoder, window):
-    t = tiny_teacher(encoder=encoder, window=window).double()
+def test_one_pass_matches_per_prefix_reference(encoder, window, shift):
+    t = tiny_teacher(encoder=encoder, window=window, token_shift=shift).double()
     x = torch.randint(0, V, (3, 11))
     M = t.encode(x)
     assert M.shape == (3, 12, t.cfg.mem_size)
     torch.testing.assert_close(M, encode_reference(t, x), rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("encoder,window", [("causal", None), ("causal", 3), ("window", 4)])
-def test_no_future_leakage(encoder, window):
+@pytest.mark.parametrize("encoder,window,shift", [("causal", None, False), ("causal", 3, True), ("window", 4, True)])
+def test_no_future_leakage(encoder, window, shift):
     """M[:, s] (after s inputs) must not change when inputs at positions >= s change."""
-    t = tiny_teacher(encoder=encoder, window=window).double()
+    t = tiny_teacher(encoder=encoder, window=window, token_shift=shift).double()
     x = torch.randint(0, V, (2, 10))
     M = t.encode(x)
     for s in range(11):
@@ -66,3 +67,18 @@ def test_bad_teacher_config_is_named():
         tiny_teacher(encoder="window", window=None)
     with pytest.raises(ValueError, match="n_heads"):
         tiny_teacher(n_heads=3)
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_token_shift_flag_gradient(shift):
+    """token_shift: the memory after x_0..x_t reads x_{t-1} through the previous-input embedding
+    (which gets a gradient); without it there is no such table."""
+    t = tiny_teacher(token_shift=shift, encoder_depth=1).double()
+    x = torch.randint(0, V, (2, 6))
+    t.encode(x)[:, 3:].pow(2).sum().backward()
+    if shift:
+        g = t.prev_embed.weight.grad
+        assert g is not None and float(g[x[:, 1]].abs().sum()) > 0  # x_1 is the previous input of x_2
+        assert float(g[V].abs().sum()) > 0  # the "no previous input" row, used by x_0
+    else:
+        assert t.prev_embed is None
