@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .cells import Cell, check_compatible
 from .losses import readout_ce, upcast
-from .rollout import rollout
+from .rollout import onpolicy_states, rollout
 from .teacher import Teacher
 
 STARTS = ("empty", "encoder")
@@ -54,7 +54,14 @@ def dmt_loss(teacher: Teacher, cell: Cell, x, y, cfg: DMTConfig, s0: torch.Tenso
     x_roll = torch.gather(x, 1, idx[:, :-1])  # (B, Td) inputs x_{s0} .. x_{s0+Td-1}
     y_roll = torch.gather(F.pad(y, (1, 0), value=-1), 1, idx[:, 1:])  # (B, Td): y_{s-1} for s = s0+1..
     m0 = cell.init_memory(B) if cfg.start == "empty" else M_tgt[:, 0]
-    m_hat = rollout(cell, m0, x_roll, grad_horizon=cfg.grad_horizon)  # (B, Td+1, Z)
+    if cfg.grad_horizon == 1:
+        # one-step gradients: forward-only rollout, then every step's update in one batched call
+        m_own = onpolicy_states(cell, m0, x_roll)  # (B, Td+1, Z)
+        m_in = torch.cat([m0[:, None], m_own[:, 1:-1]], dim=1)  # keep m0's own graph (rollout never cuts it)
+        m_next = cell.update(m_in.reshape(B * Td, Z), x_roll.reshape(-1)).view(B, Td, Z)
+        m_hat = torch.cat([m0[:, None], m_next], dim=1)  # the same values as the rollout, with one-step graphs
+    else:
+        m_hat = rollout(cell, m0, x_roll, grad_horizon=cfg.grad_horizon)  # (B, Td+1, Z)
     sel = torch.arange(cfg.every, Td + 1, cfg.every, device=x.device)
     if len(sel) == 0:
         raise ValueError(f"dmt.every={cfg.every} is longer than the rollout ({Td} steps)")

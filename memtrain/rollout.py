@@ -26,3 +26,11 @@ def rollout(cell: Cell, m0: torch.Tensor, x: torch.Tensor, grad_horizon: int | N
         m = cell.update(m, x[:, s])
         out.append(m)
     return torch.stack(out, dim=1)
+
+
+@torch.no_grad()
+def onpolicy_states(cell: Cell, m0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The cell's own memories (B, T+1, Z) without a graph. With them, the one-step (grad_horizon=1)
+    regression of every step is one batched `cell.update` call: the same gradient as stepping with
+    the state detached, but the backward pass runs in parallel over time."""
+    return rollout(cell, m0, x)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .cells import Cell, adopt_teacher, check_compatible
 from .losses import masked_ce, uniformity, upcast
+from .rollout import onpolicy_states
 from .teacher import Teacher
 
 
@@ -32,6 +33,8 @@ class SMTConfig:
     dyn_samples: int | None = None  # transitions per sequence in the dynamics loss (None: all T)
     unif_samples: int = 256  # memory tokens in the uniformity loss
     dyn_trains_teacher: bool = True  # the dynamics loss also moves the encoder (joint training)
+    input_noise: float = 0.0  # std of Gaussian noise on the cell's input memory (denoising dynamics)
+    coef_onpolicy: float = 0.0  # weight of the same regression from the cell's OWN rollout states
 
     def validate(self) -> None:
         if self.future < 1:
@@ -40,6 +43,10 @@ class SMTConfig:
             v = getattr(self, n)
             if v is not None and v < 1:
                 raise ValueError(f"smt.{n} must be >= 1 or None, got {v}")
+        if self.coef_onpolicy < 0:
+            raise ValueError(f"smt.coef_onpolicy must be >= 0, got {self.coef_onpolicy}")
+        if self.input_noise < 0:
+            raise ValueError(f"smt.input_noise must be >= 0, got {self.input_noise}")
         if self.unif_samples < 2:
             raise ValueError(f"smt.unif_samples must be >= 2, got {self.unif_samples}")
         if not 0 < self.gamma <= 1:
@@ -106,7 +113,10 @@ def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_po
         x_in = torch.gather(x, 1, dyn_pos)
     if not cfg.dyn_trains_teacher:
         m_now, m_next = m_now.detach(), m_next.detach()
-    pred = cell.update(m_now.reshape(-1, Z), x_in.reshape(-1))  # (B*R, Z)
+    m_in = m_now.reshape(-1, Z)
+    if cfg.input_noise > 0:  # the cell must map a neighbourhood of m_t onto m_{t+1}: errors shrink
+        m_in = m_in + cfg.input_noise * torch.randn_like(m_in)
+    pred = cell.update(m_in, x_in.reshape(-1))  # (B*R, Z)
     loss_dyn = F.mse_loss(upcast(pred), upcast(m_next.reshape(-1, Z)))
 
     # uniformity over sampled memory tokens
@@ -114,6 +124,17 @@ def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_po
 
     loss = cfg.coef_dec * loss_dec + cfg.coef_dyn * loss_dyn + cfg.coef_unif * loss_unif
     metrics = {k: v.detach() for k, v in (("loss_dec", loss_dec), ("loss_dec0", loss_dec0), ("loss_dyn", loss_dyn), ("loss_unif", loss_unif))}
+
+    if cfg.coef_onpolicy > 0:
+        # on-policy states: the cell's own memories from m_empty (a forward-only rollout), regressed
+        # one step at a time onto the encoder's, all T steps in one batched call (DMT's one-step
+        # gradient, while the teacher is still training)
+        m_own = onpolicy_states(cell, M[:, 0].detach(), x)  # (B, S, Z), no graph
+        target = M[:, 1:] if cfg.dyn_trains_teacher else M[:, 1:].detach()
+        pred_own = cell.update(m_own[:, :-1].reshape(-1, Z), x.reshape(-1))
+        loss_own = F.mse_loss(upcast(pred_own), upcast(target.reshape(-1, Z)))
+        loss = loss + cfg.coef_onpolicy * loss_own
+        metrics["loss_onpolicy"] = loss_own.detach()
     return loss, metrics
 
 

@@ -37,13 +37,23 @@ def loop_smt_loss(teacher, cell, x, y, cfg, dec_pos, dyn_pos, unif_idx):
     z = toks / toks.norm(dim=-1, keepdim=True)
     d2 = [(z[i] - z[j]).pow(2).sum() for i in range(len(z)) for j in range(i + 1, len(z))]
     loss_unif = torch.stack([torch.exp(-2 * d) for d in d2]).mean().log()
-    return cfg.coef_dec * loss_dec + cfg.coef_dyn * loss_dyn + cfg.coef_unif * loss_unif
+    total = cfg.coef_dec * loss_dec + cfg.coef_dyn * loss_dyn + cfg.coef_unif * loss_unif
+    if cfg.coef_onpolicy:
+        errs = []
+        for b in range(B):
+            m = M[b, 0].detach()
+            for t in range(T):  # the cell on its own memories, one-step gradients
+                pred = cell.update(m[None], x[b, t][None])[0]
+                errs.append((pred - M[b, t + 1]).pow(2).mean())
+                m = pred.detach()
+        total = total + cfg.coef_onpolicy * torch.stack(errs).mean()
+    return total
 
 
-@pytest.mark.parametrize("dyn_sampled", [False, True])
-def test_vectorised_smt_loss_matches_per_timestep_loop(dyn_sampled):
+@pytest.mark.parametrize("dyn_sampled,onpolicy", [(False, 0.0), (True, 0.0), (False, 0.5)])
+def test_vectorised_smt_loss_matches_per_timestep_loop(dyn_sampled, onpolicy):
     teacher, cell = tiny_teacher().double(), tiny_cell("mlp").double()
-    cfg = SMTConfig(future=4, gamma=0.9, coef_unif=0.01)
+    cfg = SMTConfig(future=4, gamma=0.9, coef_unif=0.01, coef_onpolicy=onpolicy)
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, V, (2, 7), generator=g)
     y = torch.where(torch.rand(2, 7, generator=g) < 0.4, x.roll(1, 1), -1)
@@ -78,11 +88,13 @@ def _grads(loss, module):
     return sum(float(g.abs().sum()) for g in gs if g is not None)
 
 
+@pytest.mark.parametrize("onpolicy", [False, True])
 @pytest.mark.parametrize("trains_teacher", [True, False])
-def test_dyn_trains_teacher_flag(trains_teacher):
-    """Only the dynamics loss on: gradient reaches the encoder iff dyn_trains_teacher."""
+def test_dyn_trains_teacher_flag(trains_teacher, onpolicy):
+    """Only a dynamics loss on (off- or on-policy): gradient reaches the encoder iff dyn_trains_teacher."""
     teacher, cell = tiny_teacher().double(), tiny_cell("mlp").double()
-    cfg = SMTConfig(future=3, coef_dec=0.0, coef_unif=0.0, dyn_trains_teacher=trains_teacher)
+    cfg = SMTConfig(future=3, coef_dec=0.0, coef_unif=0.0, dyn_trains_teacher=trains_teacher,
+                    coef_dyn=0.0 if onpolicy else 0.1, coef_onpolicy=1.0 if onpolicy else 0.0)
     x = torch.randint(0, V, (2, 6))
     y = torch.randint(0, V, (2, 6))
     loss, _ = SMT(teacher, cell, cfg).loss(x, y, torch.Generator().manual_seed(0))
@@ -117,3 +129,15 @@ def test_trainable_excludes_copied_readout():
 def test_cell_teacher_mismatch_is_named(kind):
     with pytest.raises(ValueError, match="d_mem"):
         SMT(tiny_teacher(), tiny_cell(kind, d_mem=4, n_heads=1), SMTConfig())
+
+
+def test_input_noise_changes_only_the_dynamics_input():
+    teacher, cell = tiny_teacher().double(), tiny_cell("mlp").double()
+    x, y = torch.randint(0, V, (2, 6)), torch.randint(0, V, (2, 6))
+    pos = sample_positions(y, 3, 2, None)
+    idx = torch.arange(8)
+    clean = smt_loss(teacher, cell, x, y, SMTConfig(future=3), pos, None, idx)[1]
+    torch.manual_seed(0)
+    noisy = smt_loss(teacher, cell, x, y, SMTConfig(future=3, input_noise=0.5), pos, None, idx)[1]
+    assert noisy["loss_dec"] == clean["loss_dec"] and noisy["loss_unif"] == clean["loss_unif"]
+    assert noisy["loss_dyn"] > clean["loss_dyn"]
