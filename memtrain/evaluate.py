@@ -30,6 +30,9 @@ def evaluate(cell: Cell, teacher: Teacher | None, x: torch.Tensor, y: torch.Tens
         out.update({f"teacher_{k}": v for k, v in _scores(teacher.readout(M[:, 1:][mask]), y[mask]).items()})
         drift = (M_hat.float() - M.float()).pow(2).mean(-1).mean(0)  # (S,)
         out["drift"] = [round(v, 6) for v in drift.tolist()]
+        # how much the teacher's final memories differ between sequences: drift is small only
+        # relative to this (a collapsed memory space makes any drift look small)
+        out["spread"] = M[:, -1].float().var(0).mean().item()
     return out
 
 

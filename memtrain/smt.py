@@ -34,7 +34,7 @@ class SMTConfig:
     unif_samples: int = 256  # memory tokens in the uniformity loss
     dyn_trains_teacher: bool = True  # the dynamics loss also moves the encoder (joint training)
     input_noise: float = 0.0  # std of Gaussian noise on the cell's input memory (denoising dynamics)
-    coef_onpolicy: float = 0.0  # weight of the same regression from the cell's OWN rollout states
+    coef_onpolicy: float = 0.0  # the same regression from the cell's OWN rollout states (trains the cell only)
 
     def validate(self) -> None:
         if self.future < 1:
@@ -129,8 +129,10 @@ def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_po
         # on-policy states: the cell's own memories from m_empty (a forward-only rollout), regressed
         # one step at a time onto the encoder's, all T steps in one batched call (DMT's one-step
         # gradient, while the teacher is still training)
+        # (the target is detached: letting it move would let the teacher shrink its memories' spread
+        # until everything is trivially "tracked", see EXPERIMENTS.md)
         m_own = onpolicy_states(cell, M[:, 0].detach(), x)  # (B, S, Z), no graph
-        target = M[:, 1:] if cfg.dyn_trains_teacher else M[:, 1:].detach()
+        target = M[:, 1:].detach()
         pred_own = cell.update(m_own[:, :-1].reshape(-1, Z), x.reshape(-1))
         loss_own = F.mse_loss(upcast(pred_own), upcast(target.reshape(-1, Z)))
         loss = loss + cfg.coef_onpolicy * loss_own

@@ -9,6 +9,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from .bptt import BPTT
 from .cells import build_cell
@@ -92,7 +93,7 @@ def build(cfg: RunConfig):
     return task, teacher, cell, method
 
 
-def train(cfg: RunConfig, progress: bool = True, log=print) -> dict:
+def train(cfg: RunConfig, progress: bool = True) -> dict:
     """Train one run; returns a summary with the final evaluation and timings."""
     task, teacher, cell, method = build(cfg)
     tc = cfg.train
@@ -127,10 +128,9 @@ def train(cfg: RunConfig, progress: bool = True, log=print) -> dict:
         row = {"step": step, "time": round(elapsed, 2), **{k: v for k, v in ev.items() if k != "drift"}}
         if "drift" in ev:
             row.update(drift_at(ev["drift"]))
+            row["rel_drift"] = ev["drift"][-1] / max(ev["spread"], 1e-12)
         record({**row, "drift": ev.get("drift")})
         return row, ev
-
-    from tqdm.auto import tqdm
 
     bar = tqdm(range(tc.steps), disable=not progress, desc=cfg.method, dynamic_ncols=True)
     t_train, last = 0.0, {}
