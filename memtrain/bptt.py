@@ -24,18 +24,13 @@ class BPTTConfig:
 
 
 class BPTT(nn.Module):
-    name = "bptt"
-
-    def __init__(self, cell: Cell, cfg: BPTTConfig, teacher=None):
+    def __init__(self, cell: Cell, cfg: BPTTConfig):
         super().__init__()
         cfg.validate()
-        self.cell, self.cfg, self.teacher = cell, cfg, teacher
+        self.cell, self.cfg = cell, cfg
 
     def trainable(self):
         return list(self.cell.parameters())
-
-    def min_length(self) -> int:
-        return 1
 
     def loss(self, x, y, gen=None):
         B, T = x.shape

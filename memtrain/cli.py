@@ -39,7 +39,8 @@ def cmd_eval(args) -> None:
 def cmd_demo(args) -> None:
     from .compare import compare, format_table
 
-    overrides = [f'task_args={{"length": {args.length}}}', f"cell.kind={args.cell}", f"train.seed={args.seed}"]
+    overrides = [f'task_args={{"length": {args.length}}}', f"smt.future={min(32, args.length)}",
+                 f"cell.kind={args.cell}", f"train.seed={args.seed}"]
     if args.threads:
         overrides.append(f"train.threads={args.threads}")
     rows = compare(args.out, overrides + args.overrides, smt_steps=args.smt_steps, dmt_steps=args.dmt_steps,
@@ -82,10 +83,10 @@ def make_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("demo", help="the main job: SMT->DMT vs BPTT on retrieval, one table")
-    d.add_argument("--length", type=int, default=64)
+    d.add_argument("--length", type=int, default=16)
     d.add_argument("--cell", default="mlp")
-    d.add_argument("--smt-steps", type=int, default=1000)
-    d.add_argument("--dmt-steps", type=int, default=200)
+    d.add_argument("--smt-steps", type=int, default=600)
+    d.add_argument("--dmt-steps", type=int, default=600)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=0)
     d.add_argument("--out", default="runs/demo")

@@ -9,10 +9,7 @@ from .config import RunConfig, apply_overrides, to_dict
 from .presets import PRESETS
 from .trainer import train
 
-DEMO_DEFAULTS = dict(length=64, smt_steps=1000, dmt_steps=200, cell="mlp", seed=0)
-
-
-def compare(out_dir: str, overrides: list[str] = (), smt_steps: int = 1000, dmt_steps: int = 200,
+def compare(out_dir: str, overrides: list[str] = (), smt_steps: int = 600, dmt_steps: int = 600,
             bptt_seconds: float | None = None, progress: bool = True, log=print) -> list[dict]:
     """Train SMT, then DMT from it, then BPTT for the same total wall-clock (unless bptt_seconds is
     given); return one summary row per stage and write them to out_dir/compare.json."""
@@ -25,7 +22,7 @@ def compare(out_dir: str, overrides: list[str] = (), smt_steps: int = 1000, dmt_
     dmt_cfg = apply_overrides(smt_cfg, [f"method=dmt", f"train.steps={dmt_steps}", f"init_from={out / 'smt'}",
                                         f"out_dir={out / 'dmt'}", "train.lr=0.0003", "train.warmup=0"])
     dmt = train(dmt_cfg, progress=progress)
-    budget = bptt_seconds if bptt_seconds is not None else smt["train_seconds"] + dmt["train_seconds"]
+    budget = bptt_seconds if bptt_seconds is not None else max(smt["train_seconds"] + dmt["train_seconds"], 0.01)
     log(f"[3/3] BPTT on the same cell for the same wall-clock ({budget:.0f} s)")
     bptt_cfg = apply_overrides(smt_cfg, ["method=bptt", "train.steps=1000000", f"train.time_limit={budget}",
                                          f"out_dir={out / 'bptt'}"])

@@ -33,7 +33,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int = 0  # CPU threads for torch (0: leave torch's default)
-    time_limit: float = 0.0  # stop after this many seconds of training (0: no limit)
+    time_limit: float | None = None  # stop after this many seconds of training (None: no limit)
 
     def validate(self) -> None:
         for n in ("steps", "batch_size", "eval_every", "eval_batch"):
@@ -41,9 +41,11 @@ class TrainConfig:
                 raise ValueError(f"train.{n} must be >= 1, got {getattr(self, n)}")
         if self.lr <= 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
-        for n in ("warmup", "threads", "clip", "weight_decay", "time_limit"):
+        for n in ("warmup", "threads", "clip", "weight_decay"):
             if getattr(self, n) < 0:
                 raise ValueError(f"train.{n} must be >= 0, got {getattr(self, n)}")
+        if self.time_limit is not None and self.time_limit <= 0:
+            raise ValueError(f"train.time_limit must be > 0 seconds or null, got {self.time_limit}")
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"train.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if self.device not in DEVICES:

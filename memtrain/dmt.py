@@ -75,8 +75,6 @@ def dmt_loss(teacher: Teacher, cell: Cell, x, y, cfg: DMTConfig, s0: torch.Tenso
 
 
 class DMT(nn.Module):
-    name = "dmt"
-
     def __init__(self, teacher: Teacher, cell: Cell, cfg: DMTConfig):
         super().__init__()
         cfg.validate()
@@ -86,9 +84,6 @@ class DMT(nn.Module):
 
     def trainable(self):
         return list(self.cell.parameters())
-
-    def min_length(self) -> int:
-        return self.cfg.rollout or 1
 
     def loss(self, x, y, gen=None):
         B, T = x.shape

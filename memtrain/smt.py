@@ -143,8 +143,6 @@ def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_po
 class SMT(nn.Module):
     """Method wrapper: trains teacher and cell jointly; `loss(x, y, gen)` -> (loss, metrics)."""
 
-    name = "smt"
-
     def __init__(self, teacher: Teacher, cell: Cell, cfg: SMTConfig):
         super().__init__()
         cfg.validate()
@@ -155,9 +153,6 @@ class SMT(nn.Module):
         # the cell's readout head and start memory are copies of the teacher's (see `sync`)
         skip = {id(p) for p in self.cell.head.parameters()} | {id(self.cell.m_init)}
         return list(self.teacher.parameters()) + [p for p in self.cell.parameters() if id(p) not in skip]
-
-    def min_length(self) -> int:
-        return 1
 
     def loss(self, x, y, gen=None):
         B, T = x.shape

@@ -1,5 +1,9 @@
 """One training loop for every method (SMT, DMT, BPTT): sample a batch, method.loss, step.
-Metrics go to `metrics.jsonl`, the final model to safetensors + JSON in `out_dir`."""
+Metrics go to `metrics.jsonl`, the final model to safetensors + JSON in `out_dir`.
+
+A method is an nn.Module wrapping the networks with three members: `trainable()` (the parameters
+to optimise), `loss(x, y, gen) -> (loss, metrics)`, and `sync()` (run before the cell is evaluated
+alone; SMT copies the teacher's readout and m_empty into the cell there)."""
 from __future__ import annotations
 
 import json
@@ -156,11 +160,11 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
         if (step + 1) % tc.eval_every == 0 and step + 1 < tc.steps:
             last, _ = run_eval(step + 1, t_train)
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{last['rnn_acc']:.2f}")
-        if tc.time_limit and t_train > tc.time_limit:
+        if tc.time_limit is not None and t_train > tc.time_limit:
             break
     bar.close()
     final, ev = run_eval(step + 1, t_train)
-    summary = {"method": cfg.method, "steps": step + 1, "train_seconds": round(t_train, 1),
+    summary = {"method": cfg.method, "steps": step + 1, "train_seconds": round(t_train, 3),
                "sequential_steps": sequential_steps(cfg, task.length), **final, "drift": ev.get("drift")}
     if out:
         metrics_file.close()

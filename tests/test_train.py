@@ -91,3 +91,10 @@ def test_errors_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="init_from"):
         build(_cfg(tmp_path, "x", "method=dmt"))
     assert not (tmp_path / "x").exists()
+
+
+def test_time_limit_stops_training(tmp_path):
+    summary = train(_cfg(tmp_path, "t", "train.steps=1000000", "train.eval_every=1000000", "train.time_limit=0.3"), progress=False)
+    assert 1 <= summary["steps"] < 1000000 and summary["train_seconds"] >= 0.3
+    with pytest.raises(ValueError, match="train.time_limit"):
+        build(_cfg(tmp_path, "u", "train.time_limit=0"))

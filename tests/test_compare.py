@@ -1,0 +1,31 @@
+"""The main job (`memtrain demo`) end to end on tiny sizes: three stages, one table, same budget."""
+import json
+
+from memtrain.cli import main
+from memtrain.compare import compare, format_table
+from memtrain.presets import PRESETS
+
+TINY = [o for o in PRESETS["tiny"][1] if not o.startswith("train.steps")]
+
+
+def test_compare_rows_and_budget(tmp_path):
+    rows = compare(str(tmp_path), TINY, smt_steps=3, dmt_steps=2, bptt_seconds=0.2, progress=False, log=lambda *_: None)
+    assert [r["method"] for r in rows] == ["SMT (RNN after SMT)", "SMT -> DMT", "BPTT"]
+    smt, dmt, bptt = rows
+    assert (smt["updates"], dmt["updates"]) == (3, 5)
+    assert (smt["sequential_steps"], dmt["sequential_steps"], bptt["sequential_steps"]) == (1, 12, 12)
+    assert dmt["seconds"] >= smt["seconds"] and bptt["teacher_acc"] is None
+    assert dmt["teacher_acc"] == smt["teacher_acc"]  # DMT freezes the teacher
+    for sub in ("smt", "dmt", "bptt"):
+        assert (tmp_path / sub / "model.safetensors").is_file()
+    saved = json.loads((tmp_path / "compare.json").read_text())
+    assert saved["rows"] == rows
+    table = format_table(rows)
+    assert table.count("\n") == 4 and "| SMT -> DMT |" in table
+
+
+def test_demo_cli(tmp_path, capsys):
+    rc = main(["demo", "--quiet", "--length", "12", "--smt-steps", "2", "--dmt-steps", "2", "--out", str(tmp_path), *TINY])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "retrieval, T=12" in out and "| BPTT |" in out
