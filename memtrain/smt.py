@@ -75,12 +75,11 @@ def sample_positions(y: torch.Tensor, Tf: int, n: int | None, gen: torch.Generat
     counts = sup.unfold(1, Tf, 1)[:, : T + 1].sum(-1)  # (B, S): supervised outputs in each window
     weight = (counts > 0).float()
     weight[weight.sum(1) == 0] = 1.0  # nothing supervised: any position (loss will be 0)
-    P = T + 1 if n is None else min(n, T + 1)
-    if P == T + 1 and n is None:
+    if n is None:
         return torch.arange(T + 1, device=y.device).expand(B, T + 1)
+    P = min(n, T + 1)
     noise = torch.rand(B, T + 1, generator=gen, device="cpu").to(y.device)
-    # random order among eligible positions first (Gumbel-top-k on uniform weights)
-    keys = torch.where(weight > 0, noise, noise - 2.0)
+    keys = torch.where(weight > 0, noise, noise - 2.0)  # eligible positions first, in random order
     order = keys.argsort(dim=1, descending=True)[:, :P]  # (B, P)
     n_ok = weight.sum(1, keepdim=True).long()  # (B, 1)
     slot = torch.arange(P, device=y.device)[None, :] % n_ok  # reuse eligible ones if too few
@@ -92,7 +91,7 @@ def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_po
     dec_pos (B, P) memory positions for the decoder, dyn_pos (B, R) transition starts in 0..T-1
     (or None for all), unif_idx (U,) indices into the B*S*K memory tokens."""
     B, T = x.shape
-    K, D, Tf = teacher.cfg.mem_tokens, teacher.cfg.d_model, cfg.future
+    D, Tf = teacher.cfg.d_model, cfg.future
     M = teacher.encode(x)  # (B, S, Z)
     Z = M.shape[-1]
 
