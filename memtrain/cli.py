@@ -44,7 +44,7 @@ def cmd_demo(args) -> None:
     if args.threads:
         overrides.append(f"train.threads={args.threads}")
     rows = compare(args.out, overrides + args.overrides, smt_steps=args.smt_steps, dmt_steps=args.dmt_steps,
-                   progress=not args.quiet)
+                   dmt_lr=args.dmt_lr, progress=not args.quiet)
     print()
     print(f"retrieval, T={args.length}, cell={args.cell}: accuracy of the RNN running alone from its initial memory")
     print(format_table(rows))
@@ -83,10 +83,11 @@ def make_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("demo", help="the main job: SMT->DMT vs BPTT on retrieval, one table")
-    d.add_argument("--length", type=int, default=16)
+    d.add_argument("--length", type=int, default=32)
     d.add_argument("--cell", default="mlp")
     d.add_argument("--smt-steps", type=int, default=600)
     d.add_argument("--dmt-steps", type=int, default=600)
+    d.add_argument("--dmt-lr", type=float, default=1e-4)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=0)
     d.add_argument("--out", default="runs/demo")

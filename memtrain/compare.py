@@ -10,7 +10,7 @@ from .presets import PRESETS
 from .trainer import train
 
 def compare(out_dir: str, overrides: list[str] = (), smt_steps: int = 600, dmt_steps: int = 600,
-            bptt_seconds: float | None = None, progress: bool = True, log=print) -> list[dict]:
+            dmt_lr: float = 1e-4, bptt_seconds: float | None = None, progress: bool = True, log=print) -> list[dict]:
     """Train SMT, then DMT from it, then BPTT for the same total wall-clock (unless bptt_seconds is
     given); return one summary row per stage and write them to out_dir/compare.json."""
     out = Path(out_dir)
@@ -20,7 +20,7 @@ def compare(out_dir: str, overrides: list[str] = (), smt_steps: int = 600, dmt_s
     smt = train(smt_cfg, progress=progress)
     log(f"[2/3] DMT from the SMT run, {dmt_steps} steps")
     dmt_cfg = apply_overrides(smt_cfg, [f"method=dmt", f"train.steps={dmt_steps}", f"init_from={out / 'smt'}",
-                                        f"out_dir={out / 'dmt'}", "train.lr=0.0003", "train.warmup=0"])
+                                        f"out_dir={out / 'dmt'}", f"train.lr={dmt_lr}", "train.warmup=0"])
     dmt = train(dmt_cfg, progress=progress)
     budget = bptt_seconds if bptt_seconds is not None else max(smt["train_seconds"] + dmt["train_seconds"], 0.01)
     log(f"[3/3] BPTT on the same cell for the same wall-clock ({budget:.0f} s)")
