@@ -85,7 +85,7 @@ def make_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the main job: SMT->DMT vs BPTT on retrieval, one table")
     d.add_argument("--length", type=int, default=32)
     d.add_argument("--cell", default="mlp")
-    d.add_argument("--smt-steps", type=int, default=600)
+    d.add_argument("--smt-steps", type=int, default=900)
     d.add_argument("--dmt-steps", type=int, default=600)
     d.add_argument("--dmt-lr", type=float, default=1e-4)
     d.add_argument("--seed", type=int, default=0)

@@ -9,7 +9,7 @@ from .config import RunConfig, apply_overrides, to_dict
 from .presets import PRESETS
 from .trainer import train
 
-def compare(out_dir: str, overrides: list[str] = (), smt_steps: int = 600, dmt_steps: int = 600,
+def compare(out_dir: str, overrides: list[str] = (), smt_steps: int = 900, dmt_steps: int = 600,
             dmt_lr: float = 1e-4, bptt_seconds: float | None = None, progress: bool = True, log=print) -> list[dict]:
     """Train SMT, then DMT from it, then BPTT for the same total wall-clock (unless bptt_seconds is
     given); return one summary row per stage and write them to out_dir/compare.json."""
