@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .bptt import BPTT
-from .cells import build_cell
+from .cells import build_cell, check_compatible
 from .checkpoint import load_module, read_run, save_run
 from .config import RunConfig, from_dict, to_dict
 from .dmt import DMT
@@ -77,9 +77,8 @@ def build(cfg: RunConfig):
         raise ValueError("method 'dmt' fine-tunes a finished SMT run: set init_from=<run dir>")
     cell = build_cell(cfg.cell)
     teacher = Teacher(cfg.teacher) if cfg.method in ("smt", "dmt") else None
-    if cfg.method in ("smt", "dmt"):
-        from .cells import check_compatible
-        check_compatible(cell, teacher)
+    if teacher is not None:
+        check_compatible(cell, teacher)  # a clear message before any weights are loaded
     if cfg.init_from:
         meta, tensors = read_run(cfg.init_from)
         prev = from_dict(RunConfig, meta["config"])
