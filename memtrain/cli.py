@@ -6,6 +6,7 @@
     memtrain presets                      list presets
     memtrain config --preset NAME k=v     print the resolved configuration
     memtrain prepare KIND SOURCE DIR k=v  prepare a data set once into token files (text | pixels)
+    memtrain sample RUN_DIR [--n ..]      generate with the RNN alone (text, images, or token ids)
 """
 from __future__ import annotations
 
@@ -80,6 +81,20 @@ def cmd_prepare(args) -> None:
     print(json.dumps(meta, indent=1))
 
 
+def cmd_sample(args) -> None:
+    from .sample import sample_run
+
+    out = sample_run(args.run_dir, n_tokens=args.n, batch=args.batch, prompt=args.prompt, prompt_mode=args.prompt_mode,
+                     temperature=args.temperature, seed=args.seed, state_in=args.state_in, state_out=args.state_out,
+                     png=args.png)
+    if "text" in out:
+        for i, text in enumerate(out["text"]):
+            print(("" if args.batch == 1 else f"--- sample {i}\n") + (args.prompt or "") + text)
+    else:
+        shown = {k: v for k, v in out.items() if k != "tokens" or "png" not in out}
+        print(json.dumps(shown))
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="memtrain", description="Train RNNs without backpropagation through time (SMT/DMT) and compare with BPTT.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -126,6 +141,22 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*", metavar="key=value",
                    help="options, e.g. val_fraction=0.05 limit_bytes=1000000 path=book.txt size=14 levels=16 limit=1000 overwrite=true")
     r.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("sample", help="generate with the RNN alone from a finished run",
+                       description="Text runs print text, pixel runs write a PNG grid and its digit-quality score, "
+                                   "other runs print token ids. Memory stays constant per generated token.")
+    s.add_argument("run_dir")
+    s.add_argument("--n", type=int, default=None, help="tokens to generate (default: 256; pixels: the rest of the image)")
+    s.add_argument("--batch", type=int, default=1, help="independent samples")
+    s.add_argument("--prompt", default=None, help="text (byte-level runs) or token ids '1 2 3' (others; pixels: first pixels)")
+    s.add_argument("--prompt-mode", default="rnn", choices=["rnn", "teacher"],
+                   help="rnn: the RNN reads the prompt itself; teacher: the teacher encodes it (as the authors sample)")
+    s.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--state-in", default=None, help="continue from a saved state instead of a prompt")
+    s.add_argument("--state-out", default=None, help="save memory and generator state here after the last token")
+    s.add_argument("--png", default=None, help="pixel runs: where to write the image grid (default RUN_DIR/samples.png)")
+    s.set_defaults(func=cmd_sample)
     return p
 
 

@@ -38,7 +38,8 @@ TEXT_SOURCE_OPTIONS = {
                     "separator": (str, STORY_SEPARATOR), "cache_dir": (str | None, None)},
 }
 PIXEL_OPTIONS = {"size": (int | None, None), "levels": (int, 256), "limit": (int | None, None),
-                 "root": (str | None, None), "base_url": (str | None, None)}
+                 "root": (str | None, None), "base_url": (str | None, None), "classifier_steps": (int, 1500)}
+CLASSIFIER_DIR = "classifier"  # the digit classifier that scores generated images (memtrain.digits)
 NOT_IDENTITY = {"cache_dir"}  # where a download is cached does not change the data set
 CHUNK = 10_000  # images per pixel_tokens call, for the progress bar
 
@@ -69,6 +70,8 @@ def resolve_options(kind: str, source: str, options: dict) -> dict:
     if unknown:
         raise ValueError(f"{kind} source {source!r} has no option(s) {unknown}; it takes {sorted(specs)} and overwrite")
     opts = {k: coerce(options[k], tp, k) if k in options else default for k, (tp, default) in specs.items()}
+    if opts.get("classifier_steps", 0) < 0:
+        raise ValueError(f"classifier_steps must be >= 0 (0: no classifier), got {opts['classifier_steps']}")
     for k in ("limit_bytes", "limit", "size"):
         if opts.get(k) is not None and opts[k] < 1:
             raise ValueError(f"{k} must be >= 1 (or null), got {opts[k]}")
@@ -135,6 +138,22 @@ def _pixel_arrays(source: str, opts: dict, progress: bool) -> tuple[dict, dict]:
     native, shape = shapes["train"]
     return arrays, {"native_shape": native, "image_shape": shape, "seq_len": shape[0] * shape[1],
                     "levels": opts["levels"]}
+
+
+def _train_scorer(arrays: dict, meta: dict, opts: dict, progress: bool) -> dict:
+    """Train the digit classifier once on the prepared training images (issue: sample quality is
+    judged by a classifier of the same data); report its accuracy on the val images."""
+    from . import digits
+
+    S = meta["image_shape"]
+    train = arrays["train"].reshape(-1, *S)
+    val = arrays["val"].reshape(-1, *S)
+    clf = digits.train_classifier(train, arrays["train_labels"], opts["levels"], steps=opts["classifier_steps"], progress=progress)
+    info = {"dir": CLASSIFIER_DIR, "steps": opts["classifier_steps"],
+            "val_accuracy": round(digits.accuracy(clf, val, arrays["val_labels"]), 4)}
+    if progress:
+        print(f"digit classifier: val accuracy {info['val_accuracy']:.3f}", file=sys.stderr)
+    return {"info": info, "write": lambda folder: digits.save_classifier(clf, folder / CLASSIFIER_DIR, {"val_accuracy": info["val_accuracy"]})}
 
 
 # ---- reading back ---------------------------------------------------------------------------------
@@ -240,9 +259,10 @@ def _write_file(path: Path, write) -> None:
         os.fsync(f.fileno())
 
 
-def _publish(out: Path, arrays: dict, meta: dict) -> None:
+def _publish(out: Path, arrays: dict, meta: dict, write_more=None) -> None:
     """Write everything into a temporary sibling folder, then rename it to `out` (replacing an empty
-    folder, or with overwrite the old data set, which is only deleted once the new one is in place)."""
+    folder, or with overwrite the old data set, which is only deleted once the new one is in place).
+    `write_more(folder)` may add files (the digit classifier) before the rename."""
     missing = [p for p in [out.parent, *out.parent.parents] if not p.exists()]
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
     old = None
@@ -251,6 +271,8 @@ def _publish(out: Path, arrays: dict, meta: dict) -> None:
         tmp.mkdir()  # not mkdtemp: its 0700 mode would become the data set's
         for name, arr in arrays.items():
             _write_file(tmp / meta["files"][name], lambda f, a=arr: np.save(f, a, allow_pickle=False))
+        if write_more is not None:
+            write_more(tmp)
         _write_file(tmp / META, lambda f: f.write(json.dumps(meta, indent=1).encode()))
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
@@ -296,7 +318,12 @@ def prepare(kind: str, source: str, out_dir: str | os.PathLike, *, progress: boo
             "options": json.loads(json.dumps(opts)), "files": {k: f"{k}.npy" for k in arrays},
             "sizes": {s: int(len(arrays[s])) for s in ("train", "val")},
             "vocab_size": 256 if kind == "text" else opts["levels"], **extra}
-    _publish(out, arrays, meta)
+    write_more = None
+    if kind == "pixels" and opts["classifier_steps"] > 0:
+        clf = _train_scorer(arrays, meta, opts, progress)
+        meta["classifier"] = clf["info"]
+        write_more = clf["write"]
+    _publish(out, arrays, meta, write_more)
     if progress:
         print(f"wrote {out}: {kind} {source}, train {meta['sizes']['train']}, val {meta['sizes']['val']}", file=sys.stderr)
     return meta

@@ -113,3 +113,96 @@ def load_state(path: str | Path, mem_size: int | None = None) -> tuple[torch.Ten
     if mem_size is not None and m.shape[1] != mem_size:
         raise ValueError(f"state file {str(p)!r} holds memories of size {m.shape[1]}, this cell's memory size is {mem_size}")
     return m, g, info
+
+
+# ---- a finished run -------------------------------------------------------------------------------
+
+def _data_kind(task) -> str:
+    """'pixels' (one image per sequence, BOS first), 'bytes' (byte-level text) or 'ids' (anything else)."""
+    from .tasks import PreparedTask, TokenFile
+
+    if isinstance(task, PreparedTask):
+        if task.meta["kind"] == "pixels":
+            return "pixels" if task.layout == "whole" else "ids"
+        return "bytes"
+    if isinstance(task, TokenFile) and task.vocab == 256:
+        return "bytes"
+    return "ids"
+
+
+def _encode_prompt(kind: str, prompt: str, task, batch: int) -> torch.Tensor:
+    if kind == "bytes":
+        ids = list(prompt.encode("utf-8"))
+    else:
+        try:
+            ids = [int(t) for t in prompt.replace(",", " ").split()]
+        except ValueError:
+            raise ValueError(f"the prompt must be token ids separated by spaces or commas for this task, got {prompt!r}") from None
+        if kind == "pixels":
+            ids = [task.vocab - 1] + ids  # BOS, then the first pixels of the image
+    return torch.tensor(ids, dtype=torch.long).expand(batch, -1)
+
+
+def sample_run(run_dir: str, n_tokens: int | None = None, batch: int = 1, prompt: str | None = None,
+               prompt_mode: str = "rnn", temperature: float = 1.0, seed: int = 0, state_in: str | None = None,
+               state_out: str | None = None, png: str | None = None) -> dict:
+    """Generate from a finished run with the RNN alone. Byte-level text runs take a text prompt (default
+    a newline: the RNN reads one token from its initial memory) and return text; pixel runs (a prepared
+    image data set, layout 'whole') start from BOS, draw whole images, write them as a PNG grid (`png`,
+    default RUN_DIR/samples.png) and score them with the data set's digit classifier when it has one;
+    other runs take and return token ids. `state_in` continues a saved generation instead of reading a
+    prompt; `state_out` saves the memory and generator state after the last token."""
+    from .run import load_run
+
+    cfg, task, teacher, cell = load_run(run_dir)
+    kind = _data_kind(task)
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    gen = torch.Generator().manual_seed(seed)
+    if state_in is not None:
+        if prompt is not None:
+            raise ValueError("give either a prompt or a saved state (state_in), not both")
+        m, g_state, _ = load_state(state_in, mem_size=cell.Z)
+        if g_state is not None:
+            gen.set_state(g_state)
+        prompt_ids = None
+    else:
+        default = {"bytes": "\n", "pixels": "", "ids": None}[kind]
+        if prompt is None and default is None:
+            raise ValueError(f"task {cfg.task!r} needs a prompt: token ids, e.g. --prompt '1 2 3'")
+        prompt_ids = _encode_prompt(kind, default if prompt is None else prompt, task, batch)
+        m = start_memory(cell, prompt_ids, teacher, prompt_mode)
+    if n_tokens is None:
+        # pixels: the rest of the image, whatever length the run was trained on
+        n_tokens = task.meta["seq_len"] - (0 if prompt_ids is None else prompt_ids.shape[1] - 1) if kind == "pixels" else 256
+    tokens, m = generate(cell, m, n_tokens, temperature, gen)
+    if state_out is not None:
+        save_state(state_out, m, gen, {"run": str(run_dir), "tokens": n_tokens})
+    out = {"tokens": tokens.tolist()}
+    if kind == "bytes":
+        out["text"] = [bytes(row).decode("utf-8", errors="replace") for row in tokens.tolist()]
+    if kind == "pixels":
+        out.update(_images(task, run_dir, prompt_ids, tokens, png))
+    return out
+
+
+def _images(task, run_dir, prompt_ids, tokens, png) -> dict:
+    from pathlib import Path
+
+    from .pixels import tokens_to_images, write_png_grid
+
+    S, W = task.meta["image_shape"]
+    seq = tokens if prompt_ids is None else torch.cat([prompt_ids[:, 1:], tokens], dim=1)  # drop BOS
+    if seq.shape[1] != S * W:
+        return {"note": f"{seq.shape[1]} pixels drawn, not a whole {S}x{W} image: no PNG written"}
+    levels = task.meta["levels"]
+    grid = seq.clamp(max=levels - 1).numpy().astype("uint8").reshape(-1, S, W)  # BOS drawn mid-image counts as white
+    path = Path(png) if png else Path(run_dir) / "samples.png"
+    write_png_grid(tokens_to_images(grid, levels), path, scale=max(1, 56 // S))
+    out = {"png": str(path), "bos_drawn": int((seq >= levels).sum())}
+    clf_info = task.meta.get("classifier")
+    if clf_info:
+        from .digits import load_classifier, quality
+
+        out["quality"] = quality(load_classifier(Path(task.path) / clf_info["dir"]), grid)
+    return out

