@@ -4,6 +4,8 @@ Legend: B batch, T time, S = T+1 memories, Z memory size.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -13,8 +15,9 @@ from .teacher import Teacher
 
 
 def _scores(logits: torch.Tensor, y: torch.Tensor) -> dict:
-    return {"acc": (logits.argmax(-1) == y).float().mean().item(),
-            "ce": F.cross_entropy(logits.float(), y).item()}
+    ce = F.cross_entropy(logits.float(), y).item()  # nats per supervised token
+    # bits per token: bits per byte on byte-level text
+    return {"acc": (logits.argmax(-1) == y).float().mean().item(), "ce": ce, "bits": ce / math.log(2)}
 
 
 @torch.no_grad()

@@ -10,9 +10,29 @@ _SMALL = ["teacher.d_model=64", "teacher.mem_tokens=4", "teacher.n_heads=4", "te
           "teacher.decoder_depth=1", "teacher.token_shift=true", "cell.d_mem=64", "cell.mem_tokens=4",
           "cell.n_heads=4", "cell.readout_depth=1", "smt.future=32", "smt.dec_samples=8"]
 
+_PAPER = ["method=smt", "teacher.d_model=256", "teacher.mem_tokens=16", "teacher.n_heads=8", "teacher.encoder_depth=8",
+          "teacher.decoder_depth=4", "teacher.window=256", "cell.kind=memtok", "cell.d_mem=256", "cell.mem_tokens=16",
+          "cell.n_heads=8", "cell.depth=8", "cell.readout_depth=4", "smt.future=64", "smt.dec_samples=32",
+          "train.lr=3e-4", "train.batch_size=128", "train.steps=150000", "train.warmup=1000", "train.schedule=cosine",
+          "train.eval_every=2000"]
+
 PRESETS: dict[str, tuple[str, list[str]]] = {
     "retrieval-smt": ("SMT on retrieval, T=64, CPU-sized", _SMALL + ["method=smt", "task=retrieval", 'task_args={"length": 64}']),
     "retrieval-bptt": ("BPTT on retrieval, T=64, same cell", _SMALL + ["method=bptt", "task=retrieval", 'task_args={"length": 64}']),
+    # real data: run `memtrain prepare ...` first (README "Real data"); the path can be overridden with
+    # task_args.path=...
+    "pixels-cpu": ("SMT on 14x14 binarised MNIST, one image per sequence (T=196), CPU-sized", _SMALL + [
+        "method=smt", "task=prepared", 'task_args={"path": "data/mnist14b"}', "train.steps=1500", "train.eval_every=250",
+        "train.eval_batch=128"]),
+    "text-cpu": ("SMT on byte-level KJV text, T=128, CPU-sized", _SMALL + [
+        "method=smt", "task=prepared", 'task_args={"path": "data/kjv", "length": 128}', "train.steps=1500",
+        "train.eval_every=250", "train.eval_batch=128"]),
+    # the paper's sizes (a GPU): memory 16 x 256, 8-layer encoder, 4-layer decoder, T=320, Tc=256, Tf=64,
+    # AdamW lr 3e-4, batch 128, 150k steps; the cell is the memory-token Transformer, 8 blocks as in their code
+    "pixels-paper": ("SMT at the paper's sizes on 28x28 MNIST grey levels as one stream (GPU)", _PAPER + [
+        "task=prepared", 'task_args={"path": "data/mnist28", "layout": "stream", "length": 320}']),
+    "text-paper": ("SMT at the paper's sizes on byte-level text (GPU)", _PAPER + [
+        "task=prepared", 'task_args={"path": "data/tinystories", "length": 320}']),
     "tiny": ("a few seconds on a CPU: for smoke tests", [
         "teacher.d_model=16", "teacher.mem_tokens=2", "teacher.n_heads=2", "teacher.encoder_depth=1", "teacher.decoder_depth=1",
         "cell.d_mem=16", "cell.mem_tokens=2", "cell.n_heads=2", "cell.readout_depth=1", "cell.depth=1",

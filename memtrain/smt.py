@@ -123,6 +123,12 @@ def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_po
 
     loss = cfg.coef_dec * loss_dec + cfg.coef_dyn * loss_dyn + cfg.coef_unif * loss_unif
     metrics = {k: v.detach() for k, v in (("loss_dec", loss_dec), ("loss_dec0", loss_dec0), ("loss_dyn", loss_dyn), ("loss_unif", loss_unif))}
+    # followability: the cell's one-step error relative to how far the teacher's memory moves per
+    # step. Near 1 the cell has not learned the transitions (DMT cannot help yet); well below 1 the
+    # memories are predictable from (m_t, x_{t+1}) and DMT can remove the drift (EXPERIMENTS.md 5).
+    with torch.no_grad():
+        step = F.mse_loss(upcast(m_now.reshape(-1, Z)), upcast(m_next.reshape(-1, Z)))
+        metrics["dyn_rel"] = loss_dyn.detach() / step.clamp_min(1e-12)
 
     if cfg.coef_onpolicy > 0:
         # on-policy states: the cell's own memories from m_empty (a forward-only rollout), regressed

@@ -142,3 +142,15 @@ def test_input_noise_changes_only_the_dynamics_input():
     noisy = smt_loss(teacher, cell, x, y, SMTConfig(future=3, input_noise=0.5), pos, None, idx)[1]
     assert noisy["loss_dec"] == clean["loss_dec"] and noisy["loss_unif"] == clean["loss_unif"]
     assert noisy["loss_dyn"] > clean["loss_dyn"]
+
+
+def test_dyn_rel_is_the_one_step_error_relative_to_the_teachers_step():
+    teacher, cell = tiny_teacher().double(), tiny_cell("mlp").double()
+    x, y = torch.randint(0, V, (3, 7)), torch.randint(0, V, (3, 7))
+    _, m = smt_loss(teacher, cell, x, y, SMTConfig(future=3), sample_positions(y, 3, 2, None), None, torch.arange(8))
+    with torch.no_grad():
+        M = teacher.encode(x)  # (B, S, Z)
+        err = (cell.update(M[:, :-1].reshape(-1, M.shape[-1]), x.reshape(-1)) - M[:, 1:].reshape(-1, M.shape[-1])).pow(2).mean()
+        step = (M[:, 1:] - M[:, :-1]).pow(2).mean()
+    torch.testing.assert_close(m["loss_dyn"], err)
+    torch.testing.assert_close(m["dyn_rel"], err / step)
