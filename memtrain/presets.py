@@ -5,10 +5,11 @@ from .config import RunConfig, apply_overrides
 
 # Teacher: width 64, 4 heads, 2 encoder layers, 1 decoder layer, K=4 memory tokens (Z=256),
 # one-pass causal encoder with token shift (learns retrieval ~2x sooner, EXPERIMENTS.md section 1).
-# Cell: residual MLP. SMT decodes 8 memories per sequence, 32 outputs ahead.
+# Cell: residual MLP. SMT decodes 8 memories per sequence, 32 outputs ahead, and asks every memory to
+# keep its last input (smt.coef_last_input: makes the memories Markov sooner, EXPERIMENTS.md section 7).
 _SMALL = ["teacher.d_model=64", "teacher.mem_tokens=4", "teacher.n_heads=4", "teacher.encoder_depth=2",
           "teacher.decoder_depth=1", "teacher.token_shift=true", "cell.d_mem=64", "cell.mem_tokens=4",
-          "cell.n_heads=4", "cell.readout_depth=1", "smt.future=32", "smt.dec_samples=8"]
+          "cell.n_heads=4", "cell.readout_depth=1", "smt.future=32", "smt.dec_samples=8", "smt.coef_last_input=0.1"]
 
 _PAPER = ["method=smt", "teacher.d_model=256", "teacher.mem_tokens=16", "teacher.n_heads=8", "teacher.encoder_depth=8",
           "teacher.decoder_depth=4", "teacher.window=256", "cell.kind=memtok", "cell.d_mem=256", "cell.mem_tokens=16",

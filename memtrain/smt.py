@@ -35,6 +35,7 @@ class SMTConfig:
     dyn_trains_teacher: bool = True  # the dynamics loss also moves the encoder (joint training)
     input_noise: float = 0.0  # std of Gaussian noise on the cell's input memory (denoising dynamics)
     coef_onpolicy: float = 0.0  # the same regression from the cell's OWN rollout states (trains the cell only)
+    coef_last_input: float = 0.0  # CE of a linear probe that reads x_t back from m_t (keeps memories Markov)
 
     def validate(self) -> None:
         if self.future < 1:
@@ -43,6 +44,8 @@ class SMTConfig:
             v = getattr(self, n)
             if v is not None and v < 1:
                 raise ValueError(f"smt.{n} must be >= 1 or None, got {v}")
+        if self.coef_last_input < 0:
+            raise ValueError(f"smt.coef_last_input must be >= 0, got {self.coef_last_input}")
         if self.coef_onpolicy < 0:
             raise ValueError(f"smt.coef_onpolicy must be >= 0, got {self.coef_onpolicy}")
         if self.input_noise < 0:
@@ -86,10 +89,11 @@ def sample_positions(y: torch.Tensor, Tf: int, n: int | None, gen: torch.Generat
     return torch.gather(order, 1, slot)
 
 
-def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_pos, unif_idx):
+def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_pos, unif_idx, last_input_head=None):
     """The SMT objective for given sample positions (pure; `SMT.loss` draws the positions).
     dec_pos (B, P) memory positions for the decoder, dyn_pos (B, R) transition starts in 0..T-1
-    (or None for all), unif_idx (U,) indices into the B*S*K memory tokens."""
+    (or None for all), unif_idx (U,) indices into the B*S*K memory tokens, last_input_head a Linear
+    Z -> V (needed when cfg.coef_last_input > 0)."""
     B, T = x.shape
     D, Tf = teacher.cfg.d_model, cfg.future
     M = teacher.encode(x)  # (B, S, Z)
@@ -122,7 +126,16 @@ def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_po
     loss_unif = uniformity(M.reshape(-1, D)[unif_idx])
 
     loss = cfg.coef_dec * loss_dec + cfg.coef_dyn * loss_dyn + cfg.coef_unif * loss_unif
+    if cfg.coef_last_input > 0:
+        # every memory m_t must tell its last input x_t. The teacher reads each token together with
+        # the previous one (token shift) or through previous-token heads, so nothing else makes it
+        # keep x_t; without it the cell cannot compute m_{t+1} from (m_t, x_{t+1}) where x_t matters
+        # (retrieval: the symbol after the marker), and the memories are not Markov (EXPERIMENTS.md 7)
+        loss_last = F.cross_entropy(upcast(last_input_head(M[:, 1:].reshape(-1, Z))), x.reshape(-1))
+        loss = loss + cfg.coef_last_input * loss_last
     metrics = {k: v.detach() for k, v in (("loss_dec", loss_dec), ("loss_dec0", loss_dec0), ("loss_dyn", loss_dyn), ("loss_unif", loss_unif))}
+    if cfg.coef_last_input > 0:
+        metrics["loss_last_input"] = loss_last.detach()
     # followability: the cell's one-step error relative to how far the teacher's memory moves per
     # step. Near 1 the cell has not learned the transitions (DMT cannot help yet); well below 1 the
     # memories are predictable from (m_t, x_{t+1}) and DMT can remove the drift (EXPERIMENTS.md 5).
@@ -153,11 +166,14 @@ class SMT(nn.Module):
         cfg.validate()
         check_compatible(cell, teacher)
         self.teacher, self.cell, self.cfg = teacher, cell, cfg
+        # a training-time probe, not part of the teacher or the RNN (not saved with the run)
+        self.last_input_head = nn.Linear(teacher.cfg.mem_size, teacher.cfg.vocab_size) if cfg.coef_last_input > 0 else None
 
     def trainable(self):
         # the cell's readout head and start memory are copies of the teacher's (see `sync`)
         skip = {id(p) for p in self.cell.head.parameters()} | {id(self.cell.m_init)}
-        return list(self.teacher.parameters()) + [p for p in self.cell.parameters() if id(p) not in skip]
+        probe = list(self.last_input_head.parameters()) if self.last_input_head is not None else []
+        return list(self.teacher.parameters()) + [p for p in self.cell.parameters() if id(p) not in skip] + probe
 
     def loss(self, x, y, gen=None):
         B, T = x.shape
@@ -169,7 +185,7 @@ class SMT(nn.Module):
             dyn_pos = r.to(x.device)
         n_tok = B * (T + 1) * self.teacher.cfg.mem_tokens
         unif_idx = torch.randperm(n_tok, generator=gen)[: cfg.unif_samples].to(x.device)
-        return smt_loss(self.teacher, self.cell, x, y, cfg, dec_pos, dyn_pos, unif_idx)
+        return smt_loss(self.teacher, self.cell, x, y, cfg, dec_pos, dyn_pos, unif_idx, self.last_input_head)
 
     def sync(self):
         """Before the cell runs alone: give it the teacher's readout and m_empty."""

@@ -154,3 +154,21 @@ def test_dyn_rel_is_the_one_step_error_relative_to_the_teachers_step():
         step = (M[:, 1:] - M[:, :-1]).pow(2).mean()
     torch.testing.assert_close(m["loss_dyn"], err)
     torch.testing.assert_close(m["dyn_rel"], err / step)
+
+
+def test_last_input_probe_trains_teacher_and_probe_not_cell():
+    teacher, cell = tiny_teacher().double(), tiny_cell("mlp").double()
+    smt = SMT(teacher, cell, SMTConfig(future=3, coef_last_input=0.5, coef_dec=0, coef_dyn=0, coef_unif=0)).double()
+    x, y = torch.randint(0, V, (3, 6)), torch.randint(0, V, (3, 6))
+    loss, m = smt.loss(x, y, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        M = teacher.encode(x)
+        want = torch.nn.functional.cross_entropy(smt.last_input_head(M[:, 1:].reshape(-1, M.shape[-1])), x.reshape(-1))
+    torch.testing.assert_close(m["loss_last_input"], want)
+    torch.testing.assert_close(loss, 0.5 * want)
+    loss.backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in cell.parameters())
+    assert smt.last_input_head.weight.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in teacher.parameters())
+    assert any(p is smt.last_input_head.weight for p in smt.trainable())
+    assert SMT(tiny_teacher(), tiny_cell("mlp"), SMTConfig()).last_input_head is None
