@@ -149,8 +149,13 @@ def _train_scorer(arrays: dict, meta: dict, opts: dict, progress: bool) -> dict:
     train = arrays["train"].reshape(-1, *S)
     val = arrays["val"].reshape(-1, *S)
     clf = digits.train_classifier(train, arrays["train_labels"], opts["levels"], steps=opts["classifier_steps"], progress=progress)
+    # what the quality score reads on real digits, and on the same pixels shuffled within each image
+    # (the density of a digit, none of its shape): a generator's score means something between the two
+    shuffled = np.random.default_rng(0).permuted(val.reshape(len(val), -1), axis=1).reshape(val.shape)
     info = {"dir": CLASSIFIER_DIR, "steps": opts["classifier_steps"],
-            "val_accuracy": round(digits.accuracy(clf, val, arrays["val_labels"]), 4)}
+            "val_accuracy": round(digits.accuracy(clf, val, arrays["val_labels"]), 4),
+            "val_confident": round(digits.quality(clf, val)["confident"], 4),
+            "shuffled_confident": round(digits.quality(clf, shuffled)["confident"], 4)}
     if progress:
         print(f"digit classifier: val accuracy {info['val_accuracy']:.3f}", file=sys.stderr)
     return {"info": info, "write": lambda folder: digits.save_classifier(clf, folder / CLASSIFIER_DIR, {"val_accuracy": info["val_accuracy"]})}

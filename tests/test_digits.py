@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from memtrain.checkpoint import save_run
-from memtrain.digits import (META, WEIGHTS, DigitClassifier, accuracy, load_classifier, predict_proba, quality,
+from memtrain.digits import (scramble, META, WEIGHTS, DigitClassifier, accuracy, load_classifier, predict_proba, quality,
                              save_classifier, train_classifier)
 
 
@@ -84,7 +84,7 @@ def test_save_load_round_trip(trained, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted([META, WEIGHTS])  # no temporary files
     meta = json.loads((out / META).read_text())
     assert meta["format"] == "memtrain-digits" and meta["version"] == 1 and meta["val_accuracy"] == 0.97
-    assert meta["config"] == {"levels": 2, "size": [8, 8], "channels": [16, 32], "hidden": 64, "n_classes": 10}
+    assert meta["config"] == {"levels": 2, "size": [8, 8], "channels": [16, 32], "hidden": 64, "n_classes": 11}
     back = load_classifier(out)
     x, _ = synthetic(50, seed=2)
     assert np.array_equal(predict_proba(back, x), predict_proba(trained, x))
@@ -127,3 +127,21 @@ def test_load_refuses(trained, tmp_path):
     run = save_run(tmp_path / "run", {"cell": torch.nn.Linear(2, 2)}, {})
     with pytest.raises(ValueError, match="needs digits.json"):
         load_classifier(run)
+
+
+def test_scramble_keeps_each_images_pixels():
+    x = torch.from_numpy(synthetic(6, seed=3, levels=4)[0]).long()
+    sx = scramble(x, torch.Generator().manual_seed(0))
+    assert torch.equal(sx.flatten(1).sort(1).values, x.flatten(1).sort(1).values)
+    assert not torch.equal(sx, x)
+
+
+def test_reject_class_catches_scrambled_images_and_is_never_confident_digit(trained, monkeypatch):
+    x, _ = synthetic(200, seed=4)
+    noise = scramble(torch.from_numpy(x), torch.Generator().manual_seed(1)).numpy()
+    q = quality(trained, noise)
+    assert trained.n_classes == 11 and q["not_a_digit"] > 0.8 and q["confident"] < 0.2
+    clf = DigitClassifier(levels=2, size=(4, 4), n_classes=11)
+    fixed_logits(monkeypatch, clf, [[0] * 10 + [20], [20] + [0] * 10])  # sure it is not a digit; sure it is a 0
+    q = quality(clf, np.zeros((2, 4, 4), dtype=np.uint8))
+    assert q["not_a_digit"] == 0.5 and q["confident"] == 0.5 and q["histogram"] == [1] + [0] * 9

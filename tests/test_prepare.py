@@ -214,6 +214,8 @@ def test_pixels_keep_a_digit_classifier_trained_on_their_training_images(tmp_pat
     np.testing.assert_allclose(digits.predict_proba(clf, val), digits.predict_proba(again, val), rtol=0, atol=1e-6)
     assert meta["classifier"]["val_accuracy"] == round(digits.accuracy(clf, val, arrays["val_labels"]), 4)
     assert meta["classifier"]["steps"] == 20
+    assert meta["classifier"]["val_confident"] == round(digits.quality(clf, val)["confident"], 4)
+    assert 0 <= meta["classifier"]["shuffled_confident"] <= 1
 
 
 def test_tinystories_uses_its_own_validation_split(tmp_path, monkeypatch):
@@ -330,3 +332,5 @@ def test_pixels_keep_a_digit_classifier_trained_on_their_training_images(tmp_pat
     np.testing.assert_allclose(digits.predict_proba(clf, val), digits.predict_proba(again, val), rtol=0, atol=1e-6)
     assert meta["classifier"]["val_accuracy"] == round(digits.accuracy(clf, val, arrays["val_labels"]), 4)
     assert meta["classifier"]["steps"] == 20
+    assert meta["classifier"]["val_confident"] == round(digits.quality(clf, val)["confident"], 4)
+    assert 0 <= meta["classifier"]["shuffled_confident"] <= 1
