@@ -29,3 +29,15 @@ def test_demo_cli(tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "retrieval, T=12" in out and "| BPTT |" in out
+
+
+def test_compare_time_budgets(tmp_path):
+    """smt_seconds / dmt_seconds stop each stage on training time, not on a step count, and BPTT
+    gets their sum."""
+    rows = compare(str(tmp_path), TINY, smt_seconds=0.3, dmt_seconds=0.2, progress=False, log=lambda *_: None)
+    smt, dmt, bptt = rows
+    assert 0.3 <= smt["seconds"] < 5 and 1 <= smt["updates"] < 1000
+    assert 0.2 <= dmt["seconds"] - smt["seconds"] < 5 and dmt["updates"] > smt["updates"]
+    assert bptt["seconds"] >= dmt["seconds"] and bptt["updates"] >= 1
+    cfg = json.loads((tmp_path / "compare.json").read_text())["config"]
+    assert cfg["train"]["time_limit"] == 0.3

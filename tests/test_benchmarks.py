@@ -1,0 +1,106 @@
+"""The numerical pieces of benchmarks/ against plain references, and the results writer."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from common import md_table, write_results  # noqa: E402
+from grad_profile import bptt_profile, smt_cell_profile  # noqa: E402
+from memory_geometry import effective_rank, mean_pairwise_distance  # noqa: E402
+
+
+def test_effective_rank_of_known_spectra():
+    g = torch.Generator().manual_seed(0)
+    Q, _ = torch.linalg.qr(torch.randn(50, 50, generator=g, dtype=torch.float64))
+    U, V = Q[:, :8], torch.linalg.qr(torch.randn(8, 8, generator=g, dtype=torch.float64))[0]
+    X = U @ torch.diag(torch.tensor([3.0] * 4 + [0.0] * 4, dtype=torch.float64)) @ V.T  # 4 equal singular values
+    X = torch.cat([X, -X])  # rows that already average to zero: centring leaves the spectrum (x sqrt 2)
+    assert effective_rank(X) == pytest.approx(4.0, rel=1e-6)
+    s = torch.tensor([4.0, 2.0, 1.0, 1.0], dtype=torch.float64)
+    p = s / s.sum()
+    ref = float(torch.exp(-(p * p.log()).sum()))
+    Y = U[:, :4] @ torch.diag(s) @ torch.linalg.qr(torch.randn(4, 4, generator=g, dtype=torch.float64))[0].T
+    Y = torch.cat([Y, -Y])
+    assert effective_rank(Y) == pytest.approx(ref, rel=1e-6)
+    line = torch.arange(10.0)[:, None] * torch.ones(1, 5)  # every row on one line
+    assert effective_rank(line) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_mean_pairwise_distance_matches_loop():
+    X = torch.randn(7, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ref = sum(float((X[i] - X[j]).norm()) for i in range(7) for j in range(7) if i != j) / (7 * 6)
+    assert mean_pairwise_distance(X) == pytest.approx(ref, rel=1e-10)
+
+
+class ScaleCell(torch.nn.Module):
+    """m' = a * m + e(x): dL/dm_t = a^(T-t) dL/dm_T exactly."""
+
+    def __init__(self, a: float, Z: int = 3, V: int = 4):
+        super().__init__()
+        self.a = a
+        self.embed = torch.nn.Embedding(V, Z).double()
+        self.head = torch.nn.Linear(Z, V).double()
+
+    def init_memory(self, B):
+        return torch.zeros(B, self.embed.embedding_dim, dtype=torch.float64)
+
+    def update(self, m, x):
+        return self.a * m + self.embed(x)
+
+    def readout(self, m):
+        return self.head(m)
+
+
+def test_bptt_profile_is_the_chain_rule():
+    torch.manual_seed(0)
+    T, B = 6, 2
+    x = torch.randint(0, 4, (B, T))
+    y = torch.full((B, T), -1)
+    y[:, -1] = torch.randint(0, 4, (B,))  # only the last position supervised
+    for a in (0.5, 2.0):
+        g = bptt_profile(ScaleCell(a), x, y)
+        assert len(g) == T + 1
+        for t in range(T + 1):
+            assert g[t] == pytest.approx(g[T] * a ** (T - t), rel=1e-9)
+
+
+def test_smt_cell_profile_is_per_step_and_never_through_time():
+    """The gradient at step t only depends on that step's error: perturbing the teacher memory of a
+    later step leaves the earlier steps' gradients unchanged."""
+    torch.manual_seed(0)
+    Z, T, B = 3, 5, 2
+
+    class Enc:
+        def __init__(self, M):
+            self.M = M
+
+        def encode(self, x):
+            return self.M
+
+    M = torch.randn(B, T + 1, Z, dtype=torch.float64)
+    x = torch.randint(0, 4, (B, T))
+    cell = ScaleCell(0.7, Z)
+    g1 = smt_cell_profile(Enc(M), cell, x, 1.0)
+    M2 = M.clone()
+    M2[:, -1] += 1.0  # the target of the last step only
+    g2 = smt_cell_profile(Enc(M2), cell, x, 1.0)
+    assert len(g1) == T and g1[:-1] == pytest.approx(g2[:-1], rel=1e-12) and g1[-1] != pytest.approx(g2[-1])
+    # reference: d/dm_t of mean((a m_t + e(x_t) - M_{t+1})^2) over B*T*Z elements, norm per sequence, mean
+    with torch.no_grad():
+        r = 2 * 0.7 * (0.7 * M[:, :-1] + cell.embed(x) - M[:, 1:]) / (B * T * Z)
+    assert g1 == pytest.approx(r.norm(dim=-1).mean(0).tolist(), rel=1e-9)
+
+
+def test_write_results_and_table(tmp_path):
+    table = md_table(["a", "b"], [[1, 0.5], [None, 1e-5], ["x", 12345.0]])
+    assert table.splitlines() == ["| a | b |", "|---|---|", "| 1 | 0.500 |", "| - | 1e-05 |", "| x | 12,345 |"]
+    paths = write_results("demo_bench", {"figure": 1.5}, table, None, tmp_path)
+    assert [p.name for p in paths] == ["demo_bench.json", "demo_bench.md"]
+    data = json.loads(paths[0].read_text())
+    assert data["figure"] == 1.5 and data["benchmark"] == "demo_bench" and "torch" in data["machine"]
+    assert table in paths[1].read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo_bench.json", "demo_bench.md"]  # no temp files left
