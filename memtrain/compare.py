@@ -10,16 +10,18 @@ from .presets import PRESETS
 from .trainer import train
 
 def compare(out_dir: str, overrides: list[str] = (), smt_steps: int = 900, dmt_steps: int = 600,
-            dmt_lr: float = 1e-4, bptt_seconds: float | None = None, progress: bool = True, log=print) -> list[dict]:
+            dmt_lr: float = 1e-4, bptt_seconds: float | None = None, smt_seconds: float | None = None,
+            dmt_seconds: float | None = None, progress: bool = True, log=print) -> list[dict]:
     """Train SMT, then DMT from it, then BPTT for the same total wall-clock (unless bptt_seconds is
-    given); return one summary row per stage and write them to out_dir/compare.json."""
+    given); return one summary row per stage and write them to out_dir/compare.json.
+    smt_seconds / dmt_seconds give a stage a training-time budget instead of a number of steps."""
     out = Path(out_dir)
     base = list(PRESETS["retrieval-smt"][1]) + list(overrides)
-    smt_cfg = apply_overrides(RunConfig(), base + [f"train.steps={smt_steps}", f"out_dir={out / 'smt'}", "method=smt"])
-    log(f"[1/3] SMT: teacher + cell jointly, {smt_steps} steps")
+    smt_cfg = apply_overrides(RunConfig(), base + [*_budget(smt_steps, smt_seconds), f"out_dir={out / 'smt'}", "method=smt"])
+    log(f"[1/3] SMT: teacher + cell jointly, {_say(smt_steps, smt_seconds)}")
     smt = train(smt_cfg, progress=progress)
-    log(f"[2/3] DMT from the SMT run, {dmt_steps} steps")
-    dmt_cfg = apply_overrides(smt_cfg, [f"method=dmt", f"train.steps={dmt_steps}", f"init_from={out / 'smt'}",
+    log(f"[2/3] DMT from the SMT run, {_say(dmt_steps, dmt_seconds)}")
+    dmt_cfg = apply_overrides(smt_cfg, [f"method=dmt", *_budget(dmt_steps, dmt_seconds), f"init_from={out / 'smt'}",
                                         f"out_dir={out / 'dmt'}", f"train.lr={dmt_lr}", "train.warmup=0"])
     dmt = train(dmt_cfg, progress=progress)
     budget = bptt_seconds if bptt_seconds is not None else max(smt["train_seconds"] + dmt["train_seconds"], 0.01)
@@ -34,6 +36,16 @@ def compare(out_dir: str, overrides: list[str] = (), smt_steps: int = 900, dmt_s
     ]
     (out / "compare.json").write_text(json.dumps({"rows": rows, "config": to_dict(smt_cfg)}, indent=1))
     return rows
+
+
+def _budget(steps: int, seconds: float | None) -> list[str]:
+    if seconds is None:
+        return [f"train.steps={steps}", "train.time_limit=null"]
+    return ["train.steps=100000000", f"train.time_limit={seconds}"]
+
+
+def _say(steps: int, seconds: float | None) -> str:
+    return f"{steps} steps" if seconds is None else f"{seconds:g} s"
 
 
 def _row(s: dict, extra_seconds: float = 0.0, extra_steps: int = 0) -> dict:
