@@ -50,7 +50,7 @@ def write_results(name: str, data: dict, table: str, figure=None, results: str |
     data = {"benchmark": name, "machine": machine(), **data}
     paths = [out / f"{name}.json", out / f"{name}.md"]
     _atomic_write(paths[0], (json.dumps(data, indent=1) + "\n").encode())
-    _atomic_write(paths[1], (f"<!-- written by benchmarks/{name}.py; command: {data['machine']['command']} -->\n"
+    _atomic_write(paths[1], (f"<!-- written by benchmarks/{data['machine']['command']} -->\n"
                              f"{table}\n").encode())
     if figure is not None:
         import io

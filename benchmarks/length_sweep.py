@@ -7,7 +7,7 @@ budgets instead of step counts, so every method gets the same seconds of trainin
 Runs are kept under --root and skipped when already finished, so the sweep can be split across
 processes (one per core) and resumed; `report` collects whatever has finished.
 
-    python benchmarks/length_sweep.py run --cells mlp --lengths 32 64 128 256 --smt-seconds 420 --dmt-seconds 180
+    python benchmarks/length_sweep.py run --cells mlp --lengths 32 64 128 256 --smt-seconds 300 --dmt-seconds 120
     python benchmarks/length_sweep.py report
 """
 from __future__ import annotations
@@ -95,8 +95,8 @@ def main() -> None:
     r.add_argument("--cells", nargs="+", default=["mlp", "memtok"])
     r.add_argument("--lengths", nargs="+", type=int, default=[32, 64, 128, 256])
     r.add_argument("--seeds", nargs="+", type=int, default=[0])
-    r.add_argument("--smt-seconds", type=float, default=420)
-    r.add_argument("--dmt-seconds", type=float, default=180)
+    r.add_argument("--smt-seconds", type=float, default=300)
+    r.add_argument("--dmt-seconds", type=float, default=120)
     r.add_argument("--eval-every", type=int, default=200)
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("overrides", nargs="*", help="key=value settings on top of the retrieval-smt preset")

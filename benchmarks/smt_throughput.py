@@ -25,7 +25,7 @@ The authors' code is NOT part of this repository and is never copied into it: th
 
 Without it the script says so and measures memtrain alone.
 
-    python benchmarks/smt_throughput.py [--threads 2] [--repeats 5] [--out smt_throughput.json]
+    python benchmarks/smt_throughput.py [--threads 2] [--repeats 5]   # writes benchmarks/results/smt_throughput.*
 
 Methods are timed in interleaved blocks (every repeat runs each method once, in a rotating order),
 so a busy machine slows all of them alike and the ratio stays meaningful even when the absolute
@@ -38,7 +38,6 @@ import functools
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -46,6 +45,7 @@ from pathlib import Path
 
 import torch
 
+from common import md_table, pyplot, write_results
 from memtrain import build, build_task
 from memtrain.presets import preset_config
 
@@ -202,7 +202,7 @@ def main(argv=None) -> int:
                         "at d/heads=16; 0: skip). Their unmodified model (head width 64) is always timed.")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="", help="write the results as JSON here")
+    p.add_argument("--results", default=None, help="folder for smt_throughput.{json,md,png} (default benchmarks/results)")
     a = p.parse_args(argv)
 
     torch.set_num_threads(a.threads)
@@ -295,18 +295,25 @@ def main(argv=None) -> int:
           " busy with other jobs: absolute times can be inflated, but the methods run in interleaved blocks in"
           " the same process, so the ratio is the meaningful number.")
 
-    if a.out:
-        result = {"setting": {"B": B, "d_model": D, "mem_tokens": K, "Z": K * D, "n_heads": HEADS, "encoder_depth": ENC_DEPTH,
-                              "rnn_depth": RNN_DEPTH, "decoder_depth": DEC_DEPTH, "Tc": TC, "Tf": TF, "vocab": VOCAB,
-                              "dtype": "float32", "device": str(device), "threads": a.threads, "repeats": a.repeats,
-                              "warmup": a.warmup},
-                  "authors_code": str(Path(a.authors_src) / "model.py") if am is not None else None,
-                  "results": rows, "ratios_labels_per_s_memtrain_over_authors": ratios,
-                  "loadavg_before_after": [load0[0], load1[0]], "cpu_count": os.cpu_count(),
-                  "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"\nwrote {a.out}")
+    result = {"setting": {"B": B, "d_model": D, "mem_tokens": K, "Z": K * D, "n_heads": HEADS, "encoder_depth": ENC_DEPTH,
+                          "rnn_depth": RNN_DEPTH, "decoder_depth": DEC_DEPTH, "Tc": TC, "Tf": TF, "vocab": VOCAB,
+                          "dtype": "float32", "device": str(device), "threads": a.threads, "repeats": a.repeats,
+                          "warmup": a.warmup},
+              "authors_code": str(Path(a.authors_src) / "model.py") if am is not None else None,
+              "results": rows, "ratios_labels_per_s_memtrain_over_authors": ratios,
+              "loadavg_before_after": [load0[0], load1[0]]}
+    head = authors_rows[0] if authors_rows else None
+    table = md_table(["method", "median s/update", "labels/update", "labels/s", "x authors (unmodified)"],
+                     [[r["method"], r["median_s_per_update"], r["labels_per_update"], round(r["labels_per_s"]),
+                       f"{r['labels_per_s'] / head['labels_per_s']:.1f}x" if head else None] for r in rows])
+    table += (f"\n\nMemory-token cell, d={D}, K={K}, context {TC}, future {TF}, batch {B}, float32, {a.threads} threads, "
+              f"median of {a.repeats} interleaved blocks. A label is one supervised memory transition.")
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(rows)))
+    ax.barh([r["method"] for r in rows][::-1], [r["labels_per_s"] for r in rows][::-1])
+    ax.set_xscale("log")
+    ax.set_xlabel("memory-transition labels per second (log)")
+    write_results("smt_throughput", result, table, fig, a.results)
     return 0
 
 
