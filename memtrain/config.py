@@ -34,6 +34,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0  # CPU threads for torch (0: leave torch's default)
     time_limit: float | None = None  # stop after this many seconds of training (None: no limit)
+    compile: bool = False  # torch.compile the cell step and the teacher encoder (see trainer.compile_networks)
 
     def validate(self) -> None:
         for n in ("steps", "batch_size", "eval_every", "eval_batch"):

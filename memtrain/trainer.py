@@ -96,6 +96,17 @@ def build(cfg: RunConfig):
     return task, teacher, cell, method
 
 
+def compile_networks(cell, teacher=None, **options) -> None:
+    """torch.compile the two functions every hot path calls: `cell.update` (SMT calls it once on all
+    T transitions; rollouts call it once per step) and `teacher.encode` (the one-pass encoder). Loops
+    over time stay in Python: a rollout is never unrolled into one graph, so compile time does not
+    grow with T. The compiled functions shadow the methods on these instances only; parameters and
+    checkpoints are unchanged. `options` go to torch.compile (e.g. backend="aot_eager" in tests)."""
+    cell.update = torch.compile(cell.update, **options)
+    if teacher is not None:
+        teacher.encode = torch.compile(teacher.encode, **options)
+
+
 def train(cfg: RunConfig, progress: bool = True) -> dict:
     """Train one run; returns a summary with the final evaluation and timings."""
     task, teacher, cell, method = build(cfg)
@@ -108,6 +119,8 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
     x_eval, y_eval = sample_eval(task, tc.eval_batch, torch.Generator().manual_seed(tc.seed + 10_000))
     x_eval, y_eval = x_eval.to(device), y_eval.to(device)
     method.to(device)
+    if tc.compile:
+        compile_networks(cell, teacher)
     params = method.trainable()
     opt = torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
