@@ -52,10 +52,10 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for label, r in found.items():
         ax.plot(range(len(r["drift"])), [max(v, 1e-8) for v in r["drift"]], label=label)
-    T0 = next(iter(found.values()))["train_length"]
-    ax.axvline(T0, color="grey", lw=0.8, ls="--")
+    for T0 in sorted({r["train_length"] for r in found.values()}):
+        ax.axvline(T0, color="grey", lw=0.8, ls="--")
     ax.set_yscale("log")
-    ax.set_xlabel("timestep t (dashed: training length)")
+    ax.set_xlabel("timestep t (dashed: training lengths)")
     ax.set_ylabel("drift MSE(m^_t, m_t)")
     ax.set_title("RNN running alone vs its teacher")
     ax.legend(fontsize=7)

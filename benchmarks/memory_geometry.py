@@ -70,8 +70,9 @@ def main() -> None:
             for k, r in found.items()]
     table = md_table(["run", "cell", "task", "T", "coef_unif", "teacher eff. rank", "RNN eff. rank",
                       "teacher final-memory distance", "RNN final-memory distance", "teacher acc", "RNN alone acc"], rows)
-    Z = next(iter(found.values()))["Z"]
-    table += (f"\n\nEffective rank of the centred memories (all timesteps of {a.batch} fresh sequences, Z={Z}); "
+    Zs = sorted({r["Z"] for r in found.values()})
+    table += (f"\n\nEffective rank of the centred memories (all timesteps of {a.batch} fresh sequences, "
+              f"Z={'/'.join(map(str, Zs))}: at most Z); "
               "distance = mean Euclidean distance between the final memories of two sequences (memory tokens are "
               "RMS-normalised, so a memory of K tokens has norm sqrt(Z)).")
     plt = pyplot()

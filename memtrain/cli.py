@@ -46,7 +46,7 @@ def cmd_demo(args) -> None:
     if args.threads:
         overrides.append(f"train.threads={args.threads}")
     rows = compare(args.out, overrides + args.overrides, smt_steps=args.smt_steps, dmt_steps=args.dmt_steps,
-                   dmt_lr=args.dmt_lr, progress=not args.quiet)
+                   dmt_lr=args.dmt_lr, smt_seconds=args.smt_seconds, dmt_seconds=args.dmt_seconds, progress=not args.quiet)
     print()
     print(f"retrieval, T={args.length}, cell={args.cell}: accuracy of the RNN running alone from its initial memory")
     print(format_table(rows))
@@ -117,6 +117,8 @@ def make_parser() -> argparse.ArgumentParser:
     d.add_argument("--cell", default="mlp")
     d.add_argument("--smt-steps", type=int, default=900)
     d.add_argument("--dmt-steps", type=int, default=600)
+    d.add_argument("--smt-seconds", type=float, default=None, help="train SMT for this long instead of --smt-steps")
+    d.add_argument("--dmt-seconds", type=float, default=None, help="train DMT for this long instead of --dmt-steps")
     d.add_argument("--dmt-lr", type=float, default=1e-4)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=0)

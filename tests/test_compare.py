@@ -41,3 +41,10 @@ def test_compare_time_budgets(tmp_path):
     assert bptt["seconds"] >= dmt["seconds"] and bptt["updates"] >= 1
     cfg = json.loads((tmp_path / "compare.json").read_text())["config"]
     assert cfg["train"]["time_limit"] == 0.3
+
+
+def test_demo_cli_time_budgets(tmp_path, capsys):
+    rc = main(["demo", "--quiet", "--length", "12", "--smt-seconds", "0.2", "--dmt-seconds", "0.2", "--out", str(tmp_path), *TINY])
+    assert rc == 0
+    rows = json.loads((tmp_path / "compare.json").read_text())["rows"]
+    assert rows[0]["seconds"] >= 0.2 and rows[1]["seconds"] >= rows[0]["seconds"] + 0.2
