@@ -137,7 +137,7 @@ def main() -> None:
     for label, (method, g) in profiles.items():
         last, first = g[-1], g[0]  # the cell-step profile has T entries (t = 0..T-1), the others T+1
         rows.append([method, label, g[-1], g[T // 2], g[0], first / last if last > 0 else None])
-    table = md_table(["gradient", "model", "mean |dL/dm| at the end", f"t={T // 2}", "t=0", "ratio t=0 / end"], rows)
+    table = md_table(["gradient", "model", "mean norm of dL/dm at the end", f"t={T // 2}", "t=0", "ratio t=0 / end"], rows)
     table += (f"\n\nRetrieval, T={T}, batch {a.batch}. BPTT: dL/dm_t, L = cross-entropy at the last position (the only "
               "supervised one). SMT-cell: the gradient of the dynamics loss on the memory a cell step reads, at each "
               "step (end = t=T-1). SMT-teacher: dL/dM_t of the whole SMT objective (every memory decoded) on each "
