@@ -76,6 +76,21 @@ def pyplot():
     return plt
 
 
+def training_update(loss_fn, params, lr: float = 1e-4, clip: float = 1.0):
+    """One training update as the training loop does it (loss, backward, clip, AdamW step), as a
+    function of no arguments for timing; `loss_fn()` returns the loss to minimise."""
+    opt = torch.optim.AdamW(params, lr=lr)
+
+    def update():
+        loss = loss_fn()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+
+    return update
+
+
 def median(xs) -> float:
     return float(statistics.median(xs))
 

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from common import md_table, median, pyplot, write_results
+from common import md_table, median, pyplot, training_update, write_results
 from memtrain.dmt import DMT
 from memtrain.presets import preset_config
 from memtrain.trainer import build, compile_networks
@@ -24,23 +24,16 @@ def make(method: str, cell: str, length: int, batch: int, compiled: bool):
     over = [f"method={method}", f'task_args={{"length": {length}}}', f"cell.kind={cell}", f"train.batch_size={batch}"]
     if method == "dmt":  # build() wants a finished SMT run for DMT; an untrained teacher times the same
         over[0] = "method=smt"
-    task, teacher, c, m = build(preset_config("retrieval-smt", over))
+    cfg = preset_config("retrieval-smt", over)
+    task, teacher, c, m = build(cfg)
     if method == "dmt":
-        m = DMT(teacher, c, preset_config("retrieval-smt", over).dmt)
+        m = DMT(teacher, c, cfg.dmt)
     torch.manual_seed(0)
     if compiled:
         compile_networks(c, teacher if method != "bptt" else None)
-    params = m.trainable()
-    opt = torch.optim.AdamW(params, lr=1e-4)
     x, y = task.sample(batch, torch.Generator().manual_seed(0))
     gen = torch.Generator().manual_seed(1)
-
-    def update():
-        loss, _ = m.loss(x, y, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+    update = training_update(lambda: m.loss(x, y, gen)[0], m.trainable())
 
     t0 = time.perf_counter()
     for _ in range(3):  # warm-up; compiles (and recompiles for a second shape) here

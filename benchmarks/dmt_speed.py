@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from common import md_table, median, pyplot, write_results
+from common import md_table, median, pyplot, training_update, write_results
 from smt_throughput import B, D, DEC_DEPTH, ENC_DEPTH, HEADS, K, N_SYMBOLS, RNN_DEPTH, TC, TF, VOCAB, load_authors
 from memtrain.presets import preset_config
 from memtrain.tasks import build_task
@@ -46,17 +46,7 @@ def authors_update(am, td: int, k: int, gen):
     teacher.requires_grad_(False)
     x, y = batch(TC + td + TF, gen)
     b = {"x": x, "y": y}
-    params = list(rnn.parameters())
-    opt = torch.optim.AdamW(params, lr=1e-4)
-
-    def update():
-        loss = am.forward_dmt(rnn, teacher, b, dcfg)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-
-    return update
+    return training_update(lambda: am.forward_dmt(rnn, teacher, b, dcfg)["loss"], list(rnn.parameters()))
 
 
 def memtrain_update(td: int, k: int, gen):
@@ -71,18 +61,8 @@ def memtrain_update(td: int, k: int, gen):
 
     method = DMT(teacher, cell, DMTConfig(rollout=td, every=k, start="encoder"))
     x, y = batch(TC + td, gen)
-    params = method.trainable()
-    opt = torch.optim.AdamW(params, lr=1e-4)
     lgen = torch.Generator().manual_seed(0)
-
-    def update():
-        loss, _ = method.loss(x, y, lgen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-
-    return update
+    return training_update(lambda: method.loss(x, y, lgen)[0], method.trainable())
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from common import md_table, median, pyplot, write_results
+from common import md_table, median, pyplot, training_update, write_results
 from memtrain.presets import preset_config
 from memtrain.trainer import build
 
@@ -23,18 +23,9 @@ def make(method: str, length: int, cell: str, batch: int):
     cfg = preset_config("retrieval-smt", [f"method={method}", f'task_args={{"length": {length}}}', f"cell.kind={cell}",
                                           f"train.batch_size={batch}"])
     task, _, _, m = build(cfg)
-    params = m.trainable()
-    opt = torch.optim.AdamW(params, lr=1e-4)
     x, y = task.sample(batch, torch.Generator().manual_seed(0))
     gen = torch.Generator().manual_seed(1)
-
-    def update():
-        loss, _ = m.loss(x, y, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-
+    update = training_update(lambda: m.loss(x, y, gen)[0], m.trainable())
     update()  # warm-up
     return update
 

@@ -8,7 +8,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from common import md_table, write_results  # noqa: E402
+from common import md_table, training_update, write_results  # noqa: E402
 from grad_profile import bptt_profile, smt_cell_profile  # noqa: E402
 from memory_geometry import effective_rank, mean_pairwise_distance  # noqa: E402
 
@@ -104,3 +104,17 @@ def test_write_results_and_table(tmp_path):
     assert data["figure"] == 1.5 and data["benchmark"] == "demo_bench" and "torch" in data["machine"]
     assert table in paths[1].read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo_bench.json", "demo_bench.md"]  # no temp files left
+
+
+def test_training_update_matches_a_manual_adamw_step():
+    """The timed update is one clipped AdamW step of the given loss, as the training loop does it."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(5, dtype=torch.float64) * 10)
+    ref, w0 = torch.nn.Parameter(w.detach().clone()), w.detach().clone()
+    training_update(lambda: (w ** 2).sum(), [w], lr=0.1, clip=1.0)()
+    opt = torch.optim.AdamW([ref], lr=0.1)
+    (ref ** 2).sum().backward()
+    torch.nn.utils.clip_grad_norm_([ref], 1.0)
+    opt.step()
+    torch.testing.assert_close(w.detach(), ref.detach())
+    assert not torch.equal(w.detach(), w0)  # it moved
