@@ -1,27 +1,115 @@
-"""Checkpoints: model tensors in safetensors plus a JSON file with the configuration. Nothing that
-runs code is ever loaded. Files are written to a temporary name, flushed and renamed, so a reader
-never sees half a checkpoint."""
+"""Checkpoints on disk: tensors in safetensors plus a JSON file. Nothing that can run code is ever
+loaded (no pickles, no torch.load).
+
+Two kinds share one format (`run.json` + `model.safetensors`), so anything that reads a finished run
+(`memtrain eval`, `sample`, `init_from`) also reads a training checkpoint:
+
+    out_dir/run.json, model.safetensors      the final model of a finished run
+    out_dir/checkpoints/step-00000100/       a training checkpoint: the same two files plus
+        train_state.safetensors              optimizer tensors and random-generator states
+
+Crash safety. A final model is written weights first, then `run.json` holding the weights' SHA-256,
+each file to a temporary name, fsynced and renamed: a run killed between the two renames leaves a
+pair whose hashes disagree, which `read_run` refuses. A training checkpoint is built in a temporary
+folder and renamed into place as a whole, so a `step-*` folder is always complete; older ones are
+deleted only after the new one is in place, keeping the last `keep`.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import shutil
+import zipfile
 from pathlib import Path
 
 import torch
 
 FORMAT = "memtrain-run"
-VERSION = 1
-WEIGHTS, META = "model.safetensors", "run.json"
+VERSION = 2  # 2: run.json holds the SHA-256 of every tensor file; version 1 (no hashes) still reads
+READS = (1, 2)
+WEIGHTS, META, STATE = "model.safetensors", "run.json", "train_state.safetensors"
+CHECKPOINTS = "checkpoints"
+_STEP_DIR = re.compile(r"^step-(\d{8,})$")
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
+PICKLE_WHY = ("memtrain never loads pickles: unpickling runs whatever code the file names, so a "
+              "checkpoint from an untrusted source could take over the machine")
+
+
+# ---- atomic files ---------------------------------------------------------------------------------
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable (no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_file(path: Path, data: bytes, atomic: bool = True) -> None:
+    """Write bytes and fsync them; with `atomic`, via a temporary name renamed over `path`."""
+    tmp = path.with_name(path.name + ".tmp") if atomic else path
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    if atomic:
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
 
 
 def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Atomic write through a callback `write(file)` (used by the digit classifier's files)."""
+    import io
 
+    buf = io.BytesIO()
+    write(buf)
+    write_file(path, buf.getvalue())
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---- what goes in -----------------------------------------------------------------------------------
+
+def module_tensors(modules: dict) -> dict:
+    """{'<name>.<key>': tensor} on the CPU for every module that is not None."""
+    tensors = {}
+    for name, module in modules.items():
+        if module is None:
+            continue
+        for k, v in module.state_dict().items():
+            tensors[f"{name}.{k}"] = v.detach().to("cpu").contiguous()
+    return tensors
+
+
+def check_finite(tensors: dict, what: str) -> None:
+    """Refuse to write NaN or inf weights: a non-finite model is never saved."""
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise NonFiniteError(f"refusing to save {what}: non-finite values in {bad[:3]}{' ...' if len(bad) > 3 else ''}")
+
+
+class NonFiniteError(ValueError):
+    pass
+
+
+def _meta(config: dict, modules: dict, files: dict, extra: dict | None) -> bytes:
+    meta = {"format": FORMAT, "version": VERSION, "config": config,
+            "modules": sorted(k for k, m in modules.items() if m is not None), "sha256": files}
+    meta.update(extra or {})
+    return json.dumps(meta, indent=1, allow_nan=False).encode()
+
+
+# ---- a finished run ---------------------------------------------------------------------------------
 
 def save_run(out_dir: str | Path, modules: dict, config: dict, extra: dict | None = None) -> Path:
     """Write `model.safetensors` (each module's tensors under '<name>.') and `run.json`."""
@@ -29,46 +117,94 @@ def save_run(out_dir: str | Path, modules: dict, config: dict, extra: dict | Non
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {}
-    for name, module in modules.items():
-        if module is None:
-            continue
-        for k, v in module.state_dict().items():
-            tensors[f"{name}.{k}"] = v.detach().to("cpu").contiguous()
+    tensors = module_tensors(modules)
+    check_finite(tensors, f"the model in {str(out)!r}")
     blob = save(tensors)
-    _atomic_write(out / WEIGHTS, lambda f: f.write(blob))
-    meta = {"format": FORMAT, "version": VERSION, "config": config, "modules": sorted(k for k, m in modules.items() if m is not None)}
-    meta.update(extra or {})
-    _atomic_write(out / META, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    write_file(out / WEIGHTS, blob)
+    write_file(out / META, _meta(config, modules, {WEIGHTS: sha256(blob)}, extra))
     return out
+
+
+def _refuse_non_run(d: Path) -> None:
+    """Explain why `d` (a file, or a folder without our two files) is not loaded."""
+    where = str(d)
+    if d.is_file():
+        with open(d, "rb") as f:
+            head = f.read(4)
+        if d.suffix in PICKLE_SUFFIXES or head[:1] == b"\x80" or (head == b"PK\x03\x04" and _zip_has_pickle(d)):
+            raise ValueError(f"checkpoint {where!r} looks like a pickle (torch.save) file; {PICKLE_WHY}; "
+                             f"a memtrain checkpoint is a folder with {META} and {WEIGHTS}")
+        raise ValueError(f"checkpoint {where!r} is a file; a memtrain checkpoint is a folder with {META} and {WEIGHTS}")
+    if not d.is_dir():
+        raise ValueError(f"checkpoint {where!r} is not a directory")
+    pickles = sorted(p.name for p in d.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    steps = list_checkpoints(d)
+    hint = ""
+    if pickles:
+        hint = f"; it holds {pickles[:3]}: {PICKLE_WHY}"
+    elif steps:
+        hint = (f"; the run did not finish, its newest training checkpoint is {str(steps[-1])!r} "
+                "(resume it by running the same command again, or evaluate that folder)")
+    raise ValueError(f"checkpoint {where!r} needs {META} and {WEIGHTS} (memtrain never loads pickles){hint}")
+
+
+def _zip_has_pickle(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith(".pkl") for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _read_meta(d: Path) -> dict:
+    where = str(d)
+    try:
+        raw = (d / META).read_bytes()
+        meta = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError, RecursionError) as e:
+        raise ValueError(f"checkpoint {where!r}: {META} is not valid JSON ({str(e)[:120]})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"checkpoint {where!r} is not a memtrain run (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+    if meta.get("version") not in READS:
+        raise ValueError(f"checkpoint {where!r} has format version {meta.get('version')!r}; this memtrain reads versions {list(READS)}")
+    if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("modules"), list):
+        raise ValueError(f"checkpoint {where!r}: {META} lacks its 'config' or 'modules' entry")
+    if meta["version"] >= 2 and not isinstance(meta.get("sha256"), dict):
+        raise ValueError(f"checkpoint {where!r}: {META} lacks the 'sha256' of its tensor files")
+    return meta
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _read_tensors(d: Path, name: str, meta: dict) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    where = str(d)
+    path = d / name
+    if not path.is_file():
+        raise ValueError(f"checkpoint {where!r} lacks {name}")
+    blob = path.read_bytes()
+    want = (meta.get("sha256") or {}).get(name)
+    if meta["version"] >= 2 and want != sha256(blob):
+        raise ValueError(f"checkpoint {where!r}: {name} does not match the SHA-256 in {META} "
+                         "(corrupt, or a save was interrupted between its files)")
+    try:
+        tensors = load(blob)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ValueError(f"checkpoint {where!r}: {name} is corrupt ({str(e)[:120]})") from None
+    return tensors
 
 
 def read_run(run_dir: str | Path) -> tuple[dict, dict]:
     """-> (meta, tensors). Refuses anything that is not one of our checkpoints, with the reason."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     d = Path(run_dir)
-    if not d.is_dir():
-        raise ValueError(f"checkpoint {str(d)!r} is not a directory")
-    meta_path, weights_path = d / META, d / WEIGHTS
-    if not meta_path.is_file() or not weights_path.is_file():
-        raise ValueError(f"checkpoint {str(d)!r} needs {META} and {WEIGHTS} (memtrain never loads pickles)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"checkpoint {str(d)!r}: {META} is not valid JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"checkpoint {str(d)!r} is not a memtrain run (format {meta.get('format') if isinstance(meta, dict) else None!r})")
-    if meta.get("version") != VERSION:
-        raise ValueError(f"checkpoint {str(d)!r} has format version {meta.get('version')!r}; this memtrain reads version {VERSION}")
-    if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("modules"), list):
-        raise ValueError(f"checkpoint {str(d)!r}: {META} lacks its 'config' or 'modules' entry")
-    try:
-        tensors = load_file(str(weights_path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"checkpoint {str(d)!r}: {WEIGHTS} is corrupt ({e})") from None
-    return meta, tensors
+    if not d.is_dir() or not (d / META).is_file() or not (d / WEIGHTS).is_file():
+        _refuse_non_run(d)
+    meta = _read_meta(d)
+    return meta, _read_tensors(d, WEIGHTS, meta)
 
 
 def load_module(module: torch.nn.Module, tensors: dict, name: str, where: str) -> None:
@@ -79,6 +215,87 @@ def load_module(module: torch.nn.Module, tensors: dict, name: str, where: str) -
     missing = sorted(set(own) - set(sub))
     extra = sorted(set(sub) - set(own))
     shapes = [f"{k}: {tuple(sub[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in sub and sub[k].shape != v.shape]
-    if missing or extra or shapes:
-        raise ValueError(f"checkpoint {where!r} does not fit this {name}: missing {missing[:3]}, unexpected {extra[:3]}, shapes {shapes[:3]}")
+    dtypes = [f"{k}: {sub[k].dtype} vs {v.dtype}" for k, v in own.items() if k in sub and sub[k].dtype != v.dtype]
+    if missing or extra or shapes or dtypes:
+        raise ValueError(f"checkpoint {where!r} does not fit this {name}: missing {missing[:3]}, unexpected {extra[:3]}, "
+                         f"shapes {shapes[:3]}" + (f", dtypes {dtypes[:3]}" if dtypes else ""))
     module.load_state_dict(sub)
+
+
+# ---- training checkpoints ---------------------------------------------------------------------------
+
+def checkpoint_dir(out_dir: str | Path, step: int) -> Path:
+    return Path(out_dir) / CHECKPOINTS / f"step-{step:08d}"
+
+
+def list_checkpoints(out_dir: str | Path) -> list[Path]:
+    """Training checkpoint folders in out_dir, oldest first (temporary folders are not listed)."""
+    d = Path(out_dir) / CHECKPOINTS
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def remove_partial(out_dir: str | Path) -> list[str]:
+    """Delete temporary folders left by a save that was killed; returns their names."""
+    d = Path(out_dir) / CHECKPOINTS
+    if not d.is_dir():
+        return []
+    gone = [p for p in d.iterdir() if p.name.startswith(".tmp-")]
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    return [p.name for p in gone]
+
+
+def save_checkpoint(out_dir: str | Path, step: int, modules: dict, config: dict, state: dict, info: dict,
+                    keep: int) -> Path:
+    """Write a training checkpoint for `step` atomically, then keep only the newest `keep`.
+    `state` holds the extra tensors (optimizer, random generators); `info` goes into run.json."""
+    from safetensors.torch import save
+
+    final = checkpoint_dir(out_dir, step)
+    parent = final.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    if final.is_dir():  # the same step saved twice (a stop signal on a save step): it holds this state
+        _prune(parent, keep)
+        return final
+    tensors = module_tensors(modules)
+    check_finite(tensors, f"checkpoint {str(final)!r}")
+    check_finite({k: v for k, v in state.items() if k.startswith("optim.")}, f"checkpoint {str(final)!r}")
+    tmp = parent / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        w, s = save(tensors), save(state)
+        write_file(tmp / WEIGHTS, w, atomic=False)
+        write_file(tmp / STATE, s, atomic=False)
+        write_file(tmp / META, _meta(config, modules, {WEIGHTS: sha256(w), STATE: sha256(s)}, {"step": step, **info}),
+                   atomic=False)
+        fsync_dir(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(parent)
+    _prune(parent, keep)
+    return final
+
+
+def _prune(parent: Path, keep: int) -> None:
+    for old in list_checkpoints(parent.parent)[:-keep]:
+        # rename first, so a kill during the deletion never leaves a half-deleted step-* folder
+        doomed = parent / f".tmp-delete-{old.name}"
+        os.replace(old, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+    fsync_dir(parent)
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict, dict, dict]:
+    """-> (meta, model tensors, state tensors) of one training checkpoint, verified against its hashes."""
+    d = Path(path)
+    meta, tensors = read_run(d)
+    if not isinstance(meta.get("step"), int) or meta["step"] < 0 or not isinstance(meta.get("train"), dict):
+        raise ValueError(f"checkpoint {str(d)!r} is a finished model, not a training checkpoint (no step/train state)")
+    return meta, tensors, _read_tensors(d, STATE, meta)

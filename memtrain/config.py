@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from .bptt import BPTTConfig
 from .cells import CellConfig
 from .dmt import DMTConfig
+from .resume import RESUME_MODES
 from .smt import SMTConfig
 from .teacher import TeacherConfig
 
@@ -35,20 +37,31 @@ class TrainConfig:
     threads: int = 0  # CPU threads for torch (0: leave torch's default)
     time_limit: float | None = None  # stop after this many seconds of training (None: no limit)
     compile: bool = False  # torch.compile the cell step and the teacher encoder (see trainer.compile_networks)
+    log_every: int = 10  # write the training loss to metrics.jsonl every this many steps
+    ckpt_every: int = 500  # save a training checkpoint every this many steps (0: only at the end / on a stop signal)
+    keep_last: int = 2  # training checkpoints kept in out_dir/checkpoints
+    resume: str = "auto"  # "auto": continue out_dir's run if it has one | "require" | "never" (see resume.py)
+    max_bad_steps: int = 10  # stop after this many updates in a row with a non-finite loss or gradient
 
     def validate(self) -> None:
-        for n in ("steps", "batch_size", "eval_every", "eval_batch"):
+        for n in ("steps", "batch_size", "eval_every", "eval_batch", "log_every", "keep_last", "max_bad_steps"):
             if getattr(self, n) < 1:
                 raise ValueError(f"train.{n} must be >= 1, got {getattr(self, n)}")
         if self.lr <= 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
-        for n in ("warmup", "threads", "clip", "weight_decay"):
+        for n in ("warmup", "threads", "clip", "weight_decay", "ckpt_every", "seed"):
             if getattr(self, n) < 0:
                 raise ValueError(f"train.{n} must be >= 0, got {getattr(self, n)}")
         if self.time_limit is not None and self.time_limit <= 0:
             raise ValueError(f"train.time_limit must be > 0 seconds or null, got {self.time_limit}")
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"train.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.seed >= 2**63:
+            raise ValueError(f"train.seed must be < 2**63, got {self.seed}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"train.betas must both be in [0, 1), got {list(self.betas)}")
+        if self.resume not in RESUME_MODES:
+            raise ValueError(f"train.resume must be one of {RESUME_MODES}, got {self.resume!r}")
         if self.device not in DEVICES:
             raise ValueError(f"train.device must be one of {DEVICES}, got {self.device!r}")
 
@@ -109,6 +122,8 @@ def coerce(value, tp, key: str):
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{key} must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if isinstance(value, (int, float)) and not isinstance(value, bool):

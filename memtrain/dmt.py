@@ -34,6 +34,9 @@ class DMTConfig:
     def validate(self) -> None:
         if self.start not in STARTS:
             raise ValueError(f"dmt.start must be one of {STARTS}, got {self.start!r}")
+        for n in ("coef_dyn", "coef_readout"):
+            if getattr(self, n) < 0:
+                raise ValueError(f"dmt.{n} must be >= 0, got {getattr(self, n)}")
         if self.every < 1:
             raise ValueError(f"dmt.every must be >= 1, got {self.every}")
         if self.rollout is not None and self.rollout < 1:

@@ -44,6 +44,9 @@ class SMTConfig:
             v = getattr(self, n)
             if v is not None and v < 1:
                 raise ValueError(f"smt.{n} must be >= 1 or None, got {v}")
+        for n in ("coef_dec", "coef_dyn", "coef_unif"):
+            if getattr(self, n) < 0:
+                raise ValueError(f"smt.{n} must be >= 0, got {getattr(self, n)}")
         if self.coef_last_input < 0:
             raise ValueError(f"smt.coef_last_input must be >= 0, got {self.coef_last_input}")
         if self.coef_onpolicy < 0:

@@ -21,6 +21,12 @@ def _check_length(name: str, length: int, minimum: int) -> None:
         raise ValueError(f"task '{name}' needs length >= {minimum}, got {length}")
 
 
+def _check_at_least(name: str, **values) -> None:
+    for key, (value, minimum) in values.items():
+        if value < minimum:
+            raise ValueError(f"task '{name}' needs {key} >= {minimum}, got {value}")
+
+
 def _rand_ints(lo: int, hi: int, shape, gen) -> torch.Tensor:
     return torch.randint(lo, hi, shape, generator=gen)
 
@@ -32,6 +38,12 @@ class Retrieval:
     length: int = 64
     n_symbols: int = 8
     max_frac: float = 0.5
+
+    def __post_init__(self):
+        _check_length("retrieval", self.length, 4)
+        _check_at_least("retrieval", n_symbols=(self.n_symbols, 1))
+        if not 0 < self.max_frac <= 1:
+            raise ValueError(f"task 'retrieval' needs 0 < max_frac <= 1, got {self.max_frac}")
 
     @property
     def vocab_size(self) -> int:
@@ -62,6 +74,10 @@ class Copy:
     n_symbols: int = 8
     reverse: bool = False
 
+    def __post_init__(self):
+        _check_length("copy", self.length, 3)
+        _check_at_least("copy", n_symbols=(self.n_symbols, 1))
+
     @property
     def vocab_size(self) -> int:
         return self.n_symbols + 1
@@ -88,6 +104,10 @@ class Stack:
     length: int = 64
     n_symbols: int = 4
     max_depth: int = 10
+
+    def __post_init__(self):
+        _check_length("stack", self.length, 1)
+        _check_at_least("stack", n_symbols=(self.n_symbols, 1), max_depth=(self.max_depth, 1))
 
     @property
     def vocab_size(self) -> int:
@@ -122,6 +142,10 @@ class KeyValue:
     n_keys: int = 32
     n_values: int = 8
 
+    def __post_init__(self):
+        _check_length("kv", self.length, 3)
+        _check_at_least("kv", n_keys=(self.n_keys, (self.length - 1) // 2), n_values=(self.n_values, 1))
+
     @property
     def vocab_size(self) -> int:
         return 1 + self.n_keys + self.n_values
@@ -154,6 +178,12 @@ class ModularICL:
     modulus: int = 8
     difficulty: float = 1.0
 
+    def __post_init__(self):
+        _check_length("icl", self.length, 2)
+        _check_at_least("icl", modulus=(self.modulus, 2))
+        if not 0 < self.difficulty <= 1:
+            raise ValueError(f"task 'icl' needs 0 < difficulty <= 1, got {self.difficulty}")
+
     @property
     def vocab_size(self) -> int:
         return self.modulus
@@ -179,6 +209,9 @@ class Parity:
     length: int = 64
     last_only: bool = False
 
+    def __post_init__(self):
+        _check_length("parity", self.length, 1)
+
     @property
     def vocab_size(self) -> int:
         return 2
@@ -198,7 +231,10 @@ def _load_tokens(path: str) -> np.ndarray:
     if not p.is_file():
         raise ValueError(f"token file {path!r} does not exist")
     if p.suffix == ".npy":
-        arr = np.load(p, allow_pickle=False)
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(f"token file {path!r} is not a readable .npy array ({str(e)[:120]})") from None
         if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
             raise ValueError(f"token file {path!r} must hold a 1-D integer array, got {arr.dtype} {arr.shape}")
         return arr.astype(np.int64)
@@ -217,6 +253,8 @@ class TokenFile:
     def __post_init__(self):
         if not self.path:
             raise ValueError("task 'tokens' needs path= (a text file or a .npy token array)")
+        _check_length("tokens", self.length, 1)
+        _check_at_least("tokens", vocab=(self.vocab, 1))
         tokens = _load_tokens(self.path)
         if self.eval_path:
             self._train, self._eval = tokens, _load_tokens(self.eval_path)
@@ -257,6 +295,7 @@ class NpzTask:
     def __post_init__(self):
         if not self.path:
             raise ValueError("task 'npz' needs path= (an .npz file with arrays x and y)")
+        _check_at_least("npz", vocab=(self.vocab, 0), length=(self.length, 0))
         self._train = self._load(self.path, "path")
         self._eval = self._load(self.eval_path, "eval_path") if self.eval_path else self._train
         if self.vocab == 0:

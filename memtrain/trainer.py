@@ -1,6 +1,13 @@
 """One training loop for every method (SMT, DMT, BPTT): sample a batch, method.loss, step.
 Metrics go to `metrics.jsonl`, the final model to safetensors + JSON in `out_dir`.
 
+Long runs are safe to interrupt. Every `train.ckpt_every` steps (and at the end) the loop saves a
+training checkpoint (checkpoint.py, resume.py) keeping the last `train.keep_last`; running the same
+command again resumes from the newest intact one and continues exactly, bit for bit on a CPU.
+SIGINT / SIGTERM finish the current step, save, and return (exit 0). An update whose loss or
+gradient is not finite is skipped and logged; `train.max_bad_steps` of them in a row stop the run
+with TrainingError, leaving the last good checkpoint in place.
+
 A method is an nn.Module wrapping the networks with three members: `trainable()` (the parameters
 to optimise), `loss(x, y, gen) -> (loss, metrics)`, and `sync()` (run before the cell is evaluated
 alone; SMT copies the teacher's readout and m_empty into the cell there)."""
@@ -8,6 +15,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import sys
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -17,10 +28,12 @@ from tqdm.auto import tqdm
 
 from .bptt import BPTT
 from .cells import build_cell, check_compatible
-from .checkpoint import load_module, read_run, save_run
+from .checkpoint import META, list_checkpoints, load_module, read_run, remove_partial, save_checkpoint, save_run
 from .config import RunConfig, from_dict, to_dict
 from .dmt import DMT
 from .evaluate import drift_at, evaluate
+from .resume import (config_differences, find_resume, load_optimizer_state, optimizer_state, rng_state,
+                     set_rng_state)
 from .smt import SMT
 from .tasks import build_task, sample_eval
 from .teacher import Teacher
@@ -56,8 +69,9 @@ def sequential_steps(cfg: RunConfig, T: int) -> int:
     return T
 
 
-def build(cfg: RunConfig):
-    """Validate everything, then build task, teacher, cell and method (loading `init_from`)."""
+def build(cfg: RunConfig, load_init: bool = True):
+    """Validate everything, then build task, teacher, cell and method (loading `init_from` unless
+    `load_init` is False: a resumed run takes its weights from its own checkpoint)."""
     cfg.validate()
     task = build_task(cfg.task, **cfg.task_args)
     V = task.vocab_size
@@ -79,13 +93,20 @@ def build(cfg: RunConfig):
     teacher = Teacher(cfg.teacher) if cfg.method in ("smt", "dmt") else None
     if teacher is not None:
         check_compatible(cell, teacher)  # a clear message before any weights are loaded
-    if cfg.init_from:
+    if cfg.init_from and load_init:
         meta, tensors = read_run(cfg.init_from)
-        prev = from_dict(RunConfig, meta["config"])
+        try:
+            prev = from_dict(RunConfig, meta["config"])
+        except ValueError as e:
+            raise ValueError(f"init_from={cfg.init_from!r}: its {META} holds a configuration this memtrain cannot read ({e})") from None
+        if teacher is not None and "teacher" not in meta["modules"]:
+            raise ValueError(f"init_from={cfg.init_from!r} has no teacher ({prev.method} run); {cfg.method} needs one")
+        parts = ("cell", "teacher") if teacher is not None else ("cell",)
+        diffs = config_differences({p: to_dict(getattr(prev, p)) for p in parts}, {p: to_dict(getattr(cfg, p)) for p in parts})
+        if diffs:
+            raise ValueError(f"init_from={cfg.init_from!r} holds networks of other sizes: {'; '.join(diffs[:4])}")
         load_module(cell, tensors, "cell", cfg.init_from)
         if teacher is not None:
-            if "teacher" not in meta["modules"]:
-                raise ValueError(f"init_from={cfg.init_from!r} has no teacher ({prev.method} run); {cfg.method} needs one")
             load_module(teacher, tensors, "teacher", cfg.init_from)
     if cfg.method == "smt":
         method = SMT(teacher, cell, cfg.smt)
@@ -107,78 +128,208 @@ def compile_networks(cell, teacher=None, **options) -> None:
         teacher.encode = torch.compile(teacher.encode, **options)
 
 
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. too many non-finite updates in a row); the message says why."""
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM only set `received`; the loop reads it after each step, saves
+    and returns. The first signal restores the previous handlers, so a second one acts as usual
+    (Ctrl-C twice stops at once). Outside the main thread signals cannot be caught: a no-op."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received: str | None = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+        self._restore()
+        print(f"\nmemtrain: {self.received} received: finishing this step and saving (send it again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    def _restore(self):
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old = {}
+
+    def __exit__(self, *exc):
+        self._restore()
+        return False
+
+
+def _finite_row(row: dict) -> dict:
+    """JSON has no NaN: non-finite numbers are logged as null (the row says why the step was skipped)."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+
+
 def train(cfg: RunConfig, progress: bool = True) -> dict:
-    """Train one run; returns a summary with the final evaluation and timings."""
-    task, teacher, cell, method = build(cfg)
+    """Train one run, or resume it from out_dir's newest intact checkpoint; returns a summary with the
+    final evaluation and timings. A run stopped by SIGINT/SIGTERM returns {'stopped': signal name,
+    'checkpoint': path, ...} after saving."""
+    cfg.validate()
     tc = cfg.train
+    out = Path(cfg.out_dir) if cfg.out_dir else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir={cfg.out_dir!r} exists and is not a directory")
+    resume = find_resume(cfg.out_dir, tc.resume) if out is not None else None
+    torch.manual_seed(tc.seed)  # the networks' initial weights
+    task, teacher, cell, method = build(cfg, load_init=resume is None)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     device = pick_device(tc.device)
-    torch.manual_seed(tc.seed)
     gen = torch.Generator().manual_seed(tc.seed)
     x_eval, y_eval = sample_eval(task, tc.eval_batch, torch.Generator().manual_seed(tc.seed + 10_000))
     x_eval, y_eval = x_eval.to(device), y_eval.to(device)
     method.to(device)
-    if tc.compile:
-        compile_networks(cell, teacher)
     params = method.trainable()
     opt = torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+    modules = {"cell": cell, "teacher": teacher}
+    config = to_dict(cfg)
+
+    step, t_train, bad_streak, metrics_bytes = 0, 0.0, 0, 0
+    if resume is not None:
+        path, meta, tensors, state = resume
+        where = str(path)
+        diffs = config_differences(meta["config"], config)
+        if diffs:
+            raise ValueError(f"out_dir={cfg.out_dir!r} holds a run with other settings, so it cannot be resumed with "
+                             f"these: {'; '.join(diffs[:6])}{' ...' if len(diffs) > 6 else ''}. Use another out_dir "
+                             "(init_from=<run> starts a new run from its weights)")
+        info = meta["train"]
+        for name, module in modules.items():
+            if module is not None:
+                load_module(module, tensors, name, where)
+        load_optimizer_state(opt, info.get("optimizer"), state, where)
+        set_rng_state(gen, state, where)
+        step, t_train, bad_streak = meta["step"], float(info["seconds"]), int(info.get("bad_streak", 0))
+        metrics_bytes = int(info["metrics_bytes"])
+        if (step >= tc.steps or (tc.time_limit is not None and t_train >= tc.time_limit)) and info.get("summary"):
+            print(f"memtrain: {cfg.out_dir} already finished at step {step}; nothing to train", file=sys.stderr)
+            return info["summary"]
+        print(f"memtrain: resuming {cfg.out_dir} from {path.name} (step {step})", file=sys.stderr)
+    if tc.compile:
+        compile_networks(cell, teacher)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
-    out = Path(cfg.out_dir) if cfg.out_dir else None
     metrics_file = None
-    if out:
+    if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        metrics_file = open(out / "metrics.jsonl", "w")
+        remove_partial(out)
+        log = out / "metrics.jsonl"
+        if resume is not None and log.is_file():
+            metrics_file = open(log, "r+b")
+            metrics_file.truncate(min(metrics_bytes, log.stat().st_size))  # drop rows written after the checkpoint
+            metrics_file.seek(0, os.SEEK_END)
+        else:
+            metrics_file = open(log, "wb")
 
     def record(row):
         if metrics_file:
-            metrics_file.write(json.dumps(row) + "\n")
+            metrics_file.write((json.dumps(_finite_row(row), allow_nan=False) + "\n").encode())
             metrics_file.flush()
 
-    def run_eval(step, elapsed):
+    def run_eval(at, elapsed):
         method.sync()
         method.eval()
         ev = evaluate(cell, teacher, x_eval, y_eval)
         method.train()
-        row = {"step": step, "time": round(elapsed, 2), **{k: v for k, v in ev.items() if k != "drift"}}
+        row = {"step": at, "time": round(elapsed, 2), **{k: v for k, v in ev.items() if k != "drift"}}
         if "drift" in ev:
             row.update(drift_at(ev["drift"]))
             row["rel_drift"] = ev["drift"][-1] / max(ev["spread"], 1e-12)
         record({**row, "drift": ev.get("drift")})
         return row, ev
 
-    bar = tqdm(range(tc.steps), disable=not progress, desc=cfg.method, dynamic_ncols=True)
-    t_train, last = 0.0, {}
-    step = 0
-    for step in bar:
-        t0 = time.perf_counter()
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, tc)
-        x, y = task.sample(tc.batch_size, gen)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast:
-            loss, metrics = method.loss(x, y, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(params, tc.clip if tc.clip > 0 else float("inf"))
-        opt.step()
-        t_train += time.perf_counter() - t0
-        if step % 10 == 0 or step == tc.steps - 1:
-            row = {"step": step, "loss": loss.item(), "grad_norm": gnorm.item(), "lr": lr_at(step, tc),
-                   **{k: float(v) for k, v in metrics.items()}}
-            record(row)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", **({"acc": f"{last['rnn_acc']:.2f}"} if "rnn_acc" in last else {}))
-        if (step + 1) % tc.eval_every == 0 and step + 1 < tc.steps:
-            last, _ = run_eval(step + 1, t_train)
-            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{last['rnn_acc']:.2f}")
-        if tc.time_limit is not None and t_train > tc.time_limit:
-            break
-    bar.close()
-    final, ev = run_eval(step + 1, t_train)
-    summary = {"method": cfg.method, "steps": step + 1, "train_seconds": round(t_train, 3),
-               "sequential_steps": sequential_steps(cfg, task.length), **final, "drift": ev.get("drift")}
-    if out:
-        metrics_file.close()
-        save_run(out, {"cell": cell, "teacher": teacher}, to_dict(cfg), {"step": step + 1, "summary": {k: v for k, v in summary.items() if k != "drift"}})
-    return summary
+    def checkpoint(finished=False, summary=None):
+        if out is None:
+            return None
+        os_flush(metrics_file)
+        plain, tensors = optimizer_state(opt)
+        info = {"train": {"seconds": t_train, "metrics_bytes": metrics_file.tell(), "bad_streak": bad_streak,
+                          "optimizer": plain, "finished": finished, "summary": summary}}
+        return save_checkpoint(out, step, modules, config, {**tensors, **rng_state(gen)}, info, tc.keep_last)
+
+    def time_is_up():
+        return tc.time_limit is not None and t_train >= tc.time_limit
+
+    bar = tqdm(total=tc.steps, initial=min(step, tc.steps), disable=not progress, desc=cfg.method, dynamic_ncols=True)
+    last = {}
+    try:
+        with StopSignals() as stop:
+            while step < tc.steps and not time_is_up():
+                t0 = time.perf_counter()
+                lr = lr_at(step, tc)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                x, y = task.sample(tc.batch_size, gen)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with autocast:
+                    loss, metrics = method.loss(x, y, gen)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                gnorm = torch.nn.utils.clip_grad_norm_(params, tc.clip if tc.clip > 0 else float("inf"))
+                finite = bool(torch.isfinite(loss.detach()) & torch.isfinite(gnorm))
+                if finite:
+                    opt.step()
+                    bad_streak = 0
+                else:
+                    opt.zero_grad(set_to_none=True)
+                    bad_streak += 1
+                t_train += time.perf_counter() - t0
+                if not finite:
+                    what = "loss" if not math.isfinite(loss.item()) else "gradient"
+                    record({"step": step, "skipped": f"non-finite {what}", "loss": loss.item(), "grad_norm": gnorm.item(),
+                            "bad_streak": bad_streak})
+                    bar.write(f"memtrain: step {step}: non-finite {what}, update skipped ({bad_streak} in a row)")
+                    if bad_streak >= tc.max_bad_steps:
+                        kept = [str(p) for p in list_checkpoints(out)] if out is not None else []
+                        raise TrainingError(
+                            f"{bad_streak} updates in a row had a non-finite loss or gradient (steps {step - bad_streak + 1}.."
+                            f"{step}); stopped. The weights were not changed by them. Last good checkpoint: "
+                            f"{kept[-1] if kept else 'none'}. Lower train.lr, set train.clip, or raise train.max_bad_steps")
+                elif step % tc.log_every == 0 or step == tc.steps - 1:
+                    row = {"step": step, "loss": loss.item(), "grad_norm": gnorm.item(), "lr": lr,
+                           **{k: float(v) for k, v in metrics.items()}}
+                    record(row)
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", **({"acc": f"{last['rnn_acc']:.2f}"} if "rnn_acc" in last else {}))
+                step += 1
+                bar.update(1)
+                if step % tc.eval_every == 0 and step < tc.steps:
+                    last, _ = run_eval(step, t_train)
+                    bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{last['rnn_acc']:.2f}")
+                if stop.received:
+                    saved = checkpoint()
+                    bar.close()
+                    where = f"; checkpoint {saved}" if saved else " (no out_dir, nothing saved)"
+                    print(f"memtrain: stopped by {stop.received} after step {step}{where}", file=sys.stderr)
+                    return {"method": cfg.method, "steps": step, "train_seconds": round(t_train, 3),
+                            "stopped": stop.received, "checkpoint": str(saved) if saved else None}
+                if tc.ckpt_every and step % tc.ckpt_every == 0 and step < tc.steps:
+                    checkpoint()
+            bar.close()
+            final, ev = run_eval(step, t_train)
+            summary = {"method": cfg.method, "steps": step, "train_seconds": round(t_train, 3),
+                       "sequential_steps": sequential_steps(cfg, task.length), **final, "drift": ev.get("drift")}
+            if out is not None:
+                checkpoint(finished=True, summary=summary)
+                save_run(out, modules, config, {"step": step, "summary": {k: v for k, v in summary.items() if k != "drift"}})
+            return summary
+    finally:
+        bar.close()
+        if metrics_file:
+            metrics_file.close()
+
+
+def os_flush(f) -> None:
+    if f is not None:
+        f.flush()
+        os.fsync(f.fileno())

@@ -57,7 +57,7 @@ def bptt_run(tmp_path_factory):
 
 
 def _digest(d: Path) -> dict:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir())}
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
 
 
 def _assert_same_state(a: dict, b: dict):
@@ -70,10 +70,12 @@ def _assert_same_state(a: dict, b: dict):
 
 def test_run_files_and_meta(smt_run):
     out, cfg, summary, _ = smt_run
-    assert {p.name for p in out.iterdir()} == {META, WEIGHTS, "metrics.jsonl"}, "no temporary files left behind"
+    assert {p.name for p in out.iterdir()} == {META, WEIGHTS, "metrics.jsonl", "checkpoints"}, "no temporary files left behind"
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000005"], "the final training state"
     meta = json.loads((out / META).read_text())
     assert meta["format"] == FORMAT == "memtrain-run"
-    assert meta["version"] == VERSION == 1
+    assert meta["version"] == VERSION == 2
+    assert meta["sha256"] == {WEIGHTS: hashlib.sha256((out / WEIGHTS).read_bytes()).hexdigest()}
     assert meta["modules"] == ["cell", "teacher"]
     assert meta["step"] == 5 == summary["steps"]
     saved = from_dict(RunConfig, meta["config"])
@@ -175,6 +177,11 @@ def test_corrupt_weights(run_copy, damage):
     data = w.read_bytes()
     w.write_bytes({"random": random.Random(0).randbytes(len(data)), "truncated": data[: len(data) // 2],
                    "empty": b""}[damage])
+    with pytest.raises(ValueError, match=f"{WEIGHTS} does not match the SHA-256 in {META}"):
+        load_run(str(run_copy))
+    # a version-1 run (no hashes) is still read, and its damage is caught by the safetensors parser
+    meta = json.loads((run_copy / META).read_text())
+    (run_copy / META).write_text(json.dumps({**meta, "version": 1}))
     with pytest.raises(ValueError, match=f"{WEIGHTS} is corrupt"):
         load_run(str(run_copy))
 
@@ -184,8 +191,8 @@ def test_other_format_and_version(run_copy):
     (run_copy / META).write_text(json.dumps({**meta, "format": "someone-else"}))
     with pytest.raises(ValueError, match="not a memtrain run.*someone-else"):
         load_run(str(run_copy))
-    (run_copy / META).write_text(json.dumps({**meta, "version": 2}))
-    with pytest.raises(ValueError, match="format version 2.*reads version 1"):
+    (run_copy / META).write_text(json.dumps({**meta, "version": 3}))
+    with pytest.raises(ValueError, match=r"format version 3.*reads versions \[1, 2\]"):
         load_run(str(run_copy))
     (run_copy / META).write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):

@@ -1,0 +1,130 @@
+"""Exact resume: what a training checkpoint must hold for a resumed run to continue as if it had
+never stopped, and which checkpoint (if any) a run resumes from.
+
+The state is the model (checkpoint.py), the optimizer's tensors and scalars, the random generators
+(the data generator, torch's global generator, CUDA's), the step counter, the training time spent
+(for `train.time_limit`) and how far `metrics.jsonl` had been written. A resumed run is refused when
+its settings differ from the checkpoint's in anything but the run-control settings below: a resume
+continues the same run; a different run starts from it with `init_from`.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from .checkpoint import list_checkpoints, read_checkpoint
+
+RESUME_MODES = ("auto", "never", "require")
+
+# settings that may change when a run is resumed: when it stops, how often it evaluates, logs and
+# saves, where it runs; nothing that changes the model, the data or the optimisation
+RUN_CONTROL = {
+    "train.steps", "train.time_limit", "train.eval_every", "train.eval_batch", "train.log_every",
+    "train.ckpt_every", "train.keep_last", "train.resume", "train.max_bad_steps", "train.threads",
+    "train.device", "train.compile", "out_dir", "init_from",
+}
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def config_differences(saved: dict, now: dict) -> list[str]:
+    """'key: A in the checkpoint, B now' for every setting outside RUN_CONTROL that differs."""
+    a, b = flatten(saved), flatten(now)
+    missing = "(not set)"
+    return [f"{k}: {a.get(k, missing)!r} in the checkpoint, {b.get(k, missing)!r} now"
+            for k in sorted(set(a) | set(b)) if k not in RUN_CONTROL and a.get(k, missing) != b.get(k, missing)]
+
+
+# ---- the optimizer and the random generators as (JSON, tensors) ----------------------------------
+
+def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Split `opt.state_dict()` into JSON-able scalars and tensors named 'optim.<param>.<name>'."""
+    sd = opt.state_dict()
+    tensors, state = {}, {}
+    for idx, entry in sd["state"].items():
+        plain = {}
+        for name, v in entry.items():
+            if torch.is_tensor(v):
+                tensors[f"optim.{idx}.{name}"] = v.detach().to("cpu").contiguous()
+            else:
+                plain[name] = v
+        state[str(idx)] = plain
+    return {"state": state, "param_groups": sd["param_groups"]}, tensors
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, plain: dict, tensors: dict, where: str) -> None:
+    try:
+        state = {}
+        for idx, entry in plain["state"].items():
+            state[int(idx)] = dict(entry)
+        for key, v in tensors.items():
+            if key.startswith("optim."):
+                _, idx, name = key.split(".", 2)
+                state.setdefault(int(idx), {})[name] = v
+        groups = plain["param_groups"]
+        if len(groups) != len(opt.param_groups) or any(len(g["params"]) != len(o["params"]) for g, o in zip(groups, opt.param_groups)):
+            raise ValueError("its optimizer holds a different number of parameters")
+        for g in groups:
+            if "betas" in g:
+                g["betas"] = tuple(g["betas"])
+        opt.load_state_dict({"state": state, "param_groups": groups})
+    except (KeyError, TypeError, AttributeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"checkpoint {where!r}: the optimizer state does not fit this run ({str(e)[:200]})") from None
+
+
+def rng_state(gen: torch.Generator) -> dict:
+    tensors = {"rng.data": gen.get_state(), "rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    return tensors
+
+
+def set_rng_state(gen: torch.Generator, tensors: dict, where: str) -> None:
+    try:
+        gen.set_state(tensors["rng.data"])
+        torch.set_rng_state(tensors["rng.torch"])
+        cuda = [tensors[f"rng.cuda.{i}"] for i in range(len([k for k in tensors if k.startswith("rng.cuda.")]))]
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+    except (KeyError, RuntimeError, TypeError) as e:
+        raise ValueError(f"checkpoint {where!r}: its random-generator state is missing or unusable ({str(e)[:200]})") from None
+
+
+# ---- which checkpoint --------------------------------------------------------------------------------
+
+def find_resume(out_dir: str, mode: str):
+    """-> (path, meta, tensors, state) of the newest intact training checkpoint in out_dir, or None
+    to start fresh. `mode`: 'auto' resumes when there is one, 'require' insists, 'never' refuses an
+    out_dir that already holds checkpoints. Checkpoints that fail their checks are skipped with a
+    warning; if every one fails, the run is refused rather than silently restarted."""
+    if mode not in RESUME_MODES:
+        raise ValueError(f"train.resume must be one of {RESUME_MODES}, got {mode!r}")
+    found = list_checkpoints(out_dir) if out_dir else []
+    if mode == "require" and not found:
+        raise ValueError(f"train.resume='require' but out_dir={out_dir!r} holds no training checkpoint")
+    if not found:
+        return None
+    if mode == "never":
+        raise ValueError(f"out_dir={out_dir!r} already holds training checkpoints (newest {found[-1].name}); "
+                         "train.resume='never' will not overwrite them: choose another out_dir, or delete "
+                         f"{str(Path(out_dir) / 'checkpoints')!r}")
+    reasons = []
+    for path in reversed(found):
+        try:
+            return (path, *read_checkpoint(path))
+        except ValueError as e:
+            reasons.append(str(e))
+            print(f"memtrain: skipping a damaged checkpoint: {e}", file=sys.stderr)
+    raise ValueError(f"out_dir={out_dir!r} holds {len(found)} training checkpoint(s) and none is intact "
+                     f"({'; '.join(reasons[:2])}); move them away to start again")
