@@ -171,11 +171,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = list(args.overrides) + extra
+    from .trainer import TrainingError
+
     try:
         args.func(args)
-    except ValueError as e:
+    except ValueError as e:  # bad input: a setting, a file, a checkpoint
         print(f"memtrain: error: {e}", file=sys.stderr)
         return 2
+    except TrainingError as e:  # the run itself could not go on (e.g. persistent non-finite updates)
+        print(f"memtrain: error: {e}", file=sys.stderr)
+        return 3
+    except OSError as e:  # the disk: full, read-only, no permission
+        print(f"memtrain: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -30,7 +30,7 @@ RUN_CONTROL = {
 def flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict) and v:
+        if isinstance(v, dict):  # an empty mapping adds no settings
             out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[prefix + k] = v
@@ -40,9 +40,9 @@ def flatten(d: dict, prefix: str = "") -> dict:
 def config_differences(saved: dict, now: dict) -> list[str]:
     """'key: A in the checkpoint, B now' for every setting outside RUN_CONTROL that differs."""
     a, b = flatten(saved), flatten(now)
-    missing = "(not set)"
-    return [f"{k}: {a.get(k, missing)!r} in the checkpoint, {b.get(k, missing)!r} now"
-            for k in sorted(set(a) | set(b)) if k not in RUN_CONTROL and a.get(k, missing) != b.get(k, missing)]
+    show = lambda d, k: repr(d[k]) if k in d else "(not set)"  # noqa: E731
+    return [f"{k}: {show(a, k)} in the checkpoint, {show(b, k)} now"
+            for k in sorted(set(a) | set(b)) if k not in RUN_CONTROL and (k not in a or k not in b or a[k] != b[k])]
 
 
 # ---- the optimizer and the random generators as (JSON, tensors) ----------------------------------
@@ -55,7 +55,7 @@ def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
         plain = {}
         for name, v in entry.items():
             if torch.is_tensor(v):
-                tensors[f"optim.{idx}.{name}"] = v.detach().to("cpu").contiguous()
+                tensors[f"optim.{idx}.{name}"] = v.detach().to("cpu", copy=True).contiguous()  # a snapshot
             else:
                 plain[name] = v
         state[str(idx)] = plain

@@ -214,7 +214,12 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
         metrics_bytes = int(info["metrics_bytes"])
         if (step >= tc.steps or (tc.time_limit is not None and t_train >= tc.time_limit)) and info.get("summary"):
             print(f"memtrain: {cfg.out_dir} already finished at step {step}; nothing to train", file=sys.stderr)
-            return info["summary"]
+            summary = info["summary"]
+            try:
+                read_run(out)
+            except ValueError:  # killed while writing the final model: write it again from the checkpoint
+                save_run(out, modules, config, {"step": step, "summary": {k: v for k, v in summary.items() if k != "drift"}})
+            return summary
         print(f"memtrain: resuming {cfg.out_dir} from {path.name} (step {step})", file=sys.stderr)
     if tc.compile:
         compile_networks(cell, teacher)
@@ -313,8 +318,8 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
                     print(f"memtrain: stopped by {stop.received} after step {step}{where}", file=sys.stderr)
                     return {"method": cfg.method, "steps": step, "train_seconds": round(t_train, 3),
                             "stopped": stop.received, "checkpoint": str(saved) if saved else None}
-                if tc.ckpt_every and step % tc.ckpt_every == 0 and step < tc.steps:
-                    checkpoint()
+                if tc.ckpt_every and step % tc.ckpt_every == 0 and step < tc.steps and bad_streak == 0:
+                    checkpoint()  # (not in the middle of a run of skipped updates)
             bar.close()
             final, ev = run_eval(step, t_train)
             summary = {"method": cfg.method, "steps": step, "train_seconds": round(t_train, 3),
