@@ -296,6 +296,21 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict, dict]:
     """-> (meta, model tensors, state tensors) of one training checkpoint, verified against its hashes."""
     d = Path(path)
     meta, tensors = read_run(d)
-    if not isinstance(meta.get("step"), int) or meta["step"] < 0 or not isinstance(meta.get("train"), dict):
+    info = meta.get("train")
+    if not _count(meta.get("step")) or not isinstance(info, dict):
         raise ValueError(f"checkpoint {str(d)!r} is a finished model, not a training checkpoint (no step/train state)")
+    kinds = {"seconds": _seconds, "metrics_bytes": _count, "bad_streak": _count, "finished": lambda v: isinstance(v, bool),
+             "optimizer": lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict) and isinstance(v.get("param_groups"), list),
+             "summary": lambda v: v is None or isinstance(v, dict)}
+    bad = [k for k, ok in kinds.items() if not ok(info.get(k))]
+    if bad:
+        raise ValueError(f"checkpoint {str(d)!r}: {META} has unusable training entries {bad}")
     return meta, tensors, _read_tensors(d, STATE, meta)
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _seconds(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf")

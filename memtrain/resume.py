@@ -74,6 +74,16 @@ def load_optimizer_state(opt: torch.optim.Optimizer, plain: dict, tensors: dict,
         groups = plain["param_groups"]
         if len(groups) != len(opt.param_groups) or any(len(g["params"]) != len(o["params"]) for g, o in zip(groups, opt.param_groups)):
             raise ValueError("its optimizer holds a different number of parameters")
+        params = {i: p for g, o in zip(groups, opt.param_groups) for i, p in zip(g["params"], o["params"])}
+        for idx, entry in state.items():
+            if idx not in params:
+                raise ValueError(f"state for parameter {idx}, which it does not have")
+            for name, v in entry.items():
+                if not torch.is_tensor(v):
+                    continue
+                fits = v.numel() == 1 if name == "step" else v.shape == params[idx].shape
+                if not fits or not v.is_floating_point():
+                    raise ValueError(f"{name} of parameter {idx} is {v.dtype} {tuple(v.shape)}, the parameter {tuple(params[idx].shape)}")
         for g in groups:
             if "betas" in g:
                 g["betas"] = tuple(g["betas"])

@@ -28,6 +28,10 @@ def load_run(run_dir: str, device: str = "cpu"):
 
 def evaluate_run(run_dir: str, lengths=None, batch_size: int = 256, seed: int = 1234) -> list[dict]:
     """Evaluate at the training length and (by default) 2T and 4T: length generalisation."""
+    if batch_size < 1:
+        raise ValueError(f"batch must be >= 1, got {batch_size}")
+    if lengths is not None and any(L < 1 for L in lengths):
+        raise ValueError(f"lengths must be >= 1, got {list(lengths)}")
     cfg, task, teacher, cell = load_run(run_dir)
     T = task.length
     rows = []

@@ -8,13 +8,16 @@ import json
 import pickle
 import random
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from memtrain.cells import CellConfig, build_cell
-from memtrain.checkpoint import FORMAT, META, VERSION, WEIGHTS, load_module, read_run
+from memtrain.checkpoint import FORMAT, META, STATE, VERSION, WEIGHTS, load_module, read_run
 from memtrain.config import RunConfig, from_dict, to_dict
 from memtrain.presets import preset_config
 from memtrain.run import evaluate_run, load_run
@@ -285,3 +288,99 @@ def test_dmt_from_an_smt_run_trains_and_writes_its_own_run(smt_run, tmp_path):
     assert moved, "DMT did not change the cell"
     (row,) = evaluate_run(str(out), lengths=[12], batch_size=cfg.train.eval_batch, seed=cfg.train.seed + 10_000)
     assert row["rnn_acc"] == summary["rnn_acc"]
+
+
+# ---- random input never crashes the loader (hypothesis) ------------------------------------------------
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                    max_leaves=8)
+
+
+def _fresh_copy(src: Path) -> Path:
+    d = Path(tempfile.mkdtemp(prefix="ckpt-prop-"))
+    shutil.copytree(src, d / "run")
+    return d / "run"
+
+
+def _loads_or_value_error(d: Path) -> None:
+    try:
+        load_run(str(d))
+    except ValueError as e:
+        assert str(e) and "\n" not in str(e)
+    finally:
+        shutil.rmtree(d.parent, ignore_errors=True)
+
+
+@given(blob=st.binary(max_size=300))
+def test_random_bytes_as_run_json(smt_run, blob):
+    d = _fresh_copy(smt_run[0])
+    (d / META).write_bytes(blob)
+    _loads_or_value_error(d)
+
+
+@given(key=st.sampled_from(["format", "version", "config", "modules", "sha256", "step", "summary", "other"]), value=JSON)
+def test_random_values_in_run_json(smt_run, key, value):
+    d = _fresh_copy(smt_run[0])
+    meta = json.loads((d / META).read_text())
+    meta[key] = value
+    (d / META).write_text(json.dumps(meta))
+    _loads_or_value_error(d)
+
+
+@given(key=st.sampled_from(["method", "task", "task_args", "teacher", "cell", "smt", "train"]), value=JSON)
+def test_random_config_in_run_json(smt_run, key, value):
+    d = _fresh_copy(smt_run[0])
+    meta = json.loads((d / META).read_text())
+    meta["config"][key] = value
+    (d / META).write_text(json.dumps(meta))
+    _loads_or_value_error(d)
+
+
+@given(blob=st.binary(max_size=2000), rehash=st.booleans())
+def test_random_bytes_as_weights(smt_run, blob, rehash):
+    """With the hash left alone the SHA-256 check refuses it; with a matching hash the parser must."""
+    d = _fresh_copy(smt_run[0])
+    (d / WEIGHTS).write_bytes(blob)
+    if rehash:
+        meta = json.loads((d / META).read_text())
+        meta["sha256"][WEIGHTS] = hashlib.sha256(blob).hexdigest()
+        (d / META).write_text(json.dumps(meta))
+    _loads_or_value_error(d)
+
+
+TENSORS = st.dictionaries(
+    st.sampled_from(["rng.data", "rng.torch", "rng.cuda.0", "optim.0.exp_avg", "optim.0.exp_avg_sq", "optim.0.step",
+                     "optim.99.exp_avg", "optim.x.y", "other"]),
+    st.tuples(st.sampled_from([torch.uint8, torch.float32, torch.int64]), st.lists(st.integers(0, 5), max_size=2)).map(
+        lambda t: torch.zeros(t[1], dtype=t[0])),
+    max_size=6)
+
+
+@given(state=TENSORS, train_info=st.one_of(st.none(), st.dictionaries(
+    st.sampled_from(["seconds", "metrics_bytes", "bad_streak", "optimizer", "finished", "summary"]), JSON, max_size=3)))
+def test_random_training_state_is_refused_with_a_value_error(smt_run, state, train_info):
+    """A training checkpoint whose state file (validly hashed) or training entries are random: resuming
+    from it raises ValueError, whatever the mix."""
+    from safetensors.torch import save
+
+    d = Path(tempfile.mkdtemp(prefix="ckpt-prop-"))
+    try:
+        out = d / "run"
+        shutil.copytree(smt_run[0], out)
+        ck = sorted((out / "checkpoints").iterdir())[-1]
+        meta = json.loads((ck / META).read_text())
+        blob = save(state)
+        (ck / STATE).write_bytes(blob)
+        meta["sha256"][STATE] = hashlib.sha256(blob).hexdigest()
+        if train_info is not None:
+            meta["train"].update(train_info)
+        meta["train"]["finished"] = False  # so that the run really loads its state
+        (ck / META).write_text(json.dumps(meta))
+        cfg = preset_config("tiny", [f"out_dir={out}", "train.steps=6"])
+        try:
+            train(cfg, progress=False)
+        except ValueError as e:
+            assert str(e)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

@@ -106,6 +106,35 @@ def test_eval_prints_json_lines_at_T_2T_4T(cli_run):
     assert rows2[0] == rows[0]
 
 
+@pytest.mark.parametrize("args,names", [
+    (["--batch", "0"], ["batch must be >= 1"]),
+    (["--lengths", "0"], ["lengths must be >= 1"]),
+    (["--lengths", "2"], ["retrieval", "length >= 4"]),
+])
+def test_eval_bad_arguments(cli_run, args, names):
+    rc, stdout, stderr = run_main(["eval", str(cli_run[0]), *args])
+    assert rc == 2 and stdout == "" and stderr.count("\n") == 1
+    assert all(n in stderr for n in names), stderr
+
+
+def test_init_from_networks_of_other_sizes_are_named(cli_run, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["train", "--preset", "tiny", "--quiet", "method=bptt", f"init_from={cli_run[0]}", "cell.hidden_mult=2",
+               f"out_dir={out}"])
+    cap = capsys.readouterr()
+    _assert_clean_error(rc, cap.out, cap.err, ["init_from", "cell.hidden_mult: 4", "2 now"], out)
+
+
+def test_token_ids_above_the_vocabulary(tmp_path, capsys):
+    data = tmp_path / "data.txt"
+    data.write_text("plain ascii text with bytes above 100: xyz " * 20)
+    out = tmp_path / "out"
+    rc = main(["train", "--preset", "tiny", "--quiet", "task=tokens", f"task_args.path={data}", "task_args.vocab=100",
+               "task_args.length=16", f"out_dir={out}"])
+    cap = capsys.readouterr()
+    _assert_clean_error(rc, cap.out, cap.err, ["token ids in [32, 122]", "vocab=100"], out)
+
+
 def test_eval_of_a_non_run_is_a_clean_error(tmp_path):
     rc, stdout, stderr = run_main(["eval", str(tmp_path)])
     assert rc == 2 and stdout == ""
@@ -160,13 +189,28 @@ BAD = {
     "dmt without init_from": (["method=dmt"], ["init_from"]),
     "no such init_from": (["method=dmt", "init_from=/nonexistent/run"], ["/nonexistent/run"]),
     "tokens task without a file": (["task=tokens"], ["path"]),
+    "NaN learning rate": (["train.lr=NaN"], ["train.lr", "finite"]),
+    "infinite time limit": (["train.time_limit=Infinity"], ["train.time_limit", "finite"]),
+    "beta of 1": (["train.betas=[0.9, 1.0]"], ["train.betas"]),
+    "unknown resume mode": (["train.resume=maybe"], ["train.resume", "'maybe'"]),
+    "keep no checkpoint": (["train.keep_last=0"], ["train.keep_last"]),
+    "negative seed": (["train.seed=-1"], ["train.seed"]),
+    "negative coefficient": (["smt.coef_unif=-1"], ["smt.coef_unif"]),
+    "needle position fraction": (["task_args.max_frac=2"], ["retrieval", "max_frac"]),
+    "too few keys for the length": (["task=kv", "task_args.length=33", "task_args.n_keys=4"], ["kv", "n_keys >= 16"]),
+    "no symbols": (["task_args.n_symbols=0"], ["retrieval", "n_symbols"]),
+    "init_from a torch.save file": (["method=dmt", "init_from=PICKLE"], ["looks like a pickle", "runs whatever code"]),
+    "out_dir is a file": (["out_dir=FILE"], ["out_dir", "not a directory"]),
 }
 
 
 @pytest.mark.parametrize("overrides,names", list(BAD.values()), ids=list(BAD))
 def test_bad_settings(overrides, names, tmp_path, capsys):
     out = tmp_path / "out"
-    rc = main(["train", "--preset", "tiny", "--quiet", *overrides, f"out_dir={out}"])
+    (tmp_path / "model.pt").write_bytes(b"\x80\x04\x95" + bytes(20))  # a pickle's first bytes
+    (tmp_path / "file").write_text("not a folder")
+    overrides = [o.replace("PICKLE", str(tmp_path / "model.pt")).replace("FILE", str(tmp_path / "file")) for o in overrides]
+    rc = main(["train", "--preset", "tiny", "--quiet", f"out_dir={out}", *overrides])
     cap = capsys.readouterr()
     _assert_clean_error(rc, cap.out, cap.err, names, out)
 

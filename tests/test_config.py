@@ -5,8 +5,11 @@ import copy
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from memtrain.config import RunConfig, TrainConfig, apply_overrides, from_dict, parse_value, to_dict
+from memtrain.resume import flatten
 from memtrain.presets import PRESETS, preset_config
 
 # validate() checks vocab sizes, which `build` fills in from the task; set them so that a base
@@ -202,3 +205,70 @@ def test_validate_lstm_needs_even_memory_tokens():
 @pytest.mark.parametrize("item,key,value", [("out_dir=123", "out_dir", "123"), ("init_from=2024", "init_from", "2024")])
 def test_numeric_looking_string_settings(item, key, value):
     assert getattr(apply_overrides(RunConfig(), [item]), key) == value
+
+
+# ---- properties over random input (hypothesis) ---------------------------------------------------------
+
+KEYS = sorted(flatten(to_dict(RunConfig()))) + ["task_args.length", "task_args.n_symbols", "cell", "train", "nosuch.key"]
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                    max_leaves=8)
+
+
+def _valid_or_value_error(cfg: RunConfig) -> None:
+    """A parsed config round-trips through JSON, and validate() either passes or names a setting."""
+    assert from_dict(RunConfig, json.loads(json.dumps(to_dict(cfg), allow_nan=False))) == cfg
+    try:
+        cfg.validate()
+    except ValueError as e:
+        assert str(e)
+
+
+def _typed_value(default):
+    """Values of the setting's own type (most parse; validate() then judges them), rendered for the CLI."""
+    if isinstance(default, bool):
+        return st.booleans().map(json.dumps)
+    if isinstance(default, int) or default is None:
+        return st.one_of(st.integers(-3, 300), st.none()).map(json.dumps)
+    if isinstance(default, float):
+        return st.one_of(st.floats(-2, 2), st.floats(allow_nan=True)).map(json.dumps)
+    if isinstance(default, str):
+        return st.sampled_from(["smt", "dmt", "bptt", "mlp", "gru", "lstm", "memtok", "causal", "window", "empty",
+                                "encoder", "cosine", "cpu", "auto", "never", "retrieval", "stack", "x"])
+    return JSON.map(json.dumps)
+
+
+DEFAULTS = flatten(to_dict(RunConfig()))
+OVERRIDE = st.one_of(
+    st.sampled_from(sorted(DEFAULTS)).flatmap(lambda k: _typed_value(DEFAULTS[k]).map(lambda v: (k, v))),
+    st.tuples(st.sampled_from(KEYS), st.one_of(st.text(max_size=12), JSON.map(json.dumps))),
+)
+
+
+@given(items=st.lists(OVERRIDE, max_size=4))
+def test_random_overrides_parse_or_raise_value_error(items):
+    try:
+        cfg = apply_overrides(RunConfig(), [f"{k}={v}" for k, v in items])
+    except ValueError as e:
+        assert str(e)
+        return
+    _valid_or_value_error(cfg)
+
+
+@given(text=st.lists(st.text(max_size=20), max_size=3))
+def test_random_text_overrides_parse_or_raise_value_error(text):
+    try:
+        cfg = apply_overrides(RunConfig(), text)
+    except ValueError:
+        return
+    _valid_or_value_error(cfg)
+
+
+@given(data=st.dictionaries(st.sampled_from(["method", "task", "task_args", "teacher", "cell", "train", "out_dir", "x"]), JSON,
+                            max_size=4))
+def test_random_json_configs_load_or_raise_value_error(data):
+    try:
+        cfg = from_dict(RunConfig, data)
+    except ValueError:
+        return
+    _valid_or_value_error(cfg)

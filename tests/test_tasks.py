@@ -8,6 +8,8 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from memtrain import pixels
 from memtrain.prepare import prepare
@@ -111,38 +113,33 @@ def test_length_override(name, tmp_path):
 
 # ---- task-specific truths ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("T,frac", [(16, 0.5), (40, 0.25), (40, 0.5), (30, 1.0)])
-def test_retrieval_answer_is_token_after_first_marker(T, frac):
-    task = Retrieval(length=T, n_symbols=5, max_frac=frac)
-    x, y = task.sample(512, gen(3))
+# ---- each task's ground truth, recomputed with plain Python ----------------------------------------
+
+def check_retrieval(task, x, y) -> list[int]:
+    """-> needle positions."""
     positions = []
+    T, n = x.shape[1], task.n_symbols
     for xs, ys in zip(rows(x), rows(y)):
-        first = xs.index(0)
-        needle_pos = first + 1
+        needle_pos = xs.index(0) + 1
         positions.append(needle_pos)
         assert xs[-1] == 0  # the query
         assert xs.count(0) == 2, "0 is only the marker and the query"
-        assert 1 <= xs[needle_pos] <= 5
+        assert 1 <= xs[needle_pos] <= n
         assert ys[-1] == xs[needle_pos]
         assert all(v == -1 for v in ys[:-1])
-        assert needle_pos < max(2, T * frac), "needle must lie in the first max_frac of the sequence"
+        assert needle_pos < max(2, T * task.max_frac), "needle must lie in the first max_frac of the sequence"
         assert needle_pos <= T - 3
-    # the whole allowed range is used, from the second position up to the max_frac boundary
-    assert min(positions) == 1
-    assert max(positions) >= min(T - 2, int(T * frac)) - 2
+    return positions
 
 
-@pytest.mark.parametrize("T", [9, 12, 15])
-@pytest.mark.parametrize("reverse", [False, True])
-def test_copy_targets_are_the_string(T, reverse):
-    task = Copy(length=T, n_symbols=4, reverse=reverse)
-    x, y = task.sample(64, gen(5))
+def check_copy(task, x, y) -> None:
+    T = x.shape[1]
     L = (T - 1) // 2
     for xs, ys in zip(rows(x), rows(y)):
         s = xs[:L]
-        assert all(1 <= v <= 4 for v in s)
+        assert all(1 <= v <= task.n_symbols for v in s)
         assert xs[L] == 0
-        target = list(reversed(s)) if reverse else list(s)
+        target = list(reversed(s)) if task.reverse else list(s)
         sup = [(t, v) for t, v in enumerate(ys) if v != -1]
         assert [t for t, _ in sup] == list(range(L, 2 * L))
         assert [v for _, v in sup] == target
@@ -151,10 +148,8 @@ def test_copy_targets_are_the_string(T, reverse):
         assert all(v == 0 for v in xs[2 * L:])
 
 
-@pytest.mark.parametrize("max_depth", [1, 3, 10])
-def test_stack_outputs_are_the_pops_of_a_list_stack(max_depth):
-    task = Stack(length=40, n_symbols=4, max_depth=max_depth)
-    x, y = task.sample(64, gen(11))
+def check_stack(task, x, y) -> tuple[int, int]:
+    """-> (pushes, pops)."""
     pushes = pops = 0
     for xs, ys in zip(rows(x), rows(y)):
         stack: list[int] = []
@@ -164,19 +159,17 @@ def test_stack_outputs_are_the_pops_of_a_list_stack(max_depth):
                 assert yt == stack.pop()
                 pops += 1
             else:
-                assert 1 <= xt <= 4
+                assert 1 <= xt <= task.n_symbols
                 assert yt == -1
-                assert len(stack) < max_depth, "never pushes onto a full stack"
+                assert len(stack) < task.max_depth, "never pushes onto a full stack"
                 stack.append(xt)
                 pushes += 1
-    assert pushes > 0 and pops > 0
+    return pushes, pops
 
 
-@pytest.mark.parametrize("T", [17, 20, 7])
-def test_kv_distinct_keys_and_answer_is_paired_value(T):
-    nk, nv = 10, 5
-    task = KeyValue(length=T, n_keys=nk, n_values=nv)
-    x, y = task.sample(128, gen(2))
+def check_kv(task, x, y) -> set:
+    """-> the slots that were queried."""
+    T, nk, nv = x.shape[1], task.n_keys, task.n_values
     n = (T - 1) // 2
     queried = set()
     for xs, ys in zip(rows(x), rows(y)):
@@ -190,19 +183,13 @@ def test_kv_distinct_keys_and_answer_is_paired_value(T):
         assert ys[-1] == vals[keys.index(q)]
         assert all(v == -1 for v in ys[:-1])
         queried.add(keys.index(q))
-    assert len(queried) > 1  # the query is not always the same slot
+    return queried
 
 
-def test_kv_too_long_for_the_keys_is_an_error():
-    with pytest.raises(ValueError, match="n_keys"):
-        KeyValue(length=33, n_keys=8).sample(2, gen())
-
-
-@pytest.mark.parametrize("T,p,difficulty", [(15, 7, 1.0), (16, 8, 0.5), (2, 5, 1.0)])
-def test_icl_outputs_follow_one_affine_map_per_sequence(T, p, difficulty):
-    task = ModularICL(length=T, modulus=p, difficulty=difficulty)
-    x, y = task.sample(64, gen(4))
-    hi = max(1, round(difficulty * p))
+def check_icl(task, x, y) -> set:
+    """-> the distinct output sequences."""
+    T, p = x.shape[1], task.modulus
+    hi = max(1, round(task.difficulty * p))
     maps = set()
     for xs, ys in zip(rows(x), rows(y)):
         pairs = []
@@ -216,22 +203,109 @@ def test_icl_outputs_follow_one_affine_map_per_sequence(T, p, difficulty):
         fits = [(w, b) for w in range(hi) for b in range(hi) if all((w * a + b) % p == o for a, o in pairs)]
         assert fits, f"no map o = (w*a+b) mod {p} with w, b < {hi} fits {pairs}"
         maps.add(tuple(o for _, o in pairs))
-    assert len(maps) > 1
+    return maps
 
 
-@pytest.mark.parametrize("last_only", [False, True])
-def test_parity_is_running_sum_mod_2(last_only):
-    T = 21
-    x, y = Parity(length=T, last_only=last_only).sample(64, gen(9))
+def check_parity(task, x, y) -> None:
+    T = x.shape[1]
     for xs, ys in zip(rows(x), rows(y)):
         assert set(xs) <= {0, 1}
         acc = 0
         for t in range(T):
             acc = (acc + xs[t]) % 2
-            if last_only and t < T - 1:
+            if task.last_only and t < T - 1:
                 assert ys[t] == -1
             else:
                 assert ys[t] == acc
+
+
+CHECKS = {"retrieval": check_retrieval, "copy": check_copy, "stack": check_stack, "kv": check_kv, "icl": check_icl,
+          "parity": check_parity}
+
+
+@pytest.mark.parametrize("T,frac", [(16, 0.5), (40, 0.25), (40, 0.5), (30, 1.0)])
+def test_retrieval_answer_is_token_after_first_marker(T, frac):
+    positions = check_retrieval(task := Retrieval(length=T, n_symbols=5, max_frac=frac), *task.sample(512, gen(3)))
+    # the whole allowed range is used, from the second position up to the max_frac boundary
+    assert min(positions) == 1
+    assert max(positions) >= min(T - 2, int(T * frac)) - 2
+
+
+@pytest.mark.parametrize("T", [9, 12, 15])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_copy_targets_are_the_string(T, reverse):
+    check_copy(task := Copy(length=T, n_symbols=4, reverse=reverse), *task.sample(64, gen(5)))
+
+
+@pytest.mark.parametrize("max_depth", [1, 3, 10])
+def test_stack_outputs_are_the_pops_of_a_list_stack(max_depth):
+    pushes, pops = check_stack(task := Stack(length=40, n_symbols=4, max_depth=max_depth), *task.sample(64, gen(11)))
+    assert pushes > 0 and pops > 0
+
+
+@pytest.mark.parametrize("T", [17, 20, 7])
+def test_kv_distinct_keys_and_answer_is_paired_value(T):
+    queried = check_kv(task := KeyValue(length=T, n_keys=10, n_values=5), *task.sample(128, gen(2)))
+    assert len(queried) > 1  # the query is not always the same slot
+
+
+def test_kv_too_long_for_the_keys_is_an_error():
+    with pytest.raises(ValueError, match="n_keys"):
+        KeyValue(length=33, n_keys=8)
+    with pytest.raises(ValueError, match="n_keys"):
+        KeyValue(length=17, n_keys=8).sample(2, gen(), length=33)
+
+
+@pytest.mark.parametrize("T,p,difficulty", [(15, 7, 1.0), (16, 8, 0.5), (2, 5, 1.0)])
+def test_icl_outputs_follow_one_affine_map_per_sequence(T, p, difficulty):
+    maps = check_icl(task := ModularICL(length=T, modulus=p, difficulty=difficulty), *task.sample(64, gen(4)))
+    assert len(maps) > 1
+
+
+@pytest.mark.parametrize("last_only", [False, True])
+def test_parity_is_running_sum_mod_2(last_only):
+    check_parity(task := Parity(length=21, last_only=last_only), *task.sample(64, gen(9)))
+
+
+# ---- properties over random settings (hypothesis) ---------------------------------------------------
+
+SETTINGS = {
+    "retrieval": dict(length=st.integers(4, 40), n_symbols=st.integers(1, 12), max_frac=st.floats(0.01, 1.0)),
+    "copy": dict(length=st.integers(3, 40), n_symbols=st.integers(1, 12), reverse=st.booleans()),
+    "stack": dict(length=st.integers(1, 40), n_symbols=st.integers(1, 6), max_depth=st.integers(1, 12)),
+    "kv": dict(length=st.integers(3, 33), n_keys=st.integers(16, 40), n_values=st.integers(1, 8)),
+    "icl": dict(length=st.integers(2, 30), modulus=st.integers(2, 11), difficulty=st.floats(0.05, 1.0)),
+    "parity": dict(length=st.integers(1, 40), last_only=st.booleans()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+@given(data=st.data(), batch=st.integers(1, 9), seed=st.integers(0, 2**32))
+def test_any_valid_setting_gives_valid_sequences(name, data, batch, seed):
+    params = data.draw(st.fixed_dictionaries(SETTINGS[name]))
+    task = build_task(name, **params)
+    x, y = task.sample(batch, gen(seed))
+    T, V = params["length"], task.vocab_size
+    assert x.shape == y.shape == (batch, T) and x.dtype == y.dtype == torch.long
+    assert int(x.min()) >= 0 and int(x.max()) < V
+    assert bool(((y == -1) | ((y >= 0) & (y < V))).all())
+    CHECKS[name](task, x, y)
+    x2, y2 = task.sample(batch, gen(seed))
+    assert torch.equal(x, x2) and torch.equal(y, y2), "the same generator state gives the same batch"
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+@given(params=st.dictionaries(st.sampled_from(["length", "n_symbols", "max_frac", "max_depth", "n_keys", "n_values",
+                                               "modulus", "difficulty", "reverse", "last_only", "bogus"]),
+                              st.one_of(st.integers(-3, 50), st.floats(allow_nan=True), st.booleans(), st.text(max_size=3),
+                                        st.none())))
+def test_any_setting_builds_or_is_refused_with_a_value_error(name, params):
+    try:
+        task = build_task(name, **params)
+    except ValueError:
+        return
+    x, y = task.sample(3, gen(0))
+    CHECKS[name](task, x, y)
 
 
 # ---- TokenFile -----------------------------------------------------------------------------------
