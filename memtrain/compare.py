@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .checkpoint import write_file
 from .config import RunConfig, apply_overrides, to_dict
 from .presets import PRESETS
 from .trainer import train
@@ -14,27 +15,36 @@ def compare(out_dir: str, overrides: list[str] = (), smt_steps: int = 900, dmt_s
             dmt_seconds: float | None = None, progress: bool = True, log=print) -> list[dict]:
     """Train SMT, then DMT from it, then BPTT for the same total wall-clock (unless bptt_seconds is
     given); return one summary row per stage and write them to out_dir/compare.json.
-    smt_seconds / dmt_seconds give a stage a training-time budget instead of a number of steps."""
+    smt_seconds / dmt_seconds give a stage a training-time budget instead of a number of steps.
+    Each stage is an ordinary run in out_dir/<stage>: run the same command again after a stop signal
+    or a crash and finished stages are skipped, the interrupted one resumes. Returns [] when a stage
+    was stopped by SIGINT/SIGTERM (it saved its checkpoint)."""
     out = Path(out_dir)
     base = list(PRESETS["retrieval-smt"][1]) + list(overrides)
     smt_cfg = apply_overrides(RunConfig(), base + [*_budget(smt_steps, smt_seconds), f"out_dir={out / 'smt'}", "method=smt"])
     log(f"[1/3] SMT: teacher + cell jointly, {_say(smt_steps, smt_seconds)}")
     smt = train(smt_cfg, progress=progress)
+    if smt.get("stopped"):
+        return []
     log(f"[2/3] DMT from the SMT run, {_say(dmt_steps, dmt_seconds)}")
     dmt_cfg = apply_overrides(smt_cfg, [f"method=dmt", *_budget(dmt_steps, dmt_seconds), f"init_from={out / 'smt'}",
                                         f"out_dir={out / 'dmt'}", f"train.lr={dmt_lr}", "train.warmup=0"])
     dmt = train(dmt_cfg, progress=progress)
+    if dmt.get("stopped"):
+        return []
     budget = bptt_seconds if bptt_seconds is not None else max(smt["train_seconds"] + dmt["train_seconds"], 0.01)
     log(f"[3/3] BPTT on the same cell for the same wall-clock ({budget:.0f} s)")
     bptt_cfg = apply_overrides(smt_cfg, ["method=bptt", "train.steps=1000000", f"train.time_limit={budget}",
                                          f"out_dir={out / 'bptt'}"])
     bptt = train(bptt_cfg, progress=progress)
+    if bptt.get("stopped"):
+        return []
     rows = [
         {"method": "SMT (RNN after SMT)", **_row(smt)},
         {"method": "SMT -> DMT", **_row(dmt, extra_seconds=smt["train_seconds"], extra_steps=smt["steps"])},
         {"method": "BPTT", **_row(bptt)},
     ]
-    (out / "compare.json").write_text(json.dumps({"rows": rows, "config": to_dict(smt_cfg)}, indent=1))
+    write_file(out / "compare.json", json.dumps({"rows": rows, "config": to_dict(smt_cfg)}, indent=1).encode())
     return rows
 
 

@@ -48,3 +48,36 @@ def test_demo_cli_time_budgets(tmp_path, capsys):
     assert rc == 0
     rows = json.loads((tmp_path / "compare.json").read_text())["rows"]
     assert rows[0]["seconds"] >= 0.2 and rows[1]["seconds"] >= rows[0]["seconds"] + 0.2
+
+
+def test_a_stopped_demo_resumes_where_it_stopped(tmp_path, capsys, monkeypatch):
+    """SIGINT during the DMT stage: the demo saves and exits 0 without a table; the same command again
+    skips the finished SMT stage, resumes DMT, then runs BPTT."""
+    import hashlib
+    import os
+    import signal
+
+    import memtrain.trainer as trainer_mod
+
+    argv = ["demo", "--quiet", "--length", "12", "--smt-steps", "3", "--dmt-steps", "4", "--out", str(tmp_path), *TINY]
+    real = trainer_mod.lr_at
+
+    def lr_at(step, cfg):
+        if cfg.lr == 1e-4 and step == 1:  # the DMT stage (its lr is the demo's --dmt-lr)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(step, cfg)
+
+    with monkeypatch.context() as m:
+        m.setattr(trainer_mod, "lr_at", lr_at)
+        assert main(argv) == 0
+    cap = capsys.readouterr()
+    assert "| BPTT |" not in cap.out and "run the same command again" in cap.err
+    assert "stopped by SIGINT after step 2" in cap.err
+    assert not (tmp_path / "compare.json").exists() and not (tmp_path / "bptt").exists()
+    smt_files = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "smt").rglob("*") if p.is_file()}
+    assert main(argv) == 0
+    cap = capsys.readouterr()
+    assert "already finished at step 3" in cap.err and "resuming" in cap.err and "| BPTT |" in cap.out
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "smt").rglob("*") if p.is_file()} == smt_files
+    rows = json.loads((tmp_path / "compare.json").read_text())["rows"]
+    assert [r["updates"] for r in rows[:2]] == [3, 7]
