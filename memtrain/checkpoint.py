@@ -56,12 +56,17 @@ def fsync_dir(path: Path) -> None:
 def write_file(path: Path, data: bytes, atomic: bool = True) -> None:
     """Write bytes and fsync them; with `atomic`, via a temporary name renamed over `path`."""
     tmp = path.with_name(path.name + ".tmp") if atomic else path
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if atomic:
+            os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # e.g. the disk is full: leave nothing half-written behind
+        raise
     if atomic:
-        os.replace(tmp, path)
         fsync_dir(path.parent)
 
 

@@ -2,13 +2,14 @@
 then one table. `memtrain demo` runs it on the embedded default (retrieval, no download)."""
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 from .checkpoint import write_file
 from .config import RunConfig, apply_overrides, to_dict
 from .presets import PRESETS
-from .trainer import train
+from .trainer import build, train
 
 def compare(out_dir: str, overrides: list[str] = (), smt_steps: int = 900, dmt_steps: int = 600,
             dmt_lr: float = 1e-4, bptt_seconds: float | None = None, smt_seconds: float | None = None,
@@ -22,21 +23,21 @@ def compare(out_dir: str, overrides: list[str] = (), smt_steps: int = 900, dmt_s
     out = Path(out_dir)
     base = list(PRESETS["retrieval-smt"][1]) + list(overrides)
     smt_cfg = apply_overrides(RunConfig(), base + [*_budget(smt_steps, smt_seconds), f"out_dir={out / 'smt'}", "method=smt"])
+    dmt_cfg = apply_overrides(smt_cfg, [f"method=dmt", *_budget(dmt_steps, dmt_seconds), f"init_from={out / 'smt'}",
+                                        f"out_dir={out / 'dmt'}", f"train.lr={dmt_lr!r}", "train.warmup=0"])
+    for cfg in (smt_cfg, dmt_cfg, _bptt_config(smt_cfg, out, 1.0)):  # every stage's settings, before any training
+        build(copy.deepcopy(cfg), load_init=False)
     log(f"[1/3] SMT: teacher + cell jointly, {_say(smt_steps, smt_seconds)}")
     smt = train(smt_cfg, progress=progress)
     if smt.get("stopped"):
         return []
     log(f"[2/3] DMT from the SMT run, {_say(dmt_steps, dmt_seconds)}")
-    dmt_cfg = apply_overrides(smt_cfg, [f"method=dmt", *_budget(dmt_steps, dmt_seconds), f"init_from={out / 'smt'}",
-                                        f"out_dir={out / 'dmt'}", f"train.lr={dmt_lr}", "train.warmup=0"])
     dmt = train(dmt_cfg, progress=progress)
     if dmt.get("stopped"):
         return []
     budget = bptt_seconds if bptt_seconds is not None else max(smt["train_seconds"] + dmt["train_seconds"], 0.01)
     log(f"[3/3] BPTT on the same cell for the same wall-clock ({budget:.0f} s)")
-    bptt_cfg = apply_overrides(smt_cfg, ["method=bptt", "train.steps=1000000", f"train.time_limit={budget}",
-                                         f"out_dir={out / 'bptt'}"])
-    bptt = train(bptt_cfg, progress=progress)
+    bptt = train(_bptt_config(smt_cfg, out, budget), progress=progress)
     if bptt.get("stopped"):
         return []
     rows = [
@@ -48,10 +49,15 @@ def compare(out_dir: str, overrides: list[str] = (), smt_steps: int = 900, dmt_s
     return rows
 
 
+def _bptt_config(smt_cfg: RunConfig, out: Path, seconds: float) -> RunConfig:
+    return apply_overrides(smt_cfg, ["method=bptt", "train.steps=1000000", f"train.time_limit={seconds}",
+                                     f"out_dir={out / 'bptt'}"])
+
+
 def _budget(steps: int, seconds: float | None) -> list[str]:
     if seconds is None:
         return [f"train.steps={steps}", "train.time_limit=null"]
-    return ["train.steps=100000000", f"train.time_limit={seconds}"]
+    return ["train.steps=100000000", f"train.time_limit={seconds!r}"]
 
 
 def _say(steps: int, seconds: float | None) -> str:

@@ -120,6 +120,8 @@ def coerce(value, tp, key: str):
             raise ValueError(f"{key} must be an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+            raise ValueError(f"{key} must be a finite number, got {value!r}")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{key} must be a number, got {value!r}")
         if not math.isfinite(value):

@@ -125,6 +125,31 @@ def test_init_from_networks_of_other_sizes_are_named(cli_run, tmp_path, capsys):
     _assert_clean_error(rc, cap.out, cap.err, ["init_from", "cell.hidden_mult: 4", "2 now"], out)
 
 
+def test_empty_token_file(tmp_path, capsys):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    out = tmp_path / "out"
+    rc = main(["train", "--preset", "tiny", "--quiet", "task=tokens", f"task_args.path={tmp_path / 'empty.txt'}", f"out_dir={out}"])
+    cap = capsys.readouterr()
+    _assert_clean_error(rc, cap.out, cap.err, ["task 'tokens'", "holds no tokens"], out)
+
+
+@pytest.mark.parametrize("args,names", [
+    (["--length", "2"], ["retrieval", "length >= 4"]),
+    (["--smt-steps", "0"], ["train.steps must be >= 1"]),
+    (["--smt-seconds", "-1"], ["train.time_limit"]),
+    (["--dmt-lr", "nan"], ["train.lr", "finite"]),
+    (["--dmt-lr", "0"], ["train.lr must be > 0"]),
+    (["--dmt-seconds", "inf"], ["train.time_limit", "finite"]),
+    (["--cell", "transformer"], ["cell.kind"]),
+    (["--threads", "-2"], ["train.threads"]),
+])
+def test_demo_bad_arguments(args, names, tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = main(["demo", "--quiet", "--out", str(out), *args])
+    cap = capsys.readouterr()
+    _assert_clean_error(rc, cap.out, cap.err, names, out)
+
+
 def test_token_ids_above_the_vocabulary(tmp_path, capsys):
     data = tmp_path / "data.txt"
     data.write_text("plain ascii text with bytes above 100: xyz " * 20)

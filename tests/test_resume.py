@@ -84,6 +84,24 @@ def test_stop_and_resume_gives_the_straight_trace(method, smt_init, tmp_path, mo
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "handlers are restored"
 
 
+def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch):
+    import memtrain.trainer as trainer_mod
+
+    real = trainer_mod.lr_at
+    def lr_at(s, cfg):
+        if s == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(s, cfg)
+    monkeypatch.setattr(trainer_mod, "lr_at", lr_at)
+    out = tmp_path / "r"
+    with pytest.raises(KeyboardInterrupt):
+        train(preset_config("tiny", ["train.steps=20", "train.ckpt_every=4", f"out_dir={out}"]), progress=False)
+    assert [p.name for p in list_checkpoints(out)] == ["step-00000004"], "the last checkpoint is intact"
+    _assert_intact(out)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_a_finished_run_is_not_trained_again_and_can_be_extended(tmp_path, capsys):
     out = tmp_path / "r"
     args = ["train.steps=6", "train.log_every=1", "train.ckpt_every=0", f"out_dir={out}"]
