@@ -130,6 +130,20 @@ def compile_networks(cell, teacher=None, **options) -> None:
 
 
 
+class MethodExtras:
+    """A method's own tensors, without the networks it wraps (e.g. SMT's last-input probe, trained
+    but not part of the final model): a training checkpoint must hold them for an exact resume."""
+
+    def __init__(self, method: torch.nn.Module):
+        self.method = method
+
+    def state_dict(self) -> dict:
+        return {k: v for k, v in self.method.state_dict().items() if not k.startswith(("cell.", "teacher."))}
+
+    def load_state_dict(self, tensors: dict) -> None:
+        self.method.load_state_dict({**self.method.state_dict(), **tensors})
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. too many non-finite updates in a row); the message says why."""
 
@@ -192,7 +206,8 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
     method.to(device)
     params = method.trainable()
     opt = torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
-    modules = {"cell": cell, "teacher": teacher}
+    modules = {"cell": cell, "teacher": teacher}  # the final model
+    state_modules = {**modules, "method": MethodExtras(method)}  # + what training checkpoints add
     config = to_dict(cfg)
 
     step, t_train, bad_streak, metrics_bytes = 0, 0.0, 0, 0
@@ -205,7 +220,7 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
                              f"these: {'; '.join(diffs[:6])}{' ...' if len(diffs) > 6 else ''}. Use another out_dir "
                              "(init_from=<run> starts a new run from its weights)")
         info = meta["train"]
-        for name, module in modules.items():
+        for name, module in state_modules.items():
             if module is not None:
                 load_module(module, tensors, name, where)
         load_optimizer_state(opt, info.get("optimizer"), state, where)
@@ -261,7 +276,7 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
         plain, tensors = optimizer_state(opt)
         info = {"train": {"seconds": t_train, "metrics_bytes": metrics_file.tell(), "bad_streak": bad_streak,
                           "optimizer": plain, "finished": finished, "summary": summary}}
-        return save_checkpoint(out, step, modules, config, {**tensors, **rng_state(gen)}, info, tc.keep_last)
+        return save_checkpoint(out, step, state_modules, config, {**tensors, **rng_state(gen)}, info, tc.keep_last)
 
     def time_is_up():
         return tc.time_limit is not None and t_train >= tc.time_limit

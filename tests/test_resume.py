@@ -61,7 +61,8 @@ def smt_init(tmp_path_factory):
 def test_stop_and_resume_gives_the_straight_trace(method, smt_init, tmp_path, monkeypatch):
     extra = [f"init_from={smt_init}"] if method == "dmt" else []
     args = [f"method={method}", *extra, "train.steps=14", "train.eval_every=4", "train.log_every=1",
-            "train.ckpt_every=5", "train.warmup=3", "train.schedule=cosine"]
+            "train.ckpt_every=5", "train.warmup=3", "train.schedule=cosine",
+            "smt.coef_last_input=0.1"]  # SMT then trains a probe of its own, outside cell and teacher
     straight = train(preset_config("tiny", args + [f"out_dir={tmp_path / 'a'}"]), progress=False)
 
     cfg = preset_config("tiny", args + [f"out_dir={tmp_path / 'b'}"])
