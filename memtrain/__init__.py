@@ -11,10 +11,10 @@ from .sample import generate, sample_run, start_memory
 from .smt import SMT, SMTConfig
 from .tasks import TASKS, build_task
 from .teacher import Teacher, TeacherConfig
-from .trainer import build, train
+from .trainer import TrainingError, build, train
 
 __version__ = "0.1.0"
 __all__ = ["BPTT", "BPTTConfig", "CELLS", "Cell", "CellConfig", "adopt_teacher", "build_cell", "RunConfig",
            "TrainConfig", "apply_overrides", "DMT", "DMTConfig", "evaluate", "rollout", "SMT", "SMTConfig",
-           "TASKS", "build_task", "Teacher", "TeacherConfig", "build", "train", "prepare", "load_prepared", "generate",
+           "TASKS", "build_task", "Teacher", "TeacherConfig", "build", "train", "TrainingError", "prepare", "load_prepared", "generate",
            "sample_run", "start_memory"]
