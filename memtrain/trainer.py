@@ -151,7 +151,8 @@ class TrainingError(RuntimeError):
 class StopSignals:
     """While active, SIGINT and SIGTERM only set `received`; the loop reads it after each step, saves
     and returns. The first signal restores the previous handlers, so a second one acts as usual
-    (Ctrl-C twice stops at once). Outside the main thread signals cannot be caught: a no-op."""
+    (Ctrl-C twice stops at once). A signal the process was told to ignore (e.g. SIGINT under `nohup`
+    or `&`) stays ignored. Outside the main thread signals cannot be caught: a no-op."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -161,7 +162,7 @@ class StopSignals:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS if signal.getsignal(s) is not signal.SIG_IGN}
         return self
 
     def _handle(self, signum, frame):

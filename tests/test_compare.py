@@ -1,11 +1,23 @@
 """The main job (`memtrain demo`) end to end on tiny sizes: three stages, one table, same budget."""
 import json
+import signal
+
+import pytest
 
 from memtrain.cli import main
 from memtrain.compare import compare, format_table
 from memtrain.presets import PRESETS
 
 TINY = [o for o in PRESETS["tiny"][1] if not o.startswith("train.steps")]
+
+
+@pytest.fixture(autouse=True)
+def _ctrl_c_interrupts():
+    """Python's usual SIGINT handler, also where the test runner was started with SIGINT ignored (a
+    background job): these tests send themselves SIGINT."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
 
 
 def test_compare_rows_and_budget(tmp_path):

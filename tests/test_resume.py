@@ -26,6 +26,15 @@ from memtrain.trainer import TrainingError, train
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _ctrl_c_interrupts():
+    """Python's usual SIGINT handler, also where the test runner was started with SIGINT ignored (a
+    background job): these tests send themselves SIGINT."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 def trace(out: Path) -> list[dict]:
     """metrics.jsonl without wall-clock times: what must be identical between runs."""
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -315,7 +324,8 @@ def _run(settings, out):
 
 def _start_and_signal(settings, out, sig, after_rows):
     """Start a run, wait until metrics.jsonl has `after_rows` rows, send `sig`; -> completed process."""
-    p = subprocess.Popen(_cmd(settings, out), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(_cmd(settings, out), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # not ignored, even under nohup
     log = out / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and p.poll() is None:
@@ -434,3 +444,12 @@ def test_sigkill_inside_a_save(where, reference, tmp_path):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000010", "step-00000012"]
     a, b = read_run(out)[1], read_run(reference["short_dir"])[1]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_ignored_signal_stays_ignored(tmp_path, monkeypatch):
+    """Under `nohup` or `&` SIGINT is ignored: training must not start reacting to it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _stop_at(monkeypatch, 3, signal.SIGINT)
+    summary = train(preset_config("tiny", ["train.steps=6", f"out_dir={tmp_path / 'r'}"]), progress=False)
+    assert summary["steps"] == 6 and "stopped" not in summary
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
