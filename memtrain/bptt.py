@@ -32,6 +32,9 @@ class BPTT(nn.Module):
     def trainable(self):
         return list(self.cell.parameters())
 
+    def forward(self, x, y, gen=None):  # what DistributedDataParallel calls
+        return self.loss(x, y, gen)
+
     def loss(self, x, y, gen=None):
         B, T = x.shape
         M = rollout(self.cell, self.cell.init_memory(B), x, grad_horizon=self.cfg.truncate)  # (B, T+1, Z)

@@ -18,6 +18,7 @@ from .teacher import TeacherConfig
 
 METHODS = ("smt", "dmt", "bptt")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass
@@ -42,9 +43,12 @@ class TrainConfig:
     keep_last: int = 2  # training checkpoints kept in out_dir/checkpoints
     resume: str = "auto"  # "auto": continue out_dir's run if it has one | "require" | "never" (see resume.py)
     max_bad_steps: int = 10  # stop after this many updates in a row with a non-finite loss or gradient
+    grad_accum: int = 1  # micro-batches per update (batch_size is the global batch: processes x grad_accum x micro)
+    precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 elsewhere | "bf16" (any device) | "fp32"
+    tf32: bool = True  # CUDA: TF32 matmuls and convolutions (see trainer.configure_precision)
 
     def validate(self) -> None:
-        for n in ("steps", "batch_size", "eval_every", "eval_batch", "log_every", "keep_last", "max_bad_steps"):
+        for n in ("steps", "batch_size", "eval_every", "eval_batch", "log_every", "keep_last", "max_bad_steps", "grad_accum"):
             if getattr(self, n) < 1:
                 raise ValueError(f"train.{n} must be >= 1, got {getattr(self, n)}")
         if self.lr <= 0:
@@ -60,6 +64,10 @@ class TrainConfig:
             raise ValueError(f"train.seed must be < 2**63, got {self.seed}")
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"train.betas must both be in [0, 1), got {list(self.betas)}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"train.batch_size={self.batch_size} must split evenly into train.grad_accum={self.grad_accum} micro-batches")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.resume not in RESUME_MODES:
             raise ValueError(f"train.resume must be one of {RESUME_MODES}, got {self.resume!r}")
         if self.device not in DEVICES:

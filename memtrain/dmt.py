@@ -88,6 +88,9 @@ class DMT(nn.Module):
     def trainable(self):
         return list(self.cell.parameters())
 
+    def forward(self, x, y, gen=None):  # what DistributedDataParallel calls
+        return self.loss(x, y, gen)
+
     def loss(self, x, y, gen=None):
         B, T = x.shape
         if self.cfg.rollout is not None and self.cfg.rollout > T:

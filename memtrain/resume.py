@@ -23,7 +23,7 @@ RESUME_MODES = ("auto", "never", "require")
 RUN_CONTROL = {
     "train.steps", "train.time_limit", "train.eval_every", "train.eval_batch", "train.log_every",
     "train.ckpt_every", "train.keep_last", "train.resume", "train.max_bad_steps", "train.threads",
-    "train.device", "train.compile", "out_dir", "init_from",
+    "train.device", "train.compile", "train.grad_accum", "train.precision", "train.tf32", "out_dir", "init_from",
 }
 
 
@@ -113,7 +113,7 @@ def set_rng_state(gen: torch.Generator, tensors: dict, where: str) -> None:
 
 # ---- which checkpoint --------------------------------------------------------------------------------
 
-def find_resume(out_dir: str, mode: str):
+def find_resume(out_dir: str, mode: str, quiet: bool = False):
     """-> (path, meta, tensors, state) of the newest intact training checkpoint in out_dir, or None
     to start fresh. `mode`: 'auto' resumes when there is one, 'require' insists, 'never' refuses an
     out_dir that already holds checkpoints. Checkpoints that fail their checks are skipped with a
@@ -135,6 +135,7 @@ def find_resume(out_dir: str, mode: str):
             return (path, *read_checkpoint(path))
         except ValueError as e:
             reasons.append(str(e))
-            print(f"memtrain: skipping a damaged checkpoint: {e}", file=sys.stderr)
+            if not quiet:
+                print(f"memtrain: skipping a damaged checkpoint: {e}", file=sys.stderr)
     raise ValueError(f"out_dir={out_dir!r} holds {len(found)} training checkpoint(s) and none is intact "
                      f"({'; '.join(reasons[:2])}); move them away to start again")

@@ -178,6 +178,9 @@ class SMT(nn.Module):
         probe = list(self.last_input_head.parameters()) if self.last_input_head is not None else []
         return list(self.teacher.parameters()) + [p for p in self.cell.parameters() if id(p) not in skip] + probe
 
+    def forward(self, x, y, gen=None):  # what DistributedDataParallel calls
+        return self.loss(x, y, gen)
+
     def loss(self, x, y, gen=None):
         B, T = x.shape
         cfg = self.cfg

@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from .bptt import BPTT
 from .cells import build_cell, check_compatible
-from .checkpoint import META, list_checkpoints, load_module, read_run, remove_partial, save_checkpoint, save_run
+from . import distributed
+from .checkpoint import META, checkpoint_dir, list_checkpoints, load_module, read_run, remove_partial, save_checkpoint, save_run
 from .config import RunConfig, from_dict, to_dict
 from .dmt import DMT
 from .evaluate import drift_at, evaluate
@@ -189,19 +190,47 @@ def _finite_row(row: dict) -> dict:
 def train(cfg: RunConfig, progress: bool = True) -> dict:
     """Train one run, or resume it from out_dir's newest intact checkpoint; returns a summary with the
     final evaluation and timings. A run stopped by SIGINT/SIGTERM returns {'stopped': signal name,
-    'checkpoint': path, ...} after saving."""
+    'checkpoint': path, ...} after saving. Under torchrun it trains data-parallel (distributed.py)."""
     cfg.validate()
+    device = pick_device(cfg.train.device)
+    world = distributed.setup(device.type)
+    try:
+        return _train(cfg, progress, world)
+    finally:
+        distributed.teardown(world)
+
+
+def configure_precision(device: torch.device, tf32: bool) -> None:
+    """TF32 matmuls and convolutions on CUDA when `tf32` (Ampere and newer: ~8x the fp32 rate, 10-bit
+    mantissa inputs, fp32 accumulation); nothing changes on other devices."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
+def autocast_for(device: torch.device, precision: str):
+    """'auto': bf16 autocast on CUDA, fp32 elsewhere; 'bf16': bf16 autocast on any device; 'fp32'."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _train(cfg: RunConfig, progress: bool, world: distributed.World) -> dict:
     tc = cfg.train
+    distributed.check_batch(tc.batch_size, world, tc.grad_accum)
     out = Path(cfg.out_dir) if cfg.out_dir else None
     if out is not None and out.exists() and not out.is_dir():
         raise ValueError(f"out_dir={cfg.out_dir!r} exists and is not a directory")
-    resume = find_resume(cfg.out_dir, tc.resume) if out is not None else None
-    torch.manual_seed(tc.seed)  # the networks' initial weights
+    resume = find_resume(cfg.out_dir, tc.resume, quiet=not world.main) if out is not None else None
+    torch.manual_seed(tc.seed)  # the networks' initial weights (the same on every rank)
     task, teacher, cell, method = build(cfg, load_init=resume is None)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     device = pick_device(tc.device)
-    gen = torch.Generator().manual_seed(tc.seed)
+    if device.type == "cuda" and world.distributed:
+        device = torch.device("cuda", world.local_rank)
+    configure_precision(device, tc.tf32)
+    gen = torch.Generator().manual_seed(tc.seed)  # the data stream: the same on every rank
     x_eval, y_eval = sample_eval(task, tc.eval_batch, torch.Generator().manual_seed(tc.seed + 10_000))
     x_eval, y_eval = x_eval.to(device), y_eval.to(device)
     method.to(device)
@@ -210,6 +239,7 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
     modules = {"cell": cell, "teacher": teacher}  # the final model
     state_modules = {**modules, "method": MethodExtras(method)}  # + what training checkpoints add
     config = to_dict(cfg)
+    say = (lambda msg: print(msg, file=sys.stderr)) if world.main else (lambda msg: None)
 
     step, t_train, bad_streak, metrics_bytes = 0, 0.0, 0, 0
     if resume is not None:
@@ -229,20 +259,30 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
         step, t_train, bad_streak = meta["step"], float(info["seconds"]), int(info.get("bad_streak", 0))
         metrics_bytes = int(info["metrics_bytes"])
         if (step >= tc.steps or (tc.time_limit is not None and t_train >= tc.time_limit)) and info.get("summary"):
-            print(f"memtrain: {cfg.out_dir} already finished at step {step}; nothing to train", file=sys.stderr)
+            say(f"memtrain: {cfg.out_dir} already finished at step {step}; nothing to train")
             summary = info["summary"]
-            try:
-                read_run(out)
-            except ValueError:  # killed while writing the final model: write it again from the checkpoint
-                save_run(out, modules, config, {"step": step, "summary": {k: v for k, v in summary.items() if k != "drift"}})
+            if world.main:
+                try:
+                    read_run(out)
+                except ValueError:  # killed while writing the final model: write it again from the checkpoint
+                    save_run(out, modules, config, {"step": step, "summary": {k: v for k, v in summary.items() if k != "drift"}})
+            distributed.barrier(world)
             return summary
-        print(f"memtrain: resuming {cfg.out_dir} from {path.name} (step {step})", file=sys.stderr)
+        say(f"memtrain: resuming {cfg.out_dir} from {path.name} (step {step})"
+            + (f" with {world.size} processes" if world.distributed else ""))
     if tc.compile:
         compile_networks(cell, teacher)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    autocast = autocast_for(device, tc.precision)
+    model = method  # what computes the loss: the method itself, or its DDP wrapper
+    if world.distributed:
+        for p in set(method.parameters()) - set(params):  # frozen or copied: DDP need not reduce them
+            p.requires_grad_(False)
+        model = torch.nn.parallel.DistributedDataParallel(
+            method, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
+            find_unused_parameters=True)  # e.g. DMT from encoder memories never uses m_empty
 
     metrics_file = None
-    if out is not None:
+    if out is not None and world.main:
         out.mkdir(parents=True, exist_ok=True)
         remove_partial(out)
         log = out / "metrics.jsonl"
@@ -252,6 +292,7 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
             metrics_file.seek(0, os.SEEK_END)
         else:
             metrics_file = open(log, "wb")
+    distributed.barrier(world)  # nobody starts before rank 0 has cleaned up out_dir
 
     def record(row):
         if metrics_file:
@@ -259,7 +300,9 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
             metrics_file.flush()
 
     def run_eval(at, elapsed):
-        method.sync()
+        method.sync()  # on every rank: it changes the cell's copy of the teacher's readout
+        if not world.main:
+            return {}, {}
         method.eval()
         ev = evaluate(cell, teacher, x_eval, y_eval)
         method.train()
@@ -271,46 +314,75 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
         return row, ev
 
     def checkpoint(finished=False, summary=None):
-        if out is None:
-            return None
-        os_flush(metrics_file)
-        plain, tensors = optimizer_state(opt)
-        info = {"train": {"seconds": t_train, "metrics_bytes": metrics_file.tell(), "bad_streak": bad_streak,
-                          "optimizer": plain, "finished": finished, "summary": summary}}
-        return save_checkpoint(out, step, state_modules, config, {**tensors, **rng_state(gen)}, info, tc.keep_last)
+        saved = None
+        if out is not None and world.main:
+            os_flush(metrics_file)
+            plain, tensors = optimizer_state(opt)
+            info = {"train": {"seconds": t_train, "metrics_bytes": metrics_file.tell(), "bad_streak": bad_streak,
+                              "optimizer": plain, "finished": finished, "summary": summary, "processes": world.size}}
+            saved = save_checkpoint(out, step, state_modules, config, {**tensors, **rng_state(gen)}, info, tc.keep_last)
+        distributed.barrier(world)
+        return saved if out is None or world.main else checkpoint_dir(out, step)
 
-    def time_is_up():
-        return tc.time_limit is not None and t_train >= tc.time_limit
+    def one_update(lr: float):
+        """Forward and backward over this rank's micro-batches; -> (mean loss, mean metrics) here."""
+        x_all, y_all = task.sample(tc.batch_size, gen)
+        x_all, y_all = distributed.rows_of(world, x_all, y_all, tc.batch_size)
+        n = x_all.shape[0] // tc.grad_accum
+        loss_sum, metric_sums = 0.0, {}
+        opt.zero_grad(set_to_none=True)
+        for k in range(tc.grad_accum):
+            x, y = x_all[k * n:(k + 1) * n], y_all[k * n:(k + 1) * n]
+            if device.type == "cuda":
+                x, y = x.pin_memory(), y.pin_memory()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            last_micro = k == tc.grad_accum - 1
+            sync = nullcontext() if last_micro or not world.distributed else model.no_sync()
+            with sync:
+                with autocast:
+                    loss, metrics = model(x, y, distributed.loss_generator(tc.seed, world.rank, step, k))
+                (loss / tc.grad_accum).backward()
+            loss_sum += loss.item() / tc.grad_accum
+            for key, v in metrics.items():
+                metric_sums[key] = metric_sums.get(key, 0.0) + float(v) / tc.grad_accum
+        return loss_sum, metric_sums
 
-    bar = tqdm(total=tc.steps, initial=min(step, tc.steps), disable=not progress, desc=cfg.method, dynamic_ncols=True)
+    bar = tqdm(total=tc.steps, initial=min(step, tc.steps), disable=not (progress and world.main), desc=cfg.method,
+               dynamic_ncols=True)
     last = {}
     try:
         with StopSignals() as stop:
-            while step < tc.steps and not time_is_up():
+            time_up = tc.time_limit is not None and t_train >= tc.time_limit
+            while step < tc.steps and not time_up:
                 t0 = time.perf_counter()
                 lr = lr_at(step, tc)
                 for group in opt.param_groups:
                     group["lr"] = lr
-                x, y = task.sample(tc.batch_size, gen)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with autocast:
-                    loss, metrics = method.loss(x, y, gen)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss_here, metrics_here = one_update(lr)
                 gnorm = torch.nn.utils.clip_grad_norm_(params, tc.clip if tc.clip > 0 else float("inf"))
-                finite = bool(torch.isfinite(loss.detach()) & torch.isfinite(gnorm))
+                # every rank must take the same decisions: skip, stop, time up (one small all-reduce)
+                keys = sorted(metrics_here)
+                local = [loss_here, *[metrics_here[k] for k in keys], float(not math.isfinite(loss_here)),
+                         float(stop.received is not None), time.perf_counter() - t0]
+                total = distributed.sum_across(world, local, "cpu")
+                loss_mean = total[0] / world.size
+                metrics_mean = {k: v / world.size for k, v in zip(keys, total[1:1 + len(keys)])}
+                bad_loss, stop_any, elapsed = total[-3] > 0, total[-2] > 0, total[-1] / world.size
+                finite = not bad_loss and math.isfinite(gnorm.item())
                 if finite:
                     opt.step()
                     bad_streak = 0
                 else:
                     opt.zero_grad(set_to_none=True)
                     bad_streak += 1
-                t_train += time.perf_counter() - t0
+                t_train += elapsed
+                time_up = tc.time_limit is not None and t_train >= tc.time_limit
                 if not finite:
-                    what = "loss" if not math.isfinite(loss.item()) else "gradient"
-                    record({"step": step, "skipped": f"non-finite {what}", "loss": loss.item(), "grad_norm": gnorm.item(),
+                    what = "loss" if bad_loss else "gradient"
+                    record({"step": step, "skipped": f"non-finite {what}", "loss": loss_mean, "grad_norm": gnorm.item(),
                             "bad_streak": bad_streak})
-                    bar.write(f"memtrain: step {step}: non-finite {what}, update skipped ({bad_streak} in a row)")
+                    if world.main:
+                        bar.write(f"memtrain: step {step}: non-finite {what}, update skipped ({bad_streak} in a row)")
                     if bad_streak >= tc.max_bad_steps:
                         kept = [str(p) for p in list_checkpoints(out)] if out is not None else []
                         raise TrainingError(
@@ -318,31 +390,36 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
                             f"{step}); stopped. The weights were not changed by them. Last good checkpoint: "
                             f"{kept[-1] if kept else 'none'}. Lower train.lr, set train.clip, or raise train.max_bad_steps")
                 elif step % tc.log_every == 0 or step == tc.steps - 1:
-                    row = {"step": step, "loss": loss.item(), "grad_norm": gnorm.item(), "lr": lr,
-                           **{k: float(v) for k, v in metrics.items()}}
+                    row = {"step": step, "loss": loss_mean, "grad_norm": gnorm.item(), "lr": lr, **metrics_mean}
                     record(row)
                     bar.set_postfix(loss=f"{row['loss']:.3f}", **({"acc": f"{last['rnn_acc']:.2f}"} if "rnn_acc" in last else {}))
                 step += 1
                 bar.update(1)
                 if step % tc.eval_every == 0 and step < tc.steps:
                     last, _ = run_eval(step, t_train)
-                    bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{last['rnn_acc']:.2f}")
-                if stop.received:
+                    if last:
+                        bar.set_postfix(loss=f"{loss_mean:.3f}", acc=f"{last['rnn_acc']:.2f}")
+                if stop_any:
                     saved = checkpoint()
                     bar.close()
+                    name = stop.received or "a signal to another process"
                     where = f"; checkpoint {saved}" if saved else " (no out_dir, nothing saved)"
-                    print(f"memtrain: stopped by {stop.received} after step {step}{where}", file=sys.stderr)
+                    say(f"memtrain: stopped by {name} after step {step}{where}")
                     return {"method": cfg.method, "steps": step, "train_seconds": round(t_train, 3),
-                            "stopped": stop.received, "checkpoint": str(saved) if saved else None}
+                            "stopped": name, "checkpoint": str(saved) if saved else None}
                 if tc.ckpt_every and step % tc.ckpt_every == 0 and step < tc.steps and bad_streak == 0:
                     checkpoint()  # (not in the middle of a run of skipped updates)
             bar.close()
             final, ev = run_eval(step, t_train)
             summary = {"method": cfg.method, "steps": step, "train_seconds": round(t_train, 3),
                        "sequential_steps": sequential_steps(cfg, task.length), **final, "drift": ev.get("drift")}
+            if world.distributed:
+                summary["processes"] = world.size
             if out is not None:
-                checkpoint(finished=True, summary=summary)
-                save_run(out, modules, config, {"step": step, "summary": {k: v for k, v in summary.items() if k != "drift"}})
+                checkpoint(finished=True, summary=summary if world.main else None)
+                if world.main:
+                    save_run(out, modules, config, {"step": step, "summary": {k: v for k, v in summary.items() if k != "drift"}})
+                distributed.barrier(world)
             return summary
     finally:
         bar.close()
