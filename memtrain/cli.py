@@ -23,8 +23,12 @@ def cmd_train(args) -> None:
     from .presets import preset_config
     from .trainer import train
 
+    from .distributed import main_process
+
     cfg = preset_config(args.preset, args.overrides)
-    _print_summary(train(cfg, progress=not args.quiet))
+    summary = train(cfg, progress=not args.quiet)
+    if main_process():  # under torchrun: rank 0 speaks for all
+        _print_summary(summary)
 
 
 def cmd_eval(args) -> None:

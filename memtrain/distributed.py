@@ -46,6 +46,11 @@ def launched() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def main_process() -> bool:
+    """False in every process torchrun started but rank 0 (they print nothing)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def setup(device_kind: str) -> World:
     """Join the process group torchrun describes (NCCL on CUDA, gloo otherwise); one process: no-op."""
     if not launched():

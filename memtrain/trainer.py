@@ -182,6 +182,20 @@ class StopSignals:
         return False
 
 
+def _has_unused(method, task, params, device, autocast) -> bool:
+    """Does a loss leave some trainable parameter without a gradient (e.g. DMT from encoder memories
+    never uses m_empty)? One forward and backward on two sequences, drawn from a generator of its own;
+    DDP then searches for unused parameters every step only where there are some."""
+    x, y = task.sample(2, torch.Generator().manual_seed(0))
+    with autocast:
+        loss, _ = method(x.to(device), y.to(device), torch.Generator().manual_seed(0))
+    loss.backward()
+    unused = any(p.grad is None for p in params)
+    for p in params:
+        p.grad = None
+    return unused
+
+
 def _finite_row(row: dict) -> dict:
     """JSON has no NaN: non-finite numbers are logged as null (the row says why the step was skipped)."""
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
@@ -278,8 +292,8 @@ def _train(cfg: RunConfig, progress: bool, world: distributed.World) -> dict:
         for p in set(method.parameters()) - set(params):  # frozen or copied: DDP need not reduce them
             p.requires_grad_(False)
         model = torch.nn.parallel.DistributedDataParallel(
-            method, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
-            find_unused_parameters=True)  # e.g. DMT from encoder memories never uses m_empty
+            method, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=_has_unused(method, task, params, device, autocast))
 
     metrics_file = None
     if out is not None and world.main:
