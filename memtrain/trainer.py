@@ -378,7 +378,7 @@ def _train(cfg: RunConfig, progress: bool, world: distributed.World) -> dict:
                 keys = sorted(metrics_here)
                 local = [loss_here, *[metrics_here[k] for k in keys], float(not math.isfinite(loss_here)),
                          float(stop.received is not None), time.perf_counter() - t0]
-                total = distributed.sum_across(world, local, "cpu")
+                total = distributed.sum_across(world, local, device)  # (NCCL reduces CUDA tensors only)
                 loss_mean = total[0] / world.size
                 metrics_mean = {k: v / world.size for k, v in zip(keys, total[1:1 + len(keys)])}
                 bad_loss, stop_any, elapsed = total[-3] > 0, total[-2] > 0, total[-1] / world.size
