@@ -51,8 +51,12 @@ def cmd_demo(args) -> None:
         overrides.append(f"train.threads={args.threads}")
     rows = compare(args.out, overrides + args.overrides, smt_steps=args.smt_steps, dmt_steps=args.dmt_steps,
                    dmt_lr=args.dmt_lr, smt_seconds=args.smt_seconds, dmt_seconds=args.dmt_seconds, progress=not args.quiet)
+    from .distributed import main_process
+
+    if not main_process():
+        return
     if not rows:
-        print(f"memtrain: the demo was stopped; run the same command again to resume it", file=sys.stderr)
+        print("memtrain: the demo was stopped; run the same command again to resume it", file=sys.stderr)
         return
     print()
     print(f"retrieval, T={args.length}, cell={args.cell}: accuracy of the RNN running alone from its initial memory")

@@ -31,6 +31,7 @@ class World:
     rank: int = 0
     local_rank: int = 0
     size: int = 1
+    owner: bool = False  # this setup() created the process group, so its teardown() ends it
 
     @property
     def main(self) -> bool:
@@ -64,16 +65,18 @@ def setup(device_kind: str) -> World:
         return World()
     if not dist.is_available():
         raise ValueError("this PyTorch build has no torch.distributed; run one process")
-    if not dist.is_initialized():
+    owner = not dist.is_initialized()
+    if owner:
         backend = "nccl" if device_kind == "cuda" else "gloo"
         if device_kind == "cuda":
             torch.cuda.set_device(local)
         dist.init_process_group(backend=backend)
-    return World(rank=rank, local_rank=local, size=size)
+    return World(rank=rank, local_rank=local, size=size, owner=owner)
 
 
 def teardown(world: World) -> None:
-    if world.distributed and dist.is_initialized():
+    """End the process group if `world` created it (a demo's stages share the one it opened)."""
+    if world.owner and dist.is_initialized():
         dist.destroy_process_group()
 
 
