@@ -338,7 +338,7 @@ def _train(cfg: RunConfig, progress: bool, world: distributed.World) -> dict:
         distributed.barrier(world)
         return saved if out is None or world.main else checkpoint_dir(out, step)
 
-    def one_update(lr: float):
+    def one_update():
         """Forward and backward over this rank's micro-batches; -> (mean loss, mean metrics) here."""
         x_all, y_all = task.sample(tc.batch_size, gen)
         x_all, y_all = distributed.rows_of(world, x_all, y_all, tc.batch_size)
@@ -372,7 +372,7 @@ def _train(cfg: RunConfig, progress: bool, world: distributed.World) -> dict:
                 lr = lr_at(step, tc)
                 for group in opt.param_groups:
                     group["lr"] = lr
-                loss_here, metrics_here = one_update(lr)
+                loss_here, metrics_here = one_update()
                 gnorm = torch.nn.utils.clip_grad_norm_(params, tc.clip if tc.clip > 0 else float("inf"))
                 # every rank must take the same decisions: skip, stop, time up (one small all-reduce)
                 keys = sorted(metrics_here)
