@@ -55,7 +55,7 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", help="extra settings, e.g. train.batch_size=64")
     a = p.parse_args()
     n = a.procs
-    configs = {f"1 process x 1 thread": (1, 1), f"1 process x {n} threads": (1, n), f"{n} processes x 1 thread": (n, 1)}
+    configs = {"1 process x 1 thread": (1, 1), f"1 process x {n} threads": (1, n), f"{n} processes x 1 thread": (n, 1)}
     if a.device == "cuda":
         configs = {"1 process (1 GPU)": (1, 1), f"{n} processes ({n} GPUs)": (n, 1)}
     times = {k: [] for k in configs}

@@ -70,15 +70,6 @@ def write_file(path: Path, data: bytes, atomic: bool = True) -> None:
         fsync_dir(path.parent)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Atomic write through a callback `write(file)` (used by the digit classifier's files)."""
-    import io
-
-    buf = io.BytesIO()
-    write(buf)
-    write_file(path, buf.getvalue())
-
-
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

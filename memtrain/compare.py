@@ -26,42 +26,36 @@ def compare(out_dir: str, overrides: list[str] = (), smt_steps: int = 900, dmt_s
     if not distributed.main_process():
         log = lambda *_: None  # noqa: E731  (under torchrun rank 0 speaks)
     smt_cfg = apply_overrides(RunConfig(), base + [*_budget(smt_steps, smt_seconds), f"out_dir={out / 'smt'}", "method=smt"])
-    dmt_cfg = apply_overrides(smt_cfg, [f"method=dmt", *_budget(dmt_steps, dmt_seconds), f"init_from={out / 'smt'}",
+    dmt_cfg = apply_overrides(smt_cfg, ["method=dmt", *_budget(dmt_steps, dmt_seconds), f"init_from={out / 'smt'}",
                                         f"out_dir={out / 'dmt'}", f"train.lr={dmt_lr!r}", "train.warmup=0"])
     for cfg in (smt_cfg, dmt_cfg, _bptt_config(smt_cfg, out, 1.0)):  # every stage's settings, before any training
         build(copy.deepcopy(cfg), load_init=False)
     world = distributed.setup(pick_device(smt_cfg.train.device).type)  # under torchrun: one group for all stages
     try:
-        return _stages(out, smt_cfg, dmt_cfg, smt_steps, dmt_steps, smt_seconds, dmt_seconds, bptt_seconds, progress,
-                       log, world)
+        log(f"[1/3] SMT: teacher + cell jointly, {_say(smt_steps, smt_seconds)}")
+        smt = train(smt_cfg, progress=progress)
+        if smt.get("stopped"):
+            return []
+        log(f"[2/3] DMT from the SMT run, {_say(dmt_steps, dmt_seconds)}")
+        dmt = train(dmt_cfg, progress=progress)
+        if dmt.get("stopped"):
+            return []
+        budget = bptt_seconds if bptt_seconds is not None else max(smt["train_seconds"] + dmt["train_seconds"], 0.01)
+        log(f"[3/3] BPTT on the same cell for the same wall-clock ({budget:.0f} s)")
+        bptt = train(_bptt_config(smt_cfg, out, budget), progress=progress)
+        if bptt.get("stopped"):
+            return []
+        if not world.main:  # the other ranks do not evaluate: rank 0 makes the table
+            return []
+        rows = [
+            {"method": "SMT (RNN after SMT)", **_row(smt)},
+            {"method": "SMT -> DMT", **_row(dmt, extra_seconds=smt["train_seconds"], extra_steps=smt["steps"])},
+            {"method": "BPTT", **_row(bptt)},
+        ]
+        write_file(out / "compare.json", json.dumps({"rows": rows, "config": to_dict(smt_cfg)}, indent=1).encode())
+        return rows
     finally:
         distributed.teardown(world)
-
-
-def _stages(out, smt_cfg, dmt_cfg, smt_steps, dmt_steps, smt_seconds, dmt_seconds, bptt_seconds, progress, log, world):
-    log(f"[1/3] SMT: teacher + cell jointly, {_say(smt_steps, smt_seconds)}")
-    smt = train(smt_cfg, progress=progress)
-    if smt.get("stopped"):
-        return []
-    log(f"[2/3] DMT from the SMT run, {_say(dmt_steps, dmt_seconds)}")
-    dmt = train(dmt_cfg, progress=progress)
-    if dmt.get("stopped"):
-        return []
-    budget = bptt_seconds if bptt_seconds is not None else max(smt["train_seconds"] + dmt["train_seconds"], 0.01)
-    log(f"[3/3] BPTT on the same cell for the same wall-clock ({budget:.0f} s)")
-    bptt = train(_bptt_config(smt_cfg, out, budget), progress=progress)
-    if bptt.get("stopped"):
-        return []
-    if not world.main:  # the other ranks do not evaluate: rank 0 makes the table
-        return []
-    rows = [
-        {"method": "SMT (RNN after SMT)", **_row(smt)},
-        {"method": "SMT -> DMT", **_row(dmt, extra_seconds=smt["train_seconds"], extra_steps=smt["steps"])},
-        {"method": "BPTT", **_row(bptt)},
-    ]
-    if world.main:
-        write_file(out / "compare.json", json.dumps({"rows": rows, "config": to_dict(smt_cfg)}, indent=1).encode())
-    return rows
 
 
 def _bptt_config(smt_cfg: RunConfig, out: Path, seconds: float) -> RunConfig:

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import _atomic_write, load_module
+from .checkpoint import load_module, write_file
 
 FORMAT = "memtrain-digits"
 VERSION = 1
@@ -172,9 +172,9 @@ def save_classifier(clf: DigitClassifier, out_dir: str | Path, extra: dict | Non
     out.mkdir(parents=True, exist_ok=True)
     tensors = {f"classifier.{k}": v.detach().cpu().contiguous() for k, v in clf.state_dict().items()}
     blob = save(tensors)
-    _atomic_write(out / WEIGHTS, lambda f: f.write(blob))
+    write_file(out / WEIGHTS, blob)
     meta = {"format": FORMAT, "version": VERSION, "config": clf.config(), **(extra or {})}
-    _atomic_write(out / META, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    write_file(out / META, json.dumps(meta, indent=1).encode())
     return out
 
 

@@ -104,9 +104,9 @@ def set_rng_state(gen: torch.Generator, tensors: dict, where: str) -> None:
     try:
         gen.set_state(tensors["rng.data"])
         torch.set_rng_state(tensors["rng.torch"])
-        cuda = [tensors[f"rng.cuda.{i}"] for i in range(len([k for k in tensors if k.startswith("rng.cuda.")]))]
-        if cuda and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+        if torch.cuda.is_available():
+            n = min(torch.cuda.device_count(), sum(k.startswith("rng.cuda.") for k in tensors))
+            torch.cuda.set_rng_state_all([tensors[f"rng.cuda.{i}"] for i in range(n)])
     except (KeyError, RuntimeError, TypeError) as e:
         raise ValueError(f"checkpoint {where!r}: its random-generator state is missing or unusable ({str(e)[:200]})") from None
 

@@ -208,8 +208,10 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
     cfg.validate()
     device = pick_device(cfg.train.device)
     world = distributed.setup(device.type)
+    if device.type == "cuda" and world.distributed:
+        device = torch.device("cuda", world.local_rank)
     try:
-        return _train(cfg, progress, world)
+        return _train(cfg, progress, world, device)
     finally:
         distributed.teardown(world)
 
@@ -229,7 +231,7 @@ def autocast_for(device: torch.device, precision: str):
     return nullcontext()
 
 
-def _train(cfg: RunConfig, progress: bool, world: distributed.World) -> dict:
+def _train(cfg: RunConfig, progress: bool, world: distributed.World, device: torch.device) -> dict:
     tc = cfg.train
     distributed.check_batch(tc.batch_size, world, tc.grad_accum)
     out = Path(cfg.out_dir) if cfg.out_dir else None
@@ -240,9 +242,6 @@ def _train(cfg: RunConfig, progress: bool, world: distributed.World) -> dict:
     task, teacher, cell, method = build(cfg, load_init=resume is None)
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    device = pick_device(tc.device)
-    if device.type == "cuda" and world.distributed:
-        device = torch.device("cuda", world.local_rank)
     configure_precision(device, tc.tf32)
     gen = torch.Generator().manual_seed(tc.seed)  # the data stream: the same on every rank
     x_eval, y_eval = sample_eval(task, tc.eval_batch, torch.Generator().manual_seed(tc.seed + 10_000))
@@ -328,15 +327,16 @@ def _train(cfg: RunConfig, progress: bool, world: distributed.World) -> dict:
         return row, ev
 
     def checkpoint(finished=False, summary=None):
-        saved = None
-        if out is not None and world.main:
+        if out is None:
+            return None
+        if world.main:
             os_flush(metrics_file)
             plain, tensors = optimizer_state(opt)
             info = {"train": {"seconds": t_train, "metrics_bytes": metrics_file.tell(), "bad_streak": bad_streak,
                               "optimizer": plain, "finished": finished, "summary": summary, "processes": world.size}}
-            saved = save_checkpoint(out, step, state_modules, config, {**tensors, **rng_state(gen)}, info, tc.keep_last)
+            save_checkpoint(out, step, state_modules, config, {**tensors, **rng_state(gen)}, info, tc.keep_last)
         distributed.barrier(world)
-        return saved if out is None or world.main else checkpoint_dir(out, step)
+        return checkpoint_dir(out, step)
 
     def one_update():
         """Forward and backward over this rank's micro-batches; -> (mean loss, mean metrics) here."""

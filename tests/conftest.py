@@ -42,3 +42,14 @@ settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True
 settings.register_profile("explore", max_examples=2000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.load_profile("ci")
+
+
+@pytest.fixture
+def ctrl_c_interrupts():
+    """Python's usual SIGINT handler, also where the test runner was started with SIGINT ignored (a
+    background job): for tests that send themselves SIGINT."""
+    import signal
+
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)

@@ -23,6 +23,8 @@ from memtrain.presets import preset_config
 from memtrain.run import evaluate_run, load_run
 from memtrain.trainer import train
 
+from helpers import JSON
+
 train_mod = importlib.import_module("memtrain.trainer")
 
 
@@ -292,9 +294,6 @@ def test_dmt_from_an_smt_run_trains_and_writes_its_own_run(smt_run, tmp_path):
 
 # ---- random input never crashes the loader (hypothesis) ------------------------------------------------
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8),
-                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-                    max_leaves=8)
 
 
 def _fresh_copy(src: Path) -> Path:

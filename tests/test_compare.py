@@ -1,6 +1,5 @@
 """The main job (`memtrain demo`) end to end on tiny sizes: three stages, one table, same budget."""
 import json
-import signal
 
 import pytest
 
@@ -11,13 +10,7 @@ from memtrain.presets import PRESETS
 TINY = [o for o in PRESETS["tiny"][1] if not o.startswith("train.steps")]
 
 
-@pytest.fixture(autouse=True)
-def _ctrl_c_interrupts():
-    """Python's usual SIGINT handler, also where the test runner was started with SIGINT ignored (a
-    background job): these tests send themselves SIGINT."""
-    old = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, old)
+pytestmark = pytest.mark.usefixtures("ctrl_c_interrupts")  # tests here send themselves SIGINT
 
 
 def test_compare_rows_and_budget(tmp_path):

@@ -12,6 +12,8 @@ from memtrain.config import RunConfig, TrainConfig, apply_overrides, from_dict, 
 from memtrain.resume import flatten
 from memtrain.presets import PRESETS, preset_config
 
+from helpers import JSON
+
 # validate() checks vocab sizes, which `build` fills in from the task; set them so that a base
 # config is valid and each bad value below is the only problem.
 RESOLVED = ["teacher.vocab_size=9", "cell.vocab_size=9"]
@@ -210,9 +212,6 @@ def test_numeric_looking_string_settings(item, key, value):
 # ---- properties over random input (hypothesis) ---------------------------------------------------------
 
 KEYS = sorted(flatten(to_dict(RunConfig()))) + ["task_args.length", "task_args.n_symbols", "cell", "train", "nosuch.key"]
-JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8),
-                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-                    max_leaves=8)
 
 
 def _valid_or_value_error(cfg: RunConfig) -> None:

@@ -10,22 +10,19 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from memtrain import distributed
-from memtrain.checkpoint import list_checkpoints, read_checkpoint, read_run
+from memtrain.checkpoint import list_checkpoints, read_checkpoint
 from memtrain.distributed import World
 from memtrain.presets import preset_config
-from memtrain.trainer import autocast_for, configure_precision, train
+from memtrain.trainer import autocast_for, configure_precision
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-    ENV.pop(k, None)
+from helpers import ENV, train_here, wait_for_rows
+
 
 # a loss with no randomness inside (every memory decoded, no uniformity sample), and retrieval: one
 # supervised target per sequence, so the mean of two half-batch means is the full batch's mean
@@ -52,14 +49,6 @@ def torchrun(n: int, settings: list[str], out: Path, **popen) -> subprocess.Pope
 def finish(p: subprocess.Popen) -> tuple[int, str, str]:
     out, err = p.communicate(timeout=300)
     return p.returncode, out, err
-
-
-def one_process(settings: list[str], out: Path) -> dict:
-    threads = torch.get_num_threads()
-    try:
-        return train(preset_config("tiny", [*settings, f"out_dir={out}"]), progress=False)
-    finally:
-        torch.set_num_threads(threads)
 
 
 # ---- the pieces ------------------------------------------------------------------------------------------
@@ -132,8 +121,8 @@ def test_bf16_autocast_gradients_reach_every_parameter_and_agree_with_fp32():
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
-    one = one_process([*EXACT, "train.steps=6"], tmp_path / "one")
-    acc = one_process([*EXACT, "train.steps=6", "train.grad_accum=4"], tmp_path / "acc")
+    one = train_here([*EXACT, "train.steps=6"], tmp_path / "one")
+    acc = train_here([*EXACT, "train.steps=6", "train.grad_accum=4"], tmp_path / "acc")
     assert losses(tmp_path / "acc") == pytest.approx(losses(tmp_path / "one"), rel=1e-5, abs=1e-6)
     assert acc["rnn_ce"] == pytest.approx(one["rnn_ce"], rel=1e-4)
 
@@ -143,7 +132,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
 @pytest.fixture(scope="module")
 def smt_init(tmp_path_factory):
     out = tmp_path_factory.mktemp("init") / "smt"
-    one_process([], out)
+    train_here([], out)
     return out
 
 
@@ -155,19 +144,14 @@ def test_two_processes_match_one(method, tmp_path, smt_init):
     assert rc == 0, stderr
     summary = json.loads(stdout)  # rank 0 alone prints
     assert summary["processes"] == 2 and summary["steps"] == 8
-    one = one_process(settings, tmp_path / "one")
+    one = train_here(settings, tmp_path / "one")
     assert len(losses(tmp_path / "two")) == 8
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5, abs=1e-6)
     assert summary["rnn_ce"] == pytest.approx(one["rnn_ce"], rel=1e-4)
 
 
 def _signal_when(p: subprocess.Popen, out: Path, rows: int, sig, group: bool = False) -> None:
-    log = out / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and p.poll() is None:
-        if log.exists() and log.read_bytes().count(b"\n") >= rows:
-            break
-        time.sleep(0.005)
+    wait_for_rows(p, out, rows)
     if group:  # the launcher and every worker at once (torchrun puts workers in their own sessions)
         for pid in [p.pid, *descendants(p.pid)]:
             try:
@@ -204,9 +188,9 @@ def test_stopped_two_process_run_resumes_with_one(tmp_path):
     newest = list_checkpoints(out)[-1]
     meta, _, _ = read_checkpoint(newest)
     assert meta["train"]["processes"] == 2 and 0 < meta["step"] < 400
-    resumed = one_process(settings, out)
+    resumed = train_here(settings, out)
     assert resumed["steps"] == 400
-    straight = one_process(settings, tmp_path / "straight")
+    straight = train_here(settings, tmp_path / "straight")
     assert losses(out) == pytest.approx(losses(tmp_path / "straight"), rel=1e-4, abs=1e-6)
     assert resumed["rnn_ce"] == pytest.approx(straight["rnn_ce"], rel=1e-3)
 
@@ -222,7 +206,7 @@ def test_killed_two_process_run_resumes_with_two(tmp_path):
     rc, _, stderr = finish(torchrun(2, settings, out))
     assert rc == 0, stderr
     assert "resuming" in stderr and "with 2 processes" in stderr
-    one_process(settings, tmp_path / "straight")
+    train_here(settings, tmp_path / "straight")
     assert losses(out) == pytest.approx(losses(tmp_path / "straight"), rel=1e-4, abs=1e-6)
 
 

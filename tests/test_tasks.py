@@ -3,7 +3,6 @@ plain Python loops (never with the generator's own tensor code)."""
 from __future__ import annotations
 
 import random
-import zipfile
 
 import numpy as np
 import pytest
@@ -13,8 +12,8 @@ from hypothesis import strategies as st
 
 from memtrain import pixels
 from memtrain.prepare import prepare
-from memtrain.tasks import (TASKS, Copy, KeyValue, ModularICL, NpzTask, Parity, PreparedTask, Retrieval, Stack,
-                            TokenFile, build_task, sample_eval)
+from memtrain.tasks import (TASKS, Copy, KeyValue, ModularICL, Parity, PreparedTask, Retrieval, Stack, build_task,
+                            sample_eval)
 
 
 def gen(seed: int = 0) -> torch.Generator:
