@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 from common import md_table, median, training_update, write_results
-from memtrain.checkpoint import list_checkpoints, read_checkpoint, save_checkpoint
-from memtrain.config import to_dict
+from memtrain.training.checkpoint import list_checkpoints, read_checkpoint, save_checkpoint
+from memtrain.training.config import to_dict
 from memtrain.presets import PRESETS, preset_config
-from memtrain.resume import optimizer_state, rng_state
-from memtrain.trainer import build
+from memtrain.training.resume import optimizer_state, rng_state
+from memtrain.training.trainer import build
 
 
 def networks(preset: str, vocab: int):

@@ -27,8 +27,8 @@ import torch
 from common import md_table, median, pyplot, training_update, write_results
 from smt_throughput import B, D, DEC_DEPTH, ENC_DEPTH, HEADS, K, N_SYMBOLS, RNN_DEPTH, TC, TF, VOCAB, load_authors
 from memtrain.presets import preset_config
-from memtrain.tasks import build_task
-from memtrain.trainer import build
+from memtrain.data.tasks import build_task
+from memtrain.training.trainer import build
 
 
 def batch(length: int, gen):
@@ -57,7 +57,7 @@ def memtrain_update(td: int, k: int, gen):
             "smt.coef_last_input=0"]
     cfg = preset_config("retrieval-smt", over)
     _, teacher, cell, _ = build(cfg)
-    from memtrain.dmt import DMT, DMTConfig
+    from memtrain.methods.dmt import DMT, DMTConfig
 
     method = DMT(teacher, cell, DMTConfig(rollout=td, every=k, start="encoder"))
     x, y = batch(TC + td, gen)

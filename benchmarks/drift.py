@@ -14,9 +14,9 @@ import argparse
 import torch
 
 from common import md_table, pyplot, write_results
-from memtrain.evaluate import evaluate
-from memtrain.run import load_run
-from memtrain.tasks import build_task
+from memtrain.methods.evaluate import evaluate
+from memtrain.runs import load_run
+from memtrain.data.tasks import build_task
 
 
 def main() -> None:

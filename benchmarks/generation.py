@@ -24,9 +24,9 @@ from common import md_table, median, pyplot, write_results
 
 
 def build(window: int, cell_kind: str):
-    from memtrain.cells import build_cell
+    from memtrain.models.cells import build_cell
     from memtrain.presets import preset_config
-    from memtrain.teacher import Teacher
+    from memtrain.models.teacher import Teacher
 
     cfg = preset_config("text-cpu", ["teacher.vocab_size=256", "cell.vocab_size=256", f"teacher.window={window}",
                                      f"cell.kind={cell_kind}"])

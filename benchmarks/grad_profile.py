@@ -21,13 +21,13 @@ import math
 import torch
 
 from common import md_table, pyplot, write_results
-from memtrain.cells import build_cell
+from memtrain.models.cells import build_cell
 from memtrain.presets import preset_config
-from memtrain.run import load_run
-from memtrain.smt import SMTConfig, smt_loss
-from memtrain.tasks import build_task
-from memtrain.teacher import Teacher
-from memtrain.losses import readout_ce
+from memtrain.runs import load_run
+from memtrain.methods.smt import SMTConfig, smt_loss
+from memtrain.data.tasks import build_task
+from memtrain.models.teacher import Teacher
+from memtrain.methods.losses import readout_ce
 
 
 def bptt_profile(cell, x, y) -> list[float]:

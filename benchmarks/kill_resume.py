@@ -25,7 +25,7 @@ from common import md_table, write_results
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from memtrain.checkpoint import list_checkpoints, read_checkpoint, read_run  # noqa: E402
+from memtrain.training.checkpoint import list_checkpoints, read_checkpoint, read_run  # noqa: E402
 
 
 def command(preset: str, out: Path, steps: int, every: int) -> list[str]:

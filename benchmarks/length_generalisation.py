@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from common import md_table, pyplot, write_results
-from memtrain.run import evaluate_run, load_run
+from memtrain.runs import evaluate_run, load_run
 
 
 def main() -> None:

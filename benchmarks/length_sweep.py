@@ -2,7 +2,7 @@
 training wall-clock, and the teacher, for each cell (the paper's Figure on length: BPTT degrades with
 length, SMT should not).
 
-Each (cell, length, seed) is one `memtrain.compare` run (the main job's three stages) with time
+Each (cell, length, seed) is one `memtrain.demo` run (the main job's three stages) with time
 budgets instead of step counts, so every method gets the same seconds of training at every length.
 Runs are kept under --root and skipped when already finished, so the sweep can be split across
 processes (one per core) and resumed; `report` collects whatever has finished.
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from common import md_table, pyplot, write_results
-from memtrain.compare import compare
+from memtrain.demo import compare
 
 ROOT = "runs/bench/length_sweep"
 

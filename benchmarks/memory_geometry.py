@@ -15,9 +15,9 @@ import argparse
 import torch
 
 from common import md_table, pyplot, write_results
-from memtrain.evaluate import evaluate
-from memtrain.rollout import rollout
-from memtrain.run import load_run
+from memtrain.methods.evaluate import evaluate
+from memtrain.methods.rollout import rollout
+from memtrain.runs import load_run
 
 
 def effective_rank(X: torch.Tensor) -> float:

@@ -7,8 +7,8 @@ import argparse
 
 import torch
 
-from memtrain.rollout import rollout
-from memtrain.run import load_run
+from memtrain.methods.rollout import rollout
+from memtrain.runs import load_run
 
 p = argparse.ArgumentParser()
 p.add_argument("run")

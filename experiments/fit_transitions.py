@@ -10,9 +10,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from memtrain.cells import CellConfig, build_cell
-from memtrain.config import from_dict, parse_value
-from memtrain.run import load_run
+from memtrain.models.cells import CellConfig, build_cell
+from memtrain.training.config import from_dict, parse_value
+from memtrain.runs import load_run
 
 p = argparse.ArgumentParser()
 p.add_argument("run")

@@ -10,7 +10,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from memtrain.run import load_run
+from memtrain.runs import load_run
 
 torch.set_num_threads(1)
 for run in sys.argv[1:]:

@@ -8,9 +8,9 @@ import json
 import time
 from pathlib import Path
 
-from memtrain.config import apply_overrides
+from memtrain.training.config import apply_overrides
 from memtrain.presets import preset_config
-from memtrain.trainer import train
+from memtrain.training.trainer import train
 
 
 def show(name: str, path: Path) -> None:

@@ -21,9 +21,9 @@ def _print_summary(s: dict) -> None:
 
 def cmd_train(args) -> None:
     from .presets import preset_config
-    from .trainer import train
+    from .training.trainer import train
 
-    from .distributed import main_process
+    from .training.distributed import main_process
 
     cfg = preset_config(args.preset, args.overrides)
     summary = train(cfg, progress=not args.quiet)
@@ -32,8 +32,8 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .evaluate import drift_at
-    from .run import evaluate_run
+    from .methods.evaluate import drift_at
+    from .runs import evaluate_run
 
     for row in evaluate_run(args.run, lengths=args.lengths, batch_size=args.batch, seed=args.seed):
         drift = row.pop("drift", None)
@@ -43,7 +43,7 @@ def cmd_eval(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from .compare import compare, format_table
+    from .demo import compare, format_table
 
     overrides = [f'task_args={{"length": {args.length}}}', f"smt.future={min(32, args.length)}",
                  f"cell.kind={args.cell}", f"train.seed={args.seed}"]
@@ -51,7 +51,7 @@ def cmd_demo(args) -> None:
         overrides.append(f"train.threads={args.threads}")
     rows = compare(args.out, overrides + args.overrides, smt_steps=args.smt_steps, dmt_steps=args.dmt_steps,
                    dmt_lr=args.dmt_lr, smt_seconds=args.smt_seconds, dmt_seconds=args.dmt_seconds, progress=not args.quiet)
-    from .distributed import main_process
+    from .training.distributed import main_process
 
     if not main_process():
         return
@@ -72,15 +72,15 @@ def cmd_presets(args) -> None:
 
 
 def cmd_config(args) -> None:
-    from .config import to_dict
+    from .training.config import to_dict
     from .presets import preset_config
 
     print(json.dumps(to_dict(preset_config(args.preset, args.overrides)), indent=1))
 
 
 def cmd_prepare(args) -> None:
-    from .config import parse_value
-    from .prepare import prepare
+    from .training.config import parse_value
+    from .data.prepare import prepare
 
     options = {}
     for item in args.overrides:
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = list(args.overrides) + extra
-    from .trainer import TrainingError
+    from .training.trainer import TrainingError
 
     try:
         args.func(args)

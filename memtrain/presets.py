@@ -1,7 +1,7 @@
 """Presets are data: a name, a line of description, and dotted overrides on `RunConfig()`."""
 from __future__ import annotations
 
-from .config import RunConfig, apply_overrides
+from .training.config import RunConfig, apply_overrides
 
 # Teacher: width 64, 4 heads, 2 encoder layers, 1 decoder layer, K=4 memory tokens (Z=256),
 # one-pass causal encoder with token shift (learns retrieval ~2x sooner, EXPERIMENTS.md section 1).

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from .cells import Cell
-from .teacher import Teacher
+from .models.cells import Cell
+from .models.teacher import Teacher
 
 STATE_FORMAT = "memtrain-sample-state"
 PROMPT_MODES = ("rnn", "teacher")
@@ -119,7 +119,7 @@ def load_state(path: str | Path, mem_size: int | None = None) -> tuple[torch.Ten
 
 def _data_kind(task) -> str:
     """'pixels' (one image per sequence, BOS first), 'bytes' (byte-level text) or 'ids' (anything else)."""
-    from .tasks import PreparedTask, TokenFile
+    from .data.tasks import PreparedTask, TokenFile
 
     if isinstance(task, PreparedTask):
         if task.meta["kind"] == "pixels":
@@ -152,7 +152,7 @@ def sample_run(run_dir: str, n_tokens: int | None = None, batch: int = 1, prompt
     default RUN_DIR/samples.png) and score them with the data set's digit classifier when it has one;
     other runs take and return token ids. `state_in` continues a saved generation instead of reading a
     prompt; `state_out` saves the memory and generator state after the last token."""
-    from .run import load_run
+    from .runs import load_run
 
     cfg, task, teacher, cell = load_run(run_dir)
     kind = _data_kind(task)
@@ -189,7 +189,7 @@ def sample_run(run_dir: str, n_tokens: int | None = None, batch: int = 1, prompt
 def _images(task, run_dir, prompt_ids, tokens, png) -> dict:
     from pathlib import Path
 
-    from .pixels import tokens_to_images, write_png_grid
+    from .data.pixels import tokens_to_images, write_png_grid
 
     S, W = task.meta["image_shape"]
     seq = tokens if prompt_ids is None else torch.cat([prompt_ids[:, 1:], tokens], dim=1)  # drop BOS
@@ -202,7 +202,7 @@ def _images(task, run_dir, prompt_ids, tokens, png) -> dict:
     out = {"png": str(path), "bos_drawn": int((seq >= levels).sum())}
     clf_info = task.meta.get("classifier")
     if clf_info:
-        from .digits import load_classifier, quality
+        from .data.digits import load_classifier, quality
 
         out["quality"] = quality(load_classifier(Path(task.path) / clf_info["dir"]), grid)
     return out

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from memtrain.cells import CellConfig, build_cell
-from memtrain.teacher import Teacher, TeacherConfig
+from memtrain.models.cells import CellConfig, build_cell
+from memtrain.models.teacher import Teacher, TeacherConfig
 
 V, K, D, H = 7, 2, 8, 2
 

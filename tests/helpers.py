@@ -11,7 +11,7 @@ import torch
 from hypothesis import strategies as st
 
 from memtrain.presets import preset_config
-from memtrain.trainer import train
+from memtrain.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

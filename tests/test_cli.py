@@ -336,7 +336,7 @@ def test_prepare_errors_are_one_line_and_write_nothing(head, opts, names, tmp_pa
 
 
 def test_train_on_prepared_pixels(tmp_path, monkeypatch):
-    from memtrain import pixels
+    from memtrain.data import pixels
 
     monkeypatch.setattr(pixels, "load_images", lambda source, split="train", root=None, **kw: (
         np.random.default_rng(0 if split == "train" else 1).integers(0, 256, (20, 4, 4)).astype(np.uint8),
@@ -352,7 +352,7 @@ def test_train_on_prepared_pixels(tmp_path, monkeypatch):
 # ---- sample ----------------------------------------------------------------------------------------
 
 def test_sample_pixels_writes_a_png_grid_and_a_quality_score(tmp_path, monkeypatch):
-    from memtrain import pixels
+    from memtrain.data import pixels
 
     monkeypatch.setattr(pixels, "load_images", lambda source, split="train", root=None, **kw: (
         np.random.default_rng(0 if split == "train" else 1).integers(0, 256, (20, 4, 4)).astype(np.uint8),

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from memtrain import pixels
-from memtrain.prepare import prepare
+from memtrain.data import pixels
+from memtrain.data.prepare import prepare
 from memtrain.presets import PRESETS, preset_config
-from memtrain.trainer import build
+from memtrain.training.trainer import build
 
 
 def test_presets_are_named_and_described():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from memtrain.rollout import rollout
+from memtrain.methods.rollout import rollout
 from memtrain.sample import draw, generate, load_state, save_state, start_memory
 
 from conftest import V, tiny_cell, tiny_teacher

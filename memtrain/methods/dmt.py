@@ -1,0 +1,106 @@
+"""DAgger Memory Training (paper, DMT): the teacher is frozen; the cell rolls out on its own memories
+with teacher-forced inputs and is regressed onto the encoder's memories of the same inputs.
+
+    loss = coef_dyn * mean_{s = k, 2k, ..} MSE(m^_s, M[:, s]) + coef_readout * CE(readout(sg(m^_s)), y_{s-1})
+
+Legend: B batch, T time, Td rollout steps, Z memory size. M[:, s] = memory after s inputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..models.cells import Cell, check_compatible
+from .losses import readout_ce, upcast
+from .rollout import onpolicy_states, rollout
+from ..models.teacher import Teacher
+
+STARTS = ("empty", "encoder")
+
+
+@dataclass
+class DMTConfig:
+    rollout: int | None = None  # Td: steps per rollout (None: the whole sequence)
+    every: int = 1  # k: regress every k-th rollout memory
+    start: str = "empty"  # "empty": from the cell's m_empty; "encoder": from M[:, s0] at a random s0
+    grad_horizon: int | None = 1  # 1: one-step gradients (state detached); None: through the rollout
+    coef_dyn: float = 1.0
+    coef_readout: float = 1.0
+    readout_on_detached: bool = True  # readout CE trains the head only, never the memory path
+
+    def validate(self) -> None:
+        if self.start not in STARTS:
+            raise ValueError(f"dmt.start must be one of {STARTS}, got {self.start!r}")
+        for n in ("coef_dyn", "coef_readout"):
+            if getattr(self, n) < 0:
+                raise ValueError(f"dmt.{n} must be >= 0, got {getattr(self, n)}")
+        if self.every < 1:
+            raise ValueError(f"dmt.every must be >= 1, got {self.every}")
+        if self.rollout is not None and self.rollout < 1:
+            raise ValueError(f"dmt.rollout must be >= 1 or None, got {self.rollout}")
+        if self.grad_horizon is not None and self.grad_horizon < 1:
+            raise ValueError(f"dmt.grad_horizon must be >= 1 or None, got {self.grad_horizon}")
+
+
+def dmt_loss(teacher: Teacher, cell: Cell, x, y, cfg: DMTConfig, s0: torch.Tensor):
+    """DMT objective for rollouts starting at memory positions s0 (B,) (all 0 for start='empty')."""
+    B, T = x.shape
+    Td = T - int(s0.max()) if cfg.rollout is None else cfg.rollout
+    with torch.no_grad():
+        M = teacher.encode(x)  # (B, S, Z): every target of the rollout from this one pass
+    Z = M.shape[-1]
+    idx = s0[:, None] + torch.arange(Td + 1, device=x.device)  # (B, Td+1) memory positions
+    M_tgt = torch.gather(M, 1, idx[..., None].expand(-1, -1, Z))  # (B, Td+1, Z)
+    x_roll = torch.gather(x, 1, idx[:, :-1])  # (B, Td) inputs x_{s0} .. x_{s0+Td-1}
+    y_roll = torch.gather(F.pad(y, (1, 0), value=-1), 1, idx[:, 1:])  # (B, Td): y_{s-1} for s = s0+1..
+    m0 = cell.init_memory(B) if cfg.start == "empty" else M_tgt[:, 0]
+    if cfg.grad_horizon == 1:
+        # one-step gradients: forward-only rollout, then every step's update in one batched call
+        m_own = onpolicy_states(cell, m0, x_roll)  # (B, Td+1, Z)
+        m_in = torch.cat([m0[:, None], m_own[:, 1:-1]], dim=1)  # keep m0's own graph (rollout never cuts it)
+        m_next = cell.update(m_in.reshape(B * Td, Z), x_roll.reshape(-1)).view(B, Td, Z)
+        m_hat = torch.cat([m0[:, None], m_next], dim=1)  # the same values as the rollout, with one-step graphs
+    else:
+        m_hat = rollout(cell, m0, x_roll, grad_horizon=cfg.grad_horizon)  # (B, Td+1, Z)
+    sel = torch.arange(cfg.every, Td + 1, cfg.every, device=x.device)
+    if len(sel) == 0:
+        raise ValueError(f"dmt.every={cfg.every} is longer than the rollout ({Td} steps)")
+    drift = (upcast(m_hat[:, sel]) - upcast(M_tgt[:, sel])).pow(2).mean(-1)  # (B, n)
+    loss_dyn = drift.mean()
+    m_read = m_hat[:, 1:].detach() if cfg.readout_on_detached else m_hat[:, 1:]
+    loss_readout = readout_ce(cell.readout, m_read, y_roll)
+    loss = cfg.coef_dyn * loss_dyn + cfg.coef_readout * loss_readout
+    return loss, {"loss_dyn": loss_dyn.detach(), "loss_readout": loss_readout.detach(),
+                  "drift_end": drift[:, -1].mean().detach()}
+
+
+class DMT(nn.Module):
+    def __init__(self, teacher: Teacher, cell: Cell, cfg: DMTConfig):
+        super().__init__()
+        cfg.validate()
+        check_compatible(cell, teacher)
+        self.teacher, self.cell, self.cfg = teacher, cell, cfg
+        self.teacher.requires_grad_(False)
+
+    def trainable(self):
+        return list(self.cell.parameters())
+
+    def forward(self, x, y, gen=None):  # what DistributedDataParallel calls
+        return self.loss(x, y, gen)
+
+    def loss(self, x, y, gen=None):
+        B, T = x.shape
+        if self.cfg.rollout is not None and self.cfg.rollout > T:
+            raise ValueError(f"dmt.rollout={self.cfg.rollout} is longer than the sequences (T={T})")
+        if self.cfg.start == "empty":
+            s0 = torch.zeros(B, dtype=torch.long, device=x.device)
+        else:
+            span = T - (self.cfg.rollout or T // 2)
+            s0 = torch.randint(0, span + 1, (B,), generator=gen).to(x.device)
+        return dmt_loss(self.teacher, self.cell, x, y, self.cfg, s0)
+
+    def sync(self):
+        pass

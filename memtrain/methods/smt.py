@@ -1,0 +1,198 @@
+"""Supervised Memory Training (paper, SMT): the teacher and the cell train together, on every
+timestep of every sequence, in one parallel pass; the cell is never unrolled.
+
+    loss = coef_dec * CE(decoder(M[:, s], x_s..) , y_{s-1}..y_{s+Tf-2})        predictive state
+         + coef_dyn * MSE(cell.update(M[:, s], x_s), M[:, s+1])               one-step dynamics
+         + coef_unif * uniformity(memory tokens)                              against collapse
+
+Legend: B batch, T time, S = T+1 memories, K tokens, D width, Z = K*D, V vocab, Tf future,
+P decoder positions per sequence, R transitions per sequence. M[:, s] = memory after s inputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..models.cells import Cell, adopt_teacher, check_compatible
+from .losses import masked_ce, uniformity, upcast
+from .rollout import onpolicy_states
+from ..models.teacher import Teacher
+
+
+@dataclass
+class SMTConfig:
+    future: int = 32  # Tf: outputs the decoder predicts from each memory
+    gamma: float = 1.0  # weight gamma^i on the i-th future output
+    coef_dec: float = 1.0
+    coef_dyn: float = 0.1
+    coef_unif: float = 1e-3
+    dec_samples: int | None = 32  # memories per sequence sent to the decoder (None: every one)
+    dyn_samples: int | None = None  # transitions per sequence in the dynamics loss (None: all T)
+    unif_samples: int = 256  # memory tokens in the uniformity loss
+    dyn_trains_teacher: bool = True  # the dynamics loss also moves the encoder (joint training)
+    input_noise: float = 0.0  # std of Gaussian noise on the cell's input memory (denoising dynamics)
+    coef_onpolicy: float = 0.0  # the same regression from the cell's OWN rollout states (trains the cell only)
+    coef_last_input: float = 0.0  # CE of a linear probe that reads x_t back from m_t (keeps memories Markov)
+
+    def validate(self) -> None:
+        if self.future < 1:
+            raise ValueError(f"smt.future must be >= 1, got {self.future}")
+        for n in ("dec_samples", "dyn_samples"):
+            v = getattr(self, n)
+            if v is not None and v < 1:
+                raise ValueError(f"smt.{n} must be >= 1 or None, got {v}")
+        for n in ("coef_dec", "coef_dyn", "coef_unif"):
+            if getattr(self, n) < 0:
+                raise ValueError(f"smt.{n} must be >= 0, got {getattr(self, n)}")
+        if self.coef_last_input < 0:
+            raise ValueError(f"smt.coef_last_input must be >= 0, got {self.coef_last_input}")
+        if self.coef_onpolicy < 0:
+            raise ValueError(f"smt.coef_onpolicy must be >= 0, got {self.coef_onpolicy}")
+        if self.input_noise < 0:
+            raise ValueError(f"smt.input_noise must be >= 0, got {self.input_noise}")
+        if self.unif_samples < 2:
+            raise ValueError(f"smt.unif_samples must be >= 2, got {self.unif_samples}")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"smt.gamma must be in (0, 1], got {self.gamma}")
+
+
+def future_targets(x: torch.Tensor, y: torch.Tensor, pos: torch.Tensor, Tf: int):
+    """For memories at positions pos (B, P): future inputs x_s..x_{s+Tf-2} (B, P, Tf-1) and targets
+    y_{s-1}..y_{s+Tf-2} (B, P, Tf), -1 past the end of the sequence (inputs there are 0)."""
+    B, T = x.shape
+    x_pad = F.pad(x, (0, Tf), value=0)  # (B, T+Tf)
+    y_pad = F.pad(F.pad(y, (1, 0), value=-1), (0, Tf), value=-1)  # (B, 1+T+Tf): y_pad[s] = y_{s-1}
+    off = torch.arange(Tf, device=x.device)
+    idx = pos[..., None] + off  # (B, P, Tf)
+    x_fut = torch.gather(x_pad, 1, idx[..., : Tf - 1].reshape(B, -1)).view(B, -1, Tf - 1)
+    y_fut = torch.gather(y_pad, 1, idx.reshape(B, -1)).view(B, -1, Tf)
+    return x_fut, y_fut
+
+
+def sample_positions(y: torch.Tensor, Tf: int, n: int | None, gen: torch.Generator | None) -> torch.Tensor:
+    """Memory positions s (B, P) for the decoder: only memories with a supervised output among their
+    next Tf (others carry no decoder loss), n of them per sequence without replacement (all if n is
+    None or larger; rows with fewer repeat positions, which only reweights them)."""
+    B, T = y.shape
+    sup = F.pad((y >= 0).float(), (1, Tf), value=0.0)  # (B, 1+T+Tf), sup[s] = y_{s-1} supervised
+    counts = sup.unfold(1, Tf, 1)[:, : T + 1].sum(-1)  # (B, S): supervised outputs in each window
+    weight = (counts > 0).float()
+    weight[weight.sum(1) == 0] = 1.0  # nothing supervised: any position (loss will be 0)
+    if n is None:
+        return torch.arange(T + 1, device=y.device).expand(B, T + 1)
+    P = min(n, T + 1)
+    noise = torch.rand(B, T + 1, generator=gen, device="cpu").to(y.device)
+    keys = torch.where(weight > 0, noise, noise - 2.0)  # eligible positions first, in random order
+    order = keys.argsort(dim=1, descending=True)[:, :P]  # (B, P)
+    n_ok = weight.sum(1, keepdim=True).long()  # (B, 1)
+    slot = torch.arange(P, device=y.device)[None, :] % n_ok  # reuse eligible ones if too few
+    return torch.gather(order, 1, slot)
+
+
+def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_pos, unif_idx, last_input_head=None):
+    """The SMT objective for given sample positions (pure; `SMT.loss` draws the positions).
+    dec_pos (B, P) memory positions for the decoder, dyn_pos (B, R) transition starts in 0..T-1
+    (or None for all), unif_idx (U,) indices into the B*S*K memory tokens, last_input_head a Linear
+    Z -> V (needed when cfg.coef_last_input > 0)."""
+    B, T = x.shape
+    D, Tf = teacher.cfg.d_model, cfg.future
+    M = teacher.encode(x)  # (B, S, Z)
+    Z = M.shape[-1]
+
+    # predictive state: decode the future from sampled memories
+    x_fut, y_fut = future_targets(x, y, dec_pos, Tf)  # (B, P, Tf-1), (B, P, Tf)
+    m_dec = torch.gather(M, 1, dec_pos[..., None].expand(-1, -1, Z))  # (B, P, Z)
+    logits = teacher.decode(m_dec.reshape(-1, Z), x_fut.reshape(-1, Tf - 1))  # (B*P, Tf, V)
+    w = cfg.gamma ** torch.arange(Tf, device=x.device, dtype=logits.dtype)
+    loss_dec = masked_ce(logits, y_fut.reshape(-1, Tf), w.expand(logits.shape[0], Tf))
+    loss_dec0 = masked_ce(logits[:, 0], y_fut.reshape(-1, Tf)[:, 0])  # what the RNN's readout will see
+
+    # dynamics: one step of the cell from every (sampled) encoder memory
+    m_now, m_next = M[:, :-1], M[:, 1:]  # (B, T, Z) each
+    x_in = x
+    if dyn_pos is not None:
+        m_now = torch.gather(m_now, 1, dyn_pos[..., None].expand(-1, -1, Z))
+        m_next = torch.gather(m_next, 1, dyn_pos[..., None].expand(-1, -1, Z))
+        x_in = torch.gather(x, 1, dyn_pos)
+    if not cfg.dyn_trains_teacher:
+        m_now, m_next = m_now.detach(), m_next.detach()
+    m_in = m_now.reshape(-1, Z)
+    if cfg.input_noise > 0:  # the cell must map a neighbourhood of m_t onto m_{t+1}: errors shrink
+        m_in = m_in + cfg.input_noise * torch.randn_like(m_in)
+    pred = cell.update(m_in, x_in.reshape(-1))  # (B*R, Z)
+    loss_dyn = F.mse_loss(upcast(pred), upcast(m_next.reshape(-1, Z)))
+
+    # uniformity over sampled memory tokens
+    loss_unif = uniformity(M.reshape(-1, D)[unif_idx])
+
+    loss = cfg.coef_dec * loss_dec + cfg.coef_dyn * loss_dyn + cfg.coef_unif * loss_unif
+    if cfg.coef_last_input > 0:
+        # every memory m_t must tell its last input x_t. The teacher reads each token together with
+        # the previous one (token shift) or through previous-token heads, so nothing else makes it
+        # keep x_t; without it the cell cannot compute m_{t+1} from (m_t, x_{t+1}) where x_t matters
+        # (retrieval: the symbol after the marker), and the memories are not Markov (EXPERIMENTS.md 7)
+        loss_last = F.cross_entropy(upcast(last_input_head(M[:, 1:].reshape(-1, Z))), x.reshape(-1))
+        loss = loss + cfg.coef_last_input * loss_last
+    metrics = {k: v.detach() for k, v in (("loss_dec", loss_dec), ("loss_dec0", loss_dec0), ("loss_dyn", loss_dyn), ("loss_unif", loss_unif))}
+    if cfg.coef_last_input > 0:
+        metrics["loss_last_input"] = loss_last.detach()
+    # followability: the cell's one-step error relative to how far the teacher's memory moves per
+    # step. Near 1 the cell has not learned the transitions (DMT cannot help yet); well below 1 the
+    # memories are predictable from (m_t, x_{t+1}) and DMT can remove the drift (EXPERIMENTS.md 5).
+    with torch.no_grad():
+        step = F.mse_loss(upcast(m_now.reshape(-1, Z)), upcast(m_next.reshape(-1, Z)))
+        metrics["dyn_rel"] = loss_dyn.detach() / step.clamp_min(1e-12)
+
+    if cfg.coef_onpolicy > 0:
+        # on-policy states: the cell's own memories from m_empty (a forward-only rollout), regressed
+        # one step at a time onto the encoder's, all T steps in one batched call (DMT's one-step
+        # gradient, while the teacher is still training)
+        # (the target is detached: letting it move would let the teacher shrink its memories' spread
+        # until everything is trivially "tracked", see EXPERIMENTS.md)
+        m_own = onpolicy_states(cell, M[:, 0].detach(), x)  # (B, S, Z), no graph
+        target = M[:, 1:].detach()
+        pred_own = cell.update(m_own[:, :-1].reshape(-1, Z), x.reshape(-1))
+        loss_own = F.mse_loss(upcast(pred_own), upcast(target.reshape(-1, Z)))
+        loss = loss + cfg.coef_onpolicy * loss_own
+        metrics["loss_onpolicy"] = loss_own.detach()
+    return loss, metrics
+
+
+class SMT(nn.Module):
+    """Method wrapper: trains teacher and cell jointly; `loss(x, y, gen)` -> (loss, metrics)."""
+
+    def __init__(self, teacher: Teacher, cell: Cell, cfg: SMTConfig):
+        super().__init__()
+        cfg.validate()
+        check_compatible(cell, teacher)
+        self.teacher, self.cell, self.cfg = teacher, cell, cfg
+        # a training-time probe, not part of the teacher or the RNN (not saved with the run)
+        self.last_input_head = nn.Linear(teacher.cfg.mem_size, teacher.cfg.vocab_size) if cfg.coef_last_input > 0 else None
+
+    def trainable(self):
+        # the cell's readout head and start memory are copies of the teacher's (see `sync`)
+        skip = {id(p) for p in self.cell.head.parameters()} | {id(self.cell.m_init)}
+        probe = list(self.last_input_head.parameters()) if self.last_input_head is not None else []
+        return list(self.teacher.parameters()) + [p for p in self.cell.parameters() if id(p) not in skip] + probe
+
+    def forward(self, x, y, gen=None):  # what DistributedDataParallel calls
+        return self.loss(x, y, gen)
+
+    def loss(self, x, y, gen=None):
+        B, T = x.shape
+        cfg = self.cfg
+        dec_pos = sample_positions(y, cfg.future, cfg.dec_samples, gen)
+        dyn_pos = None
+        if cfg.dyn_samples is not None and cfg.dyn_samples < T:
+            r = torch.rand(B, T, generator=gen).argsort(dim=1)[:, : cfg.dyn_samples]
+            dyn_pos = r.to(x.device)
+        n_tok = B * (T + 1) * self.teacher.cfg.mem_tokens
+        unif_idx = torch.randperm(n_tok, generator=gen)[: cfg.unif_samples].to(x.device)
+        return smt_loss(self.teacher, self.cell, x, y, cfg, dec_pos, dyn_pos, unif_idx, self.last_input_head)
+
+    def sync(self):
+        """Before the cell runs alone: give it the teacher's readout and m_empty."""
+        adopt_teacher(self.cell, self.teacher)

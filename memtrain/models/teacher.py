@@ -1,0 +1,235 @@
+"""The SMT teacher: an encoder that writes a memory after every timestep and a decoder that reads the
+future back out of it (paper, "Supervised Memory Training", step 1).
+
+Legend: B batch, T time, S = T+1 memories (before any input, then after each), K memory tokens,
+D width, Z = K*D, V vocabulary, Tc encoder window, Tf future length, H heads, Dh head width.
+
+Memory indexing used throughout the library: M[:, s] is the memory after reading s inputs, so
+M[:, 0] = m_empty and M[:, t+1] = m_t of the paper (the memory after x_0..x_t). M[:, s] predicts
+y_{s-1} (nothing for s = 0) and, with the future inputs x_s, x_{s+1}, ..., the outputs after it.
+
+Two encoders, one interface (`Teacher.encode(x) -> (B, T+1, Z)`):
+- "causal" (default): ONE pass over the sequence. The T tokens form a causal stream; T+1 groups of
+  K register queries sit beside it. Group s sits at rotary position s, attends to tokens j < s and to
+  the K registers of its own group, and is never attended to by tokens. This equals encoding every
+  prefix separately with the same masks (`encode_reference`) at O(T^2 + T*K*T) attention cost, and no
+  (T*K)^2 mask is ever built. With a window Tc, tokens and registers see only the last Tc tokens in
+  each layer, so the receptive field of m_t is depth*(Tc-1)+1 tokens, not Tc.
+- "window": the authors' fidelity option. Each memory encodes exactly its last Tc inputs in a fresh
+  bidirectional pass over [window tokens, K registers]: S separate passes of length Tc+K, slower.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .layers import Block, RMSNorm, init_weights, rms_normalize, rotary
+
+ENCODERS = ("causal", "window")
+
+
+@dataclass
+class TeacherConfig:
+    vocab_size: int = 0  # 0: take it from the task
+    mem_tokens: int = 4  # K
+    d_model: int = 64  # D, also the width of one memory token
+    n_heads: int = 4
+    encoder_depth: int = 2
+    decoder_depth: int = 1
+    encoder: str = "causal"  # "causal" (one pass) | "window" (per-window bidirectional, as the authors)
+    window: int | None = None  # Tc; None = the whole prefix (needed for "window")
+    token_shift: bool = False  # each encoder token also embeds the previous input (a "smeared key")
+
+    @property
+    def mem_size(self) -> int:
+        return self.mem_tokens * self.d_model
+
+    def validate(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"teacher.encoder must be one of {ENCODERS}, got {self.encoder!r}")
+        if self.encoder == "window" and not self.window:
+            raise ValueError("teacher.encoder='window' needs teacher.window (Tc) to be set")
+        if self.vocab_size < 0:
+            raise ValueError(f"teacher.vocab_size must be >= 1 (or 0: from the task), got {self.vocab_size}")
+        for name in ("mem_tokens", "d_model", "n_heads", "encoder_depth", "decoder_depth"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"teacher.{name} must be >= 1, got {getattr(self, name)}")
+        if self.window is not None and self.window < 1:
+            raise ValueError(f"teacher.window must be >= 1 or None, got {self.window}")
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"teacher.d_model={self.d_model} must split into teacher.n_heads={self.n_heads} heads of even width")
+
+
+class MemoryDecoder(nn.Module):
+    """Causal Transformer over [K memory tokens, future input embeddings] -> logits at every position.
+    The teacher's decoder, and (as a copy) an RNN cell's readout head."""
+
+    def __init__(self, d: int, n_heads: int, depth: int, vocab_size: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(d, n_heads) for _ in range(depth))
+        self.head_dim = d // n_heads
+        self.norm = RMSNorm(d)
+        self.head = nn.Linear(d, vocab_size)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (N, L, D) -> (N, L, V)
+        rot = rotary(torch.arange(h.shape[1], device=h.device), self.head_dim, h.dtype)
+        for blk in self.blocks:
+            h = blk(h, rot, causal=True)
+        return self.head(self.norm(h))
+
+    def first_step(self, m: torch.Tensor, K: int) -> torch.Tensor:
+        """The prediction from a memory alone: (N, Z) -> (N, V) logits, output at token K-1."""
+        return self(m.view(m.shape[0], K, -1))[:, K - 1]
+
+
+def register_attention(q_r, k_r, v_r, k_t, v_t, allowed, K):
+    """Attention of register queries to (allowed) tokens and to their own group, with one softmax.
+
+    q_r, k_r, v_r: (B, H, S*K, Dh) register stream; k_t, v_t: (B, H, T, Dh) token stream;
+    allowed: (S, T) bool, group s may see token j. Returns (B, H, S*K, Dh).
+    """
+    B, H, SK, Dh = q_r.shape
+    S, T = allowed.shape
+    q_r = q_r * Dh ** -0.5
+    s_tok = (q_r @ k_t.transpose(-1, -2)).view(B, H, S, K, T)  # (B, H, S, K, T)
+    s_tok = s_tok.masked_fill(~allowed[:, None, :], float("-inf"))
+    qg, kg, vg = (a.view(B, H, S, K, Dh) for a in (q_r, k_r, v_r))
+    s_reg = qg @ kg.transpose(-1, -2)  # (B, H, S, K, K)
+    p = torch.cat([s_tok, s_reg], dim=-1).softmax(dim=-1)  # (B, H, S, K, T+K)
+    o = (p[..., :T].reshape(B, H, SK, T) @ v_t) + (p[..., T:] @ vg).view(B, H, SK, Dh)
+    return o
+
+
+class Teacher(nn.Module):
+    def __init__(self, cfg: TeacherConfig):
+        super().__init__()
+        cfg.validate()
+        if cfg.vocab_size < 1:
+            raise ValueError("teacher.vocab_size must be set (>= 1) to build a teacher")
+        self.cfg = cfg
+        D, K = cfg.d_model, cfg.mem_tokens
+        self.embed = nn.Embedding(cfg.vocab_size, D)
+        # previous-input embedding; index V stands for "no previous input" (the first token)
+        self.prev_embed = nn.Embedding(cfg.vocab_size + 1, D) if cfg.token_shift else None
+        self.registers = nn.Parameter(torch.zeros(K, D))
+        self.blocks = nn.ModuleList(Block(D, cfg.n_heads) for _ in range(cfg.encoder_depth))
+        self.decoder = MemoryDecoder(D, cfg.n_heads, cfg.decoder_depth, cfg.vocab_size)
+        init_weights(self)
+        nn.init.normal_(self.registers, 0.0, 1.0)
+
+    # ---- encoder --------------------------------------------------------------------------
+    def embed_inputs(self, x: torch.Tensor, lo: int = 0) -> torch.Tensor:
+        """Token embeddings for x[:, lo:] (B, T-lo, D); with token_shift, plus the previous input's."""
+        h = self.embed(x[:, lo:])
+        if self.prev_embed is not None:
+            prev = F.pad(x, (1, 0), value=self.cfg.vocab_size)[:, lo:-1]  # x_{t-1}, V before x_0
+            h = h + self.prev_embed(prev)
+        return h
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T) token ids -> M (B, T+1, Z): the memory before any input and after every input."""
+        if self.cfg.encoder == "window":
+            return self._encode_windows(x)
+        return self._encode_one_pass(x)
+
+    def empty_memory(self, batch_size: int = 1) -> torch.Tensor:
+        """m_empty (B, Z): the encoder's memory for an empty past."""
+        x = torch.zeros(batch_size, 0, dtype=torch.long, device=self.registers.device)
+        return self.encode(x)[:, 0]
+
+    def _visible(self, n_query: int, T: int, offset: int, device) -> torch.Tensor:
+        """(n_query, T) bool: query i (at time i - offset) may see token j iff j <= i - offset and
+        within the window."""
+        i = torch.arange(n_query, device=device)[:, None] - offset
+        j = torch.arange(T, device=device)[None, :]
+        ok = j <= i
+        if self.cfg.window is not None:
+            ok &= j > i - self.cfg.window
+        return ok
+
+    def _encode_one_pass(self, x):
+        B, T = x.shape
+        K, D = self.cfg.mem_tokens, self.cfg.d_model
+        S = T + 1
+        h_tok = self.embed_inputs(x)  # (B, T, D)
+        h_reg = self.registers.expand(B, S, K, D).reshape(B, S * K, D)  # (B, S*K, D)
+        Dh, dt = D // self.cfg.n_heads, h_tok.dtype
+        rot_tok = rotary(torch.arange(T, device=x.device), Dh, dt)
+        rot_reg = rotary(torch.arange(S, device=x.device).repeat_interleave(K), Dh, dt)  # group s at position s
+        reg_sees = self._visible(S, T, 1, x.device)  # group s sees tokens j <= s-1
+        tok_mask = None if self.cfg.window is None else self._visible(T, T, 0, x.device)
+        for i, blk in enumerate(self.blocks):
+            q_r, k_r, v_r = blk.attn.heads(blk.norm1(h_reg), rot_reg)
+            if T > 0:
+                q_t, k_t, v_t = blk.attn.heads(blk.norm1(h_tok), rot_tok)
+            else:
+                k_t = v_t = q_r[:, :, :0]
+            h_reg = h_reg + blk.attn.merge(register_attention(q_r, k_r, v_r, k_t, v_t, reg_sees, K))
+            h_reg = h_reg + blk.mlp(blk.norm2(h_reg))
+            if T > 0 and i < len(self.blocks) - 1:  # the last layer's token outputs are never read
+                o_t = F.scaled_dot_product_attention(q_t, k_t, v_t, attn_mask=tok_mask, is_causal=tok_mask is None)
+                h_tok = h_tok + blk.attn.merge(o_t)
+                h_tok = h_tok + blk.mlp(blk.norm2(h_tok))
+        return rms_normalize(h_reg.reshape(B, S, K * D), D)  # (B, S, Z)
+
+    def _encode_windows(self, x):
+        B, T = x.shape
+        K, D, Tc = self.cfg.mem_tokens, self.cfg.d_model, self.cfg.window
+        S = T + 1
+        e = F.pad(self.embed_inputs(x), (0, 0, Tc, 0))  # (B, Tc+T, D), left padding
+        win = e.unfold(1, Tc, 1).transpose(2, 3)  # (B, S, Tc, D): window s holds x_{s-Tc} .. x_{s-1}
+        real = (torch.arange(S, device=x.device)[:, None] - Tc + torch.arange(Tc, device=x.device)[None, :]) >= 0  # (S, Tc)
+        h = torch.cat([win, self.registers.expand(B, S, K, D)], dim=2).reshape(B * S, Tc + K, D)
+        keep = torch.cat([real, real.new_ones(S, K)], dim=1)  # (S, Tc+K) key mask
+        mask = keep.repeat(B, 1)[:, None, None, :]  # (B*S, 1, 1, Tc+K)
+        pos = torch.cat([torch.arange(Tc, device=x.device), torch.full((K,), Tc, device=x.device)])
+        rot = rotary(pos, D // self.cfg.n_heads, h.dtype)
+        for blk in self.blocks:
+            h = blk(h, rot, mask=mask)
+        return rms_normalize(h[:, Tc:].reshape(B, S, K * D), D)
+
+    # ---- decoder --------------------------------------------------------------------------
+    def decode(self, m: torch.Tensor, x_fut: torch.Tensor) -> torch.Tensor:
+        """m (N, Z), x_fut (N, Tf-1) the next inputs -> logits (N, Tf, V) for the next Tf outputs."""
+        N, K = m.shape[0], self.cfg.mem_tokens
+        h = torch.cat([m.view(N, K, -1), self.embed(x_fut)], dim=1)  # (N, K+Tf-1, D)
+        return self.decoder(h)[:, K - 1:]
+
+    def readout(self, m: torch.Tensor) -> torch.Tensor:
+        """The decoder's first-step prediction from a memory: (N, Z) -> (N, V)."""
+        return self.decoder.first_step(m, self.cfg.mem_tokens)
+
+
+def encode_reference(teacher: Teacher, x: torch.Tensor) -> torch.Tensor:
+    """Slow reference: encode every prefix separately (for "window": every window, as the authors do),
+    one sequence per memory, with a dense mask. Must equal `teacher.encode(x)`; used in tests only.
+    The causal encoder's window limits what each layer sees, so its reference reads whole prefixes."""
+    cfg = teacher.cfg
+    B, T = x.shape
+    K, D, Tc = cfg.mem_tokens, cfg.d_model, cfg.window
+    out = []
+    for s in range(T + 1):
+        lo = max(0, s - Tc) if cfg.encoder == "window" else 0
+        n = s - lo
+        h = torch.cat([teacher.embed_inputs(x[:, :s], lo), teacher.registers.expand(B, K, D)], dim=1)  # (B, n+K, D)
+        if cfg.encoder == "window":
+            pos = torch.cat([torch.arange(n), torch.full((K,), n)])
+            mask = None  # bidirectional over the window and the registers
+        else:
+            pos = torch.cat([torch.arange(lo, s), torch.full((K,), s)])
+            mask = torch.zeros(n + K, n + K, dtype=torch.bool)
+            ti = torch.arange(lo, s)
+            mask[:n, :n] = ti[None, :] <= ti[:, None]  # tokens: causal
+            if Tc is not None:
+                mask[:n, :n] &= ti[None, :] > ti[:, None] - Tc
+            mask[n:, :] = True  # registers see the window's tokens and each other
+            if Tc is not None:
+                mask[n:, :n] = ti[None, :] > s - 1 - Tc
+        rot = rotary(pos.to(x.device), D // cfg.n_heads, h.dtype)
+        for blk in teacher.blocks:
+            h = blk(h, rot, mask=None if mask is None else mask.to(x.device))
+        out.append(rms_normalize(h[:, n:].reshape(B, K * D), D))
+    return torch.stack(out, dim=1)

@@ -1,0 +1,47 @@
+"""Loading a finished run back: the config, the teacher (if any) and the cell, ready to evaluate."""
+from __future__ import annotations
+
+import torch
+
+from .models.cells import build_cell
+from .training.checkpoint import load_module, read_run
+from .training.config import RunConfig, from_dict
+from .methods.evaluate import evaluate
+from .data.tasks import build_task, sample_eval
+from .models.teacher import Teacher
+
+
+def load_run(run_dir: str, device: str = "cpu"):
+    """-> (config, task, teacher or None, cell), weights loaded, in eval mode."""
+    meta, tensors = read_run(run_dir)
+    cfg = from_dict(RunConfig, meta["config"])
+    task = build_task(cfg.task, **cfg.task_args)
+    cell = build_cell(cfg.cell)
+    load_module(cell, tensors, "cell", run_dir)
+    teacher = None
+    if "teacher" in meta["modules"]:
+        teacher = Teacher(cfg.teacher)
+        load_module(teacher, tensors, "teacher", run_dir)
+        teacher.to(device).eval()
+    return cfg, task, teacher, cell.to(device).eval()
+
+
+def evaluate_run(run_dir: str, lengths=None, batch_size: int = 256, seed: int = 1234) -> list[dict]:
+    """Evaluate at the training length and (by default) 2T and 4T: length generalisation."""
+    if batch_size < 1:
+        raise ValueError(f"batch must be >= 1, got {batch_size}")
+    if lengths is not None and any(L < 1 for L in lengths):
+        raise ValueError(f"lengths must be >= 1, got {list(lengths)}")
+    cfg, task, teacher, cell = load_run(run_dir)
+    T = task.length
+    rows = []
+    for L in lengths or [T, 2 * T, 4 * T]:
+        try:
+            x, y = sample_eval(task, batch_size, torch.Generator().manual_seed(seed), length=L)
+        except ValueError as e:  # e.g. kv cannot make that many distinct keys
+            if lengths:
+                raise
+            rows.append({"length": L, "skipped": str(e)})
+            continue
+        rows.append({"length": L, **evaluate(cell, teacher, x, y)})
+    return rows

@@ -1,0 +1,58 @@
+"""rollout: equals an explicit loop, and grad_horizon cuts gradients exactly where it promises."""
+import pytest
+import torch
+
+from memtrain.methods.rollout import rollout
+from tests.conftest import V, tiny_cell
+
+
+def test_rollout_matches_explicit_loop():
+    cell = tiny_cell("gru").double()
+    x = torch.randint(0, V, (3, 6))
+    m = cell.init_memory(3)
+    out = [m]
+    for s in range(6):
+        m = cell.update(m, x[:, s])
+        out.append(m)
+    torch.testing.assert_close(rollout(cell, cell.init_memory(3), x), torch.stack(out, 1), rtol=0, atol=0)
+
+
+def _grad_to_start(cell, horizon, step):
+    """|d m_step / d m0| (summed) for a rollout from a leaf m0."""
+    x = torch.randint(0, V, (2, 5))
+    m0 = cell.init_memory(2).detach().clone().requires_grad_()
+    M = rollout(cell, m0, x, grad_horizon=horizon)
+    (g,) = torch.autograd.grad(M[:, step].sum(), m0, allow_unused=True)
+    return 0.0 if g is None else float(g.abs().sum())
+
+
+@pytest.mark.parametrize("kind", ["mlp", "elman", "lstm"])
+def test_grad_horizon(kind):
+    cell = tiny_cell(kind).double()
+    # full: every memory depends on m0
+    assert all(_grad_to_start(cell, None, s) > 0 for s in range(1, 6))
+    # one-step: only m_1 sees m0; the loss on m_s has zero gradient to memories 2+ steps back
+    assert _grad_to_start(cell, 1, 1) > 0
+    assert all(_grad_to_start(cell, 1, s) == 0 for s in range(2, 6))
+    # truncation at 2: m_1, m_2 see m0; from m_3 on the graph is cut
+    assert _grad_to_start(cell, 2, 2) > 0 and _grad_to_start(cell, 2, 3) == 0
+
+
+def test_one_step_gradient_through_chain_of_memories():
+    """With grad_horizon=1, a loss on m_s reaches m_{s-1} but not m_{s-2}."""
+    cell = tiny_cell("mlp").double()
+    x = torch.randint(0, V, (2, 4))
+    ms = [cell.init_memory(2)]
+    for s in range(4):  # the same cut rollout applies, with handles on the memories
+        prev = ms[-1].detach().requires_grad_() if s > 0 else ms[-1]
+        ms[-1] = prev
+        ms.append(cell.update(prev, x[:, s]))
+    g1, g2 = torch.autograd.grad(ms[4].sum(), [ms[3], ms[2]], allow_unused=True)
+    assert g1 is not None and float(g1.abs().sum()) > 0
+    assert g2 is None
+    torch.testing.assert_close(rollout(cell, cell.init_memory(2), x, grad_horizon=1), torch.stack(ms, 1))
+
+
+def test_bad_horizon():
+    with pytest.raises(ValueError, match="grad_horizon"):
+        rollout(tiny_cell(), torch.zeros(1, 16), torch.zeros(1, 2, dtype=torch.long), grad_horizon=0)

@@ -1,0 +1,174 @@
+"""SMT: the vectorised loss equals a per-timestep loop in float64; flags route gradients as promised."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from memtrain.models.cells import CELLS, adopt_teacher
+from memtrain.methods.smt import SMT, SMTConfig, sample_positions, smt_loss
+from memtrain.models.teacher import encode_reference
+from tests.conftest import V, tiny_cell, tiny_teacher
+
+
+def loop_smt_loss(teacher, cell, x, y, cfg, dec_pos, dyn_pos, unif_idx):
+    """Plain reference: each memory encoded from its own prefix, each decoder window and each
+    transition computed one at a time."""
+    B, T = x.shape
+    Tf, D = cfg.future, teacher.cfg.d_model
+    M = encode_reference(teacher, x)
+    num, den = 0.0, 0.0
+    for b in range(B):
+        for s in dec_pos[b].tolist():
+            x_fut = [x[b, s + i].item() if s + i < T else 0 for i in range(Tf - 1)]
+            logits = teacher.decode(M[b, s][None], torch.tensor([x_fut]))[0]  # (Tf, V)
+            for i in range(Tf):
+                target = y[b, s + i - 1].item() if 0 <= s + i - 1 < T else -1
+                if target >= 0:
+                    w = cfg.gamma ** i
+                    num = num + w * F.cross_entropy(logits[i], torch.tensor(target))
+                    den += w
+    loss_dec = num / den
+    errs = []
+    for b in range(B):
+        for t in (range(T) if dyn_pos is None else dyn_pos[b].tolist()):
+            pred = cell.update(M[b, t][None], x[b, t][None])[0]
+            errs.append((pred - M[b, t + 1]).pow(2).mean())
+    loss_dyn = torch.stack(errs).mean()
+    toks = M.reshape(-1, D)[unif_idx]
+    z = toks / toks.norm(dim=-1, keepdim=True)
+    d2 = [(z[i] - z[j]).pow(2).sum() for i in range(len(z)) for j in range(i + 1, len(z))]
+    loss_unif = torch.stack([torch.exp(-2 * d) for d in d2]).mean().log()
+    total = cfg.coef_dec * loss_dec + cfg.coef_dyn * loss_dyn + cfg.coef_unif * loss_unif
+    if cfg.coef_onpolicy:
+        errs = []
+        for b in range(B):
+            m = M[b, 0].detach()
+            for t in range(T):  # the cell on its own memories, one-step gradients
+                pred = cell.update(m[None], x[b, t][None])[0]
+                errs.append((pred - M[b, t + 1].detach()).pow(2).mean())
+                m = pred.detach()
+        total = total + cfg.coef_onpolicy * torch.stack(errs).mean()
+    return total
+
+
+@pytest.mark.parametrize("dyn_sampled,onpolicy", [(False, 0.0), (True, 0.0), (False, 0.5)])
+def test_vectorised_smt_loss_matches_per_timestep_loop(dyn_sampled, onpolicy):
+    teacher, cell = tiny_teacher().double(), tiny_cell("mlp").double()
+    cfg = SMTConfig(future=4, gamma=0.9, coef_unif=0.01, coef_onpolicy=onpolicy)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, V, (2, 7), generator=g)
+    y = torch.where(torch.rand(2, 7, generator=g) < 0.4, x.roll(1, 1), -1)
+    dec_pos = sample_positions(y, cfg.future, 3, g)
+    dyn_pos = torch.rand(2, 7, generator=g).argsort(1)[:, :3] if dyn_sampled else None
+    unif_idx = torch.randperm(2 * 8 * 2, generator=g)[:9]
+    fast, _ = smt_loss(teacher, cell, x, y, cfg, dec_pos, dyn_pos, unif_idx)
+    slow = loop_smt_loss(teacher, cell, x, y, cfg, dec_pos, dyn_pos, unif_idx)
+    torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)
+    params = list(teacher.parameters()) + list(cell.parameters())
+    g_fast = torch.autograd.grad(fast, params, allow_unused=True)
+    g_slow = torch.autograd.grad(slow, params, allow_unused=True)
+    for a, b in zip(g_fast, g_slow):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12)
+
+
+def test_sampled_positions_have_supervised_future():
+    g = torch.Generator().manual_seed(0)
+    y = torch.full((4, 30), -1)
+    y[:, -1] = 1  # only the last output supervised: memories s >= 30 - Tf + 1 can reach it
+    pos = sample_positions(y, 5, 3, g)
+    assert pos.shape == (4, 3)
+    assert bool((pos >= 26).all()) and bool((pos <= 30).all())
+    assert all(len(set(r)) == 3 for r in pos.tolist())  # without replacement
+    assert sample_positions(y, 5, None, g).shape == (4, 31)
+
+
+def _grads(loss, module):
+    gs = torch.autograd.grad(loss, list(module.parameters()), allow_unused=True, retain_graph=True)
+    return sum(float(g.abs().sum()) for g in gs if g is not None)
+
+
+@pytest.mark.parametrize("onpolicy", [False, True])
+@pytest.mark.parametrize("trains_teacher", [True, False])
+def test_dyn_trains_teacher_flag(trains_teacher, onpolicy):
+    """Only the dynamics loss on: gradient reaches the encoder iff dyn_trains_teacher; the on-policy
+    loss never trains the teacher."""
+    teacher, cell = tiny_teacher().double(), tiny_cell("mlp").double()
+    cfg = SMTConfig(future=3, coef_dec=0.0, coef_unif=0.0, dyn_trains_teacher=trains_teacher,
+                    coef_dyn=0.0 if onpolicy else 0.1, coef_onpolicy=1.0 if onpolicy else 0.0)
+    x = torch.randint(0, V, (2, 6))
+    y = torch.randint(0, V, (2, 6))
+    loss, _ = SMT(teacher, cell, cfg).loss(x, y, torch.Generator().manual_seed(0))
+    assert _grads(loss, cell) > 0
+    assert (_grads(loss, teacher) > 0) == (trains_teacher and not onpolicy)
+
+
+def test_decoder_and_uniformity_never_train_the_cell():
+    teacher, cell = tiny_teacher().double(), tiny_cell("mlp").double()
+    cfg = SMTConfig(future=3, coef_dyn=0.0)
+    x, y = torch.randint(0, V, (2, 6)), torch.randint(0, V, (2, 6))
+    loss, _ = SMT(teacher, cell, cfg).loss(x, y, torch.Generator().manual_seed(0))
+    assert _grads(loss, teacher) > 0 and _grads(loss, cell) == 0
+
+
+def test_sync_gives_cell_the_teacher_readout_and_empty_memory():
+    teacher, cell = tiny_teacher(), tiny_cell("gru")
+    adopt_teacher(cell, teacher)
+    m = teacher.encode(torch.randint(0, V, (3, 5)))[:, -1]
+    torch.testing.assert_close(cell.readout(m), teacher.readout(m))
+    torch.testing.assert_close(cell.init_memory(3), teacher.empty_memory(3))
+
+
+def test_trainable_excludes_copied_readout():
+    teacher, cell = tiny_teacher(), tiny_cell("mlp")
+    ids = {id(p) for p in SMT(teacher, cell, SMTConfig()).trainable()}
+    assert all(id(p) not in ids for p in cell.head.parameters())
+    assert all(id(p) in ids for p in teacher.parameters())
+
+
+@pytest.mark.parametrize("kind", sorted(CELLS))
+def test_cell_teacher_mismatch_is_named(kind):
+    with pytest.raises(ValueError, match="d_mem"):
+        SMT(tiny_teacher(), tiny_cell(kind, d_mem=4, n_heads=1), SMTConfig())
+
+
+def test_input_noise_changes_only_the_dynamics_input():
+    teacher, cell = tiny_teacher().double(), tiny_cell("mlp").double()
+    x, y = torch.randint(0, V, (2, 6)), torch.randint(0, V, (2, 6))
+    pos = sample_positions(y, 3, 2, None)
+    idx = torch.arange(8)
+    clean = smt_loss(teacher, cell, x, y, SMTConfig(future=3), pos, None, idx)[1]
+    torch.manual_seed(0)
+    noisy = smt_loss(teacher, cell, x, y, SMTConfig(future=3, input_noise=0.5), pos, None, idx)[1]
+    assert noisy["loss_dec"] == clean["loss_dec"] and noisy["loss_unif"] == clean["loss_unif"]
+    assert noisy["loss_dyn"] > clean["loss_dyn"]
+
+
+def test_dyn_rel_is_the_one_step_error_relative_to_the_teachers_step():
+    teacher, cell = tiny_teacher().double(), tiny_cell("mlp").double()
+    x, y = torch.randint(0, V, (3, 7)), torch.randint(0, V, (3, 7))
+    _, m = smt_loss(teacher, cell, x, y, SMTConfig(future=3), sample_positions(y, 3, 2, None), None, torch.arange(8))
+    with torch.no_grad():
+        M = teacher.encode(x)  # (B, S, Z)
+        err = (cell.update(M[:, :-1].reshape(-1, M.shape[-1]), x.reshape(-1)) - M[:, 1:].reshape(-1, M.shape[-1])).pow(2).mean()
+        step = (M[:, 1:] - M[:, :-1]).pow(2).mean()
+    torch.testing.assert_close(m["loss_dyn"], err)
+    torch.testing.assert_close(m["dyn_rel"], err / step)
+
+
+def test_last_input_probe_trains_teacher_and_probe_not_cell():
+    teacher, cell = tiny_teacher().double(), tiny_cell("mlp").double()
+    smt = SMT(teacher, cell, SMTConfig(future=3, coef_last_input=0.5, coef_dec=0, coef_dyn=0, coef_unif=0)).double()
+    x, y = torch.randint(0, V, (3, 6)), torch.randint(0, V, (3, 6))
+    loss, m = smt.loss(x, y, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        M = teacher.encode(x)
+        want = torch.nn.functional.cross_entropy(smt.last_input_head(M[:, 1:].reshape(-1, M.shape[-1])), x.reshape(-1))
+    torch.testing.assert_close(m["loss_last_input"], want)
+    torch.testing.assert_close(loss, 0.5 * want)
+    loss.backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in cell.parameters())
+    assert smt.last_input_head.weight.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in teacher.parameters())
+    assert any(p is smt.last_input_head.weight for p in smt.trainable())
+    assert SMT(tiny_teacher(), tiny_cell("mlp"), SMTConfig()).last_input_head is None
