@@ -20,7 +20,7 @@ import torch
 
 from common import md_table, median, training_update, write_results
 from memtrain.training.checkpoint import list_checkpoints, read_checkpoint, save_checkpoint
-from memtrain.training.config import to_dict
+from memtrain.fields import to_dict
 from memtrain.presets import PRESETS, preset_config
 from memtrain.training.resume import optimizer_state, rng_state
 from memtrain.training.trainer import build

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from memtrain.models.cells import CellConfig, build_cell
-from memtrain.training.config import from_dict, parse_value
+from memtrain.fields import from_dict, parse_value
 from memtrain.runs import load_run
 
 p = argparse.ArgumentParser()

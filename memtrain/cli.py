@@ -72,14 +72,14 @@ def cmd_presets(args) -> None:
 
 
 def cmd_config(args) -> None:
-    from .training.config import to_dict
+    from .fields import to_dict
     from .presets import preset_config
 
     print(json.dumps(to_dict(preset_config(args.preset, args.overrides)), indent=1))
 
 
 def cmd_prepare(args) -> None:
-    from .training.config import parse_value
+    from .fields import parse_value
     from .data.prepare import prepare
 
     options = {}

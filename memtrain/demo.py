@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from .training.checkpoint import write_file
-from .training.config import RunConfig, apply_overrides, to_dict
+from .fields import to_dict
+from .training.config import RunConfig, apply_overrides
 from .presets import PRESETS
 from .training import distributed
 from .training.trainer import build, pick_device, train

@@ -5,7 +5,8 @@ import torch
 
 from .models.cells import build_cell
 from .training.checkpoint import load_module, read_run
-from .training.config import RunConfig, from_dict
+from .fields import from_dict
+from .training.config import RunConfig
 from .methods.evaluate import evaluate
 from .data.tasks import build_task, sample_eval
 from .models.teacher import Teacher

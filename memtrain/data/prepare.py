@@ -28,7 +28,7 @@ from .text import STORY_SEPARATOR
 
 FORMAT, VERSION, META = "memtrain-prepared", 1, "meta.json"
 KINDS = ("text", "pixels")
-# option -> (type, default). Types are checked with config.coerce, so CLI strings like size=14 work.
+# option -> (type, default). Types are checked with fields.coerce, so CLI strings like size=14 work.
 TEXT_OPTIONS = {"val_fraction": (float, 0.05), "limit_bytes": (int | None, None)}
 TEXT_SOURCE_OPTIONS = {
     "file": {"path": (str, "")},
@@ -63,7 +63,7 @@ def option_specs(kind: str, source: str) -> dict:
 def resolve_options(kind: str, source: str, options: dict) -> dict:
     """Typed options with their defaults filled in (what meta.json records and compares), or a
     ValueError naming the unknown or bad option."""
-    from ..training.config import coerce
+    from ..fields import coerce
 
     specs = option_specs(kind, source)
     unknown = sorted(set(options) - set(specs))

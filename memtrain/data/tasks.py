@@ -436,7 +436,7 @@ TASKS: dict[str, type] = {
 def build_task(name: str, **params):
     if name not in TASKS:
         raise ValueError(f"task must be one of {sorted(TASKS)}, got {name!r}")
-    from ..training.config import coerce
+    from ..fields import coerce
 
     cls = TASKS[name]
     hints = typing.get_type_hints(cls)

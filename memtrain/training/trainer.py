@@ -30,7 +30,8 @@ from ..methods.bptt import BPTT
 from ..models.cells import build_cell, check_compatible
 from . import distributed
 from .checkpoint import META, checkpoint_dir, list_checkpoints, load_module, read_run, remove_partial, save_checkpoint, save_run
-from .config import RunConfig, from_dict, to_dict
+from ..fields import from_dict, to_dict
+from .config import RunConfig
 from ..methods.dmt import DMT
 from ..methods.evaluate import drift_at, evaluate
 from .resume import (config_differences, find_resume, load_optimizer_state, optimizer_state, rng_state,

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from memtrain.models.cells import CellConfig, build_cell
 from memtrain.training.checkpoint import FORMAT, META, STATE, VERSION, WEIGHTS, load_module, read_run
-from memtrain.training.config import RunConfig, from_dict, to_dict
+from memtrain.fields import from_dict, to_dict
+from memtrain.training.config import RunConfig
 from memtrain.presets import preset_config
 from memtrain.runs import evaluate_run, load_run
 from memtrain.training.trainer import train

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from memtrain.training.config import RunConfig, TrainConfig, apply_overrides, from_dict, parse_value, to_dict
+from memtrain.fields import from_dict, parse_value, to_dict
+from memtrain.training.config import RunConfig, TrainConfig, apply_overrides
 from memtrain.training.resume import flatten
 from memtrain.presets import PRESETS, preset_config
 
