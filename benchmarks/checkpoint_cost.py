@@ -23,7 +23,7 @@ from memtrain.training.checkpoint import list_checkpoints, read_checkpoint, save
 from memtrain.fields import to_dict
 from memtrain.presets import PRESETS, preset_config
 from memtrain.training.resume import optimizer_state, rng_state
-from memtrain.training.trainer import build
+from memtrain.training.build import build
 
 
 def networks(preset: str, vocab: int):

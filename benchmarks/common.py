@@ -11,10 +11,11 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
+
+from memtrain.io import atomic_write
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -27,38 +28,24 @@ def machine() -> dict:
             "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])}
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_results(name: str, data: dict, table: str, figure=None, results: str | Path | None = None) -> list[Path]:
     """Write NAME.json, NAME.md and (when a matplotlib figure is given) NAME.png; returns the paths."""
     out = Path(results) if results else RESULTS
     data = {"benchmark": name, "machine": machine(), **data}
     paths = [out / f"{name}.json", out / f"{name}.md"]
-    _atomic_write(paths[0], (json.dumps(data, indent=1) + "\n").encode())
-    _atomic_write(paths[1], (f"<!-- written by benchmarks/{data['machine']['command']} -->\n"
-                             f"{table}\n").encode())
+    out.mkdir(parents=True, exist_ok=True)
+    # memtrain's atomic writer: a temporary name in the same folder, fsync, rename; on any failure nothing
+    # is left behind. The file is made by open(), so its mode is 0o666 & ~umask: results are shared.
+    atomic_write(paths[0], (json.dumps(data, indent=1) + "\n").encode())
+    atomic_write(paths[1], (f"<!-- written by benchmarks/{data['machine']['command']} -->\n"
+                            f"{table}\n").encode())
     if figure is not None:
         import io
 
         buf = io.BytesIO()
         figure.savefig(buf, format="png", dpi=110, bbox_inches="tight")
         paths.append(out / f"{name}.png")
-        _atomic_write(paths[-1], buf.getvalue())
+        atomic_write(paths[-1], buf.getvalue())
     for p in paths:
         print(f"wrote {p}")
     return paths

@@ -1,7 +1,7 @@
 """Does `train.compile=true` help? Time per training update with the cell step and the teacher encoder
 compiled by torch.compile (inductor) against eager PyTorch, for SMT, DMT and BPTT, same sizes.
 
-Only the two functions are compiled (`memtrain.training.trainer.compile_networks`); loops over time stay in
+Only the two functions are compiled (`memtrain.training.build.compile_networks`); loops over time stay in
 Python. Compilation happens in the untimed warm-up (its seconds are reported separately), then the
 eager and compiled updates are timed in interleaved rounds on the same batch; medians and ratios.
 
@@ -17,7 +17,7 @@ import torch
 from common import md_table, median, pyplot, training_update, write_results
 from memtrain.methods.dmt import DMT
 from memtrain.presets import preset_config
-from memtrain.training.trainer import build, compile_networks
+from memtrain.training.build import build, compile_networks
 
 
 def make(method: str, cell: str, length: int, batch: int, compiled: bool):

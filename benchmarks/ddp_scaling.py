@@ -29,7 +29,7 @@ def port() -> int:
 
 def run(procs: int, threads: int, a, out: Path) -> dict:
     settings = ["train", "--preset", a.preset, "--quiet", f"train.steps={a.steps}", f"train.threads={threads}",
-                f"train.device={a.device}", "train.eval_every=100000", "train.ckpt_every=0", f"out_dir={out}",
+                f"train.device={a.device}", "train.eval_every=100000", "train.ckpt_every=null", f"out_dir={out}",
                 *a.overrides]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
     if procs == 1:

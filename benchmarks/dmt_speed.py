@@ -28,7 +28,7 @@ from common import md_table, median, pyplot, training_update, write_results
 from smt_throughput import B, D, DEC_DEPTH, ENC_DEPTH, HEADS, K, N_SYMBOLS, RNN_DEPTH, TC, TF, VOCAB, load_authors
 from memtrain.presets import preset_config
 from memtrain.data.tasks import build_task
-from memtrain.training.trainer import build
+from memtrain.training.build import build
 
 
 def batch(length: int, gen):

@@ -14,7 +14,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from common import md_table, median, pyplot, write_results
 from memtrain.presets import preset_config
-from memtrain.training.trainer import build
+from memtrain.training.build import build
 
 
 def main() -> None:

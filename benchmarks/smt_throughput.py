@@ -187,7 +187,7 @@ def memtrain_runner(name, dec_samples, dyn_samples, device, gen) -> tuple[Runner
     return r, sizes
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--authors-src", default="third_party/smt/src", help="folder holding the authors' model.py")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
@@ -203,16 +203,12 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", default=None, help="folder for smt_throughput.{json,md,png} (default benchmarks/results)")
-    a = p.parse_args(argv)
+    return p.parse_args(argv)
 
-    torch.set_num_threads(a.threads)
-    torch.manual_seed(a.seed)
-    device = torch.device(a.device)
-    gen = torch.Generator().manual_seed(a.seed)
-    load0 = os.getloadavg()
 
+def make_runners(a, am, device, gen) -> tuple[list[Runner], dict]:
+    """The authors' variants (when their code is there), then memtrain's; -> (runners, sizes by name)."""
     runners, sizes = [], {}
-    am = load_authors(a.authors_src)
     if am is not None:
         for dh in [None] + ([a.authors_dim_head] if a.authors_dim_head else []):
             r, sizes_r = authors_runner(am, device, gen, dh)
@@ -223,10 +219,13 @@ def main(argv=None) -> int:
         r, sizes_r = memtrain_runner(name, ds, None, device, gen)
         runners.append(r)
         sizes[r.name] = sizes_r
+    return runners, sizes
 
-    # warmup, then calibrate updates per block so that every block lasts >= min_block seconds
+
+def warm_up(runners: list[Runner], sizes: dict, warmup: int, min_block: float) -> None:
+    """Untimed updates, then calibrate updates per block so that every block lasts >= min_block seconds."""
     for r in runners:
-        for _ in range(max(1, a.warmup)):
+        for _ in range(max(1, warmup)):
             r.sync()
             t0 = time.perf_counter()
             loss = r.update()
@@ -235,49 +234,60 @@ def main(argv=None) -> int:
         if not torch.isfinite(loss):
             print(f"warning: {r.name} loss is {loss.item()} (timing is still valid)")
         sizes[r.name]["trained_params"] = r.trained_params()
-        r.iters = max(1, int(a.min_block / max(per, 1e-6) + 0.999))
+        r.iters = max(1, int(min_block / max(per, 1e-6) + 0.999))
 
-    print(f"timing {len(runners)} methods x {a.repeats} interleaved blocks "
-          f"({', '.join(f'{r.iters} upd/block' for r in runners)}), threads={a.threads}, device={device}", flush=True)
-    for rep in range(a.repeats):
+
+def time_interleaved(runners: list[Runner], repeats: int) -> None:
+    """Every repeat runs each method's block once, in an order rotated by one each repeat."""
+    for rep in range(repeats):
         k = rep % len(runners)
         for r in runners[k:] + runners[:k]:  # rotate the order each repeat
             r.times.append(r.block(r.iters))
-    load1 = os.getloadavg()
 
+
+def result_rows(runners: list[Runner], sizes: dict) -> list[dict]:
     rows = []
     for r in runners:
         med = statistics.median(r.times)
         rows.append({"method": r.name, "median_s_per_update": med, "min_s_per_update": min(r.times),
                      "times_s_per_update": r.times, "updates_per_block": r.iters, "labels_per_update": r.labels,
                      "labels_per_s": r.labels / med, "sizes": sizes[r.name]})
+    return rows
 
+
+def ratios_to_authors(ours_rows: list[dict], authors_rows: list[dict]) -> dict:
+    """Print and return the labels/s ratios of every memtrain variant to every authors' variant."""
+    ratios = {}
+    print("\nratio of labels/s, memtrain / authors (same process, interleaved blocks). 'of medians' is the headline;"
+          "\n'per-repeat' pairs blocks of the same repeat (robust to load that drifts between repeats); 'of minima'"
+          "\nuses each method's fastest block (other jobs only ever add time):")
+    print("| memtrain variant | authors variant | of medians | per-repeat (median) | of minima | s/update ratio (medians) |")
+    print("|---|---|---:|---:|---:|---:|")
+    for row in ours_rows:
+        ratios[row["method"]] = {}
+        for b in authors_rows:
+            r = {"of_medians": row["labels_per_s"] / b["labels_per_s"],
+                 "median_of_per_repeat": statistics.median(
+                     (row["labels_per_update"] / t) / (b["labels_per_update"] / tb)
+                     for t, tb in zip(row["times_s_per_update"], b["times_s_per_update"])),
+                 "of_minima": (row["labels_per_update"] / row["min_s_per_update"]) / (b["labels_per_update"] / b["min_s_per_update"]),
+                 "s_per_update_of_medians": row["median_s_per_update"] / b["median_s_per_update"]}
+            ratios[row["method"]][b["method"]] = r
+            print(f"| {row['method']} | {b['method']} | {r['of_medians']:.0f}x | {r['median_of_per_repeat']:.0f}x "
+                  f"| {r['of_minima']:.0f}x | {r['s_per_update_of_medians']:.1f}x |")
+    return ratios
+
+
+def print_tables(rows: list[dict], sizes: dict, a, load0, load1) -> dict:
+    """Throughput, the ratios (when the authors' code ran), parameters and the setting; -> the ratios."""
     print("\n| method | median s/update | labels/update | labels/s |")
     print("|---|---:|---:|---:|")
     for row in rows:
         print(f"| {row['method']} | {row['median_s_per_update']:.4f} | {row['labels_per_update']} | {row['labels_per_s']:,.0f} |")
 
-    ratios = {}
     authors_rows = [row for row in rows if row["method"].startswith("authors")]
     ours_rows = [row for row in rows if not row["method"].startswith("authors")]
-    if authors_rows:
-        print("\nratio of labels/s, memtrain / authors (same process, interleaved blocks). 'of medians' is the headline;"
-              "\n'per-repeat' pairs blocks of the same repeat (robust to load that drifts between repeats); 'of minima'"
-              "\nuses each method's fastest block (other jobs only ever add time):")
-        print("| memtrain variant | authors variant | of medians | per-repeat (median) | of minima | s/update ratio (medians) |")
-        print("|---|---|---:|---:|---:|---:|")
-        for row in ours_rows:
-            ratios[row["method"]] = {}
-            for b in authors_rows:
-                r = {"of_medians": row["labels_per_s"] / b["labels_per_s"],
-                     "median_of_per_repeat": statistics.median(
-                         (row["labels_per_update"] / t) / (b["labels_per_update"] / tb)
-                         for t, tb in zip(row["times_s_per_update"], b["times_s_per_update"])),
-                     "of_minima": (row["labels_per_update"] / row["min_s_per_update"]) / (b["labels_per_update"] / b["min_s_per_update"]),
-                     "s_per_update_of_medians": row["median_s_per_update"] / b["median_s_per_update"]}
-                ratios[row["method"]][b["method"]] = r
-                print(f"| {row['method']} | {b['method']} | {r['of_medians']:.0f}x | {r['median_of_per_repeat']:.0f}x "
-                      f"| {r['of_minima']:.0f}x | {r['s_per_update_of_medians']:.1f}x |")
+    ratios = ratios_to_authors(ours_rows, authors_rows) if authors_rows else {}
 
     print("\nparameters (authors: the RNN's own decoder+to_logits gets no gradient from forward_smt;"
           " memtrain: the cell's readout head and m_init are copies of the teacher's, not trained):")
@@ -294,7 +304,11 @@ def main(argv=None) -> int:
     print(f"load average before/after: {load0[0]:.2f} / {load1[0]:.2f} on {os.cpu_count()} CPUs. The machine may be"
           " busy with other jobs: absolute times can be inflated, but the methods run in interleaved blocks in"
           " the same process, so the ratio is the meaningful number.")
+    return ratios
 
+
+def save_results(a, device, am, rows: list[dict], ratios: dict, load0, load1) -> None:
+    """smt_throughput.{json,md,png}: every figure and the setting, the table, a bar chart."""
     result = {"setting": {"B": B, "d_model": D, "mem_tokens": K, "Z": K * D, "n_heads": HEADS, "encoder_depth": ENC_DEPTH,
                           "rnn_depth": RNN_DEPTH, "decoder_depth": DEC_DEPTH, "Tc": TC, "Tf": TF, "vocab": VOCAB,
                           "dtype": "float32", "device": str(device), "threads": a.threads, "repeats": a.repeats,
@@ -302,6 +316,7 @@ def main(argv=None) -> int:
               "authors_code": str(Path(a.authors_src) / "model.py") if am is not None else None,
               "results": rows, "ratios_labels_per_s_memtrain_over_authors": ratios,
               "loadavg_before_after": [load0[0], load1[0]]}
+    authors_rows = [row for row in rows if row["method"].startswith("authors")]
     head = authors_rows[0] if authors_rows else None
     table = md_table(["method", "median s/update", "labels/update", "labels/s", "x authors (unmodified)"],
                      [[r["method"], r["median_s_per_update"], r["labels_per_update"], round(r["labels_per_s"]),
@@ -314,6 +329,27 @@ def main(argv=None) -> int:
     ax.set_xscale("log")
     ax.set_xlabel("memory-transition labels per second (log)")
     write_results("smt_throughput", result, table, fig, a.results)
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    device = torch.device(a.device)
+    gen = torch.Generator().manual_seed(a.seed)
+    load0 = os.getloadavg()
+
+    am = load_authors(a.authors_src)
+    runners, sizes = make_runners(a, am, device, gen)
+    warm_up(runners, sizes, a.warmup, a.min_block)
+    print(f"timing {len(runners)} methods x {a.repeats} interleaved blocks "
+          f"({', '.join(f'{r.iters} upd/block' for r in runners)}), threads={a.threads}, device={device}", flush=True)
+    time_interleaved(runners, a.repeats)
+    load1 = os.getloadavg()
+
+    rows = result_rows(runners, sizes)
+    ratios = print_tables(rows, sizes, a, load0, load1)
+    save_results(a, device, am, rows, ratios, load0, load1)
     return 0
 
 

@@ -16,7 +16,7 @@ import torch
 
 from common import md_table, median, pyplot, training_update, write_results
 from memtrain.presets import preset_config
-from memtrain.training.trainer import build
+from memtrain.training.build import build
 
 
 def make(method: str, length: int, cell: str, batch: int):

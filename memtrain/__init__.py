@@ -1,20 +1,23 @@
 """memtrain: train nonlinear RNNs without backpropagation through time (SMT and DMT, Kumar & Isola
 2026), with BPTT baselines."""
 from .methods.bptt import BPTT, BPTTConfig
-from .models.cells import CELLS, Cell, CellConfig, adopt_teacher, build_cell
+from .models.cells import CELLS, Cell, CellConfig, build_cell
 from .training.config import RunConfig, TrainConfig, apply_overrides
 from .methods.dmt import DMT, DMTConfig
 from .methods.evaluate import evaluate
 from .data.prepare import load_prepared, prepare
 from .methods.rollout import rollout
 from .sample import generate, sample_run, start_memory
-from .methods.smt import SMT, SMTConfig
+from .methods import METHODS, Method, register
+from .methods.smt import SMT, SMTConfig, adopt_teacher
 from .data.tasks import TASKS, build_task
 from .models.teacher import Teacher, TeacherConfig
-from .training.trainer import TrainingError, build, train
+from .runs import evaluate_run, load_run
+from .training.build import build
+from .training.trainer import TrainingError, train
 
 __version__ = "0.1.0"
 __all__ = ["BPTT", "BPTTConfig", "CELLS", "Cell", "CellConfig", "adopt_teacher", "build_cell", "RunConfig",
            "TrainConfig", "apply_overrides", "DMT", "DMTConfig", "evaluate", "rollout", "SMT", "SMTConfig",
            "TASKS", "build_task", "Teacher", "TeacherConfig", "build", "train", "TrainingError", "prepare", "load_prepared", "generate",
-           "sample_run", "start_memory"]
+           "sample_run", "start_memory", "METHODS", "Method", "register", "load_run", "evaluate_run"]

@@ -107,13 +107,19 @@ def cmd_sample(args) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from .fields import settings_help
+    from .training.config import RunConfig  # memtrain/__init__ has imported the configuration modules already
+
+    settings = settings_help(RunConfig, "settings (`memtrain config` prints the values a run would use):")
     p = argparse.ArgumentParser(prog="memtrain", description="Train RNNs without backpropagation through time (SMT/DMT) and compare with BPTT.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train one run (smt, dmt or bptt)")
+    t = sub.add_parser("train", help="train one run (smt, dmt or bptt)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=settings)
     t.add_argument("--preset", default=None, help="start from a preset (see `memtrain presets`)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    t.add_argument("overrides", nargs="*", help="settings as key=value, e.g. method=bptt cell.kind=gru train.steps=200 out_dir=runs/x")
+    t.add_argument("overrides", nargs="*", help="settings as key=value, e.g. method=bptt cell.kind=gru train.steps=200 "
+                                                "out_dir=runs/x; every setting is listed below (`memtrain train --help`)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a finished run")
@@ -139,9 +145,11 @@ def make_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     sub.add_parser("presets", help="list presets").set_defaults(func=cmd_presets)
-    c = sub.add_parser("config", help="print the resolved configuration")
+    c = sub.add_parser("config", help="print the resolved configuration",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=settings)
     c.add_argument("--preset", default=None)
-    c.add_argument("overrides", nargs="*")
+    c.add_argument("overrides", nargs="*", help="settings as key=value; every setting is listed below "
+                                                "(as in `memtrain train --help`)")
     c.set_defaults(func=cmd_config)
 
     r = sub.add_parser("prepare", help="prepare a data set once into token files (text or pixels)",

@@ -3,15 +3,15 @@ then one table. `memtrain demo` runs it on the embedded default (retrieval, no d
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
-from .training.checkpoint import write_file
+from .io import atomic_write, json_bytes
 from .fields import to_dict
 from .training.config import RunConfig, apply_overrides
 from .presets import PRESETS
 from .training import distributed
-from .training.trainer import build, pick_device, train
+from .training.build import build, pick_device
+from .training.trainer import train
 
 def compare(out_dir: str, overrides: list[str] = (), smt_steps: int = 900, dmt_steps: int = 600,
             dmt_lr: float = 1e-4, bptt_seconds: float | None = None, smt_seconds: float | None = None,
@@ -53,7 +53,7 @@ def compare(out_dir: str, overrides: list[str] = (), smt_steps: int = 900, dmt_s
             {"method": "SMT -> DMT", **_row(dmt, extra_seconds=smt["train_seconds"], extra_steps=smt["steps"])},
             {"method": "BPTT", **_row(bptt)},
         ]
-        write_file(out / "compare.json", json.dumps({"rows": rows, "config": to_dict(smt_cfg)}, indent=1).encode())
+        atomic_write(out / "compare.json", json_bytes({"rows": rows, "config": to_dict(smt_cfg)}))
         return rows
     finally:
         distributed.teardown(world)

@@ -7,13 +7,14 @@ from .training.config import RunConfig, apply_overrides
 # one-pass causal encoder with token shift (learns retrieval ~2x sooner, EXPERIMENTS.md section 1).
 # Cell: residual MLP. SMT decodes 8 memories per sequence, 32 outputs ahead, and asks every memory to
 # keep its last input (smt.coef_last_input: makes the memories Markov sooner, EXPERIMENTS.md section 7).
+# The cell's memory shape and readout follow the teacher's (training/build.py: resolve).
 _SMALL = ["teacher.d_model=64", "teacher.mem_tokens=4", "teacher.n_heads=4", "teacher.encoder_depth=2",
-          "teacher.decoder_depth=1", "teacher.token_shift=true", "cell.d_mem=64", "cell.mem_tokens=4",
-          "cell.n_heads=4", "cell.readout_depth=1", "smt.future=32", "smt.dec_samples=8", "smt.coef_last_input=0.1"]
+          "teacher.decoder_depth=1", "teacher.token_shift=true", "smt.future=32", "smt.dec_samples=8",
+          "smt.coef_last_input=0.1"]
 
 _PAPER = ["method=smt", "teacher.d_model=256", "teacher.mem_tokens=16", "teacher.n_heads=8", "teacher.encoder_depth=8",
-          "teacher.decoder_depth=4", "teacher.window=256", "cell.kind=memtok", "cell.d_mem=256", "cell.mem_tokens=16",
-          "cell.n_heads=8", "cell.depth=8", "cell.readout_depth=4", "smt.future=64", "smt.dec_samples=32",
+          "teacher.decoder_depth=4", "teacher.window=256", "cell.kind=memtok", "cell.depth=8", "smt.future=64",
+          "smt.dec_samples=32",
           "train.lr=3e-4", "train.batch_size=128", "train.steps=150000", "train.warmup=1000", "train.schedule=cosine",
           "train.eval_every=2000"]
 
@@ -36,7 +37,7 @@ PRESETS: dict[str, tuple[str, list[str]]] = {
         "task=prepared", 'task_args={"path": "data/tinystories", "length": 320}']),
     "tiny": ("a few seconds on a CPU: for smoke tests", [
         "teacher.d_model=16", "teacher.mem_tokens=2", "teacher.n_heads=2", "teacher.encoder_depth=1", "teacher.decoder_depth=1",
-        "cell.d_mem=16", "cell.mem_tokens=2", "cell.n_heads=2", "cell.readout_depth=1", "cell.depth=1",
+        "cell.depth=1",
         'task_args={"length": 12}', "smt.future=8", "smt.dec_samples=4", "smt.unif_samples=16",
         "train.steps=5", "train.eval_every=5", "train.eval_batch=16", "train.batch_size=4", "train.warmup=0"]),
 }

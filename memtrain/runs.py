@@ -3,25 +3,23 @@ from __future__ import annotations
 
 import torch
 
-from .models.cells import build_cell
-from .training.checkpoint import load_module, read_run
-from .fields import from_dict
-from .training.config import RunConfig
-from .methods.evaluate import evaluate
 from .data.tasks import build_task, sample_eval
-from .models.teacher import Teacher
+from .fields import from_dict
+from .io import load_module
+from .methods.evaluate import evaluate
+from .training.build import networks, saved_config
+from .training.checkpoint import read_run
+from .training.config import RunConfig
 
 
 def load_run(run_dir: str, device: str = "cpu"):
     """-> (config, task, teacher or None, cell), weights loaded, in eval mode."""
     meta, tensors = read_run(run_dir)
-    cfg = from_dict(RunConfig, meta["config"])
+    cfg = from_dict(RunConfig, saved_config(meta))
     task = build_task(cfg.task, **cfg.task_args)
-    cell = build_cell(cfg.cell)
+    teacher, cell = networks(cfg, with_teacher="teacher" in meta["modules"])
     load_module(cell, tensors, "cell", run_dir)
-    teacher = None
-    if "teacher" in meta["modules"]:
-        teacher = Teacher(cfg.teacher)
+    if teacher is not None:
         load_module(teacher, tensors, "teacher", run_dir)
         teacher.to(device).eval()
     return cfg, task, teacher, cell.to(device).eval()

@@ -16,11 +16,11 @@ Legend: B batch, P prompt length, N generated tokens, Z memory size, V vocabular
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
+from .io import atomic_write
 from .models.cells import Cell
 from .models.teacher import Teacher
 
@@ -81,13 +81,7 @@ def save_state(path: str | Path, m: torch.Tensor, gen: torch.Generator | None = 
     if gen is not None:
         tensors["generator"] = gen.get_state()
     meta = {"format": STATE_FORMAT, "info": json.dumps(info or {})}
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(save(tensors, metadata=meta))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, save(tensors, metadata=meta))
 
 
 def load_state(path: str | Path, mem_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None, dict]:

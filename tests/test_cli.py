@@ -267,7 +267,7 @@ def test_short_training_token_file_writes_nothing(tmp_path, capsys):
     long.write_bytes(b"the quick brown fox jumps over the lazy dog. " * 20)
     out = tmp_path / "out"
     rc = main(["train", "--preset", "tiny", "--quiet", "task=tokens", f"task_args.path={short}",
-               f"task_args.eval_path={long}", "task_args.length=32", f"out_dir={out}"])
+               f"task_args.val_path={long}", "task_args.length=32", f"out_dir={out}"])
     cap = capsys.readouterr()
     _assert_clean_error(rc, cap.out, cap.err, ["path holds 28 tokens", "length+1=33"], out)
 

@@ -86,4 +86,4 @@ def test_bad_state_files_are_refused(tmp_path):
     save_state(tmp_path / "ok.safetensors", torch.zeros(1, 4))
     with pytest.raises(ValueError, match="memory size"):
         load_state(tmp_path / "ok.safetensors", mem_size=8)
-    assert not (tmp_path / "ok.safetensors.tmp").exists()
+    assert {p.name for p in tmp_path.iterdir()} == {"junk", "foreign.safetensors", "ok.safetensors"}, "no temporary file left"

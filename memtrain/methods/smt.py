@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..models.cells import Cell, adopt_teacher, check_compatible
+from ..models.cells import Cell, check_compatible
+from .base import Method
 from .losses import masked_ce, uniformity, upcast
 from .rollout import onpolicy_states
 from ..models.teacher import Teacher
@@ -24,6 +25,7 @@ from ..models.teacher import Teacher
 
 @dataclass
 class SMTConfig:
+    """Supervised Memory Training: teacher and cell jointly, every transition in one pass."""
     future: int = 32  # Tf: outputs the decoder predicts from each memory
     gamma: float = 1.0  # weight gamma^i on the i-th future output
     coef_dec: float = 1.0
@@ -161,25 +163,22 @@ def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_po
     return loss, metrics
 
 
-class SMT(nn.Module):
-    """Method wrapper: trains teacher and cell jointly; `loss(x, y, gen)` -> (loss, metrics)."""
+class SMT(Method):
+    """Trains teacher and cell jointly; the cell's readout and start memory are the teacher's copies."""
+
+    name, config_class, needs_teacher = "smt", SMTConfig, True
 
     def __init__(self, teacher: Teacher, cell: Cell, cfg: SMTConfig):
-        super().__init__()
-        cfg.validate()
-        check_compatible(cell, teacher)
-        self.teacher, self.cell, self.cfg = teacher, cell, cfg
+        super().__init__(teacher, cell, cfg)
+        check_compatible(cell.cfg, teacher.cfg)
         # a training-time probe, not part of the teacher or the RNN (not saved with the run)
         self.last_input_head = nn.Linear(teacher.cfg.mem_size, teacher.cfg.vocab_size) if cfg.coef_last_input > 0 else None
 
     def trainable(self):
-        # the cell's readout head and start memory are copies of the teacher's (see `sync`)
+        # the cell's readout head and start memory are copies of the teacher's (see `before_eval`)
         skip = {id(p) for p in self.cell.head.parameters()} | {id(self.cell.m_init)}
         probe = list(self.last_input_head.parameters()) if self.last_input_head is not None else []
         return list(self.teacher.parameters()) + [p for p in self.cell.parameters() if id(p) not in skip] + probe
-
-    def forward(self, x, y, gen=None):  # what DistributedDataParallel calls
-        return self.loss(x, y, gen)
 
     def loss(self, x, y, gen=None):
         B, T = x.shape
@@ -193,6 +192,18 @@ class SMT(nn.Module):
         unif_idx = torch.randperm(n_tok, generator=gen)[: cfg.unif_samples].to(x.device)
         return smt_loss(self.teacher, self.cell, x, y, cfg, dec_pos, dyn_pos, unif_idx, self.last_input_head)
 
-    def sync(self):
+    def before_eval(self):
         """Before the cell runs alone: give it the teacher's readout and m_empty."""
         adopt_teacher(self.cell, self.teacher)
+
+    def sequential_steps(self, T: int) -> int:
+        return 1  # every transition of every sequence in one pass
+
+
+@torch.no_grad()
+def adopt_teacher(cell: Cell, teacher: Teacher) -> None:
+    """The explicit step that gives the RNN its readout and start: copy the teacher decoder into the
+    cell's readout head and the teacher's m_empty into the cell's initial memory."""
+    check_compatible(cell.cfg, teacher.cfg)
+    cell.head.load_state_dict(teacher.decoder.state_dict())
+    cell.m_init.copy_(teacher.empty_memory(1)[0])

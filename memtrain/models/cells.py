@@ -5,7 +5,7 @@
     readout(m)     -> (B, V)        logits for y_t from m_t
 
 The readout is a `MemoryDecoder` of the teacher's shape reading the K memory tokens; after SMT it holds
-a copy of the teacher decoder (`adopt_teacher`), so the RNN's prediction is exactly the teacher's
+a copy of the teacher decoder (`methods.smt.adopt_teacher`), so the RNN's prediction is exactly the teacher's
 first-step prediction from the same memory. With `norm_memory` (default) every new memory is RMS
 normalised per token (no parameters), so cell memories live where teacher memories live.
 
@@ -13,44 +13,62 @@ Legend: B batch, K memory tokens, D token width, Z = K*D, E input embedding widt
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import Block, init_weights, rms_normalize, rotary
-from .teacher import MemoryDecoder, Teacher
+from .layers import Block, MemoryDecoder, init_weights, rms_normalize, rotary
+
+
+# the memory shape of a cell built on its own (a run fills these from the teacher section, so that one
+# set of numbers shapes both; see training/build.py)
+STANDALONE = {"mem_tokens": 4, "d_mem": 64, "n_heads": 4, "readout_depth": 1}
+RESIDUAL_KINDS = ("mlp", "memtok")  # the cells with a residual form in m
 
 
 @dataclass
 class CellConfig:
-    kind: str = "mlp"  # one of CELLS
-    vocab_size: int = 0  # 0: take it from the task
-    mem_tokens: int = 4  # K
-    d_mem: int = 64  # D, width of one memory token
+    """The RNN cell (an SMT run's student, a BPTT run's network)."""
+    kind: str = "mlp"  # one of mlp, memtok, elman, gru, lstm
+    vocab_size: int | None = None  # None: the task's vocabulary
+    mem_tokens: int | None = None  # K memory tokens (None: teacher.mem_tokens)
+    d_mem: int | None = None  # D, width of one memory token (None: teacher.d_model)
     norm_memory: bool = True  # RMS-normalise each new memory token (parameter-free)
-    residual: bool = True  # mlp/memtok: m' = norm(m + f(m, x)); False: m' = norm(f(m, x))
+    residual: bool | None = None  # mlp/memtok: m' = norm(m + f(m, x)) if true, norm(f(m, x)) if false (None: true); other cells have no such option
     hidden_mult: int = 4  # mlp: hidden width = hidden_mult * Z
     depth: int = 2  # memtok: Transformer blocks
-    n_heads: int = 4  # memtok, and the readout head
-    readout_depth: int = 1  # blocks in the readout head (= teacher decoder depth)
+    n_heads: int | None = None  # attention heads of memtok and of the readout (None: teacher.n_heads)
+    readout_depth: int | None = None  # blocks in the readout head (None: teacher.decoder_depth)
 
     @property
     def mem_size(self) -> int:
         return self.mem_tokens * self.d_mem
 
+    def filled(self) -> "CellConfig":
+        """A copy with every unset shape at its standalone default and `residual` at the cell's own."""
+        unset = {k: v for k, v in STANDALONE.items() if getattr(self, k) is None}
+        if self.residual is None and self.kind in RESIDUAL_KINDS:
+            unset["residual"] = True
+        return dataclasses.replace(self, **unset)
+
     def validate(self) -> None:
         if self.kind not in CELLS:
             raise ValueError(f"cell.kind must be one of {sorted(CELLS)}, got {self.kind!r}")
-        if self.vocab_size < 0:
-            raise ValueError(f"cell.vocab_size must be >= 1 (or 0: from the task), got {self.vocab_size}")
+        if self.vocab_size is not None and self.vocab_size < 1:
+            raise ValueError(f"cell.vocab_size must be >= 1 (or null: from the task), got {self.vocab_size}")
         for name in ("mem_tokens", "d_mem", "hidden_mult", "depth", "n_heads", "readout_depth"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"cell.{name} must be >= 1, got {getattr(self, name)}")
-        if self.kind == "lstm" and self.mem_tokens % 2:
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"cell.{name} must be >= 1, got {v}")
+        if self.residual is not None and self.kind not in RESIDUAL_KINDS:
+            raise ValueError(f"cell.residual applies to the cells with a residual form ({', '.join(RESIDUAL_KINDS)}); "
+                             f"cell.kind={self.kind!r} has none: leave it null")
+        if self.kind == "lstm" and self.mem_tokens is not None and self.mem_tokens % 2:
             raise ValueError(f"cell.kind='lstm' keeps [h, c] as K/2 tokens each: cell.mem_tokens must be even, got {self.mem_tokens}")
-        if self.d_mem % self.n_heads or (self.d_mem // self.n_heads) % 2:
+        if self.d_mem is not None and self.n_heads is not None and (self.d_mem % self.n_heads or (self.d_mem // self.n_heads) % 2):
             raise ValueError(f"cell.d_mem={self.d_mem} must split into cell.n_heads={self.n_heads} heads of even width")
 
 
@@ -59,8 +77,9 @@ class Cell(nn.Module):
 
     def __init__(self, cfg: CellConfig):
         super().__init__()
+        cfg = cfg.filled()
         cfg.validate()
-        if cfg.vocab_size < 1:
+        if cfg.vocab_size is None:
             raise ValueError("cell.vocab_size must be set (>= 1) to build a cell")
         self.cfg = cfg
         self.K, self.D, self.Z = cfg.mem_tokens, cfg.d_mem, cfg.mem_size
@@ -175,21 +194,13 @@ def build_cell(cfg: CellConfig) -> Cell:
     return CELLS[cfg.kind](cfg)
 
 
-def check_compatible(cell: Cell, teacher: Teacher) -> None:
-    """Raise a clear error if the cell cannot follow this teacher's memories."""
-    c, t = cell.cfg, teacher.cfg
-    pairs = [("mem_tokens", c.mem_tokens, t.mem_tokens), ("d_mem", c.d_mem, t.d_model),
-             ("vocab_size", c.vocab_size, t.vocab_size), ("readout_depth", c.readout_depth, t.decoder_depth),
-             ("n_heads", c.n_heads, t.n_heads)]
+def check_compatible(cell: CellConfig, teacher) -> None:
+    """Raise a clear error if a cell of config `cell` cannot follow the memories of a teacher of
+    config `teacher` (a TeacherConfig): the same memory shape, vocabulary and readout shape."""
+    c = cell.filled()
+    pairs = [("mem_tokens", c.mem_tokens, teacher.mem_tokens), ("d_mem", c.d_mem, teacher.d_model),
+             ("vocab_size", c.vocab_size, teacher.vocab_size), ("readout_depth", c.readout_depth, teacher.decoder_depth),
+             ("n_heads", c.n_heads, teacher.n_heads)]
     bad = [f"cell.{n}={a} but teacher has {b}" for n, a, b in pairs if a != b]
     if bad:
         raise ValueError("cell and teacher memories do not match: " + "; ".join(bad))
-
-
-@torch.no_grad()
-def adopt_teacher(cell: Cell, teacher: Teacher) -> None:
-    """The explicit step that gives the RNN its readout and start: copy the teacher decoder into the
-    cell's readout head and the teacher's m_empty into the cell's initial memory."""
-    check_compatible(cell, teacher)
-    cell.head.load_state_dict(teacher.decoder.state_dict())
-    cell.m_init.copy_(teacher.empty_memory(1)[0])

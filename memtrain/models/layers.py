@@ -1,4 +1,4 @@
-"""Transformer parts shared by the teacher and the memory-token cell.
+"""Transformer parts shared by the teacher, the memory-token cell and every cell's readout.
 
 Legend: B batch, N tokens, H heads, Dh head width, D model width, K memory tokens, Z = K*D.
 
@@ -94,6 +94,28 @@ class Block(nn.Module):
     def forward(self, h, rot, mask=None, causal=False):
         h = h + self.attn(self.norm1(h), rot, mask=mask, causal=causal)
         return h + self.mlp(self.norm2(h))
+
+
+class MemoryDecoder(nn.Module):
+    """Causal Transformer over [K memory tokens, future input embeddings] -> logits at every position.
+    The teacher's decoder, and (as a copy) an RNN cell's readout head."""
+
+    def __init__(self, d: int, n_heads: int, depth: int, vocab_size: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(d, n_heads) for _ in range(depth))
+        self.head_dim = d // n_heads
+        self.norm = RMSNorm(d)
+        self.head = nn.Linear(d, vocab_size)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (N, L, D) -> (N, L, V)
+        rot = rotary(torch.arange(h.shape[1], device=h.device), self.head_dim, h.dtype)
+        for blk in self.blocks:
+            h = blk(h, rot, causal=True)
+        return self.head(self.norm(h))
+
+    def first_step(self, m: torch.Tensor, K: int) -> torch.Tensor:
+        """The prediction from a memory alone: (N, Z) -> (N, V) logits, output at token K-1."""
+        return self(m.view(m.shape[0], K, -1))[:, K - 1]
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:

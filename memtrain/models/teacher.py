@@ -26,14 +26,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import Block, RMSNorm, init_weights, rms_normalize, rotary
+from .layers import Block, MemoryDecoder, init_weights, rms_normalize, rotary
 
 ENCODERS = ("causal", "window")
 
 
 @dataclass
 class TeacherConfig:
-    vocab_size: int = 0  # 0: take it from the task
+    vocab_size: int | None = None  # None: the task's vocabulary
     mem_tokens: int = 4  # K
     d_model: int = 64  # D, also the width of one memory token
     n_heads: int = 4
@@ -52,8 +52,8 @@ class TeacherConfig:
             raise ValueError(f"teacher.encoder must be one of {ENCODERS}, got {self.encoder!r}")
         if self.encoder == "window" and not self.window:
             raise ValueError("teacher.encoder='window' needs teacher.window (Tc) to be set")
-        if self.vocab_size < 0:
-            raise ValueError(f"teacher.vocab_size must be >= 1 (or 0: from the task), got {self.vocab_size}")
+        if self.vocab_size is not None and self.vocab_size < 1:
+            raise ValueError(f"teacher.vocab_size must be >= 1 (or null: from the task), got {self.vocab_size}")
         for name in ("mem_tokens", "d_model", "n_heads", "encoder_depth", "decoder_depth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"teacher.{name} must be >= 1, got {getattr(self, name)}")
@@ -61,28 +61,6 @@ class TeacherConfig:
             raise ValueError(f"teacher.window must be >= 1 or None, got {self.window}")
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
             raise ValueError(f"teacher.d_model={self.d_model} must split into teacher.n_heads={self.n_heads} heads of even width")
-
-
-class MemoryDecoder(nn.Module):
-    """Causal Transformer over [K memory tokens, future input embeddings] -> logits at every position.
-    The teacher's decoder, and (as a copy) an RNN cell's readout head."""
-
-    def __init__(self, d: int, n_heads: int, depth: int, vocab_size: int):
-        super().__init__()
-        self.blocks = nn.ModuleList(Block(d, n_heads) for _ in range(depth))
-        self.head_dim = d // n_heads
-        self.norm = RMSNorm(d)
-        self.head = nn.Linear(d, vocab_size)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (N, L, D) -> (N, L, V)
-        rot = rotary(torch.arange(h.shape[1], device=h.device), self.head_dim, h.dtype)
-        for blk in self.blocks:
-            h = blk(h, rot, causal=True)
-        return self.head(self.norm(h))
-
-    def first_step(self, m: torch.Tensor, K: int) -> torch.Tensor:
-        """The prediction from a memory alone: (N, Z) -> (N, V) logits, output at token K-1."""
-        return self(m.view(m.shape[0], K, -1))[:, K - 1]
 
 
 def register_attention(q_r, k_r, v_r, k_t, v_t, allowed, K):
@@ -107,7 +85,7 @@ class Teacher(nn.Module):
     def __init__(self, cfg: TeacherConfig):
         super().__init__()
         cfg.validate()
-        if cfg.vocab_size < 1:
+        if cfg.vocab_size is None:
             raise ValueError("teacher.vocab_size must be set (>= 1) to build a teacher")
         self.cfg = cfg
         D, K = cfg.d_model, cfg.mem_tokens

@@ -9,15 +9,13 @@ Two kinds share one format (`run.json` + `model.safetensors`), so anything that 
         train_state.safetensors              optimizer tensors and random-generator states
 
 Crash safety. A final model is written weights first, then `run.json` holding the weights' SHA-256,
-each file to a temporary name, fsynced and renamed: a run killed between the two renames leaves a
-pair whose hashes disagree, which `read_run` refuses. A training checkpoint is built in a temporary
-folder and renamed into place as a whole, so a `step-*` folder is always complete; older ones are
-deleted only after the new one is in place, keeping the last `keep`.
+each file with io.atomic_write (a temporary name, fsynced and renamed): a run killed between the two
+renames leaves a pair whose hashes disagree, which `read_run` refuses. A training checkpoint is built
+in a temporary folder and renamed into place as a whole, so a `step-*` folder is always complete;
+older ones are deleted only after the new one is in place, keeping the last `keep`.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import shutil
@@ -25,6 +23,9 @@ import zipfile
 from pathlib import Path
 
 import torch
+
+from ..io import atomic_write, fsync_dir, json_bytes, read_json, sha256
+
 
 FORMAT = "memtrain-run"
 VERSION = 2  # 2: run.json holds the SHA-256 of every tensor file; version 1 (no hashes) still reads
@@ -35,43 +36,6 @@ _STEP_DIR = re.compile(r"^step-(\d{8,})$")
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
 PICKLE_WHY = ("memtrain never loads pickles: unpickling runs whatever code the file names, so a "
               "checkpoint from an untrusted source could take over the machine")
-
-
-# ---- atomic files ---------------------------------------------------------------------------------
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside `path` durable (no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_file(path: Path, data: bytes, atomic: bool = True) -> None:
-    """Write bytes and fsync them; with `atomic`, via a temporary name renamed over `path`."""
-    tmp = path.with_name(path.name + ".tmp") if atomic else path
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if atomic:
-            os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # e.g. the disk is full: leave nothing half-written behind
-        raise
-    if atomic:
-        fsync_dir(path.parent)
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 # ---- what goes in -----------------------------------------------------------------------------------
@@ -102,7 +66,7 @@ def _meta(config: dict, modules: dict, files: dict, extra: dict | None) -> bytes
     meta = {"format": FORMAT, "version": VERSION, "config": config,
             "modules": sorted(k for k, m in modules.items() if m is not None), "sha256": files}
     meta.update(extra or {})
-    return json.dumps(meta, indent=1, allow_nan=False).encode()
+    return json_bytes(meta)
 
 
 # ---- a finished run ---------------------------------------------------------------------------------
@@ -116,8 +80,8 @@ def save_run(out_dir: str | Path, modules: dict, config: dict, extra: dict | Non
     tensors = module_tensors(modules)
     check_finite(tensors, f"the model in {str(out)!r}")
     blob = save(tensors)
-    write_file(out / WEIGHTS, blob)
-    write_file(out / META, _meta(config, modules, {WEIGHTS: sha256(blob)}, extra))
+    atomic_write(out / WEIGHTS, blob)
+    atomic_write(out / META, _meta(config, modules, {WEIGHTS: sha256(blob)}, extra))
     return out
 
 
@@ -154,13 +118,9 @@ def _zip_has_pickle(path: Path) -> bool:
 
 def _read_meta(d: Path) -> dict:
     where = str(d)
-    try:
-        raw = (d / META).read_bytes()
-        meta = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, ValueError, RecursionError) as e:
-        raise ValueError(f"checkpoint {where!r}: {META} is not valid JSON ({str(e)[:120]})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"checkpoint {where!r} is not a memtrain run (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+    meta = read_json(d / META, f"checkpoint {where!r} is not a memtrain run")  # JSON, strict (no NaN), an object
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"checkpoint {where!r} is not a memtrain run (format {meta.get('format')!r})")
     if meta.get("version") not in READS:
         raise ValueError(f"checkpoint {where!r} has format version {meta.get('version')!r}; this memtrain reads versions {list(READS)}")
     if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("modules"), list):
@@ -168,10 +128,6 @@ def _read_meta(d: Path) -> dict:
     if meta["version"] >= 2 and not isinstance(meta.get("sha256"), dict):
         raise ValueError(f"checkpoint {where!r}: {META} lacks the 'sha256' of its tensor files")
     return meta
-
-
-def _no_constant(name):
-    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def _read_tensors(d: Path, name: str, meta: dict) -> dict:
@@ -201,21 +157,6 @@ def read_run(run_dir: str | Path) -> tuple[dict, dict]:
         _refuse_non_run(d)
     meta = _read_meta(d)
     return meta, _read_tensors(d, WEIGHTS, meta)
-
-
-def load_module(module: torch.nn.Module, tensors: dict, name: str, where: str) -> None:
-    """Load '<name>.*' tensors into module, naming any missing, extra or mis-shaped tensor."""
-    pre = name + "."
-    sub = {k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)}
-    own = module.state_dict()
-    missing = sorted(set(own) - set(sub))
-    extra = sorted(set(sub) - set(own))
-    shapes = [f"{k}: {tuple(sub[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in sub and sub[k].shape != v.shape]
-    dtypes = [f"{k}: {sub[k].dtype} vs {v.dtype}" for k, v in own.items() if k in sub and sub[k].dtype != v.dtype]
-    if missing or extra or shapes or dtypes:
-        raise ValueError(f"checkpoint {where!r} does not fit this {name}: missing {missing[:3]}, unexpected {extra[:3]}, "
-                         f"shapes {shapes[:3]}" + (f", dtypes {dtypes[:3]}" if dtypes else ""))
-    module.load_state_dict(sub)
 
 
 # ---- training checkpoints ---------------------------------------------------------------------------
@@ -265,10 +206,10 @@ def save_checkpoint(out_dir: str | Path, step: int, modules: dict, config: dict,
     tmp.mkdir()
     try:
         w, s = save(tensors), save(state)
-        write_file(tmp / WEIGHTS, w, atomic=False)
-        write_file(tmp / STATE, s, atomic=False)
-        write_file(tmp / META, _meta(config, modules, {WEIGHTS: sha256(w), STATE: sha256(s)}, {"step": step, **info}),
-                   atomic=False)
+        atomic_write(tmp / WEIGHTS, w, atomic=False)  # the folder is renamed into place as a whole
+        atomic_write(tmp / STATE, s, atomic=False)
+        atomic_write(tmp / META, _meta(config, modules, {WEIGHTS: sha256(w), STATE: sha256(s)}, {"step": step, **info}),
+                     atomic=False)
         fsync_dir(tmp)
         os.replace(tmp, final)
     except BaseException:

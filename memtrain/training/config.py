@@ -1,48 +1,63 @@
 """The run configuration: typed dataclasses owned by their modules, gathered in `RunConfig`,
-serialised as plain JSON and overridden from the command line with dotted `key=value` pairs."""
+serialised as plain JSON (fields.py) and overridden from the command line with dotted `key=value`
+pairs. `memtrain train --help` lists every setting with the comment on its line here.
+
+Settings marked `control(...)` are run control: when a run stops, how often it evaluates, logs and
+saves, where it runs. Only they may change when a run is resumed (training/resume.py).
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
 
 from ..fields import from_dict, set_dotted, to_dict
-
+from ..methods import METHODS
 from ..methods.bptt import BPTTConfig
-from ..models.cells import CellConfig
 from ..methods.dmt import DMTConfig
-from .resume import RESUME_MODES
 from ..methods.smt import SMTConfig
+from ..models.cells import RESIDUAL_KINDS, CellConfig
 from ..models.teacher import TeacherConfig
 
-METHODS = ("smt", "dmt", "bptt")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "bf16", "fp32")
+RESUME_MODES = ("auto", "never", "require")
+# settings renamed since the first release: saved runs are translated (`upgrade`), the command line
+# names the new one
+RENAMED = {"bptt.truncate": "bptt.grad_horizon", "task_args.eval_path": "task_args.val_path"}
+
+
+def control(default):
+    """A run-control setting (may change on resume)."""
+    return field(default=default, metadata={"run_control": True})
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000
-    batch_size: int = 32
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.01
-    clip: float = 1.0  # gradient-norm clip (0: off)
-    warmup: int = 50
-    schedule: str = "constant"  # "constant" | "cosine" (after warmup)
-    eval_every: int = 100
-    eval_batch: int = 256
-    seed: int = 0
-    device: str = "auto"
-    threads: int = 0  # CPU threads for torch (0: leave torch's default)
-    time_limit: float | None = None  # stop after this many seconds of training (None: no limit)
-    compile: bool = False  # torch.compile the cell step and the teacher encoder (see trainer.compile_networks)
-    log_every: int = 10  # write the training loss to metrics.jsonl every this many steps
-    ckpt_every: int = 500  # save a training checkpoint every this many steps (0: only at the end / on a stop signal)
-    keep_last: int = 2  # training checkpoints kept in out_dir/checkpoints
-    resume: str = "auto"  # "auto": continue out_dir's run if it has one | "require" | "never" (see resume.py)
-    max_bad_steps: int = 10  # stop after this many updates in a row with a non-finite loss or gradient
-    grad_accum: int = 1  # micro-batches per update (batch_size is the global batch: processes x grad_accum x micro)
-    precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 elsewhere | "bf16" (any device) | "fp32"
-    tf32: bool = True  # CUDA: TF32 matmuls and convolutions (see trainer.configure_precision)
+    """The optimisation and the run around it."""
+    steps: int = control(1000)  # updates to train for (a resumed run may be given more)
+    batch_size: int = 32  # sequences per update (the global batch: processes x grad_accum x micro-batch)
+    lr: float = 1e-3  # AdamW learning rate (after warmup)
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
+    weight_decay: float = 0.01  # AdamW weight decay
+    clip: float | None = 1.0  # gradient-norm clip (None: off)
+    warmup: int = 50  # linear learning-rate warmup, in updates
+    schedule: str = "constant"  # "constant" | "cosine" (after warmup, down to 0 at `steps`)
+    eval_every: int = control(100)  # evaluate the RNN alone every this many updates
+    eval_batch: int = control(256)  # held-out sequences per evaluation
+    seed: int = 0  # the data stream, the networks' initial weights and the loss randomness
+    device: str = control("auto")  # "auto" (CUDA if there is one) | "cpu" | "cuda" | "mps"
+    threads: int | None = control(None)  # CPU threads for torch (None: torch's default)
+    time_limit: float | None = control(None)  # stop after this many seconds of training (None: no limit)
+    compile: bool = control(False)  # torch.compile the cell step and the teacher encoder (see trainer.compile_networks)
+    log_every: int = control(10)  # write the training loss to metrics.jsonl every this many steps
+    ckpt_every: int | None = control(500)  # save a training checkpoint every this many steps (None: only at the end / on a stop signal)
+    keep_last: int = control(2)  # training checkpoints kept in out_dir/checkpoints
+    resume: str = control("auto")  # "auto": continue out_dir's run if it has one | "require" | "never" (see resume.py)
+    max_bad_steps: int = control(10)  # stop after this many updates in a row with a non-finite loss or gradient
+    grad_accum: int = control(1)  # micro-batches per update (batch_size is the global batch: processes x grad_accum x micro)
+    precision: str = control("auto")  # "auto": bf16 autocast on CUDA, fp32 elsewhere | "bf16" (any device) | "fp32"
+    tf32: bool = control(True)  # CUDA: TF32 matmuls and convolutions (see trainer.configure_precision)
 
     def validate(self) -> None:
         for n in ("steps", "batch_size", "eval_every", "eval_batch", "log_every", "keep_last", "max_bad_steps", "grad_accum"):
@@ -50,9 +65,13 @@ class TrainConfig:
                 raise ValueError(f"train.{n} must be >= 1, got {getattr(self, n)}")
         if self.lr <= 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
-        for n in ("warmup", "threads", "clip", "weight_decay", "ckpt_every", "seed"):
+        for n in ("warmup", "weight_decay", "seed"):
             if getattr(self, n) < 0:
                 raise ValueError(f"train.{n} must be >= 0, got {getattr(self, n)}")
+        for n, unset in (("threads", "torch's default"), ("ckpt_every", "only at the end"), ("clip", "off")):
+            v = getattr(self, n)
+            if v is not None and v <= 0:
+                raise ValueError(f"train.{n} must be > 0 or null ({unset}), got {v}")
         if self.time_limit is not None and self.time_limit <= 0:
             raise ValueError(f"train.time_limit must be > 0 seconds or null, got {self.time_limit}")
         if self.schedule not in ("constant", "cosine"):
@@ -73,28 +92,112 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
-    method: str = "smt"  # "smt" | "dmt" | "bptt"
-    task: str = "retrieval"
-    task_args: dict = field(default_factory=dict)
+    """One run: what to train, on what, how."""
+    method: str = "smt"  # the training method: smt | dmt | bptt (or one added with methods.register)
+    task: str = "retrieval"  # the data: retrieval | copy | stack | kv | icl | parity | tokens | npz | prepared
+    task_args: dict = field(default_factory=dict)  # the task's own parameters, e.g. {"length": 64} (see memtrain.data)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     cell: CellConfig = field(default_factory=CellConfig)
     smt: SMTConfig = field(default_factory=SMTConfig)
     dmt: DMTConfig = field(default_factory=DMTConfig)
     bptt: BPTTConfig = field(default_factory=BPTTConfig)
+    method_args: dict = field(default_factory=dict)  # settings of a registered method without a section here
     train: TrainConfig = field(default_factory=TrainConfig)
-    init_from: str = ""  # a finished run's directory to start from (e.g. DMT or BPTT after SMT)
-    out_dir: str = ""  # where metrics and the checkpoint go ("" = nothing written)
+    init_from: str | None = control(None)  # a finished run's directory to start from (e.g. DMT or BPTT after SMT)
+    out_dir: str | None = control(None)  # where metrics and checkpoints go (None: nothing written)
 
     def validate(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        for part in (self.teacher, self.cell, self.smt, self.dmt, self.bptt, self.train):
+            raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
+        for part in (self.teacher, resolve_shapes(self).cell, self.smt, self.dmt, self.bptt, self.train):
             part.validate()
+        if self.method_args and hasattr(self, self.method):
+            raise ValueError(f"method_args is for registered methods without a section of their own; "
+                             f"method {self.method!r} takes its settings as {self.method}.<name>=...")
+        method_settings(self)
+
+
+# cell setting <- teacher setting, where the cell's is unset
+SHAPE_FROM_TEACHER = {"mem_tokens": "mem_tokens", "d_mem": "d_model", "n_heads": "n_heads", "readout_depth": "decoder_depth"}
+
+
+def resolve_shapes(cfg: RunConfig) -> RunConfig:
+    """A copy of `cfg` with the cell's unset memory shape taken from the teacher section and its
+    `residual` at the cell's own default (what `memtrain config` prints; vocabularies stay unset)."""
+    r = copy.deepcopy(cfg)
+    for c, t in SHAPE_FROM_TEACHER.items():
+        if getattr(r.cell, c) is None:
+            setattr(r.cell, c, getattr(r.teacher, t))
+    if r.cell.residual is None and r.cell.kind in RESIDUAL_KINDS:
+        r.cell.residual = True
+    return r
+
+
+def method_settings(cfg: RunConfig):
+    """The settings of `cfg.method`: its RunConfig section, or `method_args` read as its config class."""
+    cls = METHODS[cfg.method]
+    if hasattr(cfg, cfg.method) and is_dataclass(getattr(cfg, cfg.method)):
+        return getattr(cfg, cfg.method)
+    if cls.config_class is None:
+        if cfg.method_args:
+            raise ValueError(f"method {cfg.method!r} takes no settings, got method_args={cfg.method_args}")
+        return None
+    settings = from_dict(cls.config_class, cfg.method_args, "method_args.")
+    if hasattr(settings, "validate"):
+        settings.validate()
+    return settings
+
+
+def run_control_keys(cls=RunConfig, prefix: str = "") -> set[str]:
+    """Dotted names of every run-control setting (the `control(...)` fields)."""
+    hints = typing.get_type_hints(cls)
+    keys = set()
+    for f in fields(cls):
+        if f.metadata.get("run_control"):
+            keys.add(prefix + f.name)
+        elif is_dataclass(hints[f.name]):
+            keys |= run_control_keys(hints[f.name], f"{prefix}{f.name}.")
+    return keys
+
+
+def upgrade(config: dict, version: int) -> dict:
+    """A configuration saved by format `version` (1, 2: memtrain 0.1) in today's names and values:
+    renamed settings, None instead of 0 or "" for "not set", `residual` only on cells that have one."""
+    if version >= 3:
+        return config
+    if not isinstance(config, dict):
+        return config  # from_dict refuses it with the reason
+    c = copy.deepcopy(config)
+    section = lambda name: c[name] if isinstance(c.get(name), dict) else {}  # noqa: E731  (a broken file: from_dict names it)
+    for old, new in RENAMED.items():
+        (sec, o), (_, n) = old.split("."), new.split(".")
+        if o in section(sec):
+            c[sec][n] = c[sec].pop(o)
+    train, cell, args = section("train"), section("cell"), section("task_args")
+    for key in ("threads", "clip", "ckpt_every"):
+        if train.get(key) == 0:
+            train[key] = None
+    for part in (section("teacher"), cell):
+        if part.get("vocab_size") == 0:
+            part["vocab_size"] = None
+    for key in ("init_from", "out_dir"):
+        if c.get(key) == "":
+            c[key] = None
+    if cell.get("kind") not in RESIDUAL_KINDS and "residual" in cell:
+        cell["residual"] = None
+    for key, unset in (("val_path", ""), ("vocab", 0), ("length", 0), ("layout", ""), ("path", "")):
+        if args.get(key) == unset:
+            del args[key]
+    c.setdefault("method_args", {})
+    return c
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     """Apply 'a.b=value' overrides (e.g. cell.kind=gru, train.steps=200, task_args.length=128)."""
     data = to_dict(cfg)
     for item in overrides:
-        set_dotted(data, item, free=("task_args",))
+        key = item.split("=", 1)[0]
+        if key in RENAMED:
+            raise ValueError(f"setting {key!r} is now called {RENAMED[key]!r}: write {RENAMED[key]}=...")
+        set_dotted(data, item, free=("task_args", "method_args"))
     return from_dict(RunConfig, data)

@@ -19,6 +19,7 @@ How the work is split, so that the number of processes never changes what is tra
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -110,3 +111,44 @@ def check_batch(batch_size: int, world: World, grad_accum: int) -> None:
     if batch_size % (world.size * grad_accum):
         raise ValueError(f"train.batch_size={batch_size} must split evenly over {world.size} process(es) x "
                          f"train.grad_accum={grad_accum} micro-batches")
+
+
+def local_device(world: World, device: torch.device) -> torch.device:
+    """This process's device: under torchrun on CUDA, the GPU of its local rank."""
+    if device.type == "cuda" and world.distributed:
+        return torch.device("cuda", world.local_rank)
+    return device
+
+
+def wrap(method: torch.nn.Module, params: list, world: World, device: torch.device, has_unused) -> torch.nn.Module:
+    """What computes the loss: the method itself, or under torchrun its DistributedDataParallel
+    wrapper. Parameters outside `params` (frozen, or copies) are marked as needing no gradient so DDP
+    does not reduce them; `has_unused()` says whether some of `params` get no gradient from a loss
+    (DDP then searches for them every step, which it only should where there are some)."""
+    if not world.distributed:
+        return method
+    for p in set(method.parameters()) - set(params):
+        p.requires_grad_(False)
+    return torch.nn.parallel.DistributedDataParallel(
+        method, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=has_unused())
+
+
+@dataclass
+class Agreement:
+    """What every rank decides alike after an update, from one small all-reduce."""
+    loss: float  # the mean loss over ranks
+    metrics: dict  # the mean of each metric over ranks
+    bad_loss: bool  # some rank's loss was not finite
+    stop: bool  # some rank received a stop signal
+    seconds: float  # the update's mean wall-clock over ranks
+
+
+def agree(world: World, loss: float, metrics: dict, stop: bool, seconds: float, device) -> Agreement:
+    """Average the loss, metrics and timing over ranks; OR the non-finite and stop flags.
+    (NCCL reduces CUDA tensors only: `device` is where the small vector goes.)"""
+    keys = sorted(metrics)
+    local = [loss, *[metrics[k] for k in keys], float(not math.isfinite(loss)), float(stop), seconds]
+    total = sum_across(world, local, device)
+    n = world.size
+    return Agreement(loss=total[0] / n, metrics={k: v / n for k, v in zip(keys, total[1:1 + len(keys)])},
+                     bad_loss=total[-3] > 0, stop=total[-2] > 0, seconds=total[-1] / n)

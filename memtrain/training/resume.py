@@ -4,28 +4,22 @@ never stopped, and which checkpoint (if any) a run resumes from.
 The state is the model (checkpoint.py), the optimizer's tensors and scalars, the random generators
 (the data generator, torch's global generator, CUDA's), the step counter, the training time spent
 (for `train.time_limit`) and how far `metrics.jsonl` had been written. A resumed run is refused when
-its settings differ from the checkpoint's in anything but the run-control settings below: a resume
+its settings differ from the checkpoint's in anything but the run-control settings (`control(...)` in
+config.py): a resume
 continues the same run; a different run starts from it with `init_from`.
 """
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .checkpoint import list_checkpoints, read_checkpoint
+from .config import RESUME_MODES, run_control_keys
 
-RESUME_MODES = ("auto", "never", "require")
-
-# settings that may change when a run is resumed: when it stops, how often it evaluates, logs and
-# saves, where it runs; nothing that changes the model, the data or the optimisation
-RUN_CONTROL = {
-    "train.steps", "train.time_limit", "train.eval_every", "train.eval_batch", "train.log_every",
-    "train.ckpt_every", "train.keep_last", "train.resume", "train.max_bad_steps", "train.threads",
-    "train.device", "train.compile", "train.grad_accum", "train.precision", "train.tf32", "out_dir", "init_from",
-}
-
+RUN_CONTROL = run_control_keys()  # settings that may change when a run is resumed
 
 def flatten(d: dict, prefix: str = "") -> dict:
     out = {}
@@ -43,6 +37,31 @@ def config_differences(saved: dict, now: dict) -> list[str]:
     show = lambda d, k: repr(d[k]) if k in d else "(not set)"  # noqa: E731
     return [f"{k}: {show(a, k)} in the checkpoint, {show(b, k)} now"
             for k in sorted(set(a) | set(b)) if k not in RUN_CONTROL and (k not in a or k not in b or a[k] != b[k])]
+
+
+@dataclass
+class RunState:
+    """Where a run stands, beside its weights: what a training checkpoint's run.json records."""
+    step: int = 0  # updates done
+    seconds: float = 0.0  # training time spent (for train.time_limit)
+    bad_streak: int = 0  # non-finite updates in a row just before this point
+    metrics_bytes: int = 0  # how far metrics.jsonl had been written
+
+    def record(self, opt: torch.optim.Optimizer, gen: torch.Generator, finished: bool, summary: dict | None,
+               processes: int) -> tuple[dict, dict]:
+        """-> (run.json entries, tensors) for a training checkpoint of this state."""
+        plain, tensors = optimizer_state(opt)
+        info = {"train": {"seconds": self.seconds, "metrics_bytes": self.metrics_bytes, "bad_streak": self.bad_streak,
+                          "optimizer": plain, "finished": finished, "summary": summary, "processes": processes}}
+        return info, {**tensors, **rng_state(gen)}
+
+    @classmethod
+    def restore(cls, meta: dict, tensors: dict, opt: torch.optim.Optimizer, gen: torch.Generator, where: str) -> "RunState":
+        """Load the optimizer and the generators from a checkpoint read by `find_resume`; -> its state."""
+        info = meta["train"]
+        load_optimizer_state(opt, info.get("optimizer"), tensors, where)
+        set_rng_state(gen, tensors, where)
+        return cls(meta["step"], float(info["seconds"]), int(info.get("bad_streak", 0)), int(info["metrics_bytes"]))
 
 
 # ---- the optimizer and the random generators as (JSON, tensors) ----------------------------------

@@ -1,4 +1,5 @@
-"""One training loop for every method (SMT, DMT, BPTT): sample a batch, method.loss, step.
+"""One training loop for every method: sample a batch, `method.loss`, step. It knows methods only
+through `methods.base.Method` (found by name in `methods.METHODS`), so adding one never touches it.
 Metrics go to `metrics.jsonl`, the final model to safetensors + JSON in `out_dir`.
 
 Long runs are safe to interrupt. Every `train.ckpt_every` steps (and at the end) the loop saves a
@@ -6,11 +7,9 @@ training checkpoint (checkpoint.py, resume.py) keeping the last `train.keep_last
 command again resumes from the newest intact one and continues exactly, bit for bit on a CPU.
 SIGINT / SIGTERM finish the current step, save, and return (exit 0). An update whose loss or
 gradient is not finite is skipped and logged; `train.max_bad_steps` of them in a row stop the run
-with TrainingError, leaving the last good checkpoint in place.
-
-A method is an nn.Module wrapping the networks with three members: `trainable()` (the parameters
-to optimise), `loss(x, y, gen) -> (loss, metrics)`, and `sync()` (run before the cell is evaluated
-alone; SMT copies the teacher's readout and m_empty into the cell there)."""
+with TrainingError, leaving the last good checkpoint in place. One process at a time may train a
+run: the second is refused while the first holds `out_dir/.lock` (lock.py).
+"""
 from __future__ import annotations
 
 import json
@@ -21,36 +20,26 @@ import sys
 import threading
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from ..methods.bptt import BPTT
-from ..models.cells import build_cell, check_compatible
-from . import distributed
-from .checkpoint import META, checkpoint_dir, list_checkpoints, load_module, read_run, remove_partial, save_checkpoint, save_run
-from ..fields import from_dict, to_dict
-from .config import RunConfig
-from ..methods.dmt import DMT
+from ..data.tasks import sample_eval
+from ..fields import to_dict
 from ..methods.evaluate import drift_at, evaluate
-from .resume import (config_differences, find_resume, load_optimizer_state, optimizer_state, rng_state,
-                     set_rng_state)
-from ..methods.smt import SMT
-from ..data.tasks import build_task, sample_eval
-from ..models.teacher import Teacher
+from . import distributed
+from .build import Parts, assemble, autocast_for, compile_networks, configure_precision, load_init_weights, pick_device, saved_config
+from ..io import load_module
+from .checkpoint import checkpoint_dir, list_checkpoints, read_run, remove_partial, save_checkpoint, save_run
+from .config import RunConfig
+from .lock import RunLock
+from .resume import RunState, config_differences, find_resume
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device='cuda' but no CUDA device is available")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("train.device='mps' but no MPS device is available")
-    return torch.device(name)
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. too many non-finite updates in a row); the message says why."""
 
 
 def lr_at(step: int, cfg) -> float:
@@ -60,94 +49,6 @@ def lr_at(step: int, cfg) -> float:
         frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
     return cfg.lr
-
-
-def sequential_steps(cfg: RunConfig, T: int) -> int:
-    """Cell updates that must run one after another in one training update."""
-    if cfg.method == "smt":
-        return 1
-    if cfg.method == "dmt":
-        return cfg.dmt.rollout or T
-    return T
-
-
-def build(cfg: RunConfig, load_init: bool = True):
-    """Validate everything, then build task, teacher, cell and method (loading `init_from` unless
-    `load_init` is False: a resumed run takes its weights from its own checkpoint)."""
-    cfg.validate()
-    task = build_task(cfg.task, **cfg.task_args)
-    V = task.vocab_size
-    for part, name in ((cfg.teacher, "teacher"), (cfg.cell, "cell")):
-        if 0 < part.vocab_size < V:
-            raise ValueError(f"{name}.vocab_size={part.vocab_size} but task '{cfg.task}' uses token ids up to {V - 1} (vocab {V})")
-    chosen = cfg.teacher.vocab_size or cfg.cell.vocab_size or V  # 0 means "as the task / the other"
-    cfg.teacher.vocab_size = cfg.teacher.vocab_size or chosen
-    cfg.cell.vocab_size = cfg.cell.vocab_size or chosen
-    pick_device(cfg.train.device)
-    T = task.length
-    if cfg.method == "dmt" and cfg.dmt.rollout is not None and cfg.dmt.rollout > T:
-        raise ValueError(f"dmt.rollout={cfg.dmt.rollout} needs sequences at least that long; task length is {T}")
-    if cfg.method == "dmt" and cfg.dmt.every > (cfg.dmt.rollout or T):
-        raise ValueError(f"dmt.every={cfg.dmt.every} is longer than the rollout ({cfg.dmt.rollout or T} steps)")
-    if cfg.method == "dmt" and not cfg.init_from:
-        raise ValueError("method 'dmt' fine-tunes a finished SMT run: set init_from=<run dir>")
-    cell = build_cell(cfg.cell)
-    teacher = Teacher(cfg.teacher) if cfg.method in ("smt", "dmt") else None
-    if teacher is not None:
-        check_compatible(cell, teacher)  # a clear message before any weights are loaded
-    if cfg.init_from and load_init:
-        meta, tensors = read_run(cfg.init_from)
-        try:
-            prev = from_dict(RunConfig, meta["config"])
-        except ValueError as e:
-            raise ValueError(f"init_from={cfg.init_from!r}: its {META} holds a configuration this memtrain cannot read ({e})") from None
-        if teacher is not None and "teacher" not in meta["modules"]:
-            raise ValueError(f"init_from={cfg.init_from!r} has no teacher ({prev.method} run); {cfg.method} needs one")
-        parts = ("cell", "teacher") if teacher is not None else ("cell",)
-        diffs = config_differences({p: to_dict(getattr(prev, p)) for p in parts}, {p: to_dict(getattr(cfg, p)) for p in parts})
-        if diffs:
-            raise ValueError(f"init_from={cfg.init_from!r} holds networks of other sizes: {'; '.join(diffs[:4])}")
-        load_module(cell, tensors, "cell", cfg.init_from)
-        if teacher is not None:
-            load_module(teacher, tensors, "teacher", cfg.init_from)
-    if cfg.method == "smt":
-        method = SMT(teacher, cell, cfg.smt)
-    elif cfg.method == "dmt":
-        method = DMT(teacher, cell, cfg.dmt)
-    else:
-        method = BPTT(cell, cfg.bptt)
-    return task, teacher, cell, method
-
-
-def compile_networks(cell, teacher=None, **options) -> None:
-    """torch.compile the two functions every hot path calls: `cell.update` (SMT calls it once on all
-    T transitions; rollouts call it once per step) and `teacher.encode` (the one-pass encoder). Loops
-    over time stay in Python: a rollout is never unrolled into one graph, so compile time does not
-    grow with T. The compiled functions shadow the methods on these instances only; parameters and
-    checkpoints are unchanged. `options` go to torch.compile (e.g. backend="aot_eager" in tests)."""
-    cell.update = torch.compile(cell.update, **options)
-    if teacher is not None:
-        teacher.encode = torch.compile(teacher.encode, **options)
-
-
-
-
-class MethodExtras:
-    """A method's own tensors, without the networks it wraps (e.g. SMT's last-input probe, trained
-    but not part of the final model): a training checkpoint must hold them for an exact resume."""
-
-    def __init__(self, method: torch.nn.Module):
-        self.method = method
-
-    def state_dict(self) -> dict:
-        return {k: v for k, v in self.method.state_dict().items() if not k.startswith(("cell.", "teacher."))}
-
-    def load_state_dict(self, tensors: dict) -> None:
-        self.method.load_state_dict({**self.method.state_dict(), **tensors})
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. too many non-finite updates in a row); the message says why."""
 
 
 class StopSignals:
@@ -183,6 +84,70 @@ class StopSignals:
         return False
 
 
+class MetricsLog:
+    """`metrics.jsonl`, one JSON row per line, written by rank 0 only (others: no-op). A resumed run
+    first drops the rows written after its checkpoint, so the file reads as one run never stopped.
+    JSON has no NaN: non-finite numbers are logged as null (the row says why the step was skipped)."""
+
+    def __init__(self, out: Path | None, resume_at: int | None, enabled: bool = True):
+        self.file = None
+        if out is None or not enabled:
+            return
+        path = out / "metrics.jsonl"
+        if resume_at is not None and path.is_file():
+            self.file = open(path, "r+b")
+            self.file.truncate(min(resume_at, path.stat().st_size))
+            self.file.seek(0, os.SEEK_END)
+        else:
+            self.file = open(path, "wb")
+
+    def write(self, row: dict) -> None:
+        if self.file:
+            row = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+            self.file.write((json.dumps(row, allow_nan=False) + "\n").encode())
+            self.file.flush()
+
+    def sync(self) -> int:
+        """fsync what was written; -> the file's length (where a resume continues)."""
+        if not self.file:
+            return 0
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        return self.file.tell()
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+
+
+class Progress:
+    """The progress bar of rank 0: updates out of `train.steps`, or under `train.time_limit` the
+    seconds of the time budget (steps are then shown beside it)."""
+
+    def __init__(self, tc, state: RunState, enabled: bool, desc: str):
+        self.timed = tc.time_limit is not None
+        total, done = (tc.time_limit, min(state.seconds, tc.time_limit)) if self.timed else (tc.steps, min(state.step, tc.steps))
+        fmt = "{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]" if self.timed else None
+        self.bar = tqdm(total=total, initial=done, disable=not enabled, desc=desc, dynamic_ncols=True,
+                        **({"bar_format": fmt} if fmt else {}))
+        self.total = total
+
+    def advance(self, step: int, seconds: float, **shown) -> None:
+        if self.timed:
+            self.bar.update(max(0.0, min(seconds, self.total) - self.bar.n))
+            shown = {"step": step, **shown}
+        else:
+            self.bar.update(1)
+        if shown:
+            self.bar.set_postfix(**shown)
+
+    def write(self, msg: str) -> None:
+        self.bar.write(msg)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def _has_unused(method, task, params, device, autocast) -> bool:
     """Does a loss leave some trainable parameter without a gradient (e.g. DMT from encoder memories
     never uses m_empty)? One forward and backward on two sequences, drawn from a generator of its own;
@@ -197,9 +162,31 @@ def _has_unused(method, task, params, device, autocast) -> bool:
     return unused
 
 
-def _finite_row(row: dict) -> dict:
-    """JSON has no NaN: non-finite numbers are logged as null (the row says why the step was skipped)."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+@dataclass
+class Run:
+    """Everything the loop works with, assembled once by `_start`."""
+    parts: Parts
+    world: distributed.World
+    device: torch.device
+    out: Path | None
+    model: torch.nn.Module  # what computes the loss: the method, or its DDP wrapper
+    params: list
+    opt: torch.optim.Optimizer
+    gen: torch.Generator  # the data stream: the same on every rank
+    x_eval: torch.Tensor
+    y_eval: torch.Tensor
+    autocast: object
+    state: RunState
+    log: MetricsLog
+    config: dict  # the resolved configuration, as saved
+
+    @property
+    def tc(self):
+        return self.parts.cfg.train
+
+    def say(self, msg: str) -> None:
+        if self.world.main:
+            print(msg, file=sys.stderr)
 
 
 def train(cfg: RunConfig, progress: bool = True) -> dict:
@@ -209,240 +196,249 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
     cfg.validate()
     device = pick_device(cfg.train.device)
     world = distributed.setup(device.type)
-    if device.type == "cuda" and world.distributed:
-        device = torch.device("cuda", world.local_rank)
     try:
-        return _train(cfg, progress, world, device)
+        return _train(cfg, progress, world, distributed.local_device(world, device))
     finally:
         distributed.teardown(world)
 
 
-def configure_precision(device: torch.device, tf32: bool) -> None:
-    """TF32 matmuls and convolutions on CUDA when `tf32` (Ampere and newer: ~8x the fp32 rate, 10-bit
-    mantissa inputs, fp32 accumulation); nothing changes on other devices."""
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
-
-
-def autocast_for(device: torch.device, precision: str):
-    """'auto': bf16 autocast on CUDA, fp32 elsewhere; 'bf16': bf16 autocast on any device; 'fp32'."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
 def _train(cfg: RunConfig, progress: bool, world: distributed.World, device: torch.device) -> dict:
-    tc = cfg.train
-    distributed.check_batch(tc.batch_size, world, tc.grad_accum)
+    distributed.check_batch(cfg.train.batch_size, world, cfg.train.grad_accum)
     out = Path(cfg.out_dir) if cfg.out_dir else None
     if out is not None and out.exists() and not out.is_dir():
         raise ValueError(f"out_dir={cfg.out_dir!r} exists and is not a directory")
-    resume = find_resume(cfg.out_dir, tc.resume, quiet=not world.main) if out is not None else None
-    torch.manual_seed(tc.seed)  # the networks' initial weights (the same on every rank)
-    task, teacher, cell, method = build(cfg, load_init=resume is None)
+    torch.manual_seed(cfg.train.seed)  # the networks' initial weights (the same on every rank)
+    parts = assemble(cfg)
+    # every refusal before anything is written: a resume mode that does not fit, init_from's weights
+    found = find_resume(cfg.out_dir, cfg.train.resume, quiet=True) if out is not None else None
+    if found is None and parts.cfg.init_from:
+        load_init_weights(parts)
+    with RunLock(out, enabled=world.main) if out is not None else nullcontext():
+        # read again under the lock: a run that held it until now may have saved since
+        resume = find_resume(cfg.out_dir, cfg.train.resume, quiet=not world.main) if found is not None else None
+        run = _start(parts, world, device, out, resume)
+        if isinstance(run, dict):  # the run had finished already
+            return run
+        try:
+            return _loop(run, progress)
+        finally:
+            run.log.close()
+
+
+def _start(parts: Parts, world, device, out: Path | None, resume) -> Run | dict:
+    """Set up the optimizer, data and evaluation batch, restore a checkpoint, wrap for DDP."""
+    tc = parts.cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
     configure_precision(device, tc.tf32)
-    gen = torch.Generator().manual_seed(tc.seed)  # the data stream: the same on every rank
-    x_eval, y_eval = sample_eval(task, tc.eval_batch, torch.Generator().manual_seed(tc.seed + 10_000))
-    x_eval, y_eval = x_eval.to(device), y_eval.to(device)
-    method.to(device)
+    gen = torch.Generator().manual_seed(tc.seed)
+    x_eval, y_eval = sample_eval(parts.task, tc.eval_batch, torch.Generator().manual_seed(tc.seed + 10_000))
+    method = parts.method.to(device)
     params = method.trainable()
     opt = torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
-    modules = {"cell": cell, "teacher": teacher}  # the final model
-    state_modules = {**modules, "method": MethodExtras(method)}  # + what training checkpoints add
-    config = to_dict(cfg)
-    say = (lambda msg: print(msg, file=sys.stderr)) if world.main else (lambda msg: None)
-
-    step, t_train, bad_streak, metrics_bytes = 0, 0.0, 0, 0
+    config, state = to_dict(parts.cfg), RunState()
     if resume is not None:
-        path, meta, tensors, state = resume
-        where = str(path)
-        diffs = config_differences(meta["config"], config)
-        if diffs:
-            raise ValueError(f"out_dir={cfg.out_dir!r} holds a run with other settings, so it cannot be resumed with "
-                             f"these: {'; '.join(diffs[:6])}{' ...' if len(diffs) > 6 else ''}. Use another out_dir "
-                             "(init_from=<run> starts a new run from its weights)")
-        info = meta["train"]
-        for name, module in state_modules.items():
-            if module is not None:
-                load_module(module, tensors, name, where)
-        load_optimizer_state(opt, info.get("optimizer"), state, where)
-        set_rng_state(gen, state, where)
-        step, t_train, bad_streak = meta["step"], float(info["seconds"]), int(info.get("bad_streak", 0))
-        metrics_bytes = int(info["metrics_bytes"])
-        if (step >= tc.steps or (tc.time_limit is not None and t_train >= tc.time_limit)) and info.get("summary"):
-            say(f"memtrain: {cfg.out_dir} already finished at step {step}; nothing to train")
-            summary = info["summary"]
-            if world.main:
-                try:
-                    read_run(out)
-                except ValueError:  # killed while writing the final model: write it again from the checkpoint
-                    save_run(out, modules, config, {"step": step, "summary": {k: v for k, v in summary.items() if k != "drift"}})
-            distributed.barrier(world)
-            return summary
-        say(f"memtrain: resuming {cfg.out_dir} from {path.name} (step {step})"
-            + (f" with {world.size} processes" if world.distributed else ""))
+        state = _restore(parts, resume, opt, gen, config, out, world)
+        if isinstance(state, dict):
+            return state
     if tc.compile:
-        compile_networks(cell, teacher)
+        compile_networks(parts.cell, parts.teacher)
     autocast = autocast_for(device, tc.precision)
-    model = method  # what computes the loss: the method itself, or its DDP wrapper
-    if world.distributed:
-        for p in set(method.parameters()) - set(params):  # frozen or copied: DDP need not reduce them
-            p.requires_grad_(False)
-        model = torch.nn.parallel.DistributedDataParallel(
-            method, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=_has_unused(method, task, params, device, autocast))
-
-    metrics_file = None
+    model = distributed.wrap(method, params, world, device,
+                             lambda: _has_unused(method, parts.task, params, device, autocast))
     if out is not None and world.main:
         out.mkdir(parents=True, exist_ok=True)
         remove_partial(out)
-        log = out / "metrics.jsonl"
-        if resume is not None and log.is_file():
-            metrics_file = open(log, "r+b")
-            metrics_file.truncate(min(metrics_bytes, log.stat().st_size))  # drop rows written after the checkpoint
-            metrics_file.seek(0, os.SEEK_END)
-        else:
-            metrics_file = open(log, "wb")
+    log = MetricsLog(out, state.metrics_bytes if resume is not None else None, enabled=world.main)
     distributed.barrier(world)  # nobody starts before rank 0 has cleaned up out_dir
+    return Run(parts, world, device, out, model, params, opt, gen, x_eval.to(device), y_eval.to(device), autocast,
+               state, log, config)
 
-    def record(row):
-        if metrics_file:
-            metrics_file.write((json.dumps(_finite_row(row), allow_nan=False) + "\n").encode())
-            metrics_file.flush()
 
-    def run_eval(at, elapsed):
-        method.sync()  # on every rank: it changes the cell's copy of the teacher's readout
-        if not world.main:
-            return {}, {}
-        method.eval()
-        ev = evaluate(cell, teacher, x_eval, y_eval)
-        method.train()
-        row = {"step": at, "time": round(elapsed, 2), **{k: v for k, v in ev.items() if k != "drift"}}
-        if "drift" in ev:
-            row.update(drift_at(ev["drift"]))
-            row["rel_drift"] = ev["drift"][-1] / max(ev["spread"], 1e-12)
-        record({**row, "drift": ev.get("drift")})
-        return row, ev
+def _modules(parts: Parts, with_method: bool = False) -> dict:
+    """The final model's modules ({'cell', 'teacher'}), and for a training checkpoint the method's own tensors."""
+    mods = {"cell": parts.cell, "teacher": parts.teacher}
+    return {**mods, "method": _MethodState(parts.method)} if with_method else mods
 
-    def checkpoint(finished=False, summary=None):
-        if out is None:
-            return None
+
+class _MethodState:
+    """A method's own tensors as a module-like object for the checkpoint writer and reader."""
+
+    def __init__(self, method):
+        self.method = method
+
+    def state_dict(self) -> dict:
+        return self.method.extra_state()
+
+    def load_state_dict(self, tensors: dict) -> None:
+        self.method.load_extra_state(tensors)
+
+
+def _restore(parts: Parts, resume, opt, gen, config: dict, out: Path, world) -> RunState | dict:
+    """Load a training checkpoint into the run; a run that had finished returns its summary."""
+    path, meta, tensors, state_tensors = resume
+    cfg, tc, where = parts.cfg, parts.cfg.train, str(path)
+    diffs = config_differences(saved_config(meta), config)
+    if diffs:
+        raise ValueError(f"out_dir={cfg.out_dir!r} holds a run with other settings, so it cannot be resumed with "
+                         f"these: {'; '.join(diffs[:6])}{' ...' if len(diffs) > 6 else ''}. Use another out_dir "
+                         "(init_from=<run> starts a new run from its weights)")
+    for name, module in _modules(parts, with_method=True).items():
+        if module is not None:
+            load_module(module, tensors, name, where)
+    state = RunState.restore(meta, state_tensors, opt, gen, where)
+    summary = meta["train"].get("summary")
+    if (state.step >= tc.steps or (tc.time_limit is not None and state.seconds >= tc.time_limit)) and summary:
         if world.main:
-            os_flush(metrics_file)
-            plain, tensors = optimizer_state(opt)
-            info = {"train": {"seconds": t_train, "metrics_bytes": metrics_file.tell(), "bad_streak": bad_streak,
-                              "optimizer": plain, "finished": finished, "summary": summary, "processes": world.size}}
-            save_checkpoint(out, step, state_modules, config, {**tensors, **rng_state(gen)}, info, tc.keep_last)
+            print(f"memtrain: {cfg.out_dir} already finished at step {state.step}; nothing to train", file=sys.stderr)
+            try:
+                read_run(out)
+            except ValueError:  # killed while writing the final model: write it again from the checkpoint
+                save_run(out, _modules(parts), config, {"step": state.step, "summary": _no_drift(summary)})
         distributed.barrier(world)
-        return checkpoint_dir(out, step)
+        return summary
+    if world.main:
+        print(f"memtrain: resuming {cfg.out_dir} from {path.name} (step {state.step})"
+              + (f" with {world.size} processes" if world.distributed else ""), file=sys.stderr)
+    return state
 
-    def one_update():
-        """Forward and backward over this rank's micro-batches; -> (mean loss, mean metrics) here."""
-        x_all, y_all = task.sample(tc.batch_size, gen)
-        x_all, y_all = distributed.rows_of(world, x_all, y_all, tc.batch_size)
-        n = x_all.shape[0] // tc.grad_accum
-        loss_sum, metric_sums = 0.0, {}
-        opt.zero_grad(set_to_none=True)
-        for k in range(tc.grad_accum):
-            x, y = x_all[k * n:(k + 1) * n], y_all[k * n:(k + 1) * n]
-            if device.type == "cuda":
-                x, y = x.pin_memory(), y.pin_memory()
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            last_micro = k == tc.grad_accum - 1
-            sync = nullcontext() if last_micro or not world.distributed else model.no_sync()
-            with sync:
-                with autocast:
-                    loss, metrics = model(x, y, distributed.loss_generator(tc.seed, world.rank, step, k))
-                (loss / tc.grad_accum).backward()
-            loss_sum += loss.item() / tc.grad_accum
-            for key, v in metrics.items():
-                metric_sums[key] = metric_sums.get(key, 0.0) + float(v) / tc.grad_accum
-        return loss_sum, metric_sums
 
-    bar = tqdm(total=tc.steps, initial=min(step, tc.steps), disable=not (progress and world.main), desc=cfg.method,
-               dynamic_ncols=True)
-    last = {}
+def _no_drift(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k != "drift"}
+
+
+def one_update(run: Run, stop: StopSignals) -> tuple[distributed.Agreement, float]:
+    """Forward and backward over this rank's micro-batches, gradient clipping; -> what the ranks
+    agree on (mean loss and metrics, flags, seconds) and the gradient norm. The optimizer does not step."""
+    tc, world, device = run.tc, run.world, run.device
+    t0 = time.perf_counter()
+    x_all, y_all = run.parts.task.sample(tc.batch_size, run.gen)
+    x_all, y_all = distributed.rows_of(world, x_all, y_all, tc.batch_size)
+    n = x_all.shape[0] // tc.grad_accum
+    loss_sum, metric_sums = 0.0, {}
+    run.opt.zero_grad(set_to_none=True)
+    for k in range(tc.grad_accum):
+        x, y = x_all[k * n:(k + 1) * n], y_all[k * n:(k + 1) * n]
+        if device.type == "cuda":
+            x, y = x.pin_memory(), y.pin_memory()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        last_micro = k == tc.grad_accum - 1
+        with nullcontext() if last_micro or not world.distributed else run.model.no_sync():
+            with run.autocast:
+                loss, metrics = run.model(x, y, distributed.loss_generator(tc.seed, world.rank, run.state.step, k))
+            (loss / tc.grad_accum).backward()
+        loss_sum += loss.item() / tc.grad_accum
+        for key, v in metrics.items():
+            metric_sums[key] = metric_sums.get(key, 0.0) + float(v) / tc.grad_accum
+    gnorm = torch.nn.utils.clip_grad_norm_(run.params, tc.clip if tc.clip is not None else float("inf")).item()
+    agreed = distributed.agree(world, loss_sum, metric_sums, stop.received is not None, time.perf_counter() - t0, device)
+    return agreed, gnorm
+
+
+def evaluate_now(run: Run) -> tuple[dict, dict]:
+    """Evaluate the RNN alone (and the teacher) on the held-out batch; rank 0 logs the row."""
+    method = run.parts.method
+    method.before_eval()  # on every rank: SMT changes the cell's copy of the teacher's readout
+    if not run.world.main:
+        return {}, {}
+    method.eval()
+    ev = evaluate(run.parts.cell, run.parts.teacher, run.x_eval, run.y_eval)
+    method.train()
+    row = {"step": run.state.step, "time": round(run.state.seconds, 2), **_no_drift(ev)}
+    if "drift" in ev:
+        row.update(drift_at(ev["drift"]))
+        row["rel_drift"] = ev["drift"][-1] / max(ev["spread"], 1e-12)
+    run.log.write({**row, "drift": ev.get("drift")})
+    return row, ev
+
+
+def save(run: Run, finished: bool = False, summary: dict | None = None) -> Path | None:
+    """A training checkpoint of the run as it stands (rank 0 writes, every rank waits)."""
+    if run.out is None:
+        return None
+    if run.world.main:
+        run.state.metrics_bytes = run.log.sync()
+        info, tensors = run.state.record(run.opt, run.gen, finished, summary, run.world.size)
+        save_checkpoint(run.out, run.state.step, _modules(run.parts, with_method=True), run.config, tensors, info,
+                        run.tc.keep_last)
+    distributed.barrier(run.world)
+    return checkpoint_dir(run.out, run.state.step)
+
+
+def _skipped(run: Run, agreed: distributed.Agreement, gnorm: float, bar: Progress) -> None:
+    """Log a skipped non-finite update; too many in a row end the run."""
+    st, what = run.state, "loss" if agreed.bad_loss else "gradient"
+    run.log.write({"step": st.step, "skipped": f"non-finite {what}", "loss": agreed.loss, "grad_norm": gnorm,
+                   "bad_streak": st.bad_streak})
+    if run.world.main:
+        bar.write(f"memtrain: step {st.step}: non-finite {what}, update skipped ({st.bad_streak} in a row)")
+    if st.bad_streak >= run.tc.max_bad_steps:
+        kept = [str(p) for p in list_checkpoints(run.out)] if run.out is not None else []
+        raise TrainingError(
+            f"{st.bad_streak} updates in a row had a non-finite loss or gradient (steps {st.step - st.bad_streak + 1}.."
+            f"{st.step}); stopped. The weights were not changed by them. Last good checkpoint: "
+            f"{kept[-1] if kept else 'none'}. Lower train.lr, set train.clip, or raise train.max_bad_steps")
+
+
+def _loop(run: Run, progress: bool) -> dict:
+    tc, st, name = run.tc, run.state, run.parts.cfg.method
+    bar = Progress(tc, st, progress and run.world.main, name)
+    shown = {}
     try:
         with StopSignals() as stop:
-            time_up = tc.time_limit is not None and t_train >= tc.time_limit
-            while step < tc.steps and not time_up:
-                t0 = time.perf_counter()
-                lr = lr_at(step, tc)
-                for group in opt.param_groups:
+            while st.step < tc.steps and not (tc.time_limit is not None and st.seconds >= tc.time_limit):
+                lr = lr_at(st.step, tc)
+                for group in run.opt.param_groups:
                     group["lr"] = lr
-                loss_here, metrics_here = one_update()
-                gnorm = torch.nn.utils.clip_grad_norm_(params, tc.clip if tc.clip > 0 else float("inf"))
-                # every rank must take the same decisions: skip, stop, time up (one small all-reduce)
-                keys = sorted(metrics_here)
-                local = [loss_here, *[metrics_here[k] for k in keys], float(not math.isfinite(loss_here)),
-                         float(stop.received is not None), time.perf_counter() - t0]
-                total = distributed.sum_across(world, local, device)  # (NCCL reduces CUDA tensors only)
-                loss_mean = total[0] / world.size
-                metrics_mean = {k: v / world.size for k, v in zip(keys, total[1:1 + len(keys)])}
-                bad_loss, stop_any, elapsed = total[-3] > 0, total[-2] > 0, total[-1] / world.size
-                finite = not bad_loss and math.isfinite(gnorm.item())
+                agreed, gnorm = one_update(run, stop)
+                finite = not agreed.bad_loss and math.isfinite(gnorm)
                 if finite:
-                    opt.step()
-                    bad_streak = 0
-                else:
-                    opt.zero_grad(set_to_none=True)
-                    bad_streak += 1
-                t_train += elapsed
-                time_up = tc.time_limit is not None and t_train >= tc.time_limit
+                    run.opt.step()
+                st.bad_streak = 0 if finite else st.bad_streak + 1
                 if not finite:
-                    what = "loss" if bad_loss else "gradient"
-                    record({"step": step, "skipped": f"non-finite {what}", "loss": loss_mean, "grad_norm": gnorm.item(),
-                            "bad_streak": bad_streak})
-                    if world.main:
-                        bar.write(f"memtrain: step {step}: non-finite {what}, update skipped ({bad_streak} in a row)")
-                    if bad_streak >= tc.max_bad_steps:
-                        kept = [str(p) for p in list_checkpoints(out)] if out is not None else []
-                        raise TrainingError(
-                            f"{bad_streak} updates in a row had a non-finite loss or gradient (steps {step - bad_streak + 1}.."
-                            f"{step}); stopped. The weights were not changed by them. Last good checkpoint: "
-                            f"{kept[-1] if kept else 'none'}. Lower train.lr, set train.clip, or raise train.max_bad_steps")
-                elif step % tc.log_every == 0 or step == tc.steps - 1:
-                    row = {"step": step, "loss": loss_mean, "grad_norm": gnorm.item(), "lr": lr, **metrics_mean}
-                    record(row)
-                    bar.set_postfix(loss=f"{row['loss']:.3f}", **({"acc": f"{last['rnn_acc']:.2f}"} if "rnn_acc" in last else {}))
-                step += 1
-                bar.update(1)
-                if step % tc.eval_every == 0 and step < tc.steps:
-                    last, _ = run_eval(step, t_train)
+                    run.opt.zero_grad(set_to_none=True)
+                st.seconds += agreed.seconds
+                if not finite:
+                    _skipped(run, agreed, gnorm, bar)
+                elif st.step % tc.log_every == 0 or st.step == tc.steps - 1:
+                    run.log.write({"step": st.step, "loss": agreed.loss, "grad_norm": gnorm, "lr": lr, **agreed.metrics})
+                    shown["loss"] = f"{agreed.loss:.3f}"
+                st.step += 1
+                if st.step % tc.eval_every == 0 and st.step < tc.steps:
+                    last, _ = evaluate_now(run)
                     if last:
-                        bar.set_postfix(loss=f"{loss_mean:.3f}", acc=f"{last['rnn_acc']:.2f}")
-                if stop_any:
-                    saved = checkpoint()
+                        shown["acc"] = f"{last['rnn_acc']:.2f}"
+                bar.advance(st.step, st.seconds, **shown)
+                if agreed.stop:
                     bar.close()
-                    name = stop.received or "a signal to another process"
-                    where = f"; checkpoint {saved}" if saved else " (no out_dir, nothing saved)"
-                    say(f"memtrain: stopped by {name} after step {step}{where}")
-                    return {"method": cfg.method, "steps": step, "train_seconds": round(t_train, 3),
-                            "stopped": name, "checkpoint": str(saved) if saved else None}
-                if tc.ckpt_every and step % tc.ckpt_every == 0 and step < tc.steps and bad_streak == 0:
-                    checkpoint()  # (not in the middle of a run of skipped updates)
+                    return _stopped(run, stop.received or "a signal to another process")
+                if tc.ckpt_every and st.step % tc.ckpt_every == 0 and st.step < tc.steps and st.bad_streak == 0:
+                    save(run)  # (not in the middle of a run of skipped updates)
             bar.close()
-            final, ev = run_eval(step, t_train)
-            summary = {"method": cfg.method, "steps": step, "train_seconds": round(t_train, 3),
-                       "sequential_steps": sequential_steps(cfg, task.length), **final, "drift": ev.get("drift")}
-            if world.distributed:
-                summary["processes"] = world.size
-            if out is not None:
-                checkpoint(finished=True, summary=summary if world.main else None)
-                if world.main:
-                    save_run(out, modules, config, {"step": step, "summary": {k: v for k, v in summary.items() if k != "drift"}})
-                distributed.barrier(world)
-            return summary
+            return _finish(run)
     finally:
         bar.close()
-        if metrics_file:
-            metrics_file.close()
 
 
-def os_flush(f) -> None:
-    if f is not None:
-        f.flush()
-        os.fsync(f.fileno())
+def _stopped(run: Run, signal_name: str) -> dict:
+    saved = save(run)
+    where = f"; checkpoint {saved}" if saved else " (no out_dir, nothing saved)"
+    run.say(f"memtrain: stopped by {signal_name} after step {run.state.step}{where}")
+    return {"method": run.parts.cfg.method, "steps": run.state.step, "train_seconds": round(run.state.seconds, 3),
+            "stopped": signal_name, "checkpoint": str(saved) if saved else None}
+
+
+def _finish(run: Run) -> dict:
+    """The final evaluation, checkpoint and model; -> the run's summary."""
+    st, parts = run.state, run.parts
+    final, ev = evaluate_now(run)
+    summary = {"method": parts.cfg.method, "steps": st.step, "train_seconds": round(st.seconds, 3),
+               "sequential_steps": parts.method.sequential_steps(parts.task.length), **final, "drift": ev.get("drift")}
+    if run.world.distributed:
+        summary["processes"] = run.world.size
+    if run.out is not None:
+        save(run, finished=True, summary=summary if run.world.main else None)
+        if run.world.main:
+            save_run(run.out, _modules(parts), run.config, {"step": st.step, "summary": _no_drift(summary)})
+        distributed.barrier(run.world)
+    return summary

@@ -347,14 +347,14 @@ def test_tokens_npy_splits_and_every_offset(tmp_path):
         assert s >= cut and xs == list(range(s, s + T)) and ys == list(range(s + 1, s + T + 1))
 
 
-def test_tokens_eval_path(tmp_path):
+def test_tokens_val_path(tmp_path):
     a, b = tmp_path / "train.npy", tmp_path / "eval.npy"
     np.save(a, np.arange(100))
     np.save(b, np.arange(500, 540))
-    task = build_task("tokens", path=str(a), eval_path=str(b), length=10, vocab=1000)
+    task = build_task("tokens", path=str(a), val_path=str(b), length=10, vocab=1000)
     x, y = task.sample(512, gen(0))
     assert torch.equal(y[:, :-1], x[:, 1:])
-    assert int(y.max()) > 90 and int(y.max()) <= 99  # with eval_path the whole file is training data
+    assert int(y.max()) > 90 and int(y.max()) <= 99  # with val_path the whole file is training data
     xe, ye = sample_eval(task, 64, gen(0))
     assert int(xe.min()) >= 500 and int(ye.max()) < 540
     assert torch.equal(ye[:, :-1], xe[:, 1:])
@@ -374,7 +374,7 @@ def test_tokens_errors(tmp_path):
     with pytest.raises(ValueError, match=r"path holds 26 tokens, fewer than length\+1=65"):
         build_task("tokens", path=str(short), length=64)  # refused before any training starts
     task = build_task("tokens", path=str(short), length=2)
-    with pytest.raises(ValueError, match=r"eval split .* fewer than length\+1"):
+    with pytest.raises(ValueError, match=r"val split .* fewer than length\+1"):
         sample_eval(task, 2, gen(), length=64)
     big = tmp_path / "big.npy"
     np.save(big, np.arange(250, 300))
@@ -431,14 +431,14 @@ def test_npz_rows_and_minus_100_becomes_minus_1(tmp_path):
         assert yr == [(-1 if v < 0 else int(v)) for v in y[xr[0]][:4]]
 
 
-def test_npz_eval_path_is_used_for_evaluation(tmp_path):
+def test_npz_val_path_is_used_for_evaluation(tmp_path):
     tr = _npz(tmp_path / "tr.npz", x=np.ones((3, 5), dtype=np.int64), y=np.ones((3, 5), dtype=np.int64))
     ev = _npz(tmp_path / "ev.npz", x=np.full((2, 5), 2), y=np.full((2, 5), 2))
-    task = build_task("npz", path=tr, eval_path=ev, vocab=3)
+    task = build_task("npz", path=tr, val_path=ev, vocab=3)
     x, _ = task.sample(4, gen())
     xe, ye = sample_eval(task, 4, gen())
     assert bool((x == 1).all()) and bool((xe == 2).all()) and bool((ye == 2).all())
-    # without eval_path the training rows are used
+    # without val_path the training rows are used
     task = build_task("npz", path=tr)
     xe, _ = sample_eval(task, 4, gen())
     assert bool((xe == 1).all())
@@ -475,8 +475,8 @@ def test_npz_errors(tmp_path):
         build_task("npz", path=str(tmp_path / "j.npz")).sample(2, gen(), length=12)
     with pytest.raises(ValueError, match="no sequences"):
         build_task("npz", path=_npz(tmp_path / "k.npz", x=np.zeros((0, 6), dtype=np.int64), y=np.zeros((0, 6), dtype=np.int64)))
-    with pytest.raises(ValueError, match="eval_path"):
-        build_task("npz", path=str(tmp_path / "j.npz"), eval_path=str(tmp_path / "missing.npz"))
+    with pytest.raises(ValueError, match="val_path"):
+        build_task("npz", path=str(tmp_path / "j.npz"), val_path=str(tmp_path / "missing.npz"))
 
 
 def test_npz_random_bytes_is_not_readable(tmp_path):

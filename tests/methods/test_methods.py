@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from memtrain.methods.bptt import BPTT, BPTTConfig
-from memtrain.models.cells import adopt_teacher
+from memtrain.methods.smt import adopt_teacher
 from memtrain.methods.dmt import DMT, DMTConfig, dmt_loss
 from tests.conftest import V, tiny_cell, tiny_teacher
 
@@ -117,7 +117,7 @@ def loop_bptt(cell, x, y, truncate=None):
 def test_bptt_matches_loop(kind, truncate):
     cell = tiny_cell(kind).double()
     x, y = _data()
-    fast, _ = BPTT(cell, BPTTConfig(truncate=truncate)).loss(x, y)
+    fast, _ = BPTT(None, cell, BPTTConfig(grad_horizon=truncate)).loss(x, y)
     slow = loop_bptt(cell, x, y, truncate)
     torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)
     for a, b in zip(torch.autograd.grad(fast, list(cell.parameters())), torch.autograd.grad(slow, list(cell.parameters()))):
@@ -131,5 +131,5 @@ def test_bptt_truncation_cuts_gradient_to_start():
     y[:, -1] = 1  # only the last step supervised
     for truncate, reaches in ((None, True), (4, False)):
         cell.zero_grad()
-        BPTT(cell, BPTTConfig(truncate=truncate)).loss(x, y)[0].backward()
+        BPTT(None, cell, BPTTConfig(grad_horizon=truncate)).loss(x, y)[0].backward()
         assert (cell.m_init.grad is not None and float(cell.m_init.grad.abs().sum()) > 0) == reaches

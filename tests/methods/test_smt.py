@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from memtrain.models.cells import CELLS, adopt_teacher
+from memtrain.models.cells import CELLS
+from memtrain.methods.smt import adopt_teacher
 from memtrain.methods.smt import SMT, SMTConfig, sample_positions, smt_loss
 from memtrain.models.teacher import encode_reference
 from tests.conftest import V, tiny_cell, tiny_teacher

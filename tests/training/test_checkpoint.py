@@ -17,8 +17,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from memtrain.models.cells import CellConfig, build_cell
-from memtrain.training.checkpoint import FORMAT, META, STATE, VERSION, WEIGHTS, load_module, read_run
+from memtrain.io import load_module
+from memtrain.training.checkpoint import FORMAT, META, STATE, VERSION, WEIGHTS, read_run
 from memtrain.fields import from_dict, to_dict
+from memtrain.data.tasks import build_task
+from memtrain.training.build import resolve
 from memtrain.training.config import RunConfig
 from memtrain.presets import preset_config
 from memtrain.runs import evaluate_run, load_run
@@ -76,7 +79,7 @@ def _assert_same_state(a: dict, b: dict):
 
 def test_run_files_and_meta(smt_run):
     out, cfg, summary, _ = smt_run
-    assert {p.name for p in out.iterdir()} == {META, WEIGHTS, "metrics.jsonl", "checkpoints"}, "no temporary files left behind"
+    assert {p.name for p in out.iterdir()} == {META, WEIGHTS, "metrics.jsonl", "checkpoints", ".lock"}, "no temporary files left behind"
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000005"], "the final training state"
     meta = json.loads((out / META).read_text())
     assert meta["format"] == FORMAT == "memtrain-run"
@@ -87,7 +90,8 @@ def test_run_files_and_meta(smt_run):
     saved = from_dict(RunConfig, meta["config"])
     assert saved.method == "smt" and saved.task_args == {"length": 12}
     assert saved.teacher.vocab_size == saved.cell.vocab_size == 9, "vocab sizes are saved resolved"
-    assert meta["config"] == to_dict(cfg)
+    assert meta["config"] == to_dict(resolve(cfg, build_task(cfg.task, **cfg.task_args)))
+    assert cfg.cell.vocab_size is None and cfg.cell.d_mem is None, "the user's configuration is not changed"
     assert meta["summary"]["rnn_acc"] == summary["rnn_acc"]
     assert "drift" not in meta["summary"]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -98,7 +102,7 @@ def test_run_files_and_meta(smt_run):
 def test_load_run_gives_the_trained_weights(smt_run):
     out, cfg, summary, state = smt_run
     cfg1, task, teacher, cell = load_run(str(out))
-    assert cfg1 == from_dict(RunConfig, to_dict(cfg))
+    assert cfg1 == resolve(cfg, task)
     assert task.length == 12 and task.vocab_size == 9
     assert teacher is not None
     assert not cell.training and not teacher.training

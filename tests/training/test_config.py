@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from memtrain.fields import from_dict, parse_value, to_dict
-from memtrain.training.config import RunConfig, TrainConfig, apply_overrides
+from memtrain.training.config import RunConfig, TrainConfig, apply_overrides, resolve_shapes
 from memtrain.training.resume import flatten
 from memtrain.presets import PRESETS, preset_config
 
@@ -30,7 +30,7 @@ def resolved(*overrides: str) -> RunConfig:
     RunConfig(),
     preset_config("tiny"),
     preset_config("tiny", ["cell.kind=gru", "train.betas=[0.8,0.9]", "smt.dec_samples=null", "teacher.window=5",
-                           "dmt.rollout=7", "dmt.grad_horizon=null", "bptt.truncate=3", "task=copy",
+                           "dmt.rollout=7", "dmt.grad_horizon=null", "bptt.grad_horizon=3", "task=copy",
                            'task_args={"length": 21, "reverse": true}', "out_dir=runs/x", "init_from=runs/y"]),
 ], ids=["default", "tiny", "custom"])
 def test_to_dict_from_dict_round_trip(cfg):
@@ -52,7 +52,7 @@ def test_every_preset_resolves_and_round_trips():
 
 
 def test_tiny_preset_values():
-    cfg = preset_config("tiny")
+    cfg = resolve_shapes(preset_config("tiny"))  # the cell's shape follows the teacher's
     assert (cfg.teacher.d_model, cfg.cell.d_mem, cfg.cell.mem_tokens, cfg.teacher.mem_tokens) == (16, 16, 2, 2)
     assert cfg.task_args == {"length": 12}
     assert cfg.train.steps == 5 and cfg.smt.dec_samples == 4
@@ -180,7 +180,7 @@ def test_resolved_base_and_presets_validate():
     ("smt.dec_samples=0", "smt.dec_samples"),
     ("dmt.every=0", "dmt.every"),
     ("dmt.rollout=0", "dmt.rollout"),
-    ("bptt.truncate=0", "bptt.truncate"),
+    ("bptt.grad_horizon=0", "bptt.grad_horizon"),
     ("train.schedule=linear", "train.schedule"),
     ("train.device=tpu", "train.device"),
     ("train.lr=0", "train.lr"),

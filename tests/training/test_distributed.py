@@ -19,7 +19,7 @@ from memtrain.training import distributed
 from memtrain.training.checkpoint import list_checkpoints, read_checkpoint
 from memtrain.training.distributed import World
 from memtrain.presets import preset_config
-from memtrain.training.trainer import autocast_for, configure_precision
+from memtrain.training.build import autocast_for, configure_precision
 
 from helpers import ENV, train_here, wait_for_rows
 
@@ -103,7 +103,7 @@ def test_precision_settings():
 def test_bf16_autocast_gradients_reach_every_parameter_and_agree_with_fp32():
     """train.precision=bf16 (CPU autocast here): the loss is bf16-rounded, the gradients still reach
     every trainable parameter and point the way the fp32 ones do."""
-    from memtrain.training.trainer import build
+    from memtrain.training.build import build
 
     grads = {}
     for precision in ("fp32", "bf16"):
@@ -213,7 +213,8 @@ def test_killed_two_process_run_resumes_with_two(tmp_path):
 def test_unused_parameters_are_found_and_ddp_copes(tmp_path, smt_init):
     """DMT from encoder memories never uses m_empty: DDP must be told to look for unused parameters,
     and only then (the search costs a graph traversal every step)."""
-    from memtrain.training.trainer import _has_unused, build
+    from memtrain.training.build import build
+    from memtrain.training.trainer import _has_unused
 
     for settings, unused in ((["method=dmt", f"init_from={smt_init}", "dmt.start=encoder", "dmt.rollout=6"], True),
                              (["method=dmt", f"init_from={smt_init}"], False), ([], False), (["method=bptt"], False)):

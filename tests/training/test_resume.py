@@ -35,7 +35,9 @@ def trace(out: Path) -> list[dict]:
 
 
 def digest(d: Path) -> dict:
-    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
+    """Every file's hash, but the run lock's, which names whichever process holds the run now."""
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
 
 
 # ---- in-process: exact resume for every method ------------------------------------------------------
@@ -107,7 +109,7 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch):
 
 def test_a_finished_run_is_not_trained_again_and_can_be_extended(tmp_path, capsys):
     out = tmp_path / "r"
-    args = ["train.steps=6", "train.log_every=1", "train.ckpt_every=0", f"out_dir={out}"]
+    args = ["train.steps=6", "train.log_every=1", "train.ckpt_every=null", f"out_dir={out}"]
     first = train(preset_config("tiny", args), progress=False)
     before = digest(out)
     again = train(preset_config("tiny", args), progress=False)
@@ -226,7 +228,7 @@ def _poison(monkeypatch, steps: set, kind: str):
 
 @pytest.mark.parametrize("kind", ["loss", "grad"])
 def test_non_finite_updates_are_skipped_and_logged(kind, tmp_path, monkeypatch):
-    args = ["train.steps=6", "train.log_every=1", "train.ckpt_every=0", "train.eval_every=100"]
+    args = ["train.steps=6", "train.log_every=1", "train.ckpt_every=null", "train.eval_every=100"]
     clean = train(preset_config("tiny", [*args, f"out_dir={tmp_path / 'clean'}"]), progress=False)
     _poison(monkeypatch, {2, 3}, kind)
     out = tmp_path / "poisoned"
@@ -358,14 +360,14 @@ def test_sigkill_at_random_moments_loses_nothing(reference, tmp_path):
 KILL_INSIDE = {
     # the third training checkpoint's optimizer/RNG file is half written when the process dies
     "half-written state file": """
-real = ck.write_file
-def write_file(path, data, atomic=True):
+real = ck.atomic_write
+def atomic_write(path, data, atomic=True):
     if path.name == ck.STATE and bump() == 3:
         with open(path, "wb") as f:
             f.write(data[: len(data) // 2]); f.flush()
         die()
     return real(path, data, atomic)
-ck.write_file = write_file""",
+ck.atomic_write = atomic_write""",
     # everything written, the process dies just before the folder is renamed into place
     "before the rename": """
 real = os.replace
@@ -386,12 +388,12 @@ def rmtree(path, *a, **k):
 ck.shutil.rmtree = rmtree""",
     # the final model's weights are written, its run.json is not
     "final model": """
-real = ck.write_file
-def write_file(path, data, atomic=True):
+real = ck.atomic_write
+def atomic_write(path, data, atomic=True):
     if path.name == ck.META and path.parent.name == "r" and atomic:
         die()
     return real(path, data, atomic)
-ck.write_file = write_file""",
+ck.atomic_write = atomic_write""",
 }
 
 

@@ -7,7 +7,8 @@ import torch
 
 from memtrain.models.cells import CELLS
 from memtrain.presets import preset_config
-from memtrain.training.trainer import build, train
+from memtrain.training.build import build
+from memtrain.training.trainer import train
 
 
 def _cfg(tmp_path, name, *over):
@@ -104,7 +105,7 @@ def test_compile_networks_keeps_values_and_gradients():
     """The compiled cell step and encoder give the eager values and the same gradients into every
     parameter (float64; aot_eager traces the same graphs inductor compiles, without a C compiler)."""
     from memtrain.methods.smt import SMT, SMTConfig
-    from memtrain.training.trainer import compile_networks
+    from memtrain.training.build import compile_networks
     from tests.conftest import tiny_cell, tiny_teacher
 
     torch.manual_seed(0)

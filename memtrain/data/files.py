@@ -1,0 +1,219 @@
+"""Tasks read from files: a token stream (`tokens`: any file's bytes or a .npy array), your own
+sequences (`npz`), and folders written by `memtrain prepare` (`prepared`). Each answers
+`sample(batch_size, generator, length=None, split="train" | "val")`; "val" is the held-out data.
+"""
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .synthetic import _check_at_least, _check_length, _rand_ints
+
+SPLITS = ("train", "val")
+
+
+def _split(task, split: str):
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return task._train if split == "train" else task._val
+
+
+def _windows(data, T: int, batch_size: int, gen) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows of T+1 tokens at random offsets of a 1-D stream: x = the first T, y = the next T."""
+    start = _rand_ints(0, len(data) - T, (batch_size,), gen).numpy()
+    win = torch.from_numpy(np.stack([data[s: s + T + 1] for s in start]).astype(np.int64))
+    return win[:, :-1].contiguous(), win[:, 1:].contiguous()
+
+
+def _load_tokens(path: str) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"token file {path!r} does not exist")
+    if p.suffix == ".npy":
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(f"token file {path!r} is not a readable .npy array ({str(e)[:120]})") from None
+        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"token file {path!r} must hold a 1-D integer array, got {arr.dtype} {arr.shape}")
+        return arr.astype(np.int64)
+    return np.frombuffer(p.read_bytes(), dtype=np.uint8).astype(np.int64)
+
+
+@dataclass
+class TokenFile:
+    """Language modelling on a token stream: the bytes of any file (vocab 256), or a 1-D integer
+    `.npy` array. Windows of length+1 at random offsets; y_t = x_{t+1} (next token)."""
+    path: str | None = None  # a text file (its bytes) or a 1-D integer .npy array
+    length: int = 128  # T: tokens per window
+    vocab: int = 256  # token ids must lie in 0..vocab-1
+    val_path: str | None = None  # held-out tokens for evaluation (None: the last 10% of `path`)
+
+    def __post_init__(self):
+        if not self.path:
+            raise ValueError("task 'tokens' needs path= (a text file or a .npy token array)")
+        _check_length("tokens", self.length, 1)
+        _check_at_least("tokens", vocab=(self.vocab, 1))
+        tokens = _load_tokens(self.path)
+        if self.val_path:
+            self._train, self._val = tokens, _load_tokens(self.val_path)
+        else:
+            cut = int(len(tokens) * 0.9)
+            self._train, self._val = tokens[:cut], tokens[cut:]
+        for name, arr in (("path", self._train), ("val_path", self._val)):
+            if len(arr) == 0:
+                raise ValueError(f"task 'tokens': {name} holds no tokens")
+            if arr.min() < 0 or arr.max() >= self.vocab:
+                raise ValueError(f"task 'tokens': {name} has token ids in [{arr.min()}, {arr.max()}], outside vocab={self.vocab}")
+            if len(arr) < self.length + 1:
+                raise ValueError(f"task 'tokens': {name} holds {len(arr)} tokens, fewer than length+1={self.length + 1}")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.vocab
+
+    def sample(self, batch_size, gen=None, length=None, split="train"):
+        T = self.length if length is None else length
+        data = _split(self, split)
+        if len(data) < T + 1:
+            raise ValueError(f"task 'tokens': the {split} split has {len(data)} tokens, fewer than length+1={T + 1}")
+        return _windows(data, T, batch_size, gen)
+
+
+@dataclass
+class NpzTask:
+    """Bring your own data: an .npz with integer arrays x and y of shape (N, T); y = -1 or -100 where
+    unsupervised. Rows are drawn at random; `val_path` (optional) is used for evaluation."""
+    path: str | None = None  # an .npz with integer arrays x and y of shape (N, T)
+    val_path: str | None = None  # another such file for evaluation (None: the training rows)
+    vocab: int | None = None  # None: max token id + 1 of the training x
+    length: int | None = None  # None: the arrays' T; smaller values take the first `length` steps
+
+    def __post_init__(self):
+        if not self.path:
+            raise ValueError("task 'npz' needs path= (an .npz file with arrays x and y)")
+        _check_at_least("npz", vocab=(self.vocab or 1, 1), length=(self.length or 1, 1))
+        self._train = self._load(self.path, "path")
+        self._val = self._load(self.val_path, "val_path") if self.val_path else self._train
+        if self.vocab is None:
+            self.vocab = int(self._train[0].max()) + 1
+        if self.length is None:
+            self.length = self._train[0].shape[1]
+        for name, (x, y) in (("path", self._train), ("val_path", self._val)):
+            if x.max() >= self.vocab:
+                raise ValueError(f"task 'npz': {name} has token id {int(x.max())} outside vocab={self.vocab}")
+            if y.max() >= self.vocab:
+                raise ValueError(f"task 'npz': {name} has target {int(y.max())} outside vocab={self.vocab}")
+            if x.shape[1] < self.length:
+                raise ValueError(f"task 'npz': {name} sequences have T={x.shape[1]}, shorter than length={self.length}")
+
+    @staticmethod
+    def _load(path, name):
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"task 'npz': {name}={path!r} does not exist")
+        try:
+            f = np.load(p, allow_pickle=False)
+            if not isinstance(f, np.lib.npyio.NpzFile):
+                raise ValueError(f"task 'npz': {name}={path!r} is a single array, not an .npz archive with 'x' and 'y'")
+            with f:
+                if "x" not in f or "y" not in f:
+                    raise ValueError(f"task 'npz': {name}={path!r} must hold arrays 'x' and 'y', has {sorted(f.keys())}")
+                x, y = f["x"], f["y"]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            if "task 'npz'" in str(e):
+                raise
+            raise ValueError(f"task 'npz': {name}={path!r} is not a readable .npz file ({e})") from None
+        if x.ndim != 2 or x.shape != y.shape:
+            raise ValueError(f"task 'npz': {name} needs x and y of the same shape (N, T), got {x.shape} and {y.shape}")
+        if not (np.issubdtype(x.dtype, np.integer) and np.issubdtype(y.dtype, np.integer)):
+            raise ValueError(f"task 'npz': {name} arrays must be integers, got {x.dtype} and {y.dtype}")
+        if len(x) == 0 or x.shape[1] == 0:
+            raise ValueError(f"task 'npz': {name} holds no sequences")
+        if x.min() < 0:
+            raise ValueError(f"task 'npz': {name} has negative token id {int(x.min())}")
+        y = np.where(y < 0, -1, y)
+        if y.min() < -1:
+            raise ValueError(f"task 'npz': {name} has target {int(y.min())}")
+        return torch.from_numpy(x.astype(np.int64)), torch.from_numpy(y.astype(np.int64))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.vocab
+
+    def sample(self, batch_size, gen=None, length=None, split="train"):
+        T = self.length if length is None else length
+        x, y = _split(self, split)
+        if T > x.shape[1]:
+            raise ValueError(f"task 'npz': asked for length {T} but sequences have T={x.shape[1]}")
+        rows = _rand_ints(0, len(x), (batch_size,), gen)
+        return x[rows, :T], y[rows, :T]
+
+
+@dataclass
+class PreparedTask:
+    """A folder written by `memtrain prepare` (memtrain/prepare.py); evaluation uses its val.npy.
+
+    Text: windows of `length` bytes at random offsets, y_t = x_{t+1}, as in 'tokens' (vocab 256).
+    Pixels, layout "whole" (the default): one image is one sequence, x = [BOS, p_0, .., p_{T-2}] and
+    y = [p_0, .., p_{T-1}] with BOS = levels, so the vocabulary is levels + 1 and every pixel,
+    the first included, is predicted; `length` defaults to S*S (a shorter one takes the first pixels).
+    Pixels, layout "stream": the images concatenated into one stream, as the paper's authors feed
+    them, and windowed like text (vocab = levels, no BOS)."""
+    path: str | None = None  # a folder written by `memtrain prepare`
+    length: int | None = None  # None: 128 for text, S*S for pixels
+    layout: str | None = None  # pixels: "whole" (default) or "stream"; text is always a stream
+
+    def __post_init__(self):
+        if not self.path:
+            raise ValueError("task 'prepared' needs path= (a folder written by `memtrain prepare`)")
+        from .prepare import load_prepared
+
+        self.meta, arrays = load_prepared(self.path)
+        pixels = self.meta["kind"] == "pixels"
+        layout = self.layout or ("whole" if pixels else "stream")
+        if layout not in ("whole", "stream") or (layout == "whole" and not pixels):
+            allowed = "'whole' or 'stream'" if pixels else "'stream' (text is a byte stream)"
+            raise ValueError(f"task 'prepared': layout must be {allowed}, got {self.layout!r}")
+        self.layout = layout
+        self._seq = int(self.meta["seq_len"]) if pixels else 0
+        if self.length is None:
+            self.length = self._seq or 128
+        _check_length("prepared", self.length, 1)
+        self.vocab = int(self.meta["vocab_size"]) + (layout == "whole")
+        if layout == "whole":
+            self._train, self._val = arrays["train"], arrays["val"]
+        else:  # a flat view of the (N, S*S) images, or the byte stream itself
+            self._train, self._val = arrays["train"].reshape(-1), arrays["val"].reshape(-1)
+        for split in ("train", "val"):
+            self._check_fits(split, self.length)
+
+    def _check_fits(self, split: str, T: int) -> None:
+        data = _split(self, split)
+        name = f"{split}.npy"
+        if self.layout == "whole" and T > self._seq:
+            raise ValueError(f"task 'prepared': layout 'whole' sequences are one image of S*S={self._seq} pixels; "
+                             f"length={T} does not fit (use layout='stream' for longer windows)")
+        if self.layout == "stream" and len(data) < T + 1:
+            raise ValueError(f"task 'prepared': {name} in {self.path!r} holds {len(data)} tokens, fewer than "
+                             f"length+1={T + 1}")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.vocab
+
+    def sample(self, batch_size, gen=None, length=None, split="train"):
+        T = self.length if length is None else length
+        _check_length("prepared", T, 1)
+        self._check_fits(split, T)
+        data = _split(self, split)
+        if self.layout == "whole":
+            rows = _rand_ints(0, len(data), (batch_size,), gen).numpy()
+            y = torch.from_numpy(data[rows, :T].astype(np.int64))
+            bos = torch.full((batch_size, 1), self.vocab - 1, dtype=torch.long)
+            return torch.cat([bos, y[:, :-1]], dim=1), y
+        return _windows(data, T, batch_size, gen)

@@ -1,0 +1,68 @@
+"""What a training method is: an nn.Module wrapping the networks it trains, with its loss.
+
+The training loop (training/trainer.py) knows methods only through this class, and finds them by
+name in the registry (`memtrain.methods.METHODS`). Adding a method is one new file with a subclass
+plus one registry line; nothing in the trainer changes.
+
+Legend: B batch, T time, Z memory size.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn as nn
+
+
+class Method(nn.Module):
+    """A training method over a cell and, for methods with `needs_teacher`, a teacher.
+
+    Subclasses set the class attributes, implement `loss`, and override what differs:
+        name            the value of the `method=` setting
+        config_class    the dataclass of its settings (RunConfig section `name`, or `method_args`)
+        needs_teacher   the run builds a teacher (SMT, DMT) and saves it with the cell
+        needs_init      the run fine-tunes a finished run: `init_from=` is required (DMT)
+    """
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type | None] = None
+    needs_teacher: ClassVar[bool] = False
+    needs_init: ClassVar[bool] = False
+
+    def __init__(self, teacher: nn.Module | None, cell: nn.Module, cfg=None):
+        super().__init__()
+        if cfg is not None and hasattr(cfg, "validate"):
+            cfg.validate()
+        if self.needs_teacher and teacher is None:
+            raise ValueError(f"method {self.name!r} needs a teacher")
+        self.teacher, self.cell, self.cfg = teacher, cell, cfg
+
+    @classmethod
+    def check(cls, cfg, T: int) -> None:
+        """Refuse settings `cfg` that cannot work on sequences of length T (before anything is built)."""
+
+    def trainable(self) -> list[nn.Parameter]:
+        """The parameters the optimizer updates (default: the cell's)."""
+        return list(self.cell.parameters())
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator | None = None):
+        """x, y (B, T) -> (scalar loss, {name: detached scalar} metrics); `gen` draws any randomness."""
+        raise NotImplementedError
+
+    def forward(self, x, y, gen=None):  # what DistributedDataParallel calls
+        return self.loss(x, y, gen)
+
+    def before_eval(self) -> None:
+        """Run before the cell is evaluated alone (SMT hands it the teacher's readout and m_empty)."""
+
+    def sequential_steps(self, T: int) -> int:
+        """Cell updates that must run one after another in one training update (default: T)."""
+        return T
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """The method's own tensors, without the networks it wraps (e.g. SMT's last-input probe,
+        trained but not part of the final model): a training checkpoint holds them for an exact resume."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(("cell.", "teacher."))}
+
+    def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.load_state_dict({**self.state_dict(), **tensors})

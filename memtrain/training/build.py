@@ -1,0 +1,141 @@
+"""From a configuration to the objects of a run: settings resolved once, the task, the networks and
+the method, on a device. Training, `memtrain eval` / `sample` (runs.py) and the benchmarks all build
+their networks here.
+
+`resolve` derives what a user leaves unset, without changing the user's configuration: the
+vocabulary sizes from the task, and the cell's memory shape (mem_tokens, d_mem, n_heads,
+readout_depth) from the teacher section, so one set of numbers shapes both (in a BPTT run the
+teacher section only does that).
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from ..data.tasks import build_task
+from ..fields import from_dict, to_dict
+from ..io import load_module
+from ..methods import Method, method_class
+from ..models.cells import Cell, build_cell, check_compatible
+from ..models.teacher import Teacher
+from .checkpoint import META, read_run
+from .config import RunConfig, method_settings, resolve_shapes, upgrade
+from .resume import config_differences
+
+def resolve(cfg: RunConfig, task) -> RunConfig:
+    """Every derived setting filled in (a new config; `cfg` is not changed): shapes as
+    `resolve_shapes`, and vocabularies from the task (a set one must hold the task's token ids)."""
+    r = resolve_shapes(cfg)
+    V = task.vocab_size
+    for part, name in ((r.teacher, "teacher"), (r.cell, "cell")):
+        if part.vocab_size is not None and part.vocab_size < V:
+            raise ValueError(f"{name}.vocab_size={part.vocab_size} but task '{r.task}' uses token ids up to {V - 1} (vocab {V})")
+    chosen = r.teacher.vocab_size or r.cell.vocab_size or V  # unset: as the other one, else the task's
+    r.teacher.vocab_size = r.teacher.vocab_size or chosen
+    r.cell.vocab_size = r.cell.vocab_size or chosen
+    return r
+
+
+def saved_config(meta: dict) -> dict:
+    """The configuration in a run.json, in today's setting names (older formats translated)."""
+    return upgrade(meta["config"], meta.get("version", 1))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device='cuda' but no CUDA device is available")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("train.device='mps' but no MPS device is available")
+    return torch.device(name)
+
+
+@dataclass
+class Parts:
+    """What a run trains: its resolved configuration, the task, the networks and the method."""
+    cfg: RunConfig
+    task: object
+    teacher: Teacher | None
+    cell: Cell
+    method: Method
+
+
+def networks(cfg: RunConfig, with_teacher: bool) -> tuple[Teacher | None, Cell]:
+    """The cell and (if asked) the teacher of a resolved configuration, freshly initialised from
+    torch's global generator (the cell first)."""
+    cell = build_cell(cfg.cell)
+    teacher = Teacher(cfg.teacher) if with_teacher else None
+    if teacher is not None:
+        check_compatible(cell.cfg, teacher.cfg)  # a clear message before any weights are loaded
+    return teacher, cell
+
+
+def assemble(cfg: RunConfig) -> Parts:
+    """Validate everything, resolve the settings, build task, networks and method (fresh weights)."""
+    cfg.validate()
+    task = build_task(cfg.task, **cfg.task_args)
+    rcfg = resolve(cfg, task)
+    pick_device(rcfg.train.device)
+    cls = method_class(rcfg.method)
+    settings = method_settings(rcfg)
+    cls.check(settings, task.length)
+    if cls.needs_init and not rcfg.init_from:
+        raise ValueError(f"method {rcfg.method!r} fine-tunes a finished run: set init_from=<run dir>")
+    teacher, cell = networks(rcfg, cls.needs_teacher)
+    return Parts(rcfg, task, teacher, cell, cls(teacher, cell, settings))
+
+
+def load_init_weights(parts: Parts) -> None:
+    """Load the networks of the finished run `init_from` into `parts`, refusing other sizes."""
+    cfg, where = parts.cfg, parts.cfg.init_from
+    meta, tensors = read_run(where)
+    try:
+        prev = from_dict(RunConfig, saved_config(meta))
+    except ValueError as e:
+        raise ValueError(f"init_from={where!r}: its {META} holds a configuration this memtrain cannot read ({e})") from None
+    if parts.teacher is not None and "teacher" not in meta["modules"]:
+        raise ValueError(f"init_from={where!r} has no teacher ({prev.method} run); {cfg.method} needs one")
+    names = ("cell", "teacher") if parts.teacher is not None else ("cell",)
+    diffs = config_differences({p: to_dict(getattr(prev, p)) for p in names}, {p: to_dict(getattr(cfg, p)) for p in names})
+    if diffs:
+        raise ValueError(f"init_from={where!r} holds networks of other sizes: {'; '.join(diffs[:4])}")
+    for name in names:
+        load_module(getattr(parts, name), tensors, name, where)
+
+
+def build(cfg: RunConfig, load_init: bool = True):
+    """-> (task, teacher or None, cell, method), with `init_from`'s weights loaded unless `load_init`
+    is False (a resumed run takes its weights from its own checkpoint)."""
+    parts = assemble(cfg)
+    if parts.cfg.init_from and load_init:
+        load_init_weights(parts)
+    return parts.task, parts.teacher, parts.cell, parts.method
+
+
+def compile_networks(cell, teacher=None, **options) -> None:
+    """torch.compile the two functions every hot path calls: `cell.update` (SMT calls it once on all
+    T transitions; rollouts call it once per step) and `teacher.encode` (the one-pass encoder). Loops
+    over time stay in Python: a rollout is never unrolled into one graph, so compile time does not
+    grow with T. The compiled functions shadow the methods on these instances only; parameters and
+    checkpoints are unchanged. `options` go to torch.compile (e.g. backend="aot_eager" in tests)."""
+    cell.update = torch.compile(cell.update, **options)
+    if teacher is not None:
+        teacher.encode = torch.compile(teacher.encode, **options)
+
+
+def configure_precision(device: torch.device, tf32: bool) -> None:
+    """TF32 matmuls and convolutions on CUDA when `tf32` (Ampere and newer: ~8x the fp32 rate, 10-bit
+    mantissa inputs, fp32 accumulation); nothing changes on other devices."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
+def autocast_for(device: torch.device, precision: str):
+    """'auto': bf16 autocast on CUDA, fp32 elsewhere; 'bf16': bf16 autocast on any device; 'fp32'."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
