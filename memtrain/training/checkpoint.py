@@ -28,8 +28,8 @@ from ..io import atomic_write, fsync_dir, json_bytes, read_json, sha256
 
 
 FORMAT = "memtrain-run"
-VERSION = 2  # 2: run.json holds the SHA-256 of every tensor file; version 1 (no hashes) still reads
-READS = (1, 2)
+VERSION = 3  # 3: settings renamed in memtrain 0.2 (config.upgrade translates 1 and 2); 2: SHA-256 of every tensor file
+READS = (1, 2, 3)
 WEIGHTS, META, STATE = "model.safetensors", "run.json", "train_state.safetensors"
 CHECKPOINTS = "checkpoints"
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")

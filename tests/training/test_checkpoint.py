@@ -83,7 +83,7 @@ def test_run_files_and_meta(smt_run):
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000005"], "the final training state"
     meta = json.loads((out / META).read_text())
     assert meta["format"] == FORMAT == "memtrain-run"
-    assert meta["version"] == VERSION == 2
+    assert meta["version"] == VERSION == 3
     assert meta["sha256"] == {WEIGHTS: hashlib.sha256((out / WEIGHTS).read_bytes()).hexdigest()}
     assert meta["modules"] == ["cell", "teacher"]
     assert meta["step"] == 5 == summary["steps"]

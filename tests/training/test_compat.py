@@ -1,0 +1,95 @@
+"""Runs saved by memtrain 0.1 (format version 2, tests/data/format2_runs) still load, evaluate and
+resume, with their settings translated to today's names; old setting names on the command line get
+one message naming the new one."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from memtrain.cli import main
+from memtrain.data.tasks import sample_eval
+from memtrain.methods.evaluate import evaluate
+from memtrain.presets import preset_config
+from memtrain.runs import evaluate_run, load_run
+from memtrain.training.checkpoint import read_run
+from memtrain.training.config import RENAMED, upgrade
+from memtrain.training.trainer import train
+
+OLD = Path(__file__).resolve().parents[1] / "data" / "format2_runs"
+# what each run was made with (tests/data/format2_runs/README.md), in today's names
+MADE_WITH = {"smt": ["train.seed=1", "train.ckpt_every=10", "train.keep_last=1"],
+             "bptt": ["method=bptt", "bptt.grad_horizon=4", "train.seed=1", "train.ckpt_every=10", "train.keep_last=1"]}
+
+
+@pytest.mark.parametrize("name", ["smt", "bptt", "dmt"])
+def test_an_old_run_loads_and_evaluates_as_when_it_was_saved(name):
+    meta, _ = read_run(OLD / name)
+    assert meta["version"] == 2, "the fixture is an old run"
+    cfg, task, teacher, cell = load_run(str(OLD / name))
+    assert (teacher is None) == (name == "bptt")
+    assert cfg.train.threads is None and (cfg.init_from is None) == (name != "dmt"), "0 and '' became None"
+    if name == "bptt":
+        assert cfg.bptt.grad_horizon == 4, "bptt.truncate was translated"
+    # the same evaluation the training loop ran at its end gives the same numbers from the loaded weights
+    saved = meta["summary"]
+    x, y = sample_eval(task, cfg.train.eval_batch, torch.Generator().manual_seed(cfg.train.seed + 10_000))
+    ev = evaluate(cell, teacher, x, y)
+    assert ev["rnn_ce"] == pytest.approx(saved["rnn_ce"], rel=1e-6, abs=1e-7)
+    if teacher is not None:
+        assert ev["teacher_ce"] == pytest.approx(saved["teacher_ce"], rel=1e-6, abs=1e-7)
+    rows = evaluate_run(str(OLD / name), lengths=[12, 24], batch_size=8)
+    assert [r["length"] for r in rows] == [12, 24] and all(0 <= r["rnn_acc"] <= 1 for r in rows)
+
+
+@pytest.mark.parametrize("name", ["smt", "bptt"])
+def test_an_old_run_resumes_exactly(tmp_path, capsys, name):
+    """Extended from its step-20 checkpoint to 30 steps, an old run continues exactly as a run of 30
+    steps made today: the same loss rows after step 20 and the same final weights."""
+    old = tmp_path / "old"
+    shutil.copytree(OLD / name, old)
+    resumed = train(preset_config("tiny", MADE_WITH[name] + ["train.steps=30", "train.log_every=1", f"out_dir={old}"]),
+                    progress=False)
+    assert "resuming" in capsys.readouterr().err and resumed["steps"] == 30
+    fresh = tmp_path / "fresh"
+    train(preset_config("tiny", MADE_WITH[name] + ["train.steps=30", "train.log_every=1", f"out_dir={fresh}"]),
+          progress=False)
+
+    def losses(d):
+        rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["loss"]) for r in rows if "loss" in r and r["step"] >= 20]
+
+    assert losses(old) == losses(fresh) and len(losses(old)) == 10
+    a, b = load_file(str(old / "model.safetensors")), load_file(str(fresh / "model.safetensors"))
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_run(old)[0]["version"] == 3, "it is saved in today's format"
+
+
+def test_upgrade_translates_names_and_unset_values():
+    old = json.loads((OLD / "bptt" / "run.json").read_text())["config"]
+    assert old["bptt"] == {"truncate": 4} and old["train"]["threads"] == 0 and old["init_from"] == ""
+    new = upgrade(old, 2)
+    assert new["bptt"] == {"grad_horizon": 4}
+    assert new["train"]["threads"] is None and new["init_from"] is None and new["method_args"] == {}
+    assert upgrade(old, 3) is old, "today's format is read as it is"
+    gru = upgrade({"cell": {"kind": "gru", "residual": True}, "task_args": {"eval_path": "v.txt", "vocab": 0}}, 2)
+    assert gru["cell"]["residual"] is None and gru["task_args"] == {"val_path": "v.txt"}
+    assert old["bptt"] == {"truncate": 4}, "the saved configuration is not changed"
+
+
+@pytest.mark.parametrize("old_name", sorted(RENAMED))
+def test_an_old_setting_name_names_the_new_one(tmp_path, capsys, old_name):
+    rc = main(["train", "--preset", "tiny", "--quiet", f"{old_name}=4", f"out_dir={tmp_path / 'x'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and RENAMED[old_name] in err[0] and old_name in err[0]
+    assert not (tmp_path / "x").exists()
+
+
+def test_memtrain_eval_reads_an_old_run(capsys):
+    assert main(["eval", str(OLD / "smt"), "--batch", "8", "--lengths", "12"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["length"] == 12 and "teacher_acc" in row
