@@ -215,6 +215,16 @@ def load_prepared(path: str | os.PathLike) -> tuple[dict, dict]:
     return meta, arrays
 
 
+def _version() -> str:
+    """This memtrain's version, as installed (importing the package root would import every layer)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("memtrain")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 # ---- writing --------------------------------------------------------------------------------------
 
 def _differences(meta: dict, kind: str, source: str, opts: dict, extra: dict) -> list[str]:
@@ -303,8 +313,6 @@ def prepare(kind: str, source: str, out_dir: str | os.PathLike, *, progress: boo
     path (file) or data_files, separator, cache_dir (tinystories, which keeps its own validation
     split). Pixel options: size (None: native), levels (256; 2 binarises), limit (images per split),
     root, base_url. overwrite=True replaces a different data set already in out_dir."""
-    from .. import __version__
-
     overwrite = options.pop("overwrite", False)
     if not isinstance(overwrite, bool):
         raise ValueError(f"overwrite must be true or false, got {overwrite!r}")
@@ -317,7 +325,7 @@ def prepare(kind: str, source: str, out_dir: str | os.PathLike, *, progress: boo
         return meta
     build = _text_arrays if kind == "text" else _pixel_arrays
     arrays, extra = build(source, opts, progress)
-    meta = {"format": FORMAT, "version": VERSION, "memtrain_version": __version__, "kind": kind, "source": source,
+    meta = {"format": FORMAT, "version": VERSION, "memtrain_version": _version(), "kind": kind, "source": source,
             "options": json.loads(json.dumps(opts)), "files": {k: f"{k}.npy" for k in arrays},
             "sizes": {s: int(len(arrays[s])) for s in ("train", "val")},
             "vocab_size": 256 if kind == "text" else opts["levels"], **extra}
