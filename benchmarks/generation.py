@@ -24,14 +24,15 @@ from common import md_table, median, pyplot, write_results
 
 
 def build(window: int, cell_kind: str):
-    from memtrain.models.cells import build_cell
     from memtrain.presets import preset_config
-    from memtrain.models.teacher import Teacher
+    from memtrain.training.build import networks
+    from memtrain.training.config import resolve_shapes
 
-    cfg = preset_config("text-cpu", ["teacher.vocab_size=256", "cell.vocab_size=256", f"teacher.window={window}",
-                                     f"cell.kind={cell_kind}"])
+    cfg = resolve_shapes(preset_config("text-cpu", ["teacher.vocab_size=256", "cell.vocab_size=256",
+                                                    f"teacher.window={window}", f"cell.kind={cell_kind}"]))
     torch.manual_seed(0)
-    return Teacher(cfg.teacher).eval(), build_cell(cfg.cell).eval()
+    teacher, cell = networks(cfg, with_teacher=True)
+    return teacher.eval(), cell.eval()
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ from memtrain.presets import preset_config
 from memtrain.runs import load_run
 from memtrain.methods.smt import SMTConfig, smt_loss
 from memtrain.data.tasks import build_task
-from memtrain.models.teacher import Teacher
+from memtrain.training.build import networks, resolve
 from memtrain.methods.losses import readout_ce
 
 
@@ -108,7 +108,7 @@ def main() -> None:
     cfg = preset_config("retrieval-smt", [f'task_args={{"length": {a.length}}}'])
     task = build_task(cfg.task, **cfg.task_args)
     x, y = task.sample(a.batch, torch.Generator().manual_seed(a.seed + 1))
-    cfg.cell.vocab_size = cfg.teacher.vocab_size = task.vocab_size
+    cfg = resolve(cfg, task)  # the vocabulary from the task, the cell's shape from the teacher
 
     profiles = {}
     # plain tanh RNN: the textbook case (no memory normalisation)
@@ -123,7 +123,7 @@ def main() -> None:
         scale_(c, ("fc", "out"), "scale", gain, gen)
         profiles[f"residual MLP cell (library default), weights x{gain:g}"] = ("BPTT", bptt_profile(c, x, y))
     smt_cfg = SMTConfig(**{**vars(cfg.smt), "dec_samples": None})
-    teacher, cell = Teacher(cfg.teacher), build_cell(cfg.cell)
+    teacher, cell = networks(cfg, with_teacher=True)
     models = [("fresh", teacher, cell, smt_cfg)]
     if a.run:
         rcfg, _, t2, c2 = load_run(a.run)

@@ -42,7 +42,7 @@ def compare(out_dir: str, overrides: list[str] = (), smt_steps: int = 900, dmt_s
         if dmt.get("stopped"):
             return []
         budget = bptt_seconds if bptt_seconds is not None else max(smt["train_seconds"] + dmt["train_seconds"], 0.01)
-        log(f"[3/3] BPTT on the same cell for the same wall-clock ({budget:.0f} s)")
+        log(f"[3/3] BPTT on the same cell for the same wall-clock: {budget:.1f} s of training")
         bptt = train(_bptt_config(smt_cfg, out, budget), progress=progress)
         if bptt.get("stopped"):
             return []

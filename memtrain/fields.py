@@ -280,7 +280,7 @@ def _first_doc_line(cls) -> str:
     return lines[0].strip() if lines else ""
 
 
-def settings_help(cls, title: str, width: int = 100) -> str:
+def settings_help(cls, title: str, width: int = 120) -> str:
     """A text table of every setting of `cls` (see `describe`), grouped by section: the top-level
     settings first, then a heading and the rows of each nested dataclass. For argparse's epilog
     (with RawDescriptionHelpFormatter)."""
@@ -321,7 +321,7 @@ def settings_help(cls, title: str, width: int = 100) -> str:
     for key, group in groups.items():
         if key == "" and not group:
             continue
-        out += ["", headings[key]]
+        out += [""] + textwrap.wrap(headings[key], width=width, subsequent_indent="    ")
         if not group:
             out.append("  (no settings)")
         for name, tp, default, meaning in group:

@@ -29,6 +29,13 @@ def test_compare_rows_and_budget(tmp_path):
     assert table.count("\n") == 4 and "| SMT -> DMT |" in table
 
 
+def test_each_stage_says_its_budget(tmp_path):
+    said = []
+    compare(str(tmp_path), TINY, smt_steps=3, dmt_steps=2, bptt_seconds=0.4, progress=False, log=said.append)
+    assert said[0].startswith("[1/3] SMT") and "3 steps" in said[0] and "2 steps" in said[1]
+    assert said[2].startswith("[3/3] BPTT") and "0.4 s" in said[2], said[2]
+
+
 def test_demo_cli(tmp_path, capsys):
     rc = main(["demo", "--quiet", "--length", "12", "--smt-steps", "2", "--dmt-steps", "2", "--out", str(tmp_path), *TINY])
     assert rc == 0

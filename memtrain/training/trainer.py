@@ -127,7 +127,7 @@ class Progress:
     def __init__(self, tc, state: RunState, enabled: bool, desc: str):
         self.timed = tc.time_limit is not None
         total, done = (tc.time_limit, min(state.seconds, tc.time_limit)) if self.timed else (tc.steps, min(state.step, tc.steps))
-        fmt = "{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]" if self.timed else None
+        fmt = "{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}{postfix}]" if self.timed else None
         self.bar = tqdm(total=total, initial=done, disable=not enabled, desc=desc, dynamic_ncols=True,
                         **({"bar_format": fmt} if fmt else {}))
         self.total = total

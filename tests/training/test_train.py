@@ -101,6 +101,15 @@ def test_time_limit_stops_training(tmp_path):
         build(_cfg(tmp_path, "u", "train.time_limit=0"))
 
 
+def test_progress_bar_counts_the_time_budget(tmp_path, capsys):
+    """Under train.time_limit the bar counts seconds of the budget, not 0/1000000 steps."""
+    train(_cfg(tmp_path, "p", "train.steps=1000000", "train.eval_every=1000000", "train.time_limit=0.5"), progress=True)
+    err = capsys.readouterr().err
+    assert "/0.5 s [" in err and "1000000" not in err, err[-300:]
+    train(_cfg(tmp_path, "q", "train.steps=3", "train.eval_every=1000"), progress=True)
+    assert "3/3" in capsys.readouterr().err, "without a time limit it counts steps"
+
+
 def test_compile_networks_keeps_values_and_gradients():
     """The compiled cell step and encoder give the eager values and the same gradients into every
     parameter (float64; aot_eager traces the same graphs inductor compiles, without a C compiler)."""
