@@ -8,6 +8,7 @@ coercion reads saved run.json files and task / prepare options; the typed-CLI li
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import functools
 import inspect
@@ -207,7 +208,7 @@ def type_name(tp) -> str:
         return "[" + ", ".join(type_name(a) for a in args) + "]"
     if origin in (list, set, frozenset) or tp in (list, tuple, set, frozenset):
         return f"[{type_name(args[0])}, ...]" if args else "list"
-    if tp is dict or origin is dict or (isinstance(origin, type) and issubclass(origin, typing.Mapping)):
+    if tp is dict or origin is dict or (isinstance(origin, type) and issubclass(origin, collections.abc.Mapping)):
         return "mapping"
     if isinstance(tp, type):
         return tp.__name__

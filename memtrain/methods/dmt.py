@@ -28,8 +28,8 @@ class DMTConfig:
     every: int = 1  # k: regress every k-th rollout memory
     start: str = "empty"  # "empty": from the cell's m_empty; "encoder": from M[:, s0] at a random s0
     grad_horizon: int | None = 1  # 1: one-step gradients (state detached); None: through the rollout
-    coef_dyn: float = 1.0
-    coef_readout: float = 1.0
+    coef_dyn: float = 1.0  # weight of the regression of the cell's rollout onto the teacher's memories
+    coef_readout: float = 1.0  # weight of the readout's cross-entropy on the rolled-out memories
     readout_on_detached: bool = True  # readout CE trains the head only, never the memory path
 
     def validate(self) -> None:

@@ -28,9 +28,9 @@ class SMTConfig:
     """Supervised Memory Training: teacher and cell jointly, every transition in one pass."""
     future: int = 32  # Tf: outputs the decoder predicts from each memory
     gamma: float = 1.0  # weight gamma^i on the i-th future output
-    coef_dec: float = 1.0
-    coef_dyn: float = 0.1
-    coef_unif: float = 1e-3
+    coef_dec: float = 1.0  # weight of the decoder's cross-entropy (predictive memories)
+    coef_dyn: float = 0.1  # weight of the cell's one-step regression onto the teacher's next memory
+    coef_unif: float = 1e-3  # weight of the uniformity loss against memory collapse
     dec_samples: int | None = 32  # memories per sequence sent to the decoder (None: every one)
     dyn_samples: int | None = None  # transitions per sequence in the dynamics loss (None: all T)
     unif_samples: int = 256  # memory tokens in the uniformity loss

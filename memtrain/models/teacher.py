@@ -33,12 +33,13 @@ ENCODERS = ("causal", "window")
 
 @dataclass
 class TeacherConfig:
+    """The SMT teacher: an encoder that writes the memory, a decoder that predicts the future from it."""
     vocab_size: int | None = None  # None: the task's vocabulary
     mem_tokens: int = 4  # K
     d_model: int = 64  # D, also the width of one memory token
-    n_heads: int = 4
-    encoder_depth: int = 2
-    decoder_depth: int = 1
+    n_heads: int = 4  # attention heads of the encoder and the decoder
+    encoder_depth: int = 2  # Transformer blocks of the encoder
+    decoder_depth: int = 1  # Transformer blocks of the decoder (and of the cell's readout)
     encoder: str = "causal"  # "causal" (one pass) | "window" (per-window bidirectional, as the authors)
     window: int | None = None  # Tc; None = the whole prefix (needed for "window")
     token_shift: bool = False  # each encoder token also embeds the previous input (a "smeared key")

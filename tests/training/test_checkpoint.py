@@ -201,8 +201,8 @@ def test_other_format_and_version(run_copy):
     (run_copy / META).write_text(json.dumps({**meta, "format": "someone-else"}))
     with pytest.raises(ValueError, match="not a memtrain run.*someone-else"):
         load_run(str(run_copy))
-    (run_copy / META).write_text(json.dumps({**meta, "version": 3}))
-    with pytest.raises(ValueError, match=r"format version 3.*reads versions \[1, 2\]"):
+    (run_copy / META).write_text(json.dumps({**meta, "version": 4}))  # a newer memtrain's
+    with pytest.raises(ValueError, match=r"format version 4.*reads versions \[1, 2, 3\]"):
         load_run(str(run_copy))
     (run_copy / META).write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):

@@ -200,7 +200,10 @@ def test_a_second_train_on_a_running_out_dir_is_refused_at_once(tmp_path):
         before = _digest(out)
 
         t = time.time()
-        second = subprocess.run(_cmd(out), env=ENV, capture_output=True, text=True, timeout=60)
+        try:
+            second = subprocess.run(_cmd(out), env=ENV, capture_output=True, text=True, timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("a second `memtrain train` on a running out_dir was not refused: it trained for 30 s")
         took = time.time() - t
         assert second.returncode == 2, second.stderr
         err = second.stderr
