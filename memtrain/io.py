@@ -28,16 +28,18 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, data: bytes, atomic: bool = True) -> Path:
-    """Write bytes to `path` and fsync them. With `atomic` (default) they go to a temporary name in
-    the same folder that is renamed over `path`, so a reader sees the old file or the new one, never
-    half of one; if anything fails (a full disk, an interrupt) nothing is left behind. Without it
-    (a file inside a folder that is itself renamed into place) `path` is written directly."""
+def atomic_write(path: str | os.PathLike, data, atomic: bool = True) -> Path:
+    """Write `data` to `path` and fsync it: bytes, or a function that writes to the open binary file
+    (a large array streamed, never held twice in memory). With `atomic` (default) it goes to a
+    temporary name in the same folder that is renamed over `path`, so a reader sees the old file or
+    the new one, never half of one; if anything fails (a full disk, an interrupt) nothing is left
+    behind. Without it (a file inside a folder that is itself renamed into place) `path` is written
+    directly, and removed if the write fails."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}") if atomic else path
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            data(f) if callable(data) else f.write(data)
             f.flush()
             os.fsync(f.fileno())
         if atomic:

@@ -200,6 +200,20 @@ def test_writers_read_back(tmp_path):
 
 # ---- io.atomic_write -----------------------------------------------------------------------------
 
+def test_atomic_write_streams_from_a_writer_function(tmp_path):
+    arr = np.arange(10, dtype=np.uint8)
+    p = io.atomic_write(tmp_path / "a.npy", lambda f: np.save(f, arr, allow_pickle=False))
+    assert np.array_equal(np.load(p), arr) and sorted(x.name for x in tmp_path.iterdir()) == ["a.npy"]
+
+    def fails(f):
+        f.write(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        io.atomic_write(tmp_path / "a.npy", fails)
+    assert np.array_equal(np.load(p), arr) and sorted(x.name for x in tmp_path.iterdir()) == ["a.npy"]
+
+
 def test_atomic_write_replaces_and_fsyncs(tmp_path, monkeypatch):
     synced = []
     real = os.fsync

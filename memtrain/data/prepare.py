@@ -14,7 +14,6 @@ unless `overwrite=True`. `load_prepared(dir)` reads it back, refusing foreign or
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import secrets
@@ -265,13 +264,6 @@ def _existing(out: Path, kind: str, source: str, opts: dict, overwrite: bool) ->
     return meta
 
 
-def _npy_bytes(arr: np.ndarray) -> bytes:
-    """The .npy file of `arr` (never a pickle), in memory: one copy of the array while it is written."""
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    return buf.getvalue()
-
-
 def _publish(out: Path, arrays: dict, meta: dict, write_more=None) -> None:
     """Write everything into a temporary sibling folder, then rename it to `out` (replacing an empty
     folder, or with overwrite the old data set, which is only deleted once the new one is in place).
@@ -283,7 +275,7 @@ def _publish(out: Path, arrays: dict, meta: dict, write_more=None) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()  # not mkdtemp: its 0700 mode would become the data set's
         for name, arr in arrays.items():  # not atomic one by one: the folder is renamed into place as a whole
-            atomic_write(tmp / meta["files"][name], _npy_bytes(arr), atomic=False)
+            atomic_write(tmp / meta["files"][name], lambda f, a=arr: np.save(f, a, allow_pickle=False), atomic=False)
         if write_more is not None:
             write_more(tmp)
         atomic_write(tmp / META, json_bytes(meta), atomic=False)

@@ -28,10 +28,10 @@ from tqdm.auto import tqdm
 
 from ..data.tasks import sample_eval
 from ..fields import to_dict
+from ..io import load_module
 from ..methods.evaluate import drift_at, evaluate
 from . import distributed
 from .build import Parts, assemble, autocast_for, compile_networks, configure_precision, load_init_weights, pick_device, saved_config
-from ..io import load_module
 from .checkpoint import checkpoint_dir, list_checkpoints, read_run, remove_partial, save_checkpoint, save_run
 from .config import RunConfig
 from .lock import RunLock
@@ -207,22 +207,36 @@ def _train(cfg: RunConfig, progress: bool, world: distributed.World, device: tor
     out = Path(cfg.out_dir) if cfg.out_dir else None
     if out is not None and out.exists() and not out.is_dir():
         raise ValueError(f"out_dir={cfg.out_dir!r} exists and is not a directory")
+    lock = (lambda: RunLock(out, enabled=world.main)) if out is not None else nullcontext
+    if out is not None and out.is_dir():  # an existing run: hold it before reading it (a second process stops here)
+        with lock():
+            return _run(*_parts(cfg, out, world), world, device, out, progress)
+    parts, resume = _parts(cfg, out, world)  # a new run: every refusal before anything is written
+    with lock():
+        if out is not None and list_checkpoints(out):
+            raise ValueError(f"out_dir={cfg.out_dir!r} was created by another run while this one started; "
+                             "run the same command again to resume it")
+        return _run(parts, resume, world, device, out, progress)
+
+
+def _parts(cfg: RunConfig, out: Path | None, world) -> tuple[Parts, tuple | None]:
+    """The run's parts with their starting weights, and the checkpoint to resume from (or None)."""
     torch.manual_seed(cfg.train.seed)  # the networks' initial weights (the same on every rank)
     parts = assemble(cfg)
-    # every refusal before anything is written: a resume mode that does not fit, init_from's weights
-    found = find_resume(cfg.out_dir, cfg.train.resume, quiet=True) if out is not None else None
-    if found is None and parts.cfg.init_from:
+    resume = find_resume(cfg.out_dir, cfg.train.resume, quiet=not world.main) if out is not None else None
+    if resume is None and parts.cfg.init_from:
         load_init_weights(parts)
-    with RunLock(out, enabled=world.main) if out is not None else nullcontext():
-        # read again under the lock: a run that held it until now may have saved since
-        resume = find_resume(cfg.out_dir, cfg.train.resume, quiet=not world.main) if found is not None else None
-        run = _start(parts, world, device, out, resume)
-        if isinstance(run, dict):  # the run had finished already
-            return run
-        try:
-            return _loop(run, progress)
-        finally:
-            run.log.close()
+    return parts, resume
+
+
+def _run(parts: Parts, resume, world, device, out: Path | None, progress: bool) -> dict:
+    run = _start(parts, world, device, out, resume)
+    if isinstance(run, dict):  # the run had finished already
+        return run
+    try:
+        return _loop(run, progress)
+    finally:
+        run.log.close()
 
 
 def _start(parts: Parts, world, device, out: Path | None, resume) -> Run | dict:
