@@ -33,7 +33,7 @@ RESIDUAL_KINDS = ("mlp", "memtok")  # the cells with a residual form in m
 class CellConfig:
     """The RNN cell (an SMT run's student, a BPTT run's network)."""
     kind: str = "mlp"  # one of mlp, memtok, elman, gru, lstm
-    vocab_size: int | None = None  # None: the task's vocabulary
+    vocab_size: int | None = None  # token ids 0..vocab_size-1 (None: the task's vocabulary)
     mem_tokens: int | None = None  # K memory tokens (None: teacher.mem_tokens)
     d_mem: int | None = None  # D, width of one memory token (None: teacher.d_model)
     norm_memory: bool = True  # RMS-normalise each new memory token (parameter-free)

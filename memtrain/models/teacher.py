@@ -34,8 +34,8 @@ ENCODERS = ("causal", "window")
 @dataclass
 class TeacherConfig:
     """The SMT teacher: an encoder that writes the memory, a decoder that predicts the future from it."""
-    vocab_size: int | None = None  # None: the task's vocabulary
-    mem_tokens: int = 4  # K
+    vocab_size: int | None = None  # token ids 0..vocab_size-1 (None: the task's vocabulary)
+    mem_tokens: int = 4  # K, memory tokens per memory (Z = K * d_model)
     d_model: int = 64  # D, also the width of one memory token
     n_heads: int = 4  # attention heads of the encoder and the decoder
     encoder_depth: int = 2  # Transformer blocks of the encoder
