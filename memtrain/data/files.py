@@ -156,7 +156,7 @@ class NpzTask:
 
 @dataclass
 class PreparedTask:
-    """A folder written by `memtrain prepare` (memtrain/prepare.py); evaluation uses its val.npy.
+    """A folder written by `memtrain prepare` (memtrain/data/prepare.py); evaluation uses its val.npy.
 
     Text: windows of `length` bytes at random offsets, y_t = x_{t+1}, as in 'tokens' (vocab 256).
     Pixels, layout "whole" (the default): one image is one sequence, x = [BOS, p_0, .., p_{T-2}] and

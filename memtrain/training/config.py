@@ -49,7 +49,7 @@ class TrainConfig:
     device: str = control("auto")  # "auto" (CUDA if there is one) | "cpu" | "cuda" | "mps"
     threads: int | None = control(None)  # CPU threads for torch (None: torch's default)
     time_limit: float | None = control(None)  # stop after this many seconds of training (None: no limit)
-    compile: bool = control(False)  # torch.compile the cell step and the teacher encoder (see trainer.compile_networks)
+    compile: bool = control(False)  # torch.compile the cell step and the teacher encoder (see build.compile_networks)
     log_every: int = control(10)  # write the training loss to metrics.jsonl every this many steps
     ckpt_every: int | None = control(500)  # save a training checkpoint every this many steps (None: only at the end / on a stop signal)
     keep_last: int = control(2)  # training checkpoints kept in out_dir/checkpoints
@@ -57,7 +57,7 @@ class TrainConfig:
     max_bad_steps: int = control(10)  # stop after this many updates in a row with a non-finite loss or gradient
     grad_accum: int = control(1)  # micro-batches per update (batch_size is the global batch: processes x grad_accum x micro)
     precision: str = control("auto")  # "auto": bf16 autocast on CUDA, fp32 elsewhere | "bf16" (any device) | "fp32"
-    tf32: bool = control(True)  # CUDA: TF32 matmuls and convolutions (see trainer.configure_precision)
+    tf32: bool = control(True)  # CUDA: TF32 matmuls and convolutions (see build.configure_precision)
 
     def validate(self) -> None:
         for n in ("steps", "batch_size", "eval_every", "eval_batch", "log_every", "keep_last", "max_bad_steps", "grad_accum"):
