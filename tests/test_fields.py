@@ -25,20 +25,14 @@ class _Inner:
     More text that is not shown."""
 
     depth: int = 2  # blocks per layer
-    # width of one unit,
-    # in tokens
-    width: float = 0.5
-
-    # separated from the field by a blank line: not its comment
-
+    # a comment above a field is not its meaning (only the comment on its line is)
+    width: float = 0.5  # width of one unit, in tokens
     bare: str = "x"
 
     def validate(self) -> None:
-        # a comment inside a method
-        pass
+        pass  # a comment inside a method
 
-    # directly above a field after a method
-    after: bool = True
+    after: bool = True  # declared after a method
 
 
 @dataclass
@@ -96,7 +90,7 @@ def test_describe_a_small_dataclass():
         ("inner.depth", "int", "5", "blocks per layer"),  # the default_factory's value, not _Inner's 2
         ("inner.width", "float", "0.5", "width of one unit, in tokens"),
         ("inner.bare", "str", '"x"', ""),
-        ("inner.after", "bool", "true", "directly above a field after a method"),
+        ("inner.after", "bool", "true", "declared after a method"),
         ("multi", "int", "7", "a field over several lines"),
     ]
     assert describe(_Inner, prefix="x.")[0] == ("x.depth", "int", "2", "blocks per layer")
@@ -115,7 +109,7 @@ def test_settings_help_groups_by_section():
     assert lines[0] == "TITLE"
     assert "inner (_Inner): A nested section." in lines
     assert "More text" not in text
-    assert 'args={"key": 1}' in text  # how to give a mapping
+    assert 'task_args={"key": 1}' in text  # how to give a mapping
     rows = [ROW.match(line)[1] for line in lines if ROW.match(line)]
     # top-level settings first (multi too, though declared after inner), then each section
     assert rows == ["name", "betas", "limit", "args", "helped", "multi", "inner.depth", "inner.width", "inner.bare",
