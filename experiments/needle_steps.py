@@ -8,7 +8,6 @@ teacher's memory moves at those steps. A ratio near 1 means the cell cannot comp
 import sys
 
 import torch
-import torch.nn.functional as F
 
 from memtrain.runs import load_run
 
