@@ -1,19 +1,19 @@
 """memtrain: train nonlinear RNNs without backpropagation through time (SMT and DMT, Kumar & Isola
 2026), with BPTT baselines."""
+from .data.prepare import load_prepared, prepare
+from .data.tasks import TASKS, build_task
+from .methods import METHODS, Method, register
 from .methods.bptt import BPTT, BPTTConfig
-from .models.cells import CELLS, Cell, CellConfig, build_cell
-from .training.config import RunConfig, TrainConfig, apply_overrides
 from .methods.dmt import DMT, DMTConfig
 from .methods.evaluate import evaluate
-from .data.prepare import load_prepared, prepare
 from .methods.rollout import rollout
-from .sample import generate, sample_run, start_memory
-from .methods import METHODS, Method, register
 from .methods.smt import SMT, SMTConfig, adopt_teacher
-from .data.tasks import TASKS, build_task
+from .models.cells import CELLS, Cell, CellConfig, build_cell
 from .models.teacher import Teacher, TeacherConfig
 from .runs import evaluate_run, load_run
+from .sample import generate, sample_run, start_memory
 from .training.build import build
+from .training.config import RunConfig, TrainConfig, apply_overrides
 from .training.trainer import TrainingError, train
 
 __version__ = "0.2.0"

@@ -21,9 +21,8 @@ def _print_summary(s: dict) -> None:
 
 def cmd_train(args) -> None:
     from .presets import preset_config
-    from .training.trainer import train
-
     from .training.distributed import main_process
+    from .training.trainer import train
 
     cfg = preset_config(args.preset, args.overrides)
     summary = train(cfg, progress=not args.quiet)
@@ -83,8 +82,8 @@ def cmd_config(args) -> None:
 
 
 def cmd_prepare(args) -> None:
-    from .fields import parse_value
     from .data.prepare import prepare
+    from .fields import parse_value
 
     options = {}
     for item in args.overrides:

@@ -2,16 +2,16 @@
 then one table. `memtrain demo` runs it on the embedded default (retrieval, no download)."""
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
-from .io import atomic_write, json_bytes
 from .fields import to_dict
-from .training.config import RunConfig, apply_overrides
+from .io import atomic_write, json_bytes
 from .presets import PRESETS
 from .training import distributed
-from .training.build import build, pick_device
+from .training.build import assemble, pick_device
+from .training.config import RunConfig, apply_overrides
 from .training.trainer import train
+
 
 def compare(out_dir: str, overrides: list[str] = (), smt_steps: int = 900, dmt_steps: int = 600,
             dmt_lr: float = 1e-4, bptt_seconds: float | None = None, smt_seconds: float | None = None,
@@ -30,7 +30,7 @@ def compare(out_dir: str, overrides: list[str] = (), smt_steps: int = 900, dmt_s
     dmt_cfg = apply_overrides(smt_cfg, ["method=dmt", *_budget(dmt_steps, dmt_seconds), f"init_from={out / 'smt'}",
                                         f"out_dir={out / 'dmt'}", f"train.lr={dmt_lr!r}", "train.warmup=0"])
     for cfg in (smt_cfg, dmt_cfg, _bptt_config(smt_cfg, out, 1.0)):  # every stage's settings, before any training
-        build(copy.deepcopy(cfg), load_init=False)
+        assemble(cfg)  # (networks built and dropped: the configuration is not changed)
     world = distributed.setup(pick_device(smt_cfg.train.device).type)  # under torchrun: one group for all stages
     try:
         log(f"[1/3] SMT: teacher + cell jointly, {_say(smt_steps, smt_seconds)}")

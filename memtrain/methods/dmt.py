@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from ..models.cells import Cell, check_compatible
+from ..models.teacher import Teacher
 from .base import Method
 from .losses import readout_ce, upcast
 from .rollout import onpolicy_states, rollout
-from ..models.teacher import Teacher
 
 STARTS = ("empty", "encoder")
 

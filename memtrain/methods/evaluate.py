@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from ..models.cells import Cell
-from .rollout import rollout
 from ..models.teacher import Teacher
+from .rollout import rollout
 
 
 def _scores(logits: torch.Tensor, y: torch.Tensor) -> dict:

@@ -17,10 +17,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models.cells import Cell, check_compatible
+from ..models.teacher import Teacher
 from .base import Method
 from .losses import masked_ce, uniformity, upcast
 from .rollout import onpolicy_states
-from ..models.teacher import Teacher
 
 
 @dataclass

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 
 from .layers import Block, MemoryDecoder, init_weights, rms_normalize, rotary
 
-
 # the memory shape of a cell built on its own (a run fills these from the teacher section, so that one
 # set of numbers shapes both; see training/build.py)
 STANDALONE = {"mem_tokens": 4, "d_mem": 64, "n_heads": 4, "readout_depth": 1}

@@ -24,6 +24,7 @@ from .checkpoint import META, read_run
 from .config import RunConfig, method_settings, resolve_shapes, upgrade
 from .resume import config_differences
 
+
 def resolve(cfg: RunConfig, task) -> RunConfig:
     """Every derived setting filled in (a new config; `cfg` is not changed): shapes as
     `resolve_shapes`, and vocabularies from the task (a set one must hold the task's token ids)."""

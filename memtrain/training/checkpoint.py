@@ -26,7 +26,6 @@ import torch
 
 from ..io import atomic_write, fsync_dir, json_bytes, read_json, sha256
 
-
 FORMAT = "memtrain-run"
 VERSION = 3  # 3: settings renamed in memtrain 0.2 (config.upgrade translates 1 and 2); 2: SHA-256 of every tensor file
 READS = (1, 2, 3)

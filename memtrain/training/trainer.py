@@ -31,7 +31,8 @@ from ..fields import to_dict
 from ..io import load_module
 from ..methods.evaluate import drift_at, evaluate
 from . import distributed
-from .build import Parts, assemble, autocast_for, compile_networks, configure_precision, load_init_weights, pick_device, saved_config
+from .build import (Parts, assemble, autocast_for, compile_networks, configure_precision, load_init_weights,
+                    pick_device, saved_config)
 from .checkpoint import checkpoint_dir, list_checkpoints, read_run, remove_partial, save_checkpoint, save_run
 from .config import RunConfig
 from .lock import RunLock
