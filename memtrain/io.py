@@ -65,23 +65,23 @@ def _no_constant(name):
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def read_json(path: str | os.PathLike, what: str, fmt: str | None = None, versions=None) -> dict:
-    """A JSON object from `path`, refused with one line naming `what` unless it parses (strict: no
-    NaN), is an object, and, when `fmt` is given, has "format": fmt and a "version" in `versions`."""
+def read_json(path: str | os.PathLike, name: str, kind: str, fmt: str | None = None, versions=None) -> dict:
+    """A JSON object from `path`, refused with one line unless it parses (strict: no NaN), is an
+    object, and, when `fmt` is given, has "format": fmt and a "version" in `versions`. `name` is what
+    is read ("checkpoint 'runs/x'"), `kind` what it should be ("memtrain run"), for the messages."""
     p = Path(path)
     try:
         data = json.loads(p.read_bytes().decode("utf-8"), parse_constant=_no_constant)
     except FileNotFoundError:
-        raise ValueError(f"{what}: {p.name} does not exist") from None
+        raise ValueError(f"{name} is not a {kind}: {p.name} does not exist") from None
     except (UnicodeDecodeError, json.JSONDecodeError, ValueError, RecursionError) as e:
-        raise ValueError(f"{what}: {p.name} is not valid JSON ({str(e)[:120]})") from None
+        raise ValueError(f"{name} is not a {kind}: {p.name} is not valid JSON ({str(e)[:120]})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{what}: {p.name} holds a {type(data).__name__}, not a JSON object")
-    if fmt is not None:
-        if data.get("format") != fmt:
-            raise ValueError(f"{what} is not a {fmt} file (format {data.get('format')!r})")
-        if versions is not None and data.get("version") not in versions:
-            raise ValueError(f"{what} has format version {data.get('version')!r}; this memtrain reads versions {list(versions)}")
+        raise ValueError(f"{name} is not a {kind}: {p.name} holds a {type(data).__name__}, not a JSON object")
+    if fmt is not None and data.get("format") != fmt:
+        raise ValueError(f"{name} is not a {kind} (format {data.get('format')!r}, want {fmt!r})")
+    if versions is not None and data.get("version") not in versions:
+        raise ValueError(f"{name} has format version {data.get('version')!r}; this memtrain reads versions {list(versions)}")
     return data
 
 

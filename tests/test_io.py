@@ -249,14 +249,14 @@ def test_json_bytes_refuses_nan():
 # ---- io.read_json --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("content,match", [
-    (b"{not json", r"the thing: m\.json is not valid JSON"),
-    (b"\xff\xfe{}", r"the thing: m\.json is not valid JSON"),
-    (b'{"format": "ours", "version": 1, "x": NaN}', r"the thing: m\.json is not valid JSON \(NaN is not a number"),
-    (b'{"x": Infinity}', r"the thing: m\.json is not valid JSON \(Infinity"),
-    (b"[1, 2]", r"the thing: m\.json holds a list, not a JSON object"),
-    (b'"ours"', r"the thing: m\.json holds a str, not a JSON object"),
-    (b'{"format": "theirs", "version": 1}', r"the thing is not a ours file \(format 'theirs'\)"),
-    (b'{"version": 1}', r"the thing is not a ours file \(format None\)"),
+    (b"{not json", r"the thing is not a ours file: m\.json is not valid JSON"),
+    (b"\xff\xfe{}", r"the thing is not a ours file: m\.json is not valid JSON"),
+    (b'{"format": "ours", "version": 1, "x": NaN}', r"the thing is not a ours file: m\.json is not valid JSON \(NaN is not a number"),
+    (b'{"x": Infinity}', r"the thing is not a ours file: m\.json is not valid JSON \(Infinity"),
+    (b"[1, 2]", r"the thing is not a ours file: m\.json holds a list, not a JSON object"),
+    (b'"ours"', r"the thing is not a ours file: m\.json holds a str, not a JSON object"),
+    (b'{"format": "theirs", "version": 1}', r"the thing is not a ours file \(format 'theirs', want 'ours'\)"),
+    (b'{"version": 1}', r"the thing is not a ours file \(format None"),
     (b'{"format": "ours", "version": 3}', r"the thing has format version 3; this memtrain reads versions \[1, 2\]"),
     (b'{"format": "ours"}', r"the thing has format version None"),
 ])
@@ -264,16 +264,16 @@ def test_read_json_refuses(tmp_path, content, match):
     p = tmp_path / "m.json"
     p.write_bytes(content)
     with pytest.raises(ValueError, match=match):
-        io.read_json(p, "the thing", fmt="ours", versions=(1, 2))
+        io.read_json(p, "the thing", "ours file", fmt="ours", versions=(1, 2))
 
 
 def test_read_json_accepts_ours_and_names_a_missing_file(tmp_path):
     p = tmp_path / "m.json"
     p.write_bytes(io.json_bytes({"format": "ours", "version": 2, "x": [1.5]}))
-    assert io.read_json(p, "the thing", fmt="ours", versions=(1, 2))["x"] == [1.5]
-    assert io.read_json(p, "the thing") == {"format": "ours", "version": 2, "x": [1.5]}  # no fmt: any object
-    with pytest.raises(ValueError, match=r"the thing: nope\.json does not exist"):
-        io.read_json(tmp_path / "nope.json", "the thing")
+    assert io.read_json(p, "the thing", "ours file", fmt="ours", versions=(1, 2))["x"] == [1.5]
+    assert io.read_json(p, "the thing", "ours file") == {"format": "ours", "version": 2, "x": [1.5]}  # no fmt: any object
+    with pytest.raises(ValueError, match=r"the thing is not a ours file: nope\.json does not exist"):
+        io.read_json(tmp_path / "nope.json", "the thing", "ours file")
 
 
 def test_readers_refuse_nan_and_non_objects(tmp_path):

@@ -187,11 +187,7 @@ def load_classifier(path: str | Path) -> DigitClassifier:
         raise ValueError(f"digit classifier {str(d)!r} is not a directory")
     if not (d / META).is_file() or not (d / WEIGHTS).is_file():
         raise ValueError(f"digit classifier {str(d)!r} needs {META} and {WEIGHTS} (memtrain never loads pickles)")
-    meta = read_json(d / META, f"{str(d)!r} is not a memtrain digit classifier")  # JSON, strict (no NaN), an object
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{str(d)!r} is not a memtrain digit classifier (format {meta.get('format')!r})")
-    if meta.get("version") != VERSION:
-        raise ValueError(f"digit classifier {str(d)!r} has format version {meta.get('version')!r}; this memtrain reads {VERSION}")
+    meta = read_json(d / META, f"digit classifier {str(d)!r}", "memtrain digit classifier", FORMAT, (VERSION,))
     cfg = meta.get("config")
     try:
         clf = DigitClassifier(cfg["levels"], tuple(cfg["size"]), tuple(cfg["channels"]), cfg["hidden"], cfg["n_classes"])

@@ -172,11 +172,7 @@ def read_meta(path: str | os.PathLike) -> dict:
         raise ValueError(f"prepared data set {str(d)!r} is not a directory")
     if not m.is_file():
         raise ValueError(f"{str(d)!r} is not a prepared data set: no {META} (run `memtrain prepare` first)")
-    meta = read_json(m, f"{str(d)!r} is not a memtrain prepared data set")  # JSON, strict (no NaN), an object
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{str(d)!r}: {META} is not a memtrain prepared data set (format {meta.get('format')!r}, want {FORMAT!r})")
-    if meta.get("version") != VERSION:
-        raise ValueError(f"prepared data set {str(d)!r} has format version {meta.get('version')!r}; this memtrain reads {VERSION}")
+    meta = read_json(m, f"prepared data set {str(d)!r}", "memtrain prepared data set", FORMAT, (VERSION,))
     for key, tp in (("kind", str), ("source", str), ("options", dict), ("files", dict), ("sizes", dict), ("vocab_size", int)):
         if not isinstance(meta.get(key), tp):
             raise ValueError(f"prepared data set {str(d)!r}: {META} lacks a valid {key!r} entry")

@@ -117,11 +117,7 @@ def _zip_has_pickle(path: Path) -> bool:
 
 def _read_meta(d: Path) -> dict:
     where = str(d)
-    meta = read_json(d / META, f"checkpoint {where!r} is not a memtrain run")  # JSON, strict (no NaN), an object
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"checkpoint {where!r} is not a memtrain run (format {meta.get('format')!r})")
-    if meta.get("version") not in READS:
-        raise ValueError(f"checkpoint {where!r} has format version {meta.get('version')!r}; this memtrain reads versions {list(READS)}")
+    meta = read_json(d / META, f"checkpoint {where!r}", "memtrain run", FORMAT, READS)
     if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("modules"), list):
         raise ValueError(f"checkpoint {where!r}: {META} lacks its 'config' or 'modules' entry")
     if meta["version"] >= 2 and not isinstance(meta.get("sha256"), dict):

@@ -128,8 +128,7 @@ def resolve_shapes(cfg: RunConfig) -> RunConfig:
     for c, t in SHAPE_FROM_TEACHER.items():
         if getattr(r.cell, c) is None:
             setattr(r.cell, c, getattr(r.teacher, t))
-    if r.cell.residual is None and r.cell.kind in RESIDUAL_KINDS:
-        r.cell.residual = True
+    r.cell = r.cell.filled()  # (the shapes are set: this gives `residual` the cell's own default)
     return r
 
 

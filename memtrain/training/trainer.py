@@ -406,16 +406,15 @@ def _loop(run: Run, progress: bool) -> dict:
                 for group in run.opt.param_groups:
                     group["lr"] = lr
                 agreed, gnorm = one_update(run, stop)
-                finite = not agreed.bad_loss and math.isfinite(gnorm)
-                if finite:
-                    run.opt.step()
-                st.bad_streak = 0 if finite else st.bad_streak + 1
-                if not finite:
-                    run.opt.zero_grad(set_to_none=True)
                 st.seconds += agreed.seconds
-                if not finite:
+                if not agreed.bad_loss and math.isfinite(gnorm):
+                    run.opt.step()
+                    st.bad_streak = 0
+                else:  # skipped: the weights and the optimizer stay as they were
+                    run.opt.zero_grad(set_to_none=True)
+                    st.bad_streak += 1
                     _skipped(run, agreed, gnorm, bar)
-                elif st.step % tc.log_every == 0 or st.step == tc.steps - 1:
+                if st.bad_streak == 0 and (st.step % tc.log_every == 0 or st.step == tc.steps - 1):
                     run.log.write({"step": st.step, "loss": agreed.loss, "grad_norm": gnorm, "lr": lr, **agreed.metrics})
                     shown["loss"] = f"{agreed.loss:.3f}"
                 st.step += 1
