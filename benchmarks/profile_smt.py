@@ -2,7 +2,10 @@
 grouped by name, self time, and the share of the teacher's encoder, decoder and the cell step in
 wall-clock (timed separately, forward + backward each).
 
-    python benchmarks/profile_smt.py [--length 128] [--cell mlp] [--threads 1] [--repeats 5]
+    python benchmarks/profile_smt.py [--length 128] [--cell mlp] [--threads 1] [--repeats 5] [SETTING=VALUE ...]
+
+e.g. `python benchmarks/profile_smt.py --length 256 smt.transitions=32 teacher.window=64`: the whole loss
+then computes only the memories it reads; the encoder part below still times every memory.
 """
 from __future__ import annotations
 
@@ -10,9 +13,9 @@ import argparse
 import time
 
 import torch
+from common import md_table, median, pyplot, write_results
 from torch.profiler import ProfilerActivity, profile
 
-from common import md_table, median, pyplot, write_results
 from memtrain.presets import preset_config
 from memtrain.training.build import build
 
@@ -26,11 +29,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--top", type=int, default=12)
     p.add_argument("--results", default=None)
+    p.add_argument("settings", nargs="*", help="run settings on top of the retrieval-smt preset")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     cfg = preset_config("retrieval-smt", [f'task_args={{"length": {a.length}}}', f"cell.kind={a.cell}",
-                                          f"train.batch_size={a.batch}"])
+                                          f"train.batch_size={a.batch}", *a.settings])
     task, teacher, cell, method = build(cfg)
     x, y = task.sample(a.batch, torch.Generator().manual_seed(0))
     gen = torch.Generator().manual_seed(1)
@@ -75,13 +79,13 @@ def main() -> None:
     table = md_table(["part (forward + backward)", "median s", "share of the whole"],
                      [[k, v, v / med["whole SMT loss"]] for k, v in med.items()])
     table += "\n\n" + md_table(["operator", "self ms", "calls", "share of self time"], [list(t) for t in top])
-    table += (f"\n\nRetrieval T={a.length}, {a.cell} cell, retrieval-smt preset sizes, batch {a.batch}, "
+    table += (f"\n\nRetrieval T={a.length}, {a.cell} cell, retrieval-smt preset sizes {' '.join(a.settings)}, batch {a.batch}, "
               f"{a.threads} thread(s); parts: medians of {a.repeats}; operators: one profiled update.")
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.8))
     ax.barh([t[0] for t in top][::-1], [t[1] for t in top][::-1])
     ax.set_xlabel("self CPU ms in one SMT update")
-    write_results("profile_smt", {"length": a.length, "cell": a.cell, "batch": a.batch, "threads": a.threads,
+    write_results("profile_smt", {"length": a.length, "settings": a.settings, "cell": a.cell, "batch": a.batch, "threads": a.threads,
                                   "parts_s": med, "parts_raw": times,
                                   "operators": [{"op": t[0], "self_ms": t[1], "calls": t[2], "share": t[3]} for t in top]},
                   table, fig, a.results)

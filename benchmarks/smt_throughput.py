@@ -7,7 +7,7 @@ A "label" is one supervised memory transition (m_t, x_{t+1}) -> m_{t+1} in the d
 - authors: `forward_smt` trains ONE transition per sequence (encode the context x_0..x_{Tc-1} and the
   shifted context x_1..x_Tc, one RNN step), so labels/update = B. Their sequence is T = Tc + Tf.
 - memtrain: `SMT.loss` encodes every prefix of the sequence in one pass and trains every transition,
-  so labels/update = B * T (or B * smt.dyn_samples). Its sequence is T = Tc, with smt.future = Tf.
+  so labels/update = B * T (or B * smt.transitions). Its sequence is T = Tc, with smt.future = Tf.
 
 Setting: memory-token cell, d=64, K=4 memory tokens (Z=256), teacher encoder depth 2, RNN depth 2,
 decoder depth 1, 4 heads, context Tc=128, future Tf=32, batch 32, vocabulary 9 (retrieval-like random
@@ -163,12 +163,12 @@ def _build_authors(am, device):
     return teacher, rnn, tcfg, scfg
 
 
-def memtrain_runner(name, dec_samples, dyn_samples, device, gen) -> tuple[Runner, dict]:
+def memtrain_runner(name, dec_samples, transitions, device, gen) -> tuple[Runner, dict]:
     over = ["method=smt", f'task_args={{"length": {TC}, "n_symbols": {N_SYMBOLS}}}', f"train.batch_size={B}",
             "cell.kind=memtok", f"cell.depth={RNN_DEPTH}", f"cell.d_mem={D}", f"cell.mem_tokens={K}", f"cell.n_heads={HEADS}",
             f"cell.readout_depth={DEC_DEPTH}", f"teacher.d_model={D}", f"teacher.mem_tokens={K}", f"teacher.n_heads={HEADS}",
             f"teacher.encoder_depth={ENC_DEPTH}", f"teacher.decoder_depth={DEC_DEPTH}", f"smt.future={TF}",
-            f"smt.dec_samples={json.dumps(dec_samples)}", f"smt.dyn_samples={json.dumps(dyn_samples)}"]
+            f"smt.dec_samples={json.dumps(dec_samples)}", f"smt.transitions={json.dumps(transitions)}"]
     cfg = preset_config("retrieval-smt", over)
     task, teacher, cell, method = build(cfg)
     assert task.vocab_size == VOCAB and cell.cfg.kind == "memtok"
@@ -178,12 +178,12 @@ def memtrain_runner(name, dec_samples, dyn_samples, device, gen) -> tuple[Runner
     lgen = torch.Generator().manual_seed(0)
     params = method.trainable()
     T = x.shape[1]
-    labels = B * (min(dyn_samples, T) if dyn_samples else T)
+    labels = B * (min(transitions, T) if transitions else T)
     r = Runner(name, labels, params, lambda: method.loss(x, y, lgen)[0], [params], device)
     sizes = {"teacher": n_params(teacher), "cell": n_params(cell),
              "cell_update_only": n_params(cell) - n_params(cell.head) - cell.m_init.numel(),
              "optimizer": sum(p.numel() for p in params), "T": T, "future": cfg.smt.future,
-             "dec_samples": dec_samples, "dyn_samples": dyn_samples, "encoder": cfg.teacher.encoder}
+             "dec_samples": dec_samples, "transitions": transitions, "encoder": cfg.teacher.encoder}
     return r, sizes
 
 

@@ -50,11 +50,14 @@ def dmt_loss(teacher: Teacher, cell: Cell, x, y, cfg: DMTConfig, s0: torch.Tenso
     """DMT objective for rollouts starting at memory positions s0 (B,) (all 0 for start='empty')."""
     B, T = x.shape
     Td = T - int(s0.max()) if cfg.rollout is None else cfg.rollout
-    with torch.no_grad():
-        M = teacher.encode(x)  # (B, S, Z): every target of the rollout from this one pass
-    Z = M.shape[-1]
+    sel = torch.arange(cfg.every, Td + 1, cfg.every, device=x.device)  # regressed rollout steps
+    if len(sel) == 0:
+        raise ValueError(f"dmt.every={cfg.every} is longer than the rollout ({Td} steps)")
+    need = s0[:, None] + F.pad(sel, (1, 0))  # (B, 1+n): the start memory and every regressed one
+    with torch.no_grad():  # every target of the rollout from this one pass, only where it is read
+        M_tgt = teacher.encode(x, None if need.shape[1] == T + 1 else need)  # (B, 1+n, Z)
+    Z = M_tgt.shape[-1]
     idx = s0[:, None] + torch.arange(Td + 1, device=x.device)  # (B, Td+1) memory positions
-    M_tgt = torch.gather(M, 1, idx[..., None].expand(-1, -1, Z))  # (B, Td+1, Z)
     x_roll = torch.gather(x, 1, idx[:, :-1])  # (B, Td) inputs x_{s0} .. x_{s0+Td-1}
     y_roll = torch.gather(F.pad(y, (1, 0), value=-1), 1, idx[:, 1:])  # (B, Td): y_{s-1} for s = s0+1..
     m0 = cell.init_memory(B) if cfg.start == "empty" else M_tgt[:, 0]
@@ -66,10 +69,7 @@ def dmt_loss(teacher: Teacher, cell: Cell, x, y, cfg: DMTConfig, s0: torch.Tenso
         m_hat = torch.cat([m0[:, None], m_next], dim=1)  # the same values as the rollout, with one-step graphs
     else:
         m_hat = rollout(cell, m0, x_roll, grad_horizon=cfg.grad_horizon)  # (B, Td+1, Z)
-    sel = torch.arange(cfg.every, Td + 1, cfg.every, device=x.device)
-    if len(sel) == 0:
-        raise ValueError(f"dmt.every={cfg.every} is longer than the rollout ({Td} steps)")
-    drift = (upcast(m_hat[:, sel]) - upcast(M_tgt[:, sel])).pow(2).mean(-1)  # (B, n)
+    drift = (upcast(m_hat[:, sel]) - upcast(M_tgt[:, 1:])).pow(2).mean(-1)  # (B, n)
     loss_dyn = drift.mean()
     m_read = m_hat[:, 1:].detach() if cfg.readout_on_detached else m_hat[:, 1:]
     loss_readout = readout_ce(cell.readout, m_read, y_roll)

@@ -6,7 +6,7 @@ timestep of every sequence, in one parallel pass; the cell is never unrolled.
          + coef_unif * uniformity(memory tokens)                              against collapse
 
 Legend: B batch, T time, S = T+1 memories, K tokens, D width, Z = K*D, V vocab, Tf future,
-P decoder positions per sequence, R transitions per sequence. M[:, s] = memory after s inputs.
+P decoder positions per sequence, R transitions per sequence, Q memories computed. M[:, s] = memory after s inputs.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ class SMTConfig:
     coef_dyn: float = 0.1  # weight of the cell's one-step regression onto the teacher's next memory
     coef_unif: float = 1e-3  # weight of the uniformity loss against memory collapse
     dec_samples: int | None = 32  # memories per sequence sent to the decoder (None: every one)
-    dyn_samples: int | None = None  # transitions per sequence in the dynamics loss (None: all T)
+    transitions: int | None = None  # R transitions per sequence in the dynamics loss (None: all T); set, the encoder computes only the memories the loss reads
     unif_samples: int = 256  # memory tokens in the uniformity loss
     dyn_trains_teacher: bool = True  # the dynamics loss also moves the encoder (joint training)
     input_noise: float = 0.0  # std of Gaussian noise on the cell's input memory (denoising dynamics)
@@ -42,7 +42,7 @@ class SMTConfig:
     def validate(self) -> None:
         if self.future < 1:
             raise ValueError(f"smt.future must be >= 1, got {self.future}")
-        for n in ("dec_samples", "dyn_samples"):
+        for n in ("dec_samples", "transitions"):
             v = getattr(self, n)
             if v is not None and v < 1:
                 raise ValueError(f"smt.{n} must be >= 1 or None, got {v}")
@@ -96,29 +96,35 @@ def sample_positions(y: torch.Tensor, Tf: int, n: int | None, gen: torch.Generat
 
 def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_pos, unif_idx, last_input_head=None):
     """The SMT objective for given sample positions (pure; `SMT.loss` draws the positions).
-    dec_pos (B, P) memory positions for the decoder, dyn_pos (B, R) transition starts in 0..T-1
-    (or None for all), unif_idx (U,) indices into the B*S*K memory tokens, last_input_head a Linear
-    Z -> V (needed when cfg.coef_last_input > 0)."""
-    B, T = x.shape
+
+    dec_pos (B, P) memory positions for the decoder; dyn_pos (B, R) transition starts in 0..T-1, or
+    None for all T. With dyn_pos None the encoder computes every memory, M (B, S, Z); with dyn_pos
+    only the P + 2R memories the loss reads, M = [M[dec_pos], M[dyn_pos], M[dyn_pos + 1]] (B, Q, Z),
+    so its register work is O(Q*K*T) instead of O(S*K*T). unif_idx (U,) indexes the B*Q*K memory
+    tokens of that M. last_input_head: a Linear Z -> V (needed when cfg.coef_last_input > 0)."""
+    B = x.shape[0]
     D, Tf = teacher.cfg.d_model, cfg.future
-    M = teacher.encode(x)  # (B, S, Z)
-    Z = M.shape[-1]
+    P = dec_pos.shape[1]
+    if dyn_pos is None:
+        M = teacher.encode(x)  # (B, S, Z)
+        Z = M.shape[-1]
+        m_dec = torch.gather(M, 1, dec_pos[..., None].expand(-1, -1, Z))  # (B, P, Z)
+        m_now, m_next, x_in = M[:, :-1], M[:, 1:], x  # (B, T, Z), (B, T, Z), (B, T)
+    else:
+        R = dyn_pos.shape[1]
+        M = teacher.encode(x, torch.cat([dec_pos, dyn_pos, dyn_pos + 1], dim=1))  # (B, P+2R, Z)
+        Z = M.shape[-1]
+        m_dec, m_now, m_next = M.split([P, R, R], dim=1)
+        x_in = torch.gather(x, 1, dyn_pos)  # (B, R)
 
     # predictive state: decode the future from sampled memories
     x_fut, y_fut = future_targets(x, y, dec_pos, Tf)  # (B, P, Tf-1), (B, P, Tf)
-    m_dec = torch.gather(M, 1, dec_pos[..., None].expand(-1, -1, Z))  # (B, P, Z)
     logits = teacher.decode(m_dec.reshape(-1, Z), x_fut.reshape(-1, Tf - 1))  # (B*P, Tf, V)
     w = cfg.gamma ** torch.arange(Tf, device=x.device, dtype=logits.dtype)
     loss_dec = masked_ce(logits, y_fut.reshape(-1, Tf), w.expand(logits.shape[0], Tf))
     loss_dec0 = masked_ce(logits[:, 0], y_fut.reshape(-1, Tf)[:, 0])  # what the RNN's readout will see
 
     # dynamics: one step of the cell from every (sampled) encoder memory
-    m_now, m_next = M[:, :-1], M[:, 1:]  # (B, T, Z) each
-    x_in = x
-    if dyn_pos is not None:
-        m_now = torch.gather(m_now, 1, dyn_pos[..., None].expand(-1, -1, Z))
-        m_next = torch.gather(m_next, 1, dyn_pos[..., None].expand(-1, -1, Z))
-        x_in = torch.gather(x, 1, dyn_pos)
     if not cfg.dyn_trains_teacher:
         m_now, m_next = m_now.detach(), m_next.detach()
     m_in = m_now.reshape(-1, Z)
@@ -136,7 +142,8 @@ def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_po
         # the previous one (token shift) or through previous-token heads, so nothing else makes it
         # keep x_t; without it the cell cannot compute m_{t+1} from (m_t, x_{t+1}) where x_t matters
         # (retrieval: the symbol after the marker), and the memories are not Markov (EXPERIMENTS.md 7)
-        loss_last = F.cross_entropy(upcast(last_input_head(M[:, 1:].reshape(-1, Z))), x.reshape(-1))
+        after = M[:, 1:] if dyn_pos is None else m_next  # memories after input x_in
+        loss_last = F.cross_entropy(upcast(last_input_head(after.reshape(-1, Z))), x_in.reshape(-1))
         loss = loss + cfg.coef_last_input * loss_last
     metrics = {k: v.detach() for k, v in (("loss_dec", loss_dec), ("loss_dec0", loss_dec0), ("loss_dyn", loss_dyn), ("loss_unif", loss_unif))}
     if cfg.coef_last_input > 0:
@@ -150,14 +157,17 @@ def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_po
 
     if cfg.coef_onpolicy > 0:
         # on-policy states: the cell's own memories from m_empty (a forward-only rollout), regressed
-        # one step at a time onto the encoder's, all T steps in one batched call (DMT's one-step
-        # gradient, while the teacher is still training)
+        # one step at a time onto the encoder's at the same transitions, in one batched call (DMT's
+        # one-step gradient, while the teacher is still training). The rollout starts from the
+        # cell's m_empty, which SMT keeps equal to the teacher's (`before_eval`).
         # (the target is detached: letting it move would let the teacher shrink its memories' spread
         # until everything is trivially "tracked", see EXPERIMENTS.md)
-        m_own = onpolicy_states(cell, M[:, 0].detach(), x)  # (B, S, Z), no graph
-        target = M[:, 1:].detach()
-        pred_own = cell.update(m_own[:, :-1].reshape(-1, Z), x.reshape(-1))
-        loss_own = F.mse_loss(upcast(pred_own), upcast(target.reshape(-1, Z)))
+        m0 = M[:, 0].detach() if dyn_pos is None else teacher.empty_memory(1).detach().expand(B, -1)
+        m_own = onpolicy_states(cell, m0, x)[:, :-1]  # (B, T, Z), no graph
+        if dyn_pos is not None:
+            m_own = torch.gather(m_own, 1, dyn_pos[..., None].expand(-1, -1, Z))
+        pred_own = cell.update(m_own.reshape(-1, Z), x_in.reshape(-1))
+        loss_own = F.mse_loss(upcast(pred_own), upcast(m_next.detach().reshape(-1, Z)))
         loss = loss + cfg.coef_onpolicy * loss_own
         metrics["loss_onpolicy"] = loss_own.detach()
     return loss, metrics
@@ -185,10 +195,11 @@ class SMT(Method):
         cfg = self.cfg
         dec_pos = sample_positions(y, cfg.future, cfg.dec_samples, gen)
         dyn_pos = None
-        if cfg.dyn_samples is not None and cfg.dyn_samples < T:
-            r = torch.rand(B, T, generator=gen).argsort(dim=1)[:, : cfg.dyn_samples]
+        if cfg.transitions is not None and cfg.transitions < T:
+            r = torch.rand(B, T, generator=gen).argsort(dim=1)[:, : cfg.transitions]
             dyn_pos = r.to(x.device)
-        n_tok = B * (T + 1) * self.teacher.cfg.mem_tokens
+        Q = T + 1 if dyn_pos is None else dec_pos.shape[1] + 2 * dyn_pos.shape[1]  # memories the encoder computes
+        n_tok = B * Q * self.teacher.cfg.mem_tokens
         unif_idx = torch.randperm(n_tok, generator=gen)[: cfg.unif_samples].to(x.device)
         return smt_loss(self.teacher, self.cell, x, y, cfg, dec_pos, dyn_pos, unif_idx, self.last_input_head)
 

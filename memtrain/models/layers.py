@@ -47,6 +47,26 @@ def rope(h: torch.Tensor, rot) -> torch.Tensor:
     return torch.cat([h1 * cos - h2 * sin, h1 * sin + h2 * cos], dim=-1)
 
 
+def band_attention(q, k, v, window: int | None) -> torch.Tensor:
+    """Causal attention in which query i sees keys i-window < j <= i (all j <= i for window None).
+    q, k, v (..., T, Dh). The sequence is cut into blocks of `window` and each block attends to
+    itself and the block before, so the cost is O(T * window) and no T x T mask is ever built."""
+    T = q.shape[-2]
+    if window is None or window >= T:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    W, n = window, -(-T // window)
+    qb, kb, vb = (F.pad(t, (0, 0, 0, n * W - T)).unflatten(-2, (n, W)) for t in (q, k, v))  # (..., n, W, Dh)
+    # keys and values of the block before each block (zeros before the first) and of the block itself
+    k2, v2 = (torch.cat([F.pad(t, (0, 0, 0, 0, 1, 0))[..., :-1, :, :], t], dim=-2) for t in (kb, vb))  # (..., n, 2W, Dh)
+    i = torch.arange(W, device=q.device)[:, None]
+    j = torch.arange(2 * W, device=q.device)[None, :] - W  # key offset from the block's start
+    ok = (j <= i) & (j > i - W)  # (W, 2W)
+    mask = ok.expand(n, W, 2 * W).clone()
+    mask[0] &= j >= 0  # the first block has no block before it
+    o = F.scaled_dot_product_attention(qb, k2, v2, attn_mask=mask)  # (..., n, W, Dh)
+    return o.flatten(-3, -2)[..., :T, :]
+
+
 class Attention(nn.Module):
     def __init__(self, d: int, n_heads: int):
         super().__init__()

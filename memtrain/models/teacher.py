@@ -23,10 +23,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
-from .layers import Block, MemoryDecoder, init_weights, rms_normalize, rotary
+from .layers import (
+    Block,
+    MemoryDecoder,
+    band_attention,
+    init_weights,
+    rms_normalize,
+    rotary,
+)
 
 ENCODERS = ("causal", "window")
 
@@ -67,19 +74,32 @@ class TeacherConfig:
 def register_attention(q_r, k_r, v_r, k_t, v_t, allowed, K):
     """Attention of register queries to (allowed) tokens and to their own group, with one softmax.
 
-    q_r, k_r, v_r: (B, H, S*K, Dh) register stream; k_t, v_t: (B, H, T, Dh) token stream;
-    allowed: (S, T) bool, group s may see token j. Returns (B, H, S*K, Dh).
+    q_r, k_r, v_r: (B, H, Q*K, Dh), Q groups of K registers. Tokens either shared by every group,
+    k_t, v_t (B, H, T, Dh) with allowed (B, Q, T), or a band gathered per group, k_t, v_t
+    (B, H, Q, W, Dh) with allowed (B, Q, W). Returns (B, H, Q*K, Dh).
     """
-    B, H, SK, Dh = q_r.shape
-    S, T = allowed.shape
-    q_r = q_r * Dh ** -0.5
-    s_tok = (q_r @ k_t.transpose(-1, -2)).view(B, H, S, K, T)  # (B, H, S, K, T)
-    s_tok = s_tok.masked_fill(~allowed[:, None, :], float("-inf"))
-    qg, kg, vg = (a.view(B, H, S, K, Dh) for a in (q_r, k_r, v_r))
-    s_reg = qg @ kg.transpose(-1, -2)  # (B, H, S, K, K)
-    p = torch.cat([s_tok, s_reg], dim=-1).softmax(dim=-1)  # (B, H, S, K, T+K)
-    o = (p[..., :T].reshape(B, H, SK, T) @ v_t) + (p[..., T:] @ vg).view(B, H, SK, Dh)
-    return o
+    B, H, QK, Dh = q_r.shape
+    Q = QK // K
+    qg, kg, vg = (a.view(B, H, Q, K, Dh) for a in (q_r * Dh ** -0.5, k_r, v_r))
+    shared = k_t.dim() == 4
+    if shared:  # (B, H, Q*K, T), viewed per group
+        s_tok = (qg.reshape(B, H, QK, Dh) @ k_t.transpose(-1, -2)).view(B, H, Q, K, -1)
+    else:  # (B, H, Q, K, W)
+        s_tok = qg @ k_t.transpose(-1, -2)
+    s_tok = s_tok.masked_fill(~allowed[:, None, :, None, :], float("-inf"))
+    L = s_tok.shape[-1]
+    p = torch.cat([s_tok, qg @ kg.transpose(-1, -2)], dim=-1).softmax(dim=-1)  # (B, H, Q, K, L+K)
+    o_reg = p[..., L:] @ vg  # (B, H, Q, K, Dh)
+    o_tok = (p[..., :L].reshape(B, H, QK, L) @ v_t).view_as(o_reg) if shared else p[..., :L] @ v_t
+    return (o_tok + o_reg).view(B, H, QK, Dh)
+
+
+def gather_band(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """t (B, H, T, Dh), idx (B, Q, W) token indices -> (B, H, Q, W, Dh), t[b, :, idx[b, q, w]]."""
+    B, H, _, Dh = t.shape
+    Q, W = idx.shape[1:]
+    flat = idx.reshape(B, 1, Q * W, 1).expand(B, H, Q * W, Dh)
+    return torch.gather(t, 2, flat).view(B, H, Q, W, Dh)
 
 
 class Teacher(nn.Module):
@@ -108,67 +128,76 @@ class Teacher(nn.Module):
             h = h + self.prev_embed(prev)
         return h
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, T) token ids -> M (B, T+1, Z): the memory before any input and after every input."""
+    def encode(self, x: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T) token ids -> M (B, T+1, Z): the memory before any input and after every input.
+        With `at` (B, Q) memory positions in 0..T, only those memories: (B, Q, Z), M[b, at[b, q]].
+        The token stream is still one pass over x; register work scales with Q instead of T+1."""
         if self.cfg.encoder == "window":
-            return self._encode_windows(x)
-        return self._encode_one_pass(x)
+            return self._encode_windows(x, at)
+        return self._encode_one_pass(x, at)
 
     def empty_memory(self, batch_size: int = 1) -> torch.Tensor:
         """m_empty (B, Z): the encoder's memory for an empty past."""
         x = torch.zeros(batch_size, 0, dtype=torch.long, device=self.registers.device)
         return self.encode(x)[:, 0]
 
-    def _visible(self, n_query: int, T: int, offset: int, device) -> torch.Tensor:
-        """(n_query, T) bool: query i (at time i - offset) may see token j iff j <= i - offset and
-        within the window."""
-        i = torch.arange(n_query, device=device)[:, None] - offset
-        j = torch.arange(T, device=device)[None, :]
-        ok = j <= i
-        if self.cfg.window is not None:
-            ok &= j > i - self.cfg.window
-        return ok
+    def _register_keys(self, pos: torch.Tensor, T: int):
+        """Which tokens each register group at memory position pos (B, Q) reads: group s sees tokens
+        j < s (and j >= s - Tc with a window). Without a window, or with one at least T long:
+        (None, allowed (B, Q, T)) over the shared token keys. With a shorter window: the band's
+        token indices (B, Q, Tc) and allowed (B, Q, Tc), so a group costs O(Tc), not O(T)."""
+        W = self.cfg.window
+        if W is None or W >= T:
+            j = torch.arange(T, device=pos.device)
+            return None, j < pos[..., None]
+        idx = pos[..., None] - W + torch.arange(W, device=pos.device)  # (B, Q, W): tokens s-W .. s-1
+        return idx.clamp(min=0), idx >= 0
 
-    def _encode_one_pass(self, x):
+    def _encode_one_pass(self, x, at):
         B, T = x.shape
         K, D = self.cfg.mem_tokens, self.cfg.d_model
-        S = T + 1
+        pos = torch.arange(T + 1, device=x.device).expand(B, T + 1) if at is None else at  # (B, Q)
+        Q = pos.shape[1]
         h_tok = self.embed_inputs(x)  # (B, T, D)
-        h_reg = self.registers.expand(B, S, K, D).reshape(B, S * K, D)  # (B, S*K, D)
+        h_reg = self.registers.expand(B, Q, K, D).reshape(B, Q * K, D)  # (B, Q*K, D)
         Dh, dt = D // self.cfg.n_heads, h_tok.dtype
         rot_tok = rotary(torch.arange(T, device=x.device), Dh, dt)
-        rot_reg = rotary(torch.arange(S, device=x.device).repeat_interleave(K), Dh, dt)  # group s at position s
-        reg_sees = self._visible(S, T, 1, x.device)  # group s sees tokens j <= s-1
-        tok_mask = None if self.cfg.window is None else self._visible(T, T, 0, x.device)
+        cos, sin = rotary(pos.repeat_interleave(K, dim=1).reshape(-1), Dh, dt)  # group at memory position s: rotary s
+        rot_reg = (cos.view(B, 1, Q * K, -1), sin.view(B, 1, Q * K, -1))
+        band, allowed = self._register_keys(pos, T)
         for i, blk in enumerate(self.blocks):
             q_r, k_r, v_r = blk.attn.heads(blk.norm1(h_reg), rot_reg)
             if T > 0:
                 q_t, k_t, v_t = blk.attn.heads(blk.norm1(h_tok), rot_tok)
             else:
                 k_t = v_t = q_r[:, :, :0]
-            h_reg = h_reg + blk.attn.merge(register_attention(q_r, k_r, v_r, k_t, v_t, reg_sees, K))
+            keys = (k_t, v_t) if band is None else (gather_band(k_t, band), gather_band(v_t, band))
+            h_reg = h_reg + blk.attn.merge(register_attention(q_r, k_r, v_r, *keys, allowed, K))
             h_reg = h_reg + blk.mlp(blk.norm2(h_reg))
             if T > 0 and i < len(self.blocks) - 1:  # the last layer's token outputs are never read
-                o_t = F.scaled_dot_product_attention(q_t, k_t, v_t, attn_mask=tok_mask, is_causal=tok_mask is None)
+                o_t = band_attention(q_t, k_t, v_t, self.cfg.window)
                 h_tok = h_tok + blk.attn.merge(o_t)
                 h_tok = h_tok + blk.mlp(blk.norm2(h_tok))
-        return rms_normalize(h_reg.reshape(B, S, K * D), D)  # (B, S, Z)
+        return rms_normalize(h_reg.reshape(B, Q, K * D), D)  # (B, Q, Z)
 
-    def _encode_windows(self, x):
+    def _encode_windows(self, x, at):
         B, T = x.shape
         K, D, Tc = self.cfg.mem_tokens, self.cfg.d_model, self.cfg.window
         S = T + 1
+        pos = torch.arange(S, device=x.device).expand(B, S) if at is None else at  # (B, Q)
+        Q = pos.shape[1]
+        idx = pos[..., None] - Tc + torch.arange(Tc, device=x.device)  # (B, Q, Tc): window s holds x_{s-Tc} .. x_{s-1}
+        real = idx >= 0
         e = F.pad(self.embed_inputs(x), (0, 0, Tc, 0))  # (B, Tc+T, D), left padding
-        win = e.unfold(1, Tc, 1).transpose(2, 3)  # (B, S, Tc, D): window s holds x_{s-Tc} .. x_{s-1}
-        real = (torch.arange(S, device=x.device)[:, None] - Tc + torch.arange(Tc, device=x.device)[None, :]) >= 0  # (S, Tc)
-        h = torch.cat([win, self.registers.expand(B, S, K, D)], dim=2).reshape(B * S, Tc + K, D)
-        keep = torch.cat([real, real.new_ones(S, K)], dim=1)  # (S, Tc+K) key mask
-        mask = keep.repeat(B, 1)[:, None, None, :]  # (B*S, 1, 1, Tc+K)
-        pos = torch.cat([torch.arange(Tc, device=x.device), torch.full((K,), Tc, device=x.device)])
-        rot = rotary(pos, D // self.cfg.n_heads, h.dtype)
+        win = torch.gather(e, 1, (idx + Tc).reshape(B, Q * Tc, 1).expand(-1, -1, D)).view(B, Q, Tc, D)
+        h = torch.cat([win, self.registers.expand(B, Q, K, D)], dim=2).reshape(B * Q, Tc + K, D)
+        keep = torch.cat([real, real.new_ones(B, Q, K)], dim=2)  # (B, Q, Tc+K) key mask
+        mask = keep.reshape(B * Q, 1, 1, Tc + K)
+        pos_in = torch.cat([torch.arange(Tc, device=x.device), torch.full((K,), Tc, device=x.device)])
+        rot = rotary(pos_in, D // self.cfg.n_heads, h.dtype)
         for blk in self.blocks:
             h = blk(h, rot, mask=mask)
-        return rms_normalize(h[:, Tc:].reshape(B, S, K * D), D)
+        return rms_normalize(h[:, Tc:].reshape(B, Q, K * D), D)
 
     # ---- decoder --------------------------------------------------------------------------
     def decode(self, m: torch.Tensor, x_fut: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,8 @@ PRECISIONS = ("auto", "bf16", "fp32")
 RESUME_MODES = ("auto", "never", "require")
 # settings renamed since the first release: saved runs are translated (`upgrade`), the command line
 # names the new one
-RENAMED = {"bptt.truncate": "bptt.grad_horizon", "task_args.eval_path": "task_args.val_path"}
+RENAMED = {"bptt.truncate": "bptt.grad_horizon", "task_args.eval_path": "task_args.val_path",
+           "smt.dyn_samples": "smt.transitions"}
 
 
 def control(default):
@@ -160,9 +161,10 @@ def run_control_keys(cls=RunConfig, prefix: str = "") -> set[str]:
 
 
 def upgrade(config: dict, version: int) -> dict:
-    """A configuration saved by format `version` (1, 2: memtrain 0.1) in today's names and values:
-    renamed settings, None instead of 0 or "" for "not set", `residual` only on cells that have one."""
-    if version >= 3:
+    """A configuration saved by format `version` (1, 2: memtrain 0.1; 3: 0.2) in today's names and
+    values: renamed settings; before 3 also None instead of 0 or "" for "not set" and `residual`
+    only on cells that have one."""
+    if version >= 4:
         return config
     if not isinstance(config, dict):
         return config  # from_dict refuses it with the reason
@@ -172,6 +174,8 @@ def upgrade(config: dict, version: int) -> dict:
         (sec, o), (_, n) = old.split("."), new.split(".")
         if o in section(sec):
             c[sec][n] = c[sec].pop(o)
+    if version >= 3:
+        return c
     train, cell, args = section("train"), section("cell"), section("task_args")
     for key in ("threads", "clip", "ckpt_every"):
         if train.get(key) == 0:

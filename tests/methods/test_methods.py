@@ -64,11 +64,11 @@ def test_dmt_freezes_teacher_and_uses_one_encoder_pass(monkeypatch):
     dmt = DMT(teacher, cell, DMTConfig())
     calls = []
     orig = teacher.encode
-    monkeypatch.setattr(teacher, "encode", lambda x: calls.append(1) or orig(x))
+    monkeypatch.setattr(teacher, "encode", lambda x, at=None: calls.append(at) or orig(x, at))
     x, y = _data()
     loss, _ = dmt.loss(x, y)
     loss.backward()
-    assert len(calls) == 1
+    assert len(calls) == 1 and calls[0] is None, "the whole rollout from m_empty reads every memory"
     assert all(p.grad is None for p in teacher.parameters())
     assert set(map(id, dmt.trainable())) == set(map(id, cell.parameters()))
 
@@ -133,3 +133,30 @@ def test_bptt_truncation_cuts_gradient_to_start():
         cell.zero_grad()
         BPTT(None, cell, BPTTConfig(grad_horizon=truncate)).loss(x, y)[0].backward()
         assert (cell.m_init.grad is not None and float(cell.m_init.grad.abs().sum()) > 0) == reaches
+
+
+@pytest.mark.parametrize("every,rollout,start", [(3, 5, "encoder"), (2, None, "empty"), (1, 4, "encoder")])
+def test_dmt_encodes_only_the_memories_it_regresses_onto(every, rollout, start):
+    """The targets come from encode(x, at) at the start and every k-th rollout step: the loss equals
+    the same loss written with every memory encoded (float64)."""
+    teacher, cell = tiny_teacher(window=3).double(), tiny_cell("mlp").double()
+    cfg = DMTConfig(every=every, rollout=rollout, start=start, coef_readout=0.5)
+    x, y = _data()
+    B, T = x.shape
+    s0 = torch.tensor([0, 2, 1][:B]) if start == "encoder" else torch.zeros(B, dtype=torch.long)
+    loss, _ = dmt_loss(teacher, cell, x, y, cfg, s0)
+    M = teacher.encode(x)  # reference: every memory, then the rollout written out step by step
+    Td = rollout or T
+    m = cell.init_memory(B) if start == "empty" else M[torch.arange(B), s0]
+    errs, ces = [], []
+    for i in range(1, Td + 1):
+        s = s0 + i
+        m = cell.update(m, x[torch.arange(B), s - 1])
+        if i % every == 0:
+            errs.append((m - M[torch.arange(B), s]).pow(2).mean(-1))
+        tgt = y[torch.arange(B), s - 1]
+        for b in range(B):
+            if tgt[b] >= 0:
+                ces.append(F.cross_entropy(cell.readout(m[b:b + 1]), tgt[b:b + 1]))
+    ref = torch.stack(errs, 1).mean() + 0.5 * torch.stack(ces).mean()
+    torch.testing.assert_close(loss, ref, rtol=1e-10, atol=1e-12)

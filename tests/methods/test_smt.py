@@ -34,7 +34,14 @@ def loop_smt_loss(teacher, cell, x, y, cfg, dec_pos, dyn_pos, unif_idx):
             pred = cell.update(M[b, t][None], x[b, t][None])[0]
             errs.append((pred - M[b, t + 1]).pow(2).mean())
     loss_dyn = torch.stack(errs).mean()
-    toks = M.reshape(-1, D)[unif_idx]
+    # the uniformity sample indexes the memories the encoder computed: all of them, or with sampled
+    # transitions [M[dec_pos], M[dyn_pos], M[dyn_pos + 1]] per sequence
+    if dyn_pos is None:
+        computed = M
+    else:
+        at = torch.cat([dec_pos, dyn_pos, dyn_pos + 1], dim=1)
+        computed = torch.stack([M[b, at[b]] for b in range(B)])
+    toks = computed.reshape(-1, D)[unif_idx]
     z = toks / toks.norm(dim=-1, keepdim=True)
     d2 = [(z[i] - z[j]).pow(2).sum() for i in range(len(z)) for j in range(i + 1, len(z))]
     loss_unif = torch.stack([torch.exp(-2 * d) for d in d2]).mean().log()
@@ -43,15 +50,17 @@ def loop_smt_loss(teacher, cell, x, y, cfg, dec_pos, dyn_pos, unif_idx):
         errs = []
         for b in range(B):
             m = M[b, 0].detach()
+            steps = range(T) if dyn_pos is None else dyn_pos[b].tolist()
             for t in range(T):  # the cell on its own memories, one-step gradients
                 pred = cell.update(m[None], x[b, t][None])[0]
-                errs.append((pred - M[b, t + 1].detach()).pow(2).mean())
+                if t in steps:
+                    errs.append((pred - M[b, t + 1].detach()).pow(2).mean())
                 m = pred.detach()
         total = total + cfg.coef_onpolicy * torch.stack(errs).mean()
     return total
 
 
-@pytest.mark.parametrize("dyn_sampled,onpolicy", [(False, 0.0), (True, 0.0), (False, 0.5)])
+@pytest.mark.parametrize("dyn_sampled,onpolicy", [(False, 0.0), (True, 0.0), (False, 0.5), (True, 0.5)])
 def test_vectorised_smt_loss_matches_per_timestep_loop(dyn_sampled, onpolicy):
     teacher, cell = tiny_teacher().double(), tiny_cell("mlp").double()
     cfg = SMTConfig(future=4, gamma=0.9, coef_unif=0.01, coef_onpolicy=onpolicy)
@@ -173,3 +182,45 @@ def test_last_input_probe_trains_teacher_and_probe_not_cell():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in teacher.parameters())
     assert any(p is smt.last_input_head.weight for p in smt.trainable())
     assert SMT(tiny_teacher(), tiny_cell("mlp"), SMTConfig()).last_input_head is None
+
+
+@pytest.mark.parametrize("onpolicy,last_input", [(0.0, 0.0), (0.5, 0.3)])
+def test_sampling_every_transition_gives_the_dense_loss(onpolicy, last_input):
+    """smt.transitions computes only the memories the loss reads; with every transition sampled (in
+    any order) the loss and its gradients equal the dense loss, which encodes every memory."""
+    teacher, cell = tiny_teacher(window=3).double(), tiny_cell("mlp").double()
+    cfg = SMTConfig(future=4, gamma=0.9, coef_unif=0.01, coef_onpolicy=onpolicy, coef_last_input=last_input)
+    head = torch.nn.Linear(teacher.cfg.mem_size, V).double()
+    g = torch.Generator().manual_seed(2)
+    B, T, K = 2, 7, teacher.cfg.mem_tokens
+    x = torch.randint(0, V, (B, T), generator=g)
+    y = torch.where(torch.rand(B, T, generator=g) < 0.5, x.roll(1, 1), -1)
+    dec_pos = sample_positions(y, cfg.future, 3, g)
+    dyn_pos = torch.rand(B, T, generator=g).argsort(1)  # every transition, shuffled
+    P, Q, S = dec_pos.shape[1], dec_pos.shape[1] + 2 * T, T + 1
+    # uniformity tokens: the same memory tokens, indexed in the sparse and in the dense layout
+    b, r, k = torch.tensor([0, 0, 1, 1, 1]), torch.tensor([0, 3, 1, 6, 2]), torch.tensor([1, 0, 1, 0, 0])
+    sparse_idx = b * Q * K + (P + r) * K + k
+    dense_idx = b * S * K + dyn_pos[b, r] * K + k
+    dense, _ = smt_loss(teacher, cell, x, y, cfg, dec_pos, None, dense_idx, head)
+    sparse, _ = smt_loss(teacher, cell, x, y, cfg, dec_pos, dyn_pos, sparse_idx, head)
+    torch.testing.assert_close(sparse, dense, rtol=1e-12, atol=1e-12)
+    params = list(teacher.parameters()) + list(cell.parameters()) + list(head.parameters())
+    for a, c in zip(torch.autograd.grad(dense, params, allow_unused=True), torch.autograd.grad(sparse, params, allow_unused=True)):
+        assert (a is None) == (c is None)
+        if a is not None:
+            torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12)
+
+
+def test_smt_transitions_sets_how_many_memories_are_encoded():
+    teacher, cell = tiny_teacher(), tiny_cell("mlp")
+    x = torch.randint(0, V, (3, 20))
+    y = x.roll(1, 1)
+    seen = []
+    encode = teacher.encode
+    teacher.encode = lambda x, at=None: (seen.append(None if at is None else tuple(at.shape)), encode(x, at))[1]
+    for n, expect in ((None, None), (5, (3, 4 + 10)), (20, None)):
+        SMT(teacher, cell, SMTConfig(future=4, dec_samples=4, transitions=n, unif_samples=8)).loss(x, y, torch.Generator().manual_seed(0))
+        assert seen[-1] == expect
+    with pytest.raises(ValueError, match="smt.transitions"):
+        SMTConfig(transitions=0).validate()

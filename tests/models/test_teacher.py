@@ -2,7 +2,9 @@
 and the decoder's outputs line up with the future targets."""
 import pytest
 import torch
+import torch.nn.functional as F
 
+from memtrain.models.layers import band_attention
 from memtrain.models.teacher import encode_reference
 from tests.conftest import V, tiny_teacher
 
@@ -15,6 +17,46 @@ def test_one_pass_matches_per_prefix_reference(encoder, window, shift):
     M = t.encode(x)
     assert M.shape == (3, 12, t.cfg.mem_size)
     torch.testing.assert_close(M, encode_reference(t, x), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shift", [False, True])
+@pytest.mark.parametrize("encoder,window", [("causal", None), ("causal", 3), ("causal", 11), ("window", 4)])
+def test_memories_at_chosen_positions_equal_the_full_encoder(encoder, window, shift):
+    """encode(x, at) computes register groups only at `at`: the same values as encoding everything
+    (and as the per-prefix reference), per sequence, repeated positions and 0 (m_empty) included."""
+    t = tiny_teacher(encoder=encoder, window=window, token_shift=shift).double()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, V, (3, 11), generator=g)
+    at = torch.randint(0, 12, (3, 5), generator=g)
+    at[0, 0], at[1, 1], at[2, 2] = 0, 11, at[2, 3]
+    M = encode_reference(t, x)
+    got = t.encode(x, at)
+    assert got.shape == (3, 5, t.cfg.mem_size)
+    torch.testing.assert_close(got, torch.gather(M, 1, at[..., None].expand(-1, -1, M.shape[-1])), rtol=0, atol=1e-12)
+
+
+def test_memories_at_positions_have_the_full_encoders_gradients():
+    t = tiny_teacher(window=4, token_shift=True).double()
+    x = torch.randint(0, V, (2, 9))
+    at = torch.tensor([[3, 9, 0], [5, 5, 2]])
+    w = torch.randn(2, 3, t.cfg.mem_size, dtype=torch.float64)
+    full = (torch.gather(t.encode(x), 1, at[..., None].expand(-1, -1, w.shape[-1])) * w).sum()
+    sparse = (t.encode(x, at) * w).sum()
+    for a, b in zip(torch.autograd.grad(full, list(t.parameters()), allow_unused=True),
+                    torch.autograd.grad(sparse, list(t.parameters()), allow_unused=True)):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("T,window", [(1, 1), (7, 1), (7, 3), (12, 4), (13, 5), (9, 9), (9, 20), (6, None)])
+def test_band_attention_equals_masked_attention(T, window):
+    g = torch.Generator().manual_seed(T)
+    q, k, v = (torch.randn(2, 3, T, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    mask = (j <= i) & (j > i - (window or T))
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(band_attention(q, k, v, window), ref, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("encoder,window,shift", [("causal", None, False), ("causal", 3, True), ("window", 4, True)])

@@ -48,8 +48,10 @@ def test_an_old_run_loads_and_evaluates_as_when_it_was_saved(name):
 
 @pytest.mark.parametrize("name", ["smt", "bptt"])
 def test_an_old_run_resumes_exactly(tmp_path, capsys, name):
-    """Extended from its step-20 checkpoint to 30 steps, an old run continues exactly as a run of 30
-    steps made today: the same loss rows after step 20 and the same final weights."""
+    """Extended from its step-20 checkpoint to 30 steps, an old run continues as a run of 30 steps
+    made today: the same loss rows after step 20 and the same final weights, up to float rounding
+    (the old run was made on another CPU, whose kernels round differently in the last bits; a wrong
+    restore of the optimizer, the data stream or the schedule moves the losses by far more)."""
     old = tmp_path / "old"
     shutil.copytree(OLD / name, old)
     resumed = train(preset_config("tiny", MADE_WITH[name] + ["train.steps=30", "train.log_every=1", f"out_dir={old}"]),
@@ -63,10 +65,13 @@ def test_an_old_run_resumes_exactly(tmp_path, capsys, name):
         rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
         return [(r["step"], r["loss"]) for r in rows if "loss" in r and r["step"] >= 20]
 
-    assert losses(old) == losses(fresh) and len(losses(old)) == 10
+    (s_old, l_old), (s_new, l_new) = zip(*losses(old)), zip(*losses(fresh))
+    assert s_old == s_new and len(s_old) == 10 and l_old == pytest.approx(l_new, rel=1e-5)
     a, b = load_file(str(old / "model.safetensors")), load_file(str(fresh / "model.safetensors"))
-    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
-    assert read_run(old)[0]["version"] == 3, "it is saved in today's format"
+    assert sorted(a) == sorted(b)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    assert read_run(old)[0]["version"] == 4, "it is saved in today's format"
 
 
 def test_upgrade_translates_names_and_unset_values():
@@ -75,7 +80,9 @@ def test_upgrade_translates_names_and_unset_values():
     new = upgrade(old, 2)
     assert new["bptt"] == {"grad_horizon": 4}
     assert new["train"]["threads"] is None and new["init_from"] is None and new["method_args"] == {}
-    assert upgrade(old, 3) is old, "today's format is read as it is"
+    assert upgrade(old, 4) is old, "today's format is read as it is"
+    v3 = upgrade({"smt": {"dyn_samples": 8}, "train": {"threads": 0}}, 3)
+    assert v3 == {"smt": {"transitions": 8}, "train": {"threads": 0}}, "format 3 (0.2) only renames"
     gru = upgrade({"cell": {"kind": "gru", "residual": True}, "task_args": {"eval_path": "v.txt", "vocab": 0}}, 2)
     assert gru["cell"]["residual"] is None and gru["task_args"] == {"val_path": "v.txt"}
     assert old["bptt"] == {"truncate": 4}, "the saved configuration is not changed"
