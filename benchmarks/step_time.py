@@ -1,11 +1,12 @@
-"""Time per training update against sequence length, SMT vs BPTT, same cell, same batch.
+"""Seconds per training update against sequence length: SMT (every transition, R sampled transitions,
+R transitions with a windowed encoder) against BPTT on the same cell and on torch's fused LSTM / GRU.
 
-An update is forward + backward + clipping + AdamW step, as in the training loop. SMT encodes every
-prefix in one parallel pass and steps the cell once per transition in one batched call, so its cost
-grows with T only through the (parallel) work; BPTT steps the cell T times in sequence. Methods are
-timed in interleaved rounds (each round times every (method, T) once), medians reported.
+An update is forward + backward + clipping + AdamW step, as in the training loop, on one batch of
+retrieval. SMT's update includes training the teacher. Variants are timed in interleaved rounds
+(each round times every (variant, T) once), medians reported; a variant whose first update takes
+longer than --skip-over seconds is not timed at longer lengths.
 
-    python benchmarks/step_time.py [--lengths 32 64 128 256 512] [--repeats 5] [--threads 1] [--cell mlp]
+    python benchmarks/step_time.py [--lengths 64 128 256 512 1024] [--repeats 3] [--threads 1]
 """
 from __future__ import annotations
 
@@ -18,30 +19,50 @@ from common import md_table, median, pyplot, training_update, write_results
 from memtrain.presets import preset_config
 from memtrain.training.build import build
 
+# label -> settings on top of the retrieval-smt preset (sizes: teacher width 64, 2 encoder layers,
+# memory 4 x 64, smt.dec_samples=8, smt.future=32)
+VARIANTS = {
+    "SMT, all T transitions": [],
+    "SMT, R=32": ["smt.transitions=32"],
+    "SMT, R=32, Tc=64": ["smt.transitions=32", "teacher.window=64"],
+    "BPTT, same mlp cell": ["method=bptt"],
+    "BPTT, torch LSTM": ["method=bptt", "cell.kind=torch-lstm"],
+    "BPTT, torch GRU": ["method=bptt", "cell.kind=torch-gru"],
+}
 
-def make(method: str, length: int, cell: str, batch: int):
-    cfg = preset_config("retrieval-smt", [f"method={method}", f'task_args={{"length": {length}}}', f"cell.kind={cell}",
-                                          f"train.batch_size={batch}"])
+
+def make(settings: list[str], length: int, batch: int):
+    cfg = preset_config("retrieval-smt", [f'task_args={{"length": {length}}}', f"train.batch_size={batch}", *settings])
     task, _, _, m = build(cfg)
     x, y = task.sample(batch, torch.Generator().manual_seed(0))
     gen = torch.Generator().manual_seed(1)
     update = training_update(lambda: m.loss(x, y, gen)[0], m.trainable())
+    t0 = time.perf_counter()
     update()  # warm-up
-    return update
+    return update, time.perf_counter() - t0
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--lengths", nargs="+", type=int, default=[32, 64, 128, 256, 512])
-    p.add_argument("--cell", default="mlp")
+    p.add_argument("--lengths", nargs="+", type=int, default=[64, 128, 256, 512, 1024])
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--skip-over", type=float, default=8.0)
     p.add_argument("--results", default=None)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    torch.set_flush_denormal(True)  # as the training loop does (train.flush_denormal)
     torch.manual_seed(0)
-    fns = {(m, T): make(m, T, a.cell, a.batch) for T in a.lengths for m in ("smt", "bptt")}
+    fns, dropped = {}, set()
+    for T in a.lengths:
+        for label, settings in VARIANTS.items():
+            if label in dropped:
+                continue
+            fns[(label, T)], first = make(settings, T, a.batch)
+            if first > a.skip_over:
+                dropped.add(label)
+        print(f"T={T} built", flush=True)
     times = {k: [] for k in fns}
     for r in range(a.repeats):
         for k, f in fns.items():
@@ -49,25 +70,29 @@ def main() -> None:
             f()
             times[k].append(time.perf_counter() - t0)
         print(f"round {r + 1}/{a.repeats} done", flush=True)
-    rows, data = [], []
-    for T in a.lengths:
-        s, b = median(times[("smt", T)]), median(times[("bptt", T)])
-        rows.append([T, s, b, b / s, a.batch * T / s])
-        data.append({"length": T, "smt_s": s, "bptt_s": b, "smt_raw": times[("smt", T)], "bptt_raw": times[("bptt", T)]})
-    table = md_table(["T", "SMT s / update", "BPTT s / update", "BPTT / SMT", "SMT transitions / s"], rows)
-    table += (f"\n\nRetrieval, {a.cell} cell, retrieval-smt preset sizes (teacher width 64, 2 encoder layers, memory "
-              f"4 x 64, smt.dec_samples=8, future 32), batch {a.batch}, {a.threads} thread(s), medians of {a.repeats} "
-              "interleaved rounds. SMT includes training the teacher; BPTT trains the cell alone.")
+    med = {k: median(v) for k, v in times.items()}
+    cell = lambda label, T: f"{med[(label, T)]:.3f}" if (label, T) in med else "-"  # noqa: E731
+    rows = [[T] + [cell(label, T) for label in VARIANTS] +
+            [f"{med[('BPTT, same mlp cell', T)] / med[('SMT, R=32', T)]:.2f}" if ("SMT, R=32", T) in med else "-"]
+            for T in a.lengths]
+    table = md_table(["T", *VARIANTS, "BPTT mlp / SMT R=32"], rows)
+    table += (f"\n\nSeconds per update (forward, backward, clip, AdamW), retrieval, batch {a.batch}, {a.threads} "
+              f"thread(s), denormals flushed, medians of {a.repeats} interleaved rounds. SMT trains the teacher "
+              "too; R = smt.transitions, Tc = teacher.window. '-': not timed (its first update took over "
+              f"{a.skip_over:.0f} s at a shorter length).")
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    ax.plot(a.lengths, [d["smt_s"] for d in data], "o-", label="SMT (teacher + cell, all T transitions)")
-    ax.plot(a.lengths, [d["bptt_s"] for d in data], "^-", label="BPTT (cell unrolled T steps)")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label in VARIANTS:
+        Ts = [T for T in a.lengths if (label, T) in med]
+        ax.plot(Ts, [med[(label, T)] for T in Ts], "o-", label=label)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("sequence length T")
     ax.set_ylabel("seconds per update")
     ax.legend(fontsize=7)
-    write_results("step_time", {"cell": a.cell, "batch": a.batch, "threads": a.threads, "rows": data}, table, fig, a.results)
+    data = [{"variant": label, "settings": VARIANTS[label], "length": T, "median_s": med[(label, T)],
+             "raw_s": times[(label, T)]} for (label, T) in med]
+    write_results("step_time", {"batch": a.batch, "threads": a.threads, "rows": data}, table, fig, a.results)
     print(table)
 
 

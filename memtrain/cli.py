@@ -48,8 +48,7 @@ def cmd_demo(args) -> None:
                  f"cell.kind={args.cell}", f"train.seed={args.seed}"]
     if args.threads:
         overrides.append(f"train.threads={args.threads}")
-    rows = compare(args.out, overrides + args.overrides, smt_steps=args.smt_steps, dmt_steps=args.dmt_steps,
-                   dmt_lr=args.dmt_lr, smt_seconds=args.smt_seconds, dmt_seconds=args.dmt_seconds, progress=not args.quiet)
+    rows = compare(args.out, overrides + args.overrides, steps=args.steps, seconds=args.seconds, progress=not args.quiet)
     from .training.distributed import main_process
 
     if not main_process():
@@ -132,14 +131,11 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=1234)
     e.set_defaults(func=cmd_eval)
 
-    d = sub.add_parser("demo", help="the main job: SMT->DMT vs BPTT on retrieval, one table")
+    d = sub.add_parser("demo", help="the main job: SMT->DMT vs BPTT (same cell, torch LSTM) on retrieval, one table")
     d.add_argument("--length", type=int, default=32)
     d.add_argument("--cell", default="mlp")
-    d.add_argument("--smt-steps", type=int, default=900)
-    d.add_argument("--dmt-steps", type=int, default=600)
-    d.add_argument("--smt-seconds", type=float, default=None, help="train SMT for this long instead of --smt-steps")
-    d.add_argument("--dmt-seconds", type=float, default=None, help="train DMT for this long instead of --dmt-steps")
-    d.add_argument("--dmt-lr", type=float, default=1e-4)
+    d.add_argument("--steps", type=int, default=3000, help="at most this many SMT -> DMT updates")
+    d.add_argument("--seconds", type=float, default=None, help="at most this much SMT -> DMT training time instead of --steps")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=0)
     d.add_argument("--out", default="runs/demo")

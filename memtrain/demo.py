@@ -1,7 +1,8 @@
-"""The main job: SMT -> DMT and BPTT on the same cell and task, BPTT given the same wall-clock,
-then one table. `memtrain demo` runs it on the embedded default (retrieval, no download)."""
+"""The main job: SMT -> DMT (one run, handing over on measured criteria), BPTT on the same cell and
+BPTT on torch's fused LSTM, the baselines given the same wall-clock, then one table. `memtrain demo` runs it on the embedded default (retrieval, no download)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .fields import to_dict
@@ -13,71 +14,78 @@ from .training.config import RunConfig, apply_overrides
 from .training.trainer import train
 
 
-def compare(out_dir: str, overrides: list[str] = (), smt_steps: int = 900, dmt_steps: int = 600,
-            dmt_lr: float = 1e-4, bptt_seconds: float | None = None, smt_seconds: float | None = None,
-            dmt_seconds: float | None = None, progress: bool = True, log=print) -> list[dict]:
-    """Train SMT, then DMT from it, then BPTT for the same total wall-clock (unless bptt_seconds is
-    given); return one summary row per stage and write them to out_dir/compare.json.
-    smt_seconds / dmt_seconds give a stage a training-time budget instead of a number of steps.
-    Each stage is an ordinary run in out_dir/<stage>: run the same command again after a stop signal
-    or a crash and finished stages are skipped, the interrupted one resumes. Returns [] when a stage
-    was stopped by SIGINT/SIGTERM (it saved its checkpoint)."""
+STAGES = ("smt-dmt", "bptt", "bptt-lstm")
+
+
+def compare(out_dir: str, overrides: list[str] = (), steps: int = 3000, seconds: float | None = None,
+            bptt_seconds: float | None = None, progress: bool = True, log=print) -> list[dict]:
+    """Train SMT -> DMT as one run (method=smt-dmt: SMT hands over to DMT when the teacher has
+    solved the task and its memories are followable, DMT ends the run on a plateau; at most `steps`
+    updates or `seconds` of training), then BPTT on the same cell and BPTT on torch's fused LSTM for
+    the same wall-clock (unless bptt_seconds is given); return one summary row per method and write
+    them to out_dir/compare.json. Each stage is an ordinary run in out_dir/<stage>: run the same
+    command again after a stop signal or a crash and finished stages are skipped, the interrupted
+    one resumes. Returns [] when a stage was stopped by SIGINT/SIGTERM (it saved its checkpoint)."""
     out = Path(out_dir)
     base = list(PRESETS["retrieval-smt"][1]) + list(overrides)
     if not distributed.main_process():
         log = lambda *_: None  # noqa: E731  (under torchrun rank 0 speaks)
-    smt_cfg = apply_overrides(RunConfig(), base + [*_budget(smt_steps, smt_seconds), f"out_dir={out / 'smt'}", "method=smt"])
-    dmt_cfg = apply_overrides(smt_cfg, ["method=dmt", *_budget(dmt_steps, dmt_seconds), f"init_from={out / 'smt'}",
-                                        f"out_dir={out / 'dmt'}", f"train.lr={dmt_lr!r}", "train.warmup=0"])
-    for cfg in (smt_cfg, dmt_cfg, _bptt_config(smt_cfg, out, 1.0)):  # every stage's settings, before any training
+    budget = [f"train.steps={steps}", "train.time_limit=null"] if seconds is None else \
+        ["train.steps=100000000", f"train.time_limit={seconds!r}"]
+    main_cfg = apply_overrides(RunConfig(), base + budget + ["method=smt-dmt", f"out_dir={out / 'smt-dmt'}"])
+    for cfg in (main_cfg, *_baselines(main_cfg, out, 1.0)):  # every stage's settings, before any training
         assemble(cfg)  # (networks built and dropped: the configuration is not changed)
-    world = distributed.setup(pick_device(smt_cfg.train.device).type)  # under torchrun: one group for all stages
+    world = distributed.setup(pick_device(main_cfg.train.device).type)  # under torchrun: one group for all stages
     try:
-        log(f"[1/3] SMT: teacher + cell jointly, {_say(smt_steps, smt_seconds)}")
-        smt = train(smt_cfg, progress=progress)
-        if smt.get("stopped"):
+        log(f"[1/3] SMT -> DMT: SMT until the teacher solves the task and the cell can follow it, then DMT until "
+            f"it plateaus (at most {f'{seconds:g} s' if seconds is not None else f'{steps} updates'})")
+        main = train(main_cfg, progress=progress)
+        if main.get("stopped"):
             return []
-        log(f"[2/3] DMT from the SMT run, {_say(dmt_steps, dmt_seconds)}")
-        dmt = train(dmt_cfg, progress=progress)
-        if dmt.get("stopped"):
-            return []
-        budget = bptt_seconds if bptt_seconds is not None else max(smt["train_seconds"] + dmt["train_seconds"], 0.01)
-        log(f"[3/3] BPTT on the same cell for the same wall-clock: {budget:.1f} s of training")
-        bptt = train(_bptt_config(smt_cfg, out, budget), progress=progress)
-        if bptt.get("stopped"):
-            return []
+        clock = bptt_seconds if bptt_seconds is not None else max(main["train_seconds"], 0.01)
+        summaries = [main]
+        for i, cfg in enumerate(_baselines(main_cfg, out, clock)):
+            log(f"[{i + 2}/3] BPTT on {'the same cell' if i == 0 else 'torch' + chr(39) + 's fused LSTM'} for the "
+                f"same wall-clock: {clock:.1f} s of training")
+            summaries.append(train(cfg, progress=progress))
+            if summaries[-1].get("stopped"):
+                return []
         if not world.main:  # the other ranks do not evaluate: rank 0 makes the table
             return []
-        rows = [
-            {"method": "SMT (RNN after SMT)", **_row(smt)},
-            {"method": "SMT -> DMT", **_row(dmt, extra_seconds=smt["train_seconds"], extra_steps=smt["steps"])},
-            {"method": "BPTT", **_row(bptt)},
-        ]
-        atomic_write(out / "compare.json", json_bytes({"rows": rows, "config": to_dict(smt_cfg)}))
+        rows = [{"method": "SMT (RNN at the handover)", **_at_handover(out / "smt-dmt", main)},
+                {"method": "SMT -> DMT", **_row(main)},
+                {"method": "BPTT, same cell", **_row(summaries[1])},
+                {"method": "BPTT, torch LSTM", **_row(summaries[2])}]
+        atomic_write(out / "compare.json", json_bytes({"rows": rows, "config": to_dict(main_cfg)}))
         return rows
     finally:
         distributed.teardown(world)
 
 
-def _bptt_config(smt_cfg: RunConfig, out: Path, seconds: float) -> RunConfig:
-    return apply_overrides(smt_cfg, ["method=bptt", "train.steps=1000000", f"train.time_limit={seconds}",
-                                     f"out_dir={out / 'bptt'}"])
+def _baselines(cfg: RunConfig, out: Path, seconds: float) -> list[RunConfig]:
+    """BPTT on the same cell and on torch's fused LSTM (memory [h, c] of the same size), `seconds` each."""
+    clock = ["method=bptt", "train.steps=100000000", f"train.time_limit={seconds!r}"]
+    return [apply_overrides(cfg, clock + [f"out_dir={out / 'bptt'}"]),
+            apply_overrides(cfg, clock + ["cell.kind=torch-lstm", f"out_dir={out / 'bptt-lstm'}"])]
 
 
-def _budget(steps: int, seconds: float | None) -> list[str]:
-    if seconds is None:
-        return [f"train.steps={steps}", "train.time_limit=null"]
-    return ["train.steps=100000000", f"train.time_limit={seconds!r}"]
+def _at_handover(run_dir: Path, summary: dict) -> dict:
+    """The evaluation row at the handover (the RNN after SMT alone), from the run's metrics.jsonl."""
+    step = summary.get("handover_step")
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    at = [r for r in rows if r.get("step") == step and "rnn_acc" in r] if step is not None else []
+    if not at:  # no handover: SMT ran to the end of the budget
+        return {**_row(summary), "handover": False}
+    r = at[-1]
+    return {"rnn_acc": r["rnn_acc"], "teacher_acc": r.get("teacher_acc"), "seconds": round(r["time"], 1),
+            "updates": step, "sequential_steps": 1, "drift_end": r.get("drift@" + str(len(summary["drift"]) - 1)),
+            "handover": True}
 
 
-def _say(steps: int, seconds: float | None) -> str:
-    return f"{steps} steps" if seconds is None else f"{seconds:g} s"
-
-
-def _row(s: dict, extra_seconds: float = 0.0, extra_steps: int = 0) -> dict:
-    return {"rnn_acc": s["rnn_acc"], "teacher_acc": s.get("teacher_acc"),
-            "seconds": round(s["train_seconds"] + extra_seconds, 1), "updates": s["steps"] + extra_steps,
-            "sequential_steps": s["sequential_steps"], "drift_end": s["drift"][-1] if s.get("drift") else None}
+def _row(s: dict) -> dict:
+    return {"rnn_acc": s["rnn_acc"], "teacher_acc": s.get("teacher_acc"), "seconds": round(s["train_seconds"], 1),
+            "updates": s["steps"], "sequential_steps": s["sequential_steps"],
+            "drift_end": s["drift"][-1] if s.get("drift") else None}
 
 
 def format_table(rows: list[dict]) -> str:

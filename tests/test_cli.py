@@ -135,11 +135,11 @@ def test_empty_token_file(tmp_path, capsys):
 
 @pytest.mark.parametrize("args,names", [
     (["--length", "2"], ["retrieval", "length >= 4"]),
-    (["--smt-steps", "0"], ["train.steps must be >= 1"]),
-    (["--smt-seconds", "-1"], ["train.time_limit"]),
-    (["--dmt-lr", "nan"], ["train.lr", "finite"]),
-    (["--dmt-lr", "0"], ["train.lr must be > 0"]),
-    (["--dmt-seconds", "inf"], ["train.time_limit", "finite"]),
+    (["--steps", "0"], ["train.steps must be >= 1"]),
+    (["--seconds", "-1"], ["train.time_limit"]),
+    (["train.lr=nan"], ["train.lr", "finite"]),
+    (["handover.dmt_lr_scale=0"], ["handover.dmt_lr_scale"]),
+    (["--seconds", "inf"], ["train.time_limit", "finite"]),
     (["--cell", "transformer"], ["cell.kind"]),
     (["--threads", "-2"], ["train.threads"]),
 ])

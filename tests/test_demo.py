@@ -1,4 +1,5 @@
-"""The main job (`memtrain demo`) end to end on tiny sizes: three stages, one table, same budget."""
+"""The main job (`memtrain demo`) end to end on tiny sizes: SMT -> DMT as one run, BPTT on the same
+cell and on torch's LSTM for the same wall-clock, one table."""
 import json
 
 import pytest
@@ -8,74 +9,77 @@ from memtrain.demo import compare, format_table
 from memtrain.presets import PRESETS
 
 TINY = [o for o in PRESETS["tiny"][1] if not o.startswith("train.steps")]
-
+# hand over at the first evaluation (step 2), end DMT after two evaluations without improvement
+EASY = [*TINY, "train.eval_every=2", "handover.teacher_acc=0.01", "handover.followable=100", "handover.dmt_patience=2"]
 
 pytestmark = pytest.mark.usefixtures("ctrl_c_interrupts")  # tests here send themselves SIGINT
 
 
 def test_compare_rows_and_budget(tmp_path):
-    rows = compare(str(tmp_path), TINY, smt_steps=3, dmt_steps=2, bptt_seconds=0.2, progress=False, log=lambda *_: None)
-    assert [r["method"] for r in rows] == ["SMT (RNN after SMT)", "SMT -> DMT", "BPTT"]
-    smt, dmt, bptt = rows
-    assert (smt["updates"], dmt["updates"]) == (3, 5)
-    assert (smt["sequential_steps"], dmt["sequential_steps"], bptt["sequential_steps"]) == (1, 12, 12)
-    assert dmt["seconds"] >= smt["seconds"] and bptt["teacher_acc"] is None
+    rows = compare(str(tmp_path), EASY, steps=40, bptt_seconds=0.2, progress=False, log=lambda *_: None)
+    assert [r["method"] for r in rows] == ["SMT (RNN at the handover)", "SMT -> DMT", "BPTT, same cell", "BPTT, torch LSTM"]
+    smt, dmt, bptt, lstm = rows
+    assert smt["handover"] and smt["updates"] == 2 and 2 < dmt["updates"] < 40, "DMT ended the run on its plateau"
+    assert (smt["sequential_steps"], dmt["sequential_steps"], bptt["sequential_steps"], lstm["sequential_steps"]) == (1, 12, 12, 12)
+    assert dmt["seconds"] >= smt["seconds"] and bptt["teacher_acc"] is None and lstm["teacher_acc"] is None
     assert dmt["teacher_acc"] == smt["teacher_acc"]  # DMT freezes the teacher
-    for sub in ("smt", "dmt", "bptt"):
+    assert bptt["seconds"] >= 0.2 and lstm["seconds"] >= 0.2
+    for sub in ("smt-dmt", "bptt", "bptt-lstm"):
         assert (tmp_path / sub / "model.safetensors").is_file()
+    lstm_cfg = json.loads((tmp_path / "bptt-lstm" / "run.json").read_text())["config"]
+    assert lstm_cfg["cell"]["kind"] == "torch-lstm" and lstm_cfg["method"] == "bptt"
     saved = json.loads((tmp_path / "compare.json").read_text())
     assert saved["rows"] == rows
     table = format_table(rows)
-    assert table.count("\n") == 4 and "| SMT -> DMT |" in table
+    assert table.count("\n") == 5 and "| SMT -> DMT |" in table and "| BPTT, torch LSTM |" in table
 
 
-def test_each_stage_says_its_budget(tmp_path):
+def test_baselines_get_the_main_runs_wall_clock(tmp_path):
     said = []
-    compare(str(tmp_path), TINY, smt_steps=3, dmt_steps=2, bptt_seconds=0.4, progress=False, log=said.append)
-    assert said[0].startswith("[1/3] SMT") and "3 steps" in said[0] and "2 steps" in said[1]
-    assert said[2].startswith("[3/3] BPTT") and "0.4 s" in said[2], said[2]
+    rows = compare(str(tmp_path), EASY, steps=6, progress=False, log=said.append)
+    assert said[0].startswith("[1/3] SMT -> DMT") and "6 updates" in said[0]
+    assert said[1].startswith("[2/3] BPTT on the same cell") and said[2].startswith("[3/3] BPTT on torch's fused LSTM")
+    clock = rows[1]["seconds"]
+    assert f"{clock:.1f} s" in said[1] or abs(float(said[1].split(": ")[-1].split(" s")[0]) - clock) < 0.1
+    assert all(r["seconds"] >= clock - 0.05 for r in rows[2:])
+
+
+def test_without_a_handover_the_first_row_says_so(tmp_path):
+    rows = compare(str(tmp_path), [*TINY, "train.eval_every=2", "handover.teacher_acc=1.0", "handover.followable=1e-9"],
+                   steps=4, bptt_seconds=0.1, progress=False, log=lambda *_: None)
+    assert rows[0]["handover"] is False and rows[0]["updates"] == rows[1]["updates"] == 4
+    assert rows[1]["sequential_steps"] == 1  # still in SMT
 
 
 def test_demo_cli(tmp_path, capsys):
-    rc = main(["demo", "--quiet", "--length", "12", "--smt-steps", "2", "--dmt-steps", "2", "--out", str(tmp_path), *TINY])
+    rc = main(["demo", "--quiet", "--length", "12", "--steps", "4", "--out", str(tmp_path), *EASY])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "retrieval, T=12" in out and "| BPTT |" in out
+    assert "retrieval, T=12" in out and "| BPTT, same cell |" in out and "| BPTT, torch LSTM |" in out
 
 
-def test_compare_time_budgets(tmp_path):
-    """smt_seconds / dmt_seconds stop each stage on training time, not on a step count, and BPTT
-    gets their sum."""
-    rows = compare(str(tmp_path), TINY, smt_seconds=0.3, dmt_seconds=0.2, progress=False, log=lambda *_: None)
-    smt, dmt, bptt = rows
-    assert 0.3 <= smt["seconds"] < 5 and 1 <= smt["updates"] < 1000
-    assert 0.2 <= dmt["seconds"] - smt["seconds"] < 5 and dmt["updates"] > smt["updates"]
-    assert bptt["seconds"] >= dmt["seconds"] and bptt["updates"] >= 1
-    cfg = json.loads((tmp_path / "compare.json").read_text())["config"]
-    assert cfg["train"]["time_limit"] == 0.3
-
-
-def test_demo_cli_time_budgets(tmp_path, capsys):
-    rc = main(["demo", "--quiet", "--length", "12", "--smt-seconds", "0.2", "--dmt-seconds", "0.2", "--out", str(tmp_path), *TINY])
+def test_demo_cli_time_budget(tmp_path):
+    rc = main(["demo", "--quiet", "--length", "12", "--seconds", "0.3", "--out", str(tmp_path), *TINY])
     assert rc == 0
     rows = json.loads((tmp_path / "compare.json").read_text())["rows"]
-    assert rows[0]["seconds"] >= 0.2 and rows[1]["seconds"] >= rows[0]["seconds"] + 0.2
+    assert rows[1]["seconds"] >= 0.3 and all(r["seconds"] >= 0.3 for r in rows[2:])
 
 
 def test_a_stopped_demo_resumes_where_it_stopped(tmp_path, capsys, monkeypatch):
-    """SIGINT during the DMT stage: the demo saves and exits 0 without a table; the same command again
-    skips the finished SMT stage, resumes DMT, then runs BPTT."""
+    """SIGINT during the BPTT stage: the demo saves and exits 0 without a table; the same command again
+    skips the finished SMT -> DMT run, resumes BPTT, then runs the LSTM baseline."""
     import hashlib
     import os
     import signal
 
     import memtrain.training.trainer as trainer_mod
 
-    argv = ["demo", "--quiet", "--length", "12", "--smt-steps", "3", "--dmt-steps", "4", "--out", str(tmp_path), *TINY]
-    real = trainer_mod.lr_at
+    argv = ["demo", "--quiet", "--length", "12", "--steps", "4", "--out", str(tmp_path), *EASY]
+    real, sent = trainer_mod.lr_at, []
 
     def lr_at(step, cfg):
-        if cfg.lr == 1e-4 and step == 1:  # the DMT stage (its lr is the demo's --dmt-lr)
+        if cfg.time_limit is not None and step == 1 and not sent:  # the first baseline (BPTT, same cell)
+            sent.append(1)
             os.kill(os.getpid(), signal.SIGINT)
         return real(step, cfg)
 
@@ -83,13 +87,13 @@ def test_a_stopped_demo_resumes_where_it_stopped(tmp_path, capsys, monkeypatch):
         m.setattr(trainer_mod, "lr_at", lr_at)
         assert main(argv) == 0
     cap = capsys.readouterr()
-    assert "| BPTT |" not in cap.out and "run the same command again" in cap.err
+    assert "| BPTT" not in cap.out and "run the same command again" in cap.err
     assert "stopped by SIGINT after step 2" in cap.err
-    assert not (tmp_path / "compare.json").exists() and not (tmp_path / "bptt").exists()
-    smt_files = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "smt").rglob("*") if p.is_file()}
+    assert not (tmp_path / "compare.json").exists() and not (tmp_path / "bptt-lstm").exists()
+    files = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "smt-dmt").rglob("*") if p.is_file()}
     assert main(argv) == 0
     cap = capsys.readouterr()
-    assert "already finished at step 3" in cap.err and "resuming" in cap.err and "| BPTT |" in cap.out
-    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "smt").rglob("*") if p.is_file()} == smt_files
+    assert "already finished at step 4" in cap.err and "resuming" in cap.err and "| BPTT, torch LSTM |" in cap.out
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "smt-dmt").rglob("*") if p.is_file()} == files
     rows = json.loads((tmp_path / "compare.json").read_text())["rows"]
-    assert [r["updates"] for r in rows[:2]] == [3, 7]
+    assert rows[1]["updates"] == 4 and rows[2]["updates"] > 2

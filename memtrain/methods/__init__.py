@@ -6,11 +6,13 @@ from .base import Method
 from .bptt import BPTT
 from .dmt import DMT
 from .smt import SMT
+from .smt_dmt import SMTDMT
 
 METHODS: dict[str, type[Method]] = {
     "smt": SMT,
     "dmt": DMT,
     "bptt": BPTT,
+    "smt-dmt": SMTDMT,
 }
 
 

@@ -20,6 +20,7 @@ class Method(nn.Module):
     Subclasses set the class attributes, implement `loss`, and override what differs:
         name            the value of the `method=` setting
         config_class    the dataclass of its settings (RunConfig section `name`, or `method_args`)
+        sections        or: the RunConfig sections it reads, passed as a tuple (smt-dmt: smt, dmt, handover)
         needs_teacher   the run builds a teacher (SMT, DMT) and saves it with the cell
         needs_init      the run fine-tunes a finished run: `init_from=` is required (DMT)
     """
@@ -28,6 +29,7 @@ class Method(nn.Module):
     config_class: ClassVar[type | None] = None
     needs_teacher: ClassVar[bool] = False
     needs_init: ClassVar[bool] = False
+    sections: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, teacher: nn.Module | None, cell: nn.Module, cfg=None):
         super().__init__()
@@ -58,6 +60,29 @@ class Method(nn.Module):
     def sequential_steps(self, T: int) -> int:
         """Cell updates that must run one after another in one training update (default: T)."""
         return T
+
+    # ---- a method that changes course during a run (smt-dmt) --------------------------------
+    def after_eval(self, ev: dict, step: int) -> dict | None:
+        """Called on the main process with each evaluation's results (methods/evaluate.py); -> None, or
+        a JSON-able decision {"event": name, "why": text, ...} that the trainer logs and hands to
+        `apply` on every process."""
+        return None
+
+    def apply(self, decision: dict, step: int) -> bool:
+        """Carry out a decision of `after_eval`; -> True when the run should end here."""
+        return False
+
+    def lr_scale(self) -> float:
+        """A factor on the learning-rate schedule (a later phase may train more gently)."""
+        return 1.0
+
+    def finished(self) -> bool:
+        """True once the method has ended the run by itself (a resumed run then trains no further)."""
+        return False
+
+    def report(self) -> dict:
+        """The method's own entries for the run's summary."""
+        return {}
 
     def extra_state(self) -> dict[str, torch.Tensor]:
         """The method's own tensors, without the networks it wraps (e.g. SMT's last-input probe,

@@ -78,6 +78,18 @@ def dmt_loss(teacher: Teacher, cell: Cell, x, y, cfg: DMTConfig, s0: torch.Tenso
                   "drift_end": drift[:, -1].mean().detach()}
 
 
+def rollout_starts(cfg: DMTConfig, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    """Where each sequence's rollout starts (B,): memory 0 for start='empty', else a random position
+    that leaves room for the rollout."""
+    B, T = x.shape
+    if cfg.rollout is not None and cfg.rollout > T:
+        raise ValueError(f"dmt.rollout={cfg.rollout} is longer than the sequences (T={T})")
+    if cfg.start == "empty":
+        return torch.zeros(B, dtype=torch.long, device=x.device)
+    span = T - (cfg.rollout or T // 2)
+    return torch.randint(0, span + 1, (B,), generator=gen).to(x.device)
+
+
 class DMT(Method):
     """Fine-tunes the cell of a finished SMT run (`init_from=`) against its frozen teacher."""
 
@@ -96,15 +108,7 @@ class DMT(Method):
             raise ValueError(f"dmt.every={cfg.every} is longer than the rollout ({cfg.rollout or T} steps)")
 
     def loss(self, x, y, gen=None):
-        B, T = x.shape
-        if self.cfg.rollout is not None and self.cfg.rollout > T:
-            raise ValueError(f"dmt.rollout={self.cfg.rollout} is longer than the sequences (T={T})")
-        if self.cfg.start == "empty":
-            s0 = torch.zeros(B, dtype=torch.long, device=x.device)
-        else:
-            span = T - (self.cfg.rollout or T // 2)
-            s0 = torch.randint(0, span + 1, (B,), generator=gen).to(x.device)
-        return dmt_loss(self.teacher, self.cell, x, y, self.cfg, s0)
+        return dmt_loss(self.teacher, self.cell, x, y, self.cfg, rollout_starts(self.cfg, x, gen))
 
     def sequential_steps(self, T: int) -> int:
         return self.cfg.rollout or T

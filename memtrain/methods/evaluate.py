@@ -36,7 +36,19 @@ def evaluate(cell: Cell, teacher: Teacher | None, x: torch.Tensor, y: torch.Tens
         # how much the teacher's final memories differ between sequences: drift is small only
         # relative to this (a collapsed memory space makes any drift look small)
         out["spread"] = M[:, -1].float().var(0).mean().item()
+        out["dyn_rel"] = one_step_error(cell, M, x)
     return out
+
+
+def one_step_error(cell: Cell, M: torch.Tensor, x: torch.Tensor, budget: int = 2048) -> float:
+    """Followability: MSE(cell.update(M[:, s], x_s), M[:, s+1]) / MSE(M[:, s], M[:, s+1]) over the
+    first sequences' transitions (about `budget` of them, one batched call). Near 1 the cell cannot
+    compute the teacher's transitions; well below 1 DMT can make it follow (EXPERIMENTS.md 5)."""
+    B, T = x.shape
+    n = min(B, max(1, budget // max(T, 1)))
+    m, m_next, Z = M[:n, :-1].float(), M[:n, 1:].float(), M.shape[-1]
+    pred = cell.update(M[:n, :-1].reshape(-1, Z), x[:n].reshape(-1)).float().view_as(m)
+    return ((pred - m_next).pow(2).mean() / (m - m_next).pow(2).mean().clamp_min(1e-12)).item()
 
 
 def drift_at(drift: list, fractions=(0.25, 0.5, 1.0)) -> dict:

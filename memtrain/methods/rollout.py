@@ -19,6 +19,8 @@ def rollout(cell: Cell, m0: torch.Tensor, x: torch.Tensor, grad_horizon: int | N
     """
     if grad_horizon is not None and grad_horizon < 1:
         raise ValueError(f"grad_horizon must be >= 1 or None, got {grad_horizon}")
+    if hasattr(cell, "sequence"):  # a whole-sequence fast path (torch's fused cells): one call per gradient chunk
+        return _rollout_chunks(cell, m0, x, grad_horizon or max(x.shape[1], 1))
     m, out = m0, [m0]
     for s in range(x.shape[1]):
         if grad_horizon is not None and s > 0 and s % grad_horizon == 0:
@@ -34,3 +36,13 @@ def onpolicy_states(cell: Cell, m0: torch.Tensor, x: torch.Tensor) -> torch.Tens
     regression of every step is one batched `cell.update` call: the same gradient as stepping with
     the state detached, but the backward pass runs in parallel over time."""
     return rollout(cell, m0, x)
+
+
+def _rollout_chunks(cell: Cell, m0: torch.Tensor, x: torch.Tensor, h: int) -> torch.Tensor:
+    """`rollout` through `cell.sequence`, the state detached between chunks of h steps (as the loop)."""
+    m, out = m0, [m0[:, None]]
+    for lo in range(0, x.shape[1], h):
+        chunk = cell.sequence(m.detach() if lo > 0 else m, x[:, lo:lo + h])  # (B, <=h, Z)
+        out.append(chunk)
+        m = chunk[:, -1]
+    return torch.cat(out, dim=1)

@@ -3,6 +3,8 @@
     init_memory(B) -> (B, Z)        the memory before any input (learned; SMT sets it to m_empty)
     update(m, x)   -> (B, Z)        m_{t+1} = f(m_t, x_{t+1}), x (B,) token ids
     readout(m)     -> (B, V)        logits for y_t from m_t
+    sequence(m, x) -> (B, T, Z)     optional: the memories after each input of x (B, T) in one call
+                                    (torch's fused cells); `methods.rollout` uses it when present
 
 The readout is a `MemoryDecoder` of the teacher's shape reading the K memory tokens; after SMT it holds
 a copy of the teacher decoder (`methods.smt.adopt_teacher`), so the RNN's prediction is exactly the teacher's
@@ -21,21 +23,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .layers import Block, MemoryDecoder, init_weights, rms_normalize, rotary
+from .scan import linear_scan
 
 # the memory shape of a cell built on its own (a run fills these from the teacher section, so that one
 # set of numbers shapes both; see training/build.py)
 STANDALONE = {"mem_tokens": 4, "d_mem": 64, "n_heads": 4, "readout_depth": 1}
 RESIDUAL_KINDS = ("mlp", "memtok")  # the cells with a residual form in m
+TEXTBOOK_KINDS = ("torch-lstm", "torch-gru")  # torch's fused modules: no memory normalisation, a linear readout
 
 
 @dataclass
 class CellConfig:
     """The RNN cell (an SMT run's student, a BPTT run's network)."""
-    kind: str = "mlp"  # one of mlp, memtok, elman, gru, lstm
+    kind: str = "mlp"  # one of mlp, memtok, elman, gru, lstm, torch-lstm, torch-gru (torch's fused nn.LSTM / nn.GRU, BPTT baselines)
     vocab_size: int | None = None  # token ids 0..vocab_size-1 (None: the task's vocabulary)
     mem_tokens: int | None = None  # K memory tokens (None: teacher.mem_tokens)
     d_mem: int | None = None  # D, width of one memory token (None: teacher.d_model)
-    norm_memory: bool = True  # RMS-normalise each new memory token (parameter-free)
+    norm_memory: bool | None = None  # RMS-normalise each new memory token, parameter-free (None: true; torch-lstm / torch-gru have no such option)
     residual: bool | None = None  # mlp/memtok: m' = norm(m + f(m, x)) if true, norm(f(m, x)) if false (None: true); other cells have no such option
     hidden_mult: int = 4  # mlp: hidden width = hidden_mult * Z
     depth: int = 2  # memtok: Transformer blocks
@@ -51,6 +55,8 @@ class CellConfig:
         unset = {k: v for k, v in STANDALONE.items() if getattr(self, k) is None}
         if self.residual is None and self.kind in RESIDUAL_KINDS:
             unset["residual"] = True
+        if self.norm_memory is None:
+            unset["norm_memory"] = self.kind not in TEXTBOOK_KINDS
         return dataclasses.replace(self, **unset)
 
     def validate(self) -> None:
@@ -65,8 +71,11 @@ class CellConfig:
         if self.residual is not None and self.kind not in RESIDUAL_KINDS:
             raise ValueError(f"cell.residual applies to the cells with a residual form ({', '.join(RESIDUAL_KINDS)}); "
                              f"cell.kind={self.kind!r} has none: leave it null")
-        if self.kind == "lstm" and self.mem_tokens is not None and self.mem_tokens % 2:
-            raise ValueError(f"cell.kind='lstm' keeps [h, c] as K/2 tokens each: cell.mem_tokens must be even, got {self.mem_tokens}")
+        if self.norm_memory and self.kind in TEXTBOOK_KINDS:
+            raise ValueError(f"cell.kind={self.kind!r} is torch's fused module, which cannot normalise its state between "
+                             "steps: leave cell.norm_memory null")
+        if self.kind in ("lstm", "torch-lstm") and self.mem_tokens is not None and self.mem_tokens % 2:
+            raise ValueError(f"cell.kind={self.kind!r} keeps [h, c] as K/2 tokens each: cell.mem_tokens must be even, got {self.mem_tokens}")
         if self.d_mem is not None and self.n_heads is not None and (self.d_mem % self.n_heads or (self.d_mem // self.n_heads) % 2):
             raise ValueError(f"cell.d_mem={self.d_mem} must split into cell.n_heads={self.n_heads} heads of even width")
 
@@ -85,7 +94,11 @@ class Cell(nn.Module):
         # learned start memory: a random point where normalised memories live (zeros without norm)
         m_init = rms_normalize(torch.randn(self.Z), self.D) if cfg.norm_memory else torch.zeros(self.Z)
         self.m_init = nn.Parameter(m_init)
-        self.head = MemoryDecoder(self.D, cfg.n_heads, cfg.readout_depth, cfg.vocab_size)
+        self.head = self.make_head(cfg)
+
+    def make_head(self, cfg: CellConfig) -> nn.Module:
+        """The readout: a MemoryDecoder of the teacher's shape over the K memory tokens."""
+        return MemoryDecoder(self.D, cfg.n_heads, cfg.readout_depth, cfg.vocab_size)
 
     def init_memory(self, batch_size: int) -> torch.Tensor:
         return self.m_init.expand(batch_size, self.Z)
@@ -179,12 +192,74 @@ class LSTMCell(Cell):
         return self._finish(torch.cat([h, c], dim=-1))
 
 
+class TorchLSTMCell(Cell):
+    """torch's fused nn.LSTM, the baseline a sceptic picks: memory [h, c] (hidden Z/2 units each),
+    input embedding of width D, a linear readout of h, a learned start memory (zeros at first), no
+    normalisation. `sequence` runs the whole sequence in one call of the fused kernel."""
+
+    def __init__(self, cfg: CellConfig):
+        super().__init__(cfg)
+        self.embed = nn.Embedding(cfg.vocab_size, self.D)
+        self.lstm = nn.LSTM(self.D, self.Z // 2, batch_first=True)
+        nn.init.normal_(self.embed.weight, 0.0, 1.0)
+
+    def make_head(self, cfg):
+        return nn.Linear(self.Z // 2, cfg.vocab_size)
+
+    def readout(self, m):
+        return self.head(m[..., : self.Z // 2])
+
+    def update(self, m, x):
+        h, c = m.chunk(2, dim=-1)
+        _, (h, c) = self.lstm(self.embed(x)[:, None], (h[None].contiguous(), c[None].contiguous()))
+        return torch.cat([h[0], c[0]], dim=-1)
+
+    def sequence(self, m0, x):
+        """Memories after each input (B, T, Z) in one fused call. The kernel returns h_t only; c_t
+        follows from the gates, c_t = f_t c_{t-1} + i_t g_t, a linear recurrence solved by a parallel
+        scan (exact up to rounding, differentiable)."""
+        h0, c0 = m0.chunk(2, dim=-1)
+        e = self.embed(x)  # (B, T, D)
+        hs, _ = self.lstm(e, (h0[None].contiguous(), c0[None].contiguous()))  # (B, T, Z/2)
+        h_prev = torch.cat([h0[:, None], hs[:, :-1]], dim=1)
+        gates = F.linear(e, self.lstm.weight_ih_l0, self.lstm.bias_ih_l0) + F.linear(h_prev, self.lstm.weight_hh_l0, self.lstm.bias_hh_l0)
+        i, f, g, _ = gates.chunk(4, dim=-1)  # torch's gate order: input, forget, cell, output
+        cs = linear_scan(torch.sigmoid(f), torch.sigmoid(i) * torch.tanh(g), c0)
+        return torch.cat([hs, cs], dim=-1)
+
+
+class TorchGRUCell(Cell):
+    """torch's fused nn.GRU: memory h (Z units), input embedding of width D, a linear readout, a
+    learned start memory (zeros at first), no normalisation; `sequence` is one fused call."""
+
+    def __init__(self, cfg: CellConfig):
+        super().__init__(cfg)
+        self.embed = nn.Embedding(cfg.vocab_size, self.D)
+        self.gru = nn.GRU(self.D, self.Z, batch_first=True)
+        nn.init.normal_(self.embed.weight, 0.0, 1.0)
+
+    def make_head(self, cfg):
+        return nn.Linear(self.Z, cfg.vocab_size)
+
+    def readout(self, m):
+        return self.head(m)
+
+    def update(self, m, x):
+        return self.gru(self.embed(x)[:, None], m[None].contiguous())[1][0]
+
+    def sequence(self, m0, x):
+        """Memories after each input (B, T, Z) in one fused call."""
+        return self.gru(self.embed(x), m0[None].contiguous())[0]
+
+
 CELLS: dict[str, type[Cell]] = {
     "mlp": MLPCell,
     "memtok": MemoryTokenCell,
     "elman": ElmanCell,
     "gru": GRUCell,
     "lstm": LSTMCell,
+    "torch-lstm": TorchLSTMCell,
+    "torch-gru": TorchGRUCell,
 }
 
 
@@ -197,6 +272,9 @@ def check_compatible(cell: CellConfig, teacher) -> None:
     """Raise a clear error if a cell of config `cell` cannot follow the memories of a teacher of
     config `teacher` (a TeacherConfig): the same memory shape, vocabulary and readout shape."""
     c = cell.filled()
+    if c.kind in TEXTBOOK_KINDS:
+        raise ValueError(f"cell.kind={c.kind!r} is a textbook baseline for BPTT (torch's fused module with a linear "
+                         "readout): it cannot follow a teacher's memories; use mlp, memtok, elman, gru or lstm")
     pairs = [("mem_tokens", c.mem_tokens, teacher.mem_tokens), ("d_mem", c.d_mem, teacher.d_model),
              ("vocab_size", c.vocab_size, teacher.vocab_size), ("readout_depth", c.readout_depth, teacher.decoder_depth),
              ("n_heads", c.n_heads, teacher.n_heads)]

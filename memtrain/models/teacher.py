@@ -76,22 +76,23 @@ def register_attention(q_r, k_r, v_r, k_t, v_t, allowed, K):
 
     q_r, k_r, v_r: (B, H, Q*K, Dh), Q groups of K registers. Tokens either shared by every group,
     k_t, v_t (B, H, T, Dh) with allowed (B, Q, T), or a band gathered per group, k_t, v_t
-    (B, H, Q, W, Dh) with allowed (B, Q, W). Returns (B, H, Q*K, Dh).
+    (B, H, Q, W, Dh) with allowed (B, Q, W). Returns (B, H, Q*K, Dh). One fused attention call:
+    shared tokens and all registers as one key sequence with a (Q*K, T + Q*K) mask (a group's own
+    registers on the diagonal blocks), or per group over [its band, its registers] (written out:
+    torch's fused kernel is slower on these 5-d shapes).
     """
     B, H, QK, Dh = q_r.shape
     Q = QK // K
+    if k_t.dim() == 4:
+        group = torch.arange(Q, device=q_r.device).repeat_interleave(K)  # (Q*K,)
+        own = (group[:, None] == group[None, :]).expand(B, QK, QK)
+        mask = torch.cat([allowed.repeat_interleave(K, dim=1), own], dim=2)[:, None]  # (B, 1, Q*K, T + Q*K)
+        return F.scaled_dot_product_attention(q_r, torch.cat([k_t, k_r], 2), torch.cat([v_t, v_r], 2), attn_mask=mask)
     qg, kg, vg = (a.view(B, H, Q, K, Dh) for a in (q_r * Dh ** -0.5, k_r, v_r))
-    shared = k_t.dim() == 4
-    if shared:  # (B, H, Q*K, T), viewed per group
-        s_tok = (qg.reshape(B, H, QK, Dh) @ k_t.transpose(-1, -2)).view(B, H, Q, K, -1)
-    else:  # (B, H, Q, K, W)
-        s_tok = qg @ k_t.transpose(-1, -2)
-    s_tok = s_tok.masked_fill(~allowed[:, None, :, None, :], float("-inf"))
-    L = s_tok.shape[-1]
-    p = torch.cat([s_tok, qg @ kg.transpose(-1, -2)], dim=-1).softmax(dim=-1)  # (B, H, Q, K, L+K)
-    o_reg = p[..., L:] @ vg  # (B, H, Q, K, Dh)
-    o_tok = (p[..., :L].reshape(B, H, QK, L) @ v_t).view_as(o_reg) if shared else p[..., :L] @ v_t
-    return (o_tok + o_reg).view(B, H, QK, Dh)
+    s_tok = (qg @ k_t.transpose(-1, -2)).masked_fill(~allowed[:, None, :, None, :], float("-inf"))  # (B, H, Q, K, W)
+    p = torch.cat([s_tok, qg @ kg.transpose(-1, -2)], dim=-1).softmax(dim=-1)  # (B, H, Q, K, W+K)
+    W = k_t.shape[-2]
+    return (p[..., :W] @ v_t + p[..., W:] @ vg).reshape(B, H, QK, Dh)
 
 
 def gather_band(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -143,13 +144,14 @@ class Teacher(nn.Module):
 
     def _register_keys(self, pos: torch.Tensor, T: int):
         """Which tokens each register group at memory position pos (B, Q) reads: group s sees tokens
-        j < s (and j >= s - Tc with a window). Without a window, or with one at least T long:
-        (None, allowed (B, Q, T)) over the shared token keys. With a shorter window: the band's
-        token indices (B, Q, Tc) and allowed (B, Q, Tc), so a group costs O(Tc), not O(T)."""
+        j < s (and j >= s - Tc with a window). Usually (None, allowed (B, Q, T)): a mask over the
+        shared token keys. With a window at most T/8 long: the band's token indices (B, Q, Tc) and
+        allowed (B, Q, Tc), so a group costs O(Tc), not O(T) (measured faster only for such windows)."""
         W = self.cfg.window
-        if W is None or W >= T:
+        if W is None or 8 * W > T:
             j = torch.arange(T, device=pos.device)
-            return None, j < pos[..., None]
+            ok = j < pos[..., None]
+            return None, ok if W is None else ok & (j >= pos[..., None] - W)
         idx = pos[..., None] - W + torch.arange(W, device=pos.device)  # (B, Q, W): tokens s-W .. s-1
         return idx.clamp(min=0), idx >= 0
 

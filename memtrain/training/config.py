@@ -16,6 +16,7 @@ from ..methods import METHODS
 from ..methods.bptt import BPTTConfig
 from ..methods.dmt import DMTConfig
 from ..methods.smt import SMTConfig
+from ..methods.smt_dmt import HandoverConfig
 from ..models.cells import RESIDUAL_KINDS, CellConfig
 from ..models.teacher import TeacherConfig
 
@@ -59,6 +60,7 @@ class TrainConfig:
     grad_accum: int = control(1)  # micro-batches per update (batch_size is the global batch: processes x grad_accum x micro)
     precision: str = control("auto")  # "auto": bf16 autocast on CUDA, fp32 elsewhere | "bf16" (any device) | "fp32"
     tf32: bool = control(True)  # CUDA: TF32 matmuls and convolutions (see build.configure_precision)
+    flush_denormal: bool = control(True)  # CPU: flush denormal floats to zero while training (they slowed BPTT ~9x here, README)
 
     def validate(self) -> None:
         for n in ("steps", "batch_size", "eval_every", "eval_batch", "log_every", "keep_last", "max_bad_steps", "grad_accum"):
@@ -94,7 +96,7 @@ class TrainConfig:
 @dataclass
 class RunConfig:
     """One run: what to train, on what, how."""
-    method: str = "smt"  # the training method: smt | dmt | bptt (or one added with methods.register)
+    method: str = "smt"  # the training method: smt | dmt | bptt | smt-dmt (or one added with methods.register)
     task: str = "retrieval"  # the data: retrieval | copy | stack | kv | icl | parity | tokens | npz | prepared
     task_args: dict = field(default_factory=dict)  # the task's own parameters, e.g. {"length": 64} (see memtrain.data)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -102,6 +104,7 @@ class RunConfig:
     smt: SMTConfig = field(default_factory=SMTConfig)
     dmt: DMTConfig = field(default_factory=DMTConfig)
     bptt: BPTTConfig = field(default_factory=BPTTConfig)
+    handover: HandoverConfig = field(default_factory=HandoverConfig)
     method_args: dict = field(default_factory=dict)  # settings of a registered method without a section here
     train: TrainConfig = field(default_factory=TrainConfig)
     init_from: str | None = control(None)  # a finished run's directory to start from (e.g. DMT or BPTT after SMT)
@@ -110,11 +113,12 @@ class RunConfig:
     def validate(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
-        for part in (self.teacher, resolve_shapes(self).cell, self.smt, self.dmt, self.bptt, self.train):
+        for part in (self.teacher, resolve_shapes(self).cell, self.smt, self.dmt, self.bptt, self.handover, self.train):
             part.validate()
-        if self.method_args and hasattr(self, self.method):
+        if self.method_args and (hasattr(self, self.method) or METHODS[self.method].sections):
+            where = " / ".join(f"{s}.<name>" for s in METHODS[self.method].sections or (self.method,))
             raise ValueError(f"method_args is for registered methods without a section of their own; "
-                             f"method {self.method!r} takes its settings as {self.method}.<name>=...")
+                             f"method {self.method!r} takes its settings as {where}=...")
         method_settings(self)
 
 
@@ -136,6 +140,8 @@ def resolve_shapes(cfg: RunConfig) -> RunConfig:
 def method_settings(cfg: RunConfig):
     """The settings of `cfg.method`: its RunConfig section, or `method_args` read as its config class."""
     cls = METHODS[cfg.method]
+    if cls.sections:
+        return tuple(getattr(cfg, name) for name in cls.sections)
     if hasattr(cfg, cfg.method) and is_dataclass(getattr(cfg, cfg.method)):
         return getattr(cfg, cfg.method)
     if cls.config_class is None:
@@ -162,8 +168,8 @@ def run_control_keys(cls=RunConfig, prefix: str = "") -> set[str]:
 
 def upgrade(config: dict, version: int) -> dict:
     """A configuration saved by format `version` (1, 2: memtrain 0.1; 3: 0.2) in today's names and
-    values: renamed settings; before 3 also None instead of 0 or "" for "not set" and `residual`
-    only on cells that have one."""
+    values: renamed settings, sections added since (at their defaults, which is how the run behaved);
+    before 3 also None instead of 0 or "" for "not set" and `residual` only on cells that have one."""
     if version >= 4:
         return config
     if not isinstance(config, dict):
@@ -174,6 +180,7 @@ def upgrade(config: dict, version: int) -> dict:
         (sec, o), (_, n) = old.split("."), new.split(".")
         if o in section(sec):
             c[sec][n] = c[sec].pop(o)
+    c.setdefault("handover", to_dict(HandoverConfig()))  # format 4 (0.3): the smt-dmt method's section
     if version >= 3:
         return c
     train, cell, args = section("train"), section("cell"), section("task_args")

@@ -95,6 +95,15 @@ def sum_across(world: World, values: list[float], device) -> list[float]:
     return t.tolist()
 
 
+def share(world: World, obj):
+    """Rank 0's `obj` (anything JSON-like) on every rank; one process: as is."""
+    if not world.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def loss_generator(seed: int, rank: int, step: int, micro: int) -> torch.Generator:
     """A CPU generator for the randomness inside one micro-batch's loss (no state to checkpoint)."""
     mixed = (seed * 0x9E3779B1 + rank * 0x85EBCA77 + step * 0xC2B2AE3D + micro * 0x27D4EB2F) % (2**63 - 1)

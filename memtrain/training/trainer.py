@@ -234,10 +234,13 @@ def _run(parts: Parts, resume, world, device, out: Path | None, progress: bool) 
     run = _start(parts, world, device, out, resume)
     if isinstance(run, dict):  # the run had finished already
         return run
+    flush = parts.cfg.train.flush_denormal and torch.set_flush_denormal(True)
     try:
         return _loop(run, progress)
     finally:
         run.log.close()
+        if flush:
+            torch.set_flush_denormal(False)  # torch's default, for whatever runs in this process next
 
 
 def _start(parts: Parts, world, device, out: Path | None, resume) -> Run | dict:
@@ -303,7 +306,8 @@ def _restore(parts: Parts, resume, opt, gen, config: dict, out: Path, world) -> 
             load_module(module, tensors, name, where)
     state = RunState.restore(meta, state_tensors, opt, gen, where)
     summary = meta["train"].get("summary")
-    if (state.step >= tc.steps or (tc.time_limit is not None and state.seconds >= tc.time_limit)) and summary:
+    done = state.step >= tc.steps or (tc.time_limit is not None and state.seconds >= tc.time_limit) or parts.method.finished()
+    if done and summary:
         if world.main:
             print(f"memtrain: {cfg.out_dir} already finished at step {state.step}; nothing to train", file=sys.stderr)
             try:
@@ -402,7 +406,7 @@ def _loop(run: Run, progress: bool) -> dict:
     try:
         with StopSignals() as stop:
             while st.step < tc.steps and not (tc.time_limit is not None and st.seconds >= tc.time_limit):
-                lr = lr_at(st.step, tc)
+                lr = lr_at(st.step, tc) * run.parts.method.lr_scale()
                 for group in run.opt.param_groups:
                     group["lr"] = lr
                 agreed, gnorm = one_update(run, stop)
@@ -418,11 +422,15 @@ def _loop(run: Run, progress: bool) -> dict:
                     run.log.write({"step": st.step, "loss": agreed.loss, "grad_norm": gnorm, "lr": lr, **agreed.metrics})
                     shown["loss"] = f"{agreed.loss:.3f}"
                 st.step += 1
+                ends = False
                 if st.step % tc.eval_every == 0 and st.step < tc.steps:
-                    last, _ = evaluate_now(run)
+                    last, ev = evaluate_now(run)
                     if last:
                         shown["acc"] = f"{last['rnn_acc']:.2f}"
+                    ends = _decide(run, ev, bar)
                 bar.advance(st.step, st.seconds, **shown)
+                if ends:
+                    break
                 if agreed.stop:
                     bar.close()
                     return _stopped(run, stop.received or "a signal to another process")
@@ -432,6 +440,19 @@ def _loop(run: Run, progress: bool) -> dict:
             return _finish(run)
     finally:
         bar.close()
+
+
+def _decide(run: Run, ev: dict, bar: Progress) -> bool:
+    """The method's decision after an evaluation (main process), carried out on every process and
+    logged; -> True when the method ends the run."""
+    method = run.parts.method
+    decision = distributed.share(run.world, method.after_eval(ev, run.state.step) if run.world.main else None)
+    if not decision:
+        return False
+    run.log.write({"step": run.state.step, **decision})
+    if run.world.main:
+        bar.write(f"memtrain: step {run.state.step}: {decision['event']}: {decision.get('why', '')}")
+    return method.apply(decision, run.state.step)
 
 
 def _stopped(run: Run, signal_name: str) -> dict:
@@ -447,7 +468,8 @@ def _finish(run: Run) -> dict:
     st, parts = run.state, run.parts
     final, ev = evaluate_now(run)
     summary = {"method": parts.cfg.method, "steps": st.step, "train_seconds": round(st.seconds, 3),
-               "sequential_steps": parts.method.sequential_steps(parts.task.length), **final, "drift": ev.get("drift")}
+               "sequential_steps": parts.method.sequential_steps(parts.task.length), **parts.method.report(), **final,
+               "drift": ev.get("drift")}
     if run.world.distributed:
         summary["processes"] = run.world.size
     if run.out is not None:

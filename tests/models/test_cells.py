@@ -2,11 +2,16 @@
 import pytest
 import torch
 
-from memtrain.models.cells import CELLS, CellConfig, build_cell
+from memtrain.methods.rollout import rollout
+from memtrain.models.cells import CELLS, TEXTBOOK_KINDS, CellConfig, build_cell, check_compatible
+from memtrain.models.scan import linear_scan, linear_scan_reference
+from memtrain.models.teacher import TeacherConfig
 from tests.conftest import D, K, V, tiny_cell
 
+OURS = sorted(set(CELLS) - set(TEXTBOOK_KINDS))
 
-@pytest.mark.parametrize("kind", sorted(CELLS))
+
+@pytest.mark.parametrize("kind", OURS)
 def test_contract_shapes_and_norm(kind):
     cell = tiny_cell(kind)
     m = cell.init_memory(3)
@@ -24,7 +29,7 @@ def test_contract_shapes_and_norm(kind):
     assert upd and all(named[n].grad is not None and named[n].grad.abs().sum() > 0 for n in upd)
 
 
-@pytest.mark.parametrize("kind", sorted(CELLS))
+@pytest.mark.parametrize("kind", OURS)
 def test_norm_memory_off_gives_raw_state(kind):
     cell = tiny_cell(kind, norm_memory=False)
     m2 = cell.update(torch.randn(4, K * D) * 0.1, torch.randint(0, V, (4,)))
@@ -64,3 +69,59 @@ def test_lstm_needs_even_tokens():
 def test_unknown_cell_is_named():
     with pytest.raises(ValueError, match="cell.kind"):
         build_cell(CellConfig(kind="transformer", vocab_size=V))
+
+
+@pytest.mark.parametrize("T", [1, 2, 5, 16, 37])
+def test_linear_scan_equals_a_loop(T):
+    g = torch.Generator().manual_seed(T)
+    a = torch.rand(3, T, 4, 2, generator=g, dtype=torch.float64)
+    b = torch.randn(3, T, 4, 2, generator=g, dtype=torch.float64)
+    c0 = torch.randn(3, 4, 2, generator=g, dtype=torch.float64).requires_grad_()
+    a.requires_grad_(), b.requires_grad_()
+    fast, slow = linear_scan(a, b, c0), linear_scan_reference(a, b, c0)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-12)
+    w = torch.randn_like(fast)
+    for x, y in zip(torch.autograd.grad((fast * w).sum(), (a, b, c0)), torch.autograd.grad((slow * w).sum(), (a, b, c0))):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", TEXTBOOK_KINDS)
+@pytest.mark.parametrize("horizon", [None, 3])
+def test_fused_sequence_equals_stepping_the_same_cell(kind, horizon):
+    """torch's fused cells: `rollout` takes their whole-sequence path; memories and gradients equal
+    stepping `update` (float64), also with the gradient cut every `horizon` steps."""
+    cell = tiny_cell(kind).double()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, V, (3, 8), generator=g)
+    m0 = (0.3 * torch.randn(3, K * D, generator=g, dtype=torch.float64)).requires_grad_()
+    fast = rollout(cell, m0, x, grad_horizon=horizon)
+    m, steps = m0, [m0]
+    for s in range(8):
+        if horizon and s and s % horizon == 0:
+            m = m.detach()
+        m = cell.update(m, x[:, s])
+        steps.append(m)
+    slow = torch.stack(steps, 1)
+    assert fast.shape == (3, 9, K * D)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-12)
+    w = torch.randn_like(fast)
+    params = [m0] + list(cell.parameters())
+    gf = torch.autograd.grad((fast * w).sum(), params, allow_unused=True)
+    gs = torch.autograd.grad((slow * w).sum(), params, allow_unused=True)
+    for a, b in zip(gf, gs):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    # the readout reads h (all of a GRU's memory, the first half of an LSTM's) through one linear layer
+    h = fast[:, -1, : (K * D) // 2] if kind == "torch-lstm" else fast[:, -1]
+    torch.testing.assert_close(cell.readout(fast[:, -1]), cell.head(h))
+
+
+@pytest.mark.parametrize("kind", TEXTBOOK_KINDS)
+def test_fused_cells_are_textbook_and_bptt_only(kind):
+    cell = tiny_cell(kind)
+    assert cell.cfg.norm_memory is False and torch.equal(cell.init_memory(2), torch.zeros(2, K * D))
+    with pytest.raises(ValueError, match="cell.norm_memory"):
+        tiny_cell(kind, norm_memory=True)
+    with pytest.raises(ValueError, match="textbook baseline for BPTT"):
+        check_compatible(cell.cfg, TeacherConfig(vocab_size=V, mem_tokens=K, d_model=D, n_heads=2))

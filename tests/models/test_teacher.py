@@ -10,7 +10,7 @@ from tests.conftest import V, tiny_teacher
 
 
 @pytest.mark.parametrize("shift", [False, True])
-@pytest.mark.parametrize("encoder,window", [("causal", None), ("causal", 3), ("window", 4), ("window", 20)])
+@pytest.mark.parametrize("encoder,window", [("causal", None), ("causal", 1), ("causal", 3), ("window", 4), ("window", 20)])
 def test_one_pass_matches_per_prefix_reference(encoder, window, shift):
     t = tiny_teacher(encoder=encoder, window=window, token_shift=shift).double()
     x = torch.randint(0, V, (3, 11))
@@ -20,7 +20,7 @@ def test_one_pass_matches_per_prefix_reference(encoder, window, shift):
 
 
 @pytest.mark.parametrize("shift", [False, True])
-@pytest.mark.parametrize("encoder,window", [("causal", None), ("causal", 3), ("causal", 11), ("window", 4)])
+@pytest.mark.parametrize("encoder,window", [("causal", None), ("causal", 1), ("causal", 3), ("causal", 11), ("window", 4)])
 def test_memories_at_chosen_positions_equal_the_full_encoder(encoder, window, shift):
     """encode(x, at) computes register groups only at `at`: the same values as encoding everything
     (and as the per-prefix reference), per sequence, repeated positions and 0 (m_empty) included."""
@@ -35,8 +35,9 @@ def test_memories_at_chosen_positions_equal_the_full_encoder(encoder, window, sh
     torch.testing.assert_close(got, torch.gather(M, 1, at[..., None].expand(-1, -1, M.shape[-1])), rtol=0, atol=1e-12)
 
 
-def test_memories_at_positions_have_the_full_encoders_gradients():
-    t = tiny_teacher(window=4, token_shift=True).double()
+@pytest.mark.parametrize("window", [1, 4])  # (a window of at most T/8 reads a gathered band)
+def test_memories_at_positions_have_the_full_encoders_gradients(window):
+    t = tiny_teacher(window=window, token_shift=True).double()
     x = torch.randint(0, V, (2, 9))
     at = torch.tensor([[3, 9, 0], [5, 5, 2]])
     w = torch.randn(2, 3, t.cfg.mem_size, dtype=torch.float64)

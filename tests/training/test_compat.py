@@ -81,8 +81,9 @@ def test_upgrade_translates_names_and_unset_values():
     assert new["bptt"] == {"grad_horizon": 4}
     assert new["train"]["threads"] is None and new["init_from"] is None and new["method_args"] == {}
     assert upgrade(old, 4) is old, "today's format is read as it is"
-    v3 = upgrade({"smt": {"dyn_samples": 8}, "train": {"threads": 0}}, 3)
-    assert v3 == {"smt": {"transitions": 8}, "train": {"threads": 0}}, "format 3 (0.2) only renames"
+    v3 = upgrade({"smt": {"dyn_samples": 8}, "train": {"threads": 0}, "cell": {"norm_memory": True}}, 3)
+    assert v3["smt"] == {"transitions": 8} and v3["train"] == {"threads": 0}, "format 3 (0.2): renames, no other changes"
+    assert v3["cell"] == {"norm_memory": True} and v3["handover"]["teacher_acc"] == 0.95, "and what 0.3 added"
     gru = upgrade({"cell": {"kind": "gru", "residual": True}, "task_args": {"eval_path": "v.txt", "vocab": 0}}, 2)
     assert gru["cell"]["residual"] is None and gru["task_args"] == {"val_path": "v.txt"}
     assert old["bptt"] == {"truncate": 4}, "the saved configuration is not changed"

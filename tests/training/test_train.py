@@ -5,10 +5,12 @@ import json
 import pytest
 import torch
 
-from memtrain.models.cells import CELLS
+from memtrain.models.cells import CELLS, TEXTBOOK_KINDS
 from memtrain.presets import preset_config
 from memtrain.training.build import build
 from memtrain.training.trainer import train
+
+FOLLOWERS = sorted(set(CELLS) - set(TEXTBOOK_KINDS))  # the cells that can follow a teacher
 
 
 def _cfg(tmp_path, name, *over):
@@ -24,13 +26,13 @@ def smt_runs(tmp_path_factory):
     """One tiny SMT run per cell kind, shared by the DMT/BPTT-after-SMT tests."""
     root = tmp_path_factory.mktemp("smt")
     out = {}
-    for kind in sorted(CELLS):
+    for kind in FOLLOWERS:
         cfg = preset_config("tiny", [f"cell.kind={kind}", f"out_dir={root / kind}"])
         out[kind] = (train(cfg, progress=False), root / kind)
     return out
 
 
-@pytest.mark.parametrize("kind", sorted(CELLS))
+@pytest.mark.parametrize("kind", FOLLOWERS)
 def test_smt_trains_every_cell(smt_runs, kind):
     summary, path = smt_runs[kind]
     assert summary["steps"] == 5 and summary["sequential_steps"] == 1
@@ -41,7 +43,7 @@ def test_smt_trains_every_cell(smt_runs, kind):
     assert len(trace) == 2 and all(torch.isfinite(torch.tensor(trace)))
 
 
-@pytest.mark.parametrize("kind", sorted(CELLS))
+@pytest.mark.parametrize("kind", FOLLOWERS)
 @pytest.mark.parametrize("method", ["dmt", "bptt"])
 def test_dmt_and_bptt_start_from_smt(smt_runs, tmp_path, kind, method):
     from memtrain.runs import load_run
@@ -157,3 +159,22 @@ def test_train_compile_flag_same_trace(tmp_path, monkeypatch):
     train(_cfg(tmp_path, "compiled", "train.steps=3", "train.compile=true"), progress=False)
     assert len(calls) == 1 and calls[0][1] is not None
     assert _trace(tmp_path / "compiled") == pytest.approx(_trace(tmp_path / "eager"), rel=1e-5)
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_flush_denormal_flag(tmp_path, monkeypatch, flush):
+    """train.flush_denormal: while the method's loss runs, a denormal float32 reads as zero (flushed)
+    or keeps its value; after the run torch's default (keep) is back."""
+    from memtrain.methods.bptt import BPTT
+
+    seen, loss = [], BPTT.loss
+    tiny = torch.tensor([1e-40], dtype=torch.float32)  # below float32's smallest normal, 1.2e-38
+
+    def spy(self, x, y, gen=None):
+        seen.append(float((tiny * 1.0).item()))
+        return loss(self, x, y, gen)
+
+    monkeypatch.setattr(BPTT, "loss", spy)
+    train(_cfg(tmp_path, "d", "method=bptt", f"train.flush_denormal={str(flush).lower()}", "train.steps=2"), progress=False)
+    assert seen and all((v == 0.0) == flush for v in seen)
+    assert float((tiny * 1.0).item()) > 0

@@ -1,0 +1,150 @@
+"""SMT, then DMT, in one run, handing over on measured criteria instead of a step count.
+
+    SMT phase   teacher and cell jointly (methods/smt.py), until the teacher has solved the task
+                (accuracy >= handover.teacher_acc, or its loss has stopped improving) AND its memories
+                are followable (the cell's one-step error relative to the teacher's step, `dyn_rel`
+                at evaluation, <= handover.followable, or no longer improving)
+    DMT phase   the teacher frozen, the cell rolled out on its own memories (methods/dmt.py) at
+                handover.dmt_lr_scale x the learning rate, until neither the RNN-alone accuracy nor the
+                drift at the last step has improved for handover.dmt_patience evaluations
+
+Decisions are taken at evaluations (train.eval_every), from the held-out batch, and logged as rows
+{"event": "handover" | "dmt_plateau", ...} in metrics.jsonl. The phase and the plateau trackers are
+buffers, so a resumed run continues in the phase it stopped in.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..models.cells import check_compatible
+from .base import Method
+from .dmt import DMT, DMTConfig, dmt_loss, rollout_starts
+from .smt import SMT, SMTConfig
+
+SMT_PHASE, DMT_PHASE, DONE = 0, 1, 2
+# tracker slots: best value and evaluations since it improved, per watched quantity
+TEACHER_CE, DYN_REL, RNN_ACC, DRIFT = 0, 1, 2, 3
+
+
+@dataclass
+class HandoverConfig:
+    """method=smt-dmt: when SMT hands over to DMT, and when DMT is done (checked at every evaluation)."""
+    teacher_acc: float | None = 0.95  # the teacher has solved the task at this held-out accuracy (None: use teacher_plateau)
+    teacher_plateau: int | None = None  # ...or after this many evaluations without a 1% better teacher loss (None: off)
+    followable: float = 0.1  # and its memories are followable at this dyn_rel (cell's one-step error / teacher's step)
+    followable_plateau: int = 3  # ...or once dyn_rel has not improved by 1% for this many evaluations
+    dmt_lr_scale: float = 0.1  # DMT's learning rate as a fraction of the schedule's (train.lr)
+    dmt_patience: int | None = 5  # end the run after this many evaluations with neither RNN accuracy (+0.005) nor final drift (-2%) improving (None: train to train.steps)
+
+    def validate(self) -> None:
+        if self.teacher_acc is None and self.teacher_plateau is None:
+            raise ValueError("handover.teacher_acc and handover.teacher_plateau are both null: SMT would never hand over")
+        if self.teacher_acc is not None and not 0 < self.teacher_acc <= 1:
+            raise ValueError(f"handover.teacher_acc must be in (0, 1] or null, got {self.teacher_acc}")
+        for n in ("teacher_plateau", "followable_plateau", "dmt_patience"):
+            v = getattr(self, n)
+            if v is not None and v < 1:
+                raise ValueError(f"handover.{n} must be >= 1{' or null' if n != 'followable_plateau' else ''}, got {v}")
+        if self.followable <= 0:
+            raise ValueError(f"handover.followable must be > 0, got {self.followable}")
+        if not 0 < self.dmt_lr_scale <= 1:
+            raise ValueError(f"handover.dmt_lr_scale must be in (0, 1], got {self.dmt_lr_scale}")
+
+
+class SMTDMT(Method):
+    """SMT until the handover criteria hold, then DMT until it plateaus. Settings: the `smt`, `dmt` and
+    `handover` sections of the run configuration."""
+
+    name, needs_teacher, sections = "smt-dmt", True, ("smt", "dmt", "handover")
+
+    def __init__(self, teacher, cell, cfg: tuple[SMTConfig, DMTConfig, HandoverConfig]):
+        super().__init__(teacher, cell, cfg)
+        self.smt_cfg, self.dmt_cfg, self.ho = cfg
+        for part in cfg:
+            part.validate()
+        check_compatible(cell.cfg, teacher.cfg)
+        smt = SMT(teacher, cell, self.smt_cfg)
+        object.__setattr__(self, "_smt", smt)  # not a submodule: its teacher and cell are ours already
+        self.last_input_head = smt.last_input_head  # the probe is trained and saved with the run
+        self.register_buffer("phase", torch.tensor(SMT_PHASE))
+        self.register_buffer("handover_step", torch.tensor(-1))
+        self.register_buffer("best", torch.zeros(4, dtype=torch.float64))
+        self.register_buffer("since", torch.full((4,), -1))  # -1: nothing recorded yet
+
+    @classmethod
+    def check(cls, cfg, T: int) -> None:
+        SMT.check(cfg[0], T)
+        DMT.check(cfg[1], T)
+
+    def trainable(self):
+        # SMT's (teacher, cell without the copied readout, probe) and the cell's readout and start for
+        # DMT; a parameter outside the current phase's loss gets no gradient and AdamW leaves it alone
+        seen, out = set(), []
+        for p in self._smt.trainable() + list(self.cell.parameters()):
+            if id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+        return out
+
+    def loss(self, x, y, gen=None):
+        if int(self.phase) == SMT_PHASE:
+            return self._smt.loss(x, y, gen)
+        return dmt_loss(self.teacher, self.cell, x, y, self.dmt_cfg, rollout_starts(self.dmt_cfg, x, gen))
+
+    def before_eval(self):
+        if int(self.phase) == SMT_PHASE:
+            self._smt.before_eval()  # the cell runs alone with the teacher's readout and m_empty
+
+    def sequential_steps(self, T: int) -> int:
+        return 1 if int(self.phase) == SMT_PHASE else (self.dmt_cfg.rollout or T)
+
+    def lr_scale(self) -> float:
+        return 1.0 if int(self.phase) == SMT_PHASE else self.ho.dmt_lr_scale
+
+    def finished(self) -> bool:
+        return int(self.phase) == DONE
+
+    def report(self) -> dict:
+        return {"handover_step": int(self.handover_step) if int(self.handover_step) >= 0 else None}
+
+    # ---- decisions ----------------------------------------------------------------------------
+    def _watch(self, slot: int, value: float, better) -> int:
+        """Record `value` for a watched quantity; -> evaluations since it last improved."""
+        if int(self.since[slot]) < 0 or better(value, float(self.best[slot])):
+            self.best[slot], self.since[slot] = value, 0
+        else:
+            self.since[slot] += 1
+        return int(self.since[slot])
+
+    def after_eval(self, ev: dict, step: int) -> dict | None:
+        ho = self.ho
+        if int(self.phase) == SMT_PHASE:
+            stale_ce = self._watch(TEACHER_CE, ev["teacher_ce"], lambda v, b: v < 0.99 * b)
+            stale_dyn = self._watch(DYN_REL, ev["dyn_rel"], lambda v, b: v < 0.99 * b)
+            solved = ((ho.teacher_acc is not None and ev["teacher_acc"] >= ho.teacher_acc)
+                      or (ho.teacher_plateau is not None and stale_ce >= ho.teacher_plateau))
+            followable = ev["dyn_rel"] <= ho.followable or stale_dyn >= ho.followable_plateau
+            if solved and followable:
+                return {"event": "handover", "teacher_acc": ev["teacher_acc"], "dyn_rel": ev["dyn_rel"],
+                        "why": (f"teacher acc {ev['teacher_acc']:.3f}, loss {ev['teacher_ce']:.3f}; dyn_rel "
+                                f"{ev['dyn_rel']:.3f} ({'<= ' + str(ho.followable) if ev['dyn_rel'] <= ho.followable else 'no longer improving'})")}
+            return None
+        if int(self.phase) == DMT_PHASE and ho.dmt_patience is not None:
+            stale_acc = self._watch(RNN_ACC, ev["rnn_acc"], lambda v, b: v > b + 0.005)
+            stale_drift = self._watch(DRIFT, ev["drift"][-1], lambda v, b: v < 0.98 * b)
+            if min(stale_acc, stale_drift) >= ho.dmt_patience:
+                return {"event": "dmt_plateau", "rnn_acc": ev["rnn_acc"], "drift_end": ev["drift"][-1],
+                        "why": f"no better RNN accuracy or final drift in {ho.dmt_patience} evaluations"}
+        return None
+
+    def apply(self, decision: dict, step: int) -> bool:
+        """Carry out a decision of `after_eval` (on every process); -> True when the run should end."""
+        if decision["event"] == "handover":
+            self._smt.before_eval()  # the cell takes the teacher's readout and m_empty once more, then owns them
+            self.phase.fill_(DMT_PHASE)
+            self.handover_step.fill_(step)
+            return False
+        self.phase.fill_(DONE)
+        return True

@@ -1,0 +1,114 @@
+"""method=smt-dmt: SMT hands over to DMT when the teacher has solved the task and its memories are
+followable, DMT ends the run on a plateau; the decisions survive a resume."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from memtrain.methods.dmt import DMTConfig
+from memtrain.methods.smt import SMTConfig
+from memtrain.methods.smt_dmt import DMT_PHASE, DONE, SMT_PHASE, SMTDMT, HandoverConfig
+from memtrain.presets import preset_config
+from memtrain.training.trainer import train
+from tests.conftest import tiny_cell, tiny_teacher
+
+
+def _method(**handover):
+    return SMTDMT(tiny_teacher(), tiny_cell("mlp"), (SMTConfig(future=4), DMTConfig(), HandoverConfig(**handover)))
+
+
+def _ev(teacher_acc=0.5, teacher_ce=1.0, dyn_rel=0.5, rnn_acc=0.1, drift_end=1.0):
+    return {"teacher_acc": teacher_acc, "teacher_ce": teacher_ce, "dyn_rel": dyn_rel, "rnn_acc": rnn_acc,
+            "drift": [0.0, drift_end]}
+
+
+def test_hands_over_only_when_solved_and_followable():
+    m = _method(teacher_acc=0.9, followable=0.1, followable_plateau=100)
+    assert m.after_eval(_ev(teacher_acc=0.95, dyn_rel=0.3), 10) is None, "solved, not followable"
+    assert m.after_eval(_ev(teacher_acc=0.5, dyn_rel=0.05), 20) is None, "followable, not solved"
+    d = m.after_eval(_ev(teacher_acc=0.92, dyn_rel=0.08), 30)
+    assert d["event"] == "handover" and "0.920" in d["why"]
+    assert m.apply(d, 30) is False and int(m.phase) == DMT_PHASE and m.report() == {"handover_step": 30}
+    assert m.lr_scale() == pytest.approx(0.1) and m.sequential_steps(16) == 16
+
+
+def test_plateaus_count_evaluations_without_improvement():
+    m = _method(teacher_acc=None, teacher_plateau=2, followable=1e-3, followable_plateau=2)
+    for ce, dyn in ((2.0, 0.5), (1.5, 0.4), (1.499, 0.399)):  # improving by >= 1%, then not (1st)
+        assert m.after_eval(_ev(teacher_ce=ce, dyn_rel=dyn), 0) is None
+    d = m.after_eval(_ev(teacher_ce=1.6, dyn_rel=0.45), 0)  # 2nd without improvement: both plateaued
+    assert d is not None and "no longer improving" in d["why"]
+
+
+def test_dmt_ends_the_run_on_a_plateau_of_accuracy_and_drift():
+    m = _method(teacher_acc=0.5, followable=1.0, dmt_patience=2)
+    m.apply(m.after_eval(_ev(teacher_acc=1.0, dyn_rel=0.01), 5), 5)
+    assert m.after_eval(_ev(rnn_acc=0.5, drift_end=1.0), 6) is None
+    assert m.after_eval(_ev(rnn_acc=0.6, drift_end=1.0), 7) is None, "accuracy still improves"
+    assert m.after_eval(_ev(rnn_acc=0.601, drift_end=0.99), 8) is None, "1 evaluation without improvement"
+    d = m.after_eval(_ev(rnn_acc=0.6, drift_end=0.995), 9)
+    assert d["event"] == "dmt_plateau" and m.apply(d, 9) is True and m.finished() and int(m.phase) == DONE
+
+
+def test_bad_handover_settings_are_named():
+    with pytest.raises(ValueError, match="handover.teacher_acc and handover.teacher_plateau"):
+        HandoverConfig(teacher_acc=None).validate()
+    with pytest.raises(ValueError, match="handover.dmt_lr_scale"):
+        HandoverConfig(dmt_lr_scale=0).validate()
+
+
+def _cfg(out, *over):
+    return preset_config("tiny", ["method=smt-dmt", "train.eval_every=2", "train.log_every=1", f"out_dir={out}", *over])
+
+
+def test_a_run_switches_phase_freezes_the_teacher_and_stops_itself(tmp_path):
+    out = tmp_path / "run"
+    summary = train(_cfg(out, "train.steps=40", "handover.teacher_acc=0.01", "handover.followable=100",
+                         "handover.dmt_patience=1", "handover.dmt_lr_scale=0.5", "train.ckpt_every=2", "train.keep_last=50"), progress=False)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    events = [r for r in rows if "event" in r]
+    assert [e["event"] for e in events] == ["handover", "dmt_plateau"] and events[0]["step"] == 2
+    assert summary["handover_step"] == 2 and summary["steps"] == events[1]["step"] < 40
+    assert summary["sequential_steps"] == 12  # the tiny preset's T: the run ended in DMT
+    smt_rows = [r for r in rows if "loss" in r and r["step"] < 2]
+    dmt_rows = [r for r in rows if "loss" in r and r["step"] >= 2]
+    assert all("loss_dec" in r for r in smt_rows) and all("loss_readout" in r and "loss_dec" not in r for r in dmt_rows)
+    assert all(r["lr"] == pytest.approx(0.5 * 1e-3) for r in dmt_rows)
+    # the teacher does not move after the handover: the checkpoint at the handover holds the final teacher
+    ckpt = load_file(str(out / "checkpoints" / "step-00000002" / "model.safetensors"))
+    final = load_file(str(out / "model.safetensors"))
+    teacher = [k for k in final if k.startswith("teacher.")]
+    assert teacher and all(torch.equal(ckpt[k], final[k]) for k in teacher)
+    assert any(not torch.equal(ckpt[k], final[k]) for k in final if k.startswith("cell."))
+    again = train(_cfg(out, "train.steps=80", "handover.teacher_acc=0.01", "handover.followable=100",
+                       "handover.dmt_patience=1", "handover.dmt_lr_scale=0.5", "train.ckpt_every=2", "train.keep_last=50"), progress=False)
+    assert again["steps"] == summary["steps"], "a run its method ended trains no further"
+
+
+def test_resume_continues_in_the_phase_it_stopped_in(tmp_path):
+    over = ["handover.teacher_acc=0.01", "handover.followable=100", "handover.dmt_patience=null", "train.ckpt_every=3"]
+    train(_cfg(tmp_path / "straight", "train.steps=10", *over), progress=False)
+    train(_cfg(tmp_path / "split", "train.steps=5", *over), progress=False)
+    train(_cfg(tmp_path / "split", "train.steps=10", *over), progress=False)
+
+    def trace(d):
+        return [(r["step"], r.get("loss"), r.get("event")) for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())
+                if "loss" in r or "event" in r]
+    assert trace(tmp_path / "straight") == trace(tmp_path / "split")
+    a, b = load_file(str(tmp_path / "straight" / "model.safetensors")), load_file(str(tmp_path / "split" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_phase_routes_gradients():
+    """SMT phase: the teacher learns, the cell's copied readout does not; DMT phase: the reverse."""
+    m = _method(teacher_acc=0.01, followable=100)
+    x = torch.randint(0, 5, (3, 10))
+    y = x.roll(1, 1)
+    m.loss(x, y, torch.Generator().manual_seed(0))[0].backward()
+    assert m.teacher.embed.weight.grad is not None and m.cell.head.head.weight.grad is None
+    m.zero_grad(set_to_none=True)
+    m.apply(m.after_eval(_ev(teacher_acc=1.0, dyn_rel=0.0), 1), 1)
+    assert int(m.phase) == DMT_PHASE != SMT_PHASE
+    m.loss(x, y, torch.Generator().manual_seed(0))[0].backward()
+    assert all(p.grad is None for p in m.teacher.parameters()) and m.cell.head.head.weight.grad is not None
