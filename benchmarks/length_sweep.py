@@ -1,13 +1,16 @@
-"""Retrieval accuracy of the RNN running alone against sequence length: SMT -> DMT, BPTT given the same
-training wall-clock, and the teacher, for each cell (the paper's Figure on length: BPTT degrades with
+"""Retrieval accuracy of the RNN running alone against sequence length, every method given the same
+seconds of training: SMT -> DMT (method=smt-dmt, handing over on measured criteria) against BPTT on
+the same cell and on torch's fused LSTM and GRU (the paper's Figure on length: BPTT degrades with
 length, SMT should not).
 
-Each (cell, length, seed) is one `memtrain.demo` run (the main job's three stages) with time
-budgets instead of step counts, so every method gets the same seconds of training at every length.
-Runs are kept under --root and skipped when already finished, so the sweep can be split across
-processes (one per core) and resumed; `report` collects whatever has finished.
+Each (method, length, seed) is one ordinary run with `train.time_limit`, kept under --root and
+skipped when finished, so a sweep can be split across processes (one lane per core) and resumed.
+`report` reads every finished run under --root (method, cell, T and seed from its run.json): final
+RNN-alone accuracy, the training seconds and updates at which it first reached 0.95, and for
+SMT -> DMT the handover step. The equal-updates view comes from the same runs' curves.
 
-    python benchmarks/length_sweep.py run --cells mlp --lengths 32 64 128 256 --smt-seconds 300 --dmt-seconds 120
+    python benchmarks/length_sweep.py run --methods smt-dmt --lengths 64 128 256 --seconds 1800 smt.transitions=32
+    python benchmarks/length_sweep.py run --methods bptt-lstm bptt-mlp --lengths 64 128 256 --seconds 1800
     python benchmarks/length_sweep.py report
 """
 from __future__ import annotations
@@ -17,88 +20,94 @@ import json
 from pathlib import Path
 
 import torch
-
 from common import md_table, pyplot, write_results
-from memtrain.demo import compare
+
+from memtrain.presets import preset_config
+from memtrain.training.trainer import train
 
 ROOT = "runs/bench/length_sweep"
-
-
-def run_dir(root: str, cell: str, length: int, seed: int) -> Path:
-    return Path(root) / f"{cell}-T{length}-s{seed}"
+# method label -> settings on top of the retrieval-smt preset
+METHODS = {
+    "smt-dmt": ["method=smt-dmt"],
+    "bptt-mlp": ["method=bptt"],
+    "bptt-lstm": ["method=bptt", "cell.kind=torch-lstm"],
+    "bptt-gru": ["method=bptt", "cell.kind=torch-gru"],
+}
+TARGET = 0.95
 
 
 def run(a) -> None:
     torch.set_num_threads(a.threads)
-    for cell in a.cells:
+    for method in a.methods:
         for length in a.lengths:
             for seed in a.seeds:
-                out = run_dir(a.root, cell, length, seed)
-                if (out / "compare.json").is_file():
-                    print(f"{out}: done already")
-                    continue
-                overrides = [f"cell.kind={cell}", f'task_args={{"length": {length}}}', f"train.seed={seed}",
-                             f"train.threads={a.threads}", f"train.eval_every={a.eval_every}", *a.overrides]
-                rows = compare(str(out), overrides, smt_seconds=a.smt_seconds, dmt_seconds=a.dmt_seconds,
-                               progress=False, log=lambda m: print(f"{out.name}: {m}", flush=True))
-                print(f"{out.name}: " + ", ".join(f"{r['method']} {r['rnn_acc']:.3f}" for r in rows), flush=True)
+                out = Path(a.root) / f"{method}-T{length}-s{seed}{a.tag}"
+                settings = [*METHODS[method], f'task_args={{"length": {length}}}', f"train.seed={seed}",
+                            f"train.threads={a.threads}", f"train.eval_every={a.eval_every}", f"train.eval_batch={a.eval_batch}",
+                            "train.steps=100000000", f"train.time_limit={a.seconds}", f"out_dir={out}", *a.overrides]
+                s = train(preset_config("retrieval-smt", settings), progress=False)
+                print(f"{out.name}: RNN alone {s['rnn_acc']:.3f} after {s['steps']} updates, {s['train_seconds']:.0f} s", flush=True)
 
 
-def curve(path: Path) -> list[tuple[float, float]]:
-    """(training seconds, RNN-alone accuracy) at every evaluation of one stage."""
-    rows = [json.loads(line) for line in open(path / "metrics.jsonl")]
-    return [(r["time"], r["rnn_acc"]) for r in rows if "rnn_acc" in r]
+def first_reaching(rows: list[dict], target: float) -> dict | None:
+    """The first evaluation row at which the RNN alone reached `target`."""
+    return next((r for r in rows if r.get("rnn_acc", 0) >= target and "event" not in r), None)
+
+
+def summarise(d: Path) -> dict:
+    meta = json.loads((d / "run.json").read_text())
+    cfg, summary = meta["config"], meta["train"]["summary"]
+    rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+    hit = first_reaching(rows, TARGET)
+    return {"dir": str(d), "method": cfg["method"], "cell": cfg["cell"]["kind"], "length": cfg["task_args"]["length"],
+            "seed": cfg["train"]["seed"], "lr": cfg["train"]["lr"], "rnn_acc": summary["rnn_acc"],
+            "teacher_acc": summary.get("teacher_acc"), "seconds": summary["train_seconds"], "updates": summary["steps"],
+            "handover_step": summary.get("handover_step"),
+            "to_target_s": hit["time"] if hit else None, "to_target_updates": hit["step"] if hit else None,
+            "curve": [(r["step"], r["time"], r["rnn_acc"]) for r in rows if "rnn_acc" in r and "event" not in r]}
 
 
 def report(a) -> None:
-    found = []
-    for f in sorted(Path(a.root).glob("*/compare.json")):
-        cell, t, seed = f.parent.name.split("-")
-        rows = json.loads(f.read_text())["rows"]
-        by = {r["method"]: r for r in rows}
-        found.append({"cell": cell, "length": int(t[1:]), "seed": int(seed[1:]), "dir": str(f.parent),
-                      "teacher": by["SMT -> DMT"]["teacher_acc"], "smt": by["SMT (RNN after SMT)"]["rnn_acc"],
-                      "smt_dmt": by["SMT -> DMT"]["rnn_acc"], "bptt": by["BPTT"]["rnn_acc"],
-                      "seconds": by["SMT -> DMT"]["seconds"], "smt_updates": by["SMT (RNN after SMT)"]["updates"],
-                      "dmt_updates": by["SMT -> DMT"]["updates"] - by["SMT (RNN after SMT)"]["updates"],
-                      "bptt_updates": by["BPTT"]["updates"], "drift_end": by["SMT -> DMT"]["drift_end"]})
+    found = [summarise(f.parent) for f in sorted(Path(a.root).glob("*/run.json"))]
     if not found:
         raise SystemExit(f"no finished runs under {a.root}")
-    found.sort(key=lambda r: (r["cell"], r["length"], r["seed"]))
-    table = md_table(["cell", "T", "seed", "teacher", "RNN after SMT", "RNN after SMT -> DMT", "RNN after BPTT",
-                      "seconds each", "SMT / DMT / BPTT updates", "drift at T after DMT"],
-                     [[r["cell"], r["length"], r["seed"], r["teacher"], r["smt"], r["smt_dmt"], r["bptt"], round(r["seconds"]),
-                       f"{r['smt_updates']} / {r['dmt_updates']} / {r['bptt_updates']}", r["drift_end"]] for r in found])
-    table += "\n\nRetrieval, vocabulary 9 (chance 0.125), accuracy of the RNN running alone from its empty memory."
+    found.sort(key=lambda r: (r["length"], r["method"], r["cell"], r["lr"], r["seed"]))
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)
+    table = md_table(["T", "method", "cell", "lr", "seed", "RNN alone", "teacher", "seconds", "updates", "handover at",
+                      f"to {TARGET}: s / updates"],
+                     [[r["length"], r["method"], r["cell"], r["lr"], r["seed"], f"{r['rnn_acc']:.3f}", fmt(r["teacher_acc"], ".3f"),
+                       round(r["seconds"]), r["updates"], fmt(r["handover_step"], "d"),
+                       "-" if r["to_target_s"] is None else f"{r['to_target_s']:.0f} / {r['to_target_updates']}"] for r in found])
+    table += ("\n\nRetrieval, vocabulary 9 (chance 0.125), accuracy of the RNN running alone from its empty memory "
+              "on the held-out batch; seconds are training seconds (evaluations excluded), one thread each.")
     plt = pyplot()
-    cells = sorted({r["cell"] for r in found})
-    fig, axes = plt.subplots(1, len(cells), figsize=(5 * len(cells), 3.6), squeeze=False)
-    for ax, cell in zip(axes[0], cells):
-        rs = [r for r in found if r["cell"] == cell]
-        for key, label, style in (("teacher", "teacher", "k--"), ("smt_dmt", "RNN: SMT -> DMT", "o-"),
-                                  ("smt", "RNN: SMT only", "s:"), ("bptt", "RNN: BPTT, same seconds", "^-")):
-            ax.plot([r["length"] for r in rs], [r[key] for r in rs], style, label=label)
+    lengths = sorted({r["length"] for r in found})
+    fig, axes = plt.subplots(1, len(lengths), figsize=(4.5 * len(lengths), 3.4), squeeze=False)
+    for ax, T in zip(axes[0], lengths):
+        for r in (r for r in found if r["length"] == T):
+            ax.plot([c[1] for c in r["curve"]], [c[2] for c in r["curve"]], label=f"{r['method']} {r['cell']} lr {r['lr']:g}")
         ax.axhline(0.125, color="grey", lw=0.8)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("sequence length T")
-        ax.set_ylabel("accuracy")
+        ax.set_xlabel("training seconds")
+        ax.set_ylabel("RNN alone accuracy")
         ax.set_ylim(0, 1.05)
-        ax.set_title(f"retrieval, {cell} cell")
-        ax.legend(fontsize=7)
+        ax.set_title(f"retrieval, T={T}")
+        ax.legend(fontsize=6)
     write_results("length_sweep", {"runs": found}, table, fig, a.results)
+    print(table)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
-    r.add_argument("--cells", nargs="+", default=["mlp", "memtok"])
-    r.add_argument("--lengths", nargs="+", type=int, default=[32, 64, 128, 256])
+    r.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=["smt-dmt", "bptt-lstm"])
+    r.add_argument("--lengths", nargs="+", type=int, default=[64, 128, 256])
     r.add_argument("--seeds", nargs="+", type=int, default=[0])
-    r.add_argument("--smt-seconds", type=float, default=300)
-    r.add_argument("--dmt-seconds", type=float, default=120)
-    r.add_argument("--eval-every", type=int, default=200)
+    r.add_argument("--seconds", type=float, default=1800)
+    r.add_argument("--eval-every", type=int, default=100)
+    r.add_argument("--eval-batch", type=int, default=128)
     r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--tag", default="", help="appended to each run's folder name (e.g. -lr3e-3 with train.lr=3e-3)")
     r.add_argument("overrides", nargs="*", help="key=value settings on top of the retrieval-smt preset")
     for s in (r, sub.add_parser("report")):
         s.add_argument("--root", default=ROOT)

@@ -14,8 +14,8 @@ import argparse
 import time
 
 import torch
-
 from common import md_table, median, pyplot, training_update, write_results
+
 from memtrain.presets import preset_config
 from memtrain.training.build import build
 
@@ -71,7 +71,7 @@ def main() -> None:
             times[k].append(time.perf_counter() - t0)
         print(f"round {r + 1}/{a.repeats} done", flush=True)
     med = {k: median(v) for k, v in times.items()}
-    cell = lambda label, T: f"{med[(label, T)]:.3f}" if (label, T) in med else "-"  # noqa: E731
+    cell = lambda label, T: f"{med[(label, T)]:.3f}" if (label, T) in med else "-"
     rows = [[T] + [cell(label, T) for label in VARIANTS] +
             [f"{med[('BPTT, same mlp cell', T)] / med[('SMT, R=32', T)]:.2f}" if ("SMT, R=32", T) in med else "-"]
             for T in a.lengths]

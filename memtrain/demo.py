@@ -13,7 +13,6 @@ from .training.build import assemble, pick_device
 from .training.config import RunConfig, apply_overrides
 from .training.trainer import train
 
-
 STAGES = ("smt-dmt", "bptt", "bptt-lstm")
 
 
@@ -29,7 +28,7 @@ def compare(out_dir: str, overrides: list[str] = (), steps: int = 3000, seconds:
     out = Path(out_dir)
     base = list(PRESETS["retrieval-smt"][1]) + list(overrides)
     if not distributed.main_process():
-        log = lambda *_: None  # noqa: E731  (under torchrun rank 0 speaks)
+        log = lambda *_: None
     budget = [f"train.steps={steps}", "train.time_limit=null"] if seconds is None else \
         ["train.steps=100000000", f"train.time_limit={seconds!r}"]
     main_cfg = apply_overrides(RunConfig(), base + budget + ["method=smt-dmt", f"out_dir={out / 'smt-dmt'}"])
@@ -73,7 +72,7 @@ def _at_handover(run_dir: Path, summary: dict) -> dict:
     """The evaluation row at the handover (the RNN after SMT alone), from the run's metrics.jsonl."""
     step = summary.get("handover_step")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    at = [r for r in rows if r.get("step") == step and "rnn_acc" in r] if step is not None else []
+    at = [r for r in rows if r.get("step") == step and "rnn_acc" in r and "event" not in r] if step is not None else []
     if not at:  # no handover: SMT ran to the end of the budget
         return {**_row(summary), "handover": False}
     r = at[-1]

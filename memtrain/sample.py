@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .io import atomic_write
+from .methods.rollout import rollout
 from .models.cells import Cell
 from .models.teacher import Teacher
 
@@ -41,11 +42,11 @@ def start_memory(cell: Cell, prompt: torch.Tensor, teacher: Teacher | None = Non
     if mode == "teacher":
         if teacher is None:
             raise ValueError("prompt mode 'teacher' needs a run with a teacher (SMT or DMT), this one has none")
-        return teacher.encode(prompt)[:, -1]  # (B, Z): memory after the whole prompt
-    m = cell.init_memory(prompt.shape[0])
-    for s in range(prompt.shape[1]):
-        m = cell.update(m, prompt[:, s])
-    return m
+        B, T = prompt.shape
+        at = torch.full((B, 1), T, dtype=torch.long, device=prompt.device)
+        return teacher.encode(prompt, at)[:, 0]  # (B, Z): only the memory after the whole prompt
+    with torch.no_grad():
+        return rollout(cell, cell.init_memory(prompt.shape[0]), prompt)[:, -1]  # one fused call on torch's cells
 
 
 def draw(logits: torch.Tensor, temperature: float, gen: torch.Generator | None) -> torch.Tensor:

@@ -10,7 +10,8 @@ from memtrain.presets import PRESETS
 
 TINY = [o for o in PRESETS["tiny"][1] if not o.startswith("train.steps")]
 # hand over at the first evaluation (step 2), end DMT after two evaluations without improvement
-EASY = [*TINY, "train.eval_every=2", "handover.teacher_acc=0.01", "handover.followable=100", "handover.dmt_patience=2"]
+EASY = [*TINY, "train.eval_every=2", "handover.teacher_acc=0.01", "handover.followable=100", "handover.smt_patience=1",
+        "handover.dmt_patience=2"]
 
 pytestmark = pytest.mark.usefixtures("ctrl_c_interrupts")  # tests here send themselves SIGINT
 
@@ -19,7 +20,7 @@ def test_compare_rows_and_budget(tmp_path):
     rows = compare(str(tmp_path), EASY, steps=40, bptt_seconds=0.2, progress=False, log=lambda *_: None)
     assert [r["method"] for r in rows] == ["SMT (RNN at the handover)", "SMT -> DMT", "BPTT, same cell", "BPTT, torch LSTM"]
     smt, dmt, bptt, lstm = rows
-    assert smt["handover"] and smt["updates"] == 2 and 2 < dmt["updates"] < 40, "DMT ended the run on its plateau"
+    assert smt["handover"] and 4 <= smt["updates"] < dmt["updates"] < 40, "DMT ended the run on its plateau"
     assert (smt["sequential_steps"], dmt["sequential_steps"], bptt["sequential_steps"], lstm["sequential_steps"]) == (1, 12, 12, 12)
     assert dmt["seconds"] >= smt["seconds"] and bptt["teacher_acc"] is None and lstm["teacher_acc"] is None
     assert dmt["teacher_acc"] == smt["teacher_acc"]  # DMT freezes the teacher

@@ -62,16 +62,19 @@ def dmt_loss(teacher: Teacher, cell: Cell, x, y, cfg: DMTConfig, s0: torch.Tenso
     y_roll = torch.gather(F.pad(y, (1, 0), value=-1), 1, idx[:, 1:])  # (B, Td): y_{s-1} for s = s0+1..
     m0 = cell.init_memory(B) if cfg.start == "empty" else M_tgt[:, 0]
     if cfg.grad_horizon == 1:
-        # one-step gradients: forward-only rollout, then every step's update in one batched call
+        # one-step gradients: a forward-only rollout, then one batched update from its states at the
+        # steps the loss reads (the regressed ones; every step when the readout's loss also trains
+        # the memory path): the rollout's values, each with its one-step graph
         m_own = onpolicy_states(cell, m0, x_roll)  # (B, Td+1, Z)
-        m_in = torch.cat([m0[:, None], m_own[:, 1:-1]], dim=1)  # keep m0's own graph (rollout never cuts it)
-        m_next = cell.update(m_in.reshape(B * Td, Z), x_roll.reshape(-1)).view(B, Td, Z)
-        m_hat = torch.cat([m0[:, None], m_next], dim=1)  # the same values as the rollout, with one-step graphs
+        m_in = torch.cat([m0[:, None], m_own[:, 1:-1]], dim=1)  # (B, Td, Z), keeping m0's own graph
+        steps = sel - 1 if cfg.readout_on_detached else torch.arange(Td, device=x.device)
+        m_next = cell.update(m_in[:, steps].reshape(-1, Z), x_roll[:, steps].reshape(-1)).view(B, -1, Z)
+        m_reg, m_read = (m_next, m_own[:, 1:]) if cfg.readout_on_detached else (m_next[:, sel - 1], m_next)
     else:
         m_hat = rollout(cell, m0, x_roll, grad_horizon=cfg.grad_horizon)  # (B, Td+1, Z)
-    drift = (upcast(m_hat[:, sel]) - upcast(M_tgt[:, 1:])).pow(2).mean(-1)  # (B, n)
+        m_reg, m_read = m_hat[:, sel], m_hat[:, 1:].detach() if cfg.readout_on_detached else m_hat[:, 1:]
+    drift = (upcast(m_reg) - upcast(M_tgt[:, 1:])).pow(2).mean(-1)  # (B, n)
     loss_dyn = drift.mean()
-    m_read = m_hat[:, 1:].detach() if cfg.readout_on_detached else m_hat[:, 1:]
     loss_readout = readout_ce(cell.readout, m_read, y_roll)
     loss = cfg.coef_dyn * loss_dyn + cfg.coef_readout * loss_readout
     return loss, {"loss_dyn": loss_dyn.detach(), "loss_readout": loss_readout.detach(),

@@ -94,6 +94,34 @@ def sample_positions(y: torch.Tensor, Tf: int, n: int | None, gen: torch.Generat
     return torch.gather(order, 1, slot)
 
 
+def loss_memories(teacher: Teacher, x, dec_pos, dyn_pos):
+    """The memories the SMT loss reads -> (M, m_dec (B, P, Z), m_now, m_next (B, R, Z), x_in (B, R)).
+    dyn_pos None: every memory is computed, M (B, S, Z), and the transitions are all T. Otherwise only
+    M = [M[dec_pos], M[dyn_pos], M[dyn_pos + 1]] (B, P+2R, Z)."""
+    P = dec_pos.shape[1]
+    if dyn_pos is None:
+        M = teacher.encode(x)  # (B, S, Z)
+        m_dec = torch.gather(M, 1, dec_pos[..., None].expand(-1, -1, M.shape[-1]))  # (B, P, Z)
+        return M, m_dec, M[:, :-1], M[:, 1:], x
+    R = dyn_pos.shape[1]
+    M = teacher.encode(x, torch.cat([dec_pos, dyn_pos, dyn_pos + 1], dim=1))  # (B, P+2R, Z)
+    return (M, *M.split([P, R, R], dim=1), torch.gather(x, 1, dyn_pos))
+
+
+def onpolicy_loss(teacher: Teacher, cell: Cell, M, x, dyn_pos, x_in, m_next):
+    """The regression of the cell from its OWN states (a forward-only rollout from m_empty) onto the
+    encoder's next memories, at the loss's transitions, in one batched call (DMT's one-step gradient,
+    while the teacher is still training). The target is detached: letting it move would let the
+    teacher shrink its memories' spread until everything is trivially "tracked" (EXPERIMENTS.md)."""
+    B, Z = x.shape[0], M.shape[-1]
+    m0 = M[:, 0].detach() if dyn_pos is None else teacher.empty_memory(1).detach().expand(B, -1)
+    m_own = onpolicy_states(cell, m0, x)[:, :-1]  # (B, T, Z), no graph
+    if dyn_pos is not None:
+        m_own = torch.gather(m_own, 1, dyn_pos[..., None].expand(-1, -1, Z))
+    pred_own = cell.update(m_own.reshape(-1, Z), x_in.reshape(-1))
+    return F.mse_loss(upcast(pred_own), upcast(m_next.detach().reshape(-1, Z)))
+
+
 def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_pos, unif_idx, last_input_head=None):
     """The SMT objective for given sample positions (pure; `SMT.loss` draws the positions).
 
@@ -102,20 +130,9 @@ def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_po
     only the P + 2R memories the loss reads, M = [M[dec_pos], M[dyn_pos], M[dyn_pos + 1]] (B, Q, Z),
     so its register work is O(Q*K*T) instead of O(S*K*T). unif_idx (U,) indexes the B*Q*K memory
     tokens of that M. last_input_head: a Linear Z -> V (needed when cfg.coef_last_input > 0)."""
-    B = x.shape[0]
     D, Tf = teacher.cfg.d_model, cfg.future
-    P = dec_pos.shape[1]
-    if dyn_pos is None:
-        M = teacher.encode(x)  # (B, S, Z)
-        Z = M.shape[-1]
-        m_dec = torch.gather(M, 1, dec_pos[..., None].expand(-1, -1, Z))  # (B, P, Z)
-        m_now, m_next, x_in = M[:, :-1], M[:, 1:], x  # (B, T, Z), (B, T, Z), (B, T)
-    else:
-        R = dyn_pos.shape[1]
-        M = teacher.encode(x, torch.cat([dec_pos, dyn_pos, dyn_pos + 1], dim=1))  # (B, P+2R, Z)
-        Z = M.shape[-1]
-        m_dec, m_now, m_next = M.split([P, R, R], dim=1)
-        x_in = torch.gather(x, 1, dyn_pos)  # (B, R)
+    M, m_dec, m_now, m_next, x_in = loss_memories(teacher, x, dec_pos, dyn_pos)
+    Z = M.shape[-1]
 
     # predictive state: decode the future from sampled memories
     x_fut, y_fut = future_targets(x, y, dec_pos, Tf)  # (B, P, Tf-1), (B, P, Tf)
@@ -125,6 +142,7 @@ def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_po
     loss_dec0 = masked_ce(logits[:, 0], y_fut.reshape(-1, Tf)[:, 0])  # what the RNN's readout will see
 
     # dynamics: one step of the cell from every (sampled) encoder memory
+    m_after = m_next  # the memories after input x_in, with their graph (for the last-input probe)
     if not cfg.dyn_trains_teacher:
         m_now, m_next = m_now.detach(), m_next.detach()
     m_in = m_now.reshape(-1, Z)
@@ -142,8 +160,7 @@ def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_po
         # the previous one (token shift) or through previous-token heads, so nothing else makes it
         # keep x_t; without it the cell cannot compute m_{t+1} from (m_t, x_{t+1}) where x_t matters
         # (retrieval: the symbol after the marker), and the memories are not Markov (EXPERIMENTS.md 7)
-        after = M[:, 1:] if dyn_pos is None else m_next  # memories after input x_in
-        loss_last = F.cross_entropy(upcast(last_input_head(after.reshape(-1, Z))), x_in.reshape(-1))
+        loss_last = F.cross_entropy(upcast(last_input_head(m_after.reshape(-1, Z))), x_in.reshape(-1))
         loss = loss + cfg.coef_last_input * loss_last
     metrics = {k: v.detach() for k, v in (("loss_dec", loss_dec), ("loss_dec0", loss_dec0), ("loss_dyn", loss_dyn), ("loss_unif", loss_unif))}
     if cfg.coef_last_input > 0:
@@ -156,18 +173,7 @@ def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_po
         metrics["dyn_rel"] = loss_dyn.detach() / step.clamp_min(1e-12)
 
     if cfg.coef_onpolicy > 0:
-        # on-policy states: the cell's own memories from m_empty (a forward-only rollout), regressed
-        # one step at a time onto the encoder's at the same transitions, in one batched call (DMT's
-        # one-step gradient, while the teacher is still training). The rollout starts from the
-        # cell's m_empty, which SMT keeps equal to the teacher's (`before_eval`).
-        # (the target is detached: letting it move would let the teacher shrink its memories' spread
-        # until everything is trivially "tracked", see EXPERIMENTS.md)
-        m0 = M[:, 0].detach() if dyn_pos is None else teacher.empty_memory(1).detach().expand(B, -1)
-        m_own = onpolicy_states(cell, m0, x)[:, :-1]  # (B, T, Z), no graph
-        if dyn_pos is not None:
-            m_own = torch.gather(m_own, 1, dyn_pos[..., None].expand(-1, -1, Z))
-        pred_own = cell.update(m_own.reshape(-1, Z), x_in.reshape(-1))
-        loss_own = F.mse_loss(upcast(pred_own), upcast(m_next.detach().reshape(-1, Z)))
+        loss_own = onpolicy_loss(teacher, cell, M, x, dyn_pos, x_in, m_next)
         loss = loss + cfg.coef_onpolicy * loss_own
         metrics["loss_onpolicy"] = loss_own.detach()
     return loss, metrics

@@ -1,9 +1,13 @@
 """SMT, then DMT, in one run, handing over on measured criteria instead of a step count.
 
     SMT phase   teacher and cell jointly (methods/smt.py), until the teacher has solved the task
-                (accuracy >= handover.teacher_acc, or its loss has stopped improving) AND its memories
+                (accuracy >= handover.teacher_acc, or its loss has stopped improving), its memories
                 are followable (the cell's one-step error relative to the teacher's step, `dyn_rel`
-                at evaluation, <= handover.followable, or no longer improving)
+                at evaluation, <= handover.followable, or no longer improving) AND, since the
+                teacher solved it, SMT has stopped improving the RNN alone (neither its accuracy nor
+                its final drift better for handover.smt_patience evaluations): the memories settle
+                into a followable (Markov) form only as joint training goes on, and a handover at the
+                moment the teacher solves the task left DMT at chance (EXPERIMENTS.md section 8)
     DMT phase   the teacher frozen, the cell rolled out on its own memories (methods/dmt.py) at
                 handover.dmt_lr_scale x the learning rate, until neither the RNN-alone accuracy nor the
                 drift at the last step has improved for handover.dmt_patience evaluations
@@ -35,6 +39,7 @@ class HandoverConfig:
     teacher_plateau: int | None = None  # ...or after this many evaluations without a 1% better teacher loss (None: off)
     followable: float = 0.1  # and its memories are followable at this dyn_rel (cell's one-step error / teacher's step)
     followable_plateau: int = 3  # ...or once dyn_rel has not improved by 1% for this many evaluations
+    smt_patience: int = 3  # and SMT has not improved the RNN alone (accuracy +0.005, final drift -2%) for this many evaluations since the teacher solved the task
     dmt_lr_scale: float = 0.1  # DMT's learning rate as a fraction of the schedule's (train.lr)
     dmt_patience: int | None = 5  # end the run after this many evaluations with neither RNN accuracy (+0.005) nor final drift (-2%) improving (None: train to train.steps)
 
@@ -43,10 +48,10 @@ class HandoverConfig:
             raise ValueError("handover.teacher_acc and handover.teacher_plateau are both null: SMT would never hand over")
         if self.teacher_acc is not None and not 0 < self.teacher_acc <= 1:
             raise ValueError(f"handover.teacher_acc must be in (0, 1] or null, got {self.teacher_acc}")
-        for n in ("teacher_plateau", "followable_plateau", "dmt_patience"):
+        for n in ("teacher_plateau", "followable_plateau", "smt_patience", "dmt_patience"):
             v = getattr(self, n)
             if v is not None and v < 1:
-                raise ValueError(f"handover.{n} must be >= 1{' or null' if n != 'followable_plateau' else ''}, got {v}")
+                raise ValueError(f"handover.{n} must be >= 1{' or null' if n in ('teacher_plateau', 'dmt_patience') else ''}, got {v}")
         if self.followable <= 0:
             raise ValueError(f"handover.followable must be > 0, got {self.followable}")
         if not 0 < self.dmt_lr_scale <= 1:
@@ -70,6 +75,7 @@ class SMTDMT(Method):
         self.last_input_head = smt.last_input_head  # the probe is trained and saved with the run
         self.register_buffer("phase", torch.tensor(SMT_PHASE))
         self.register_buffer("handover_step", torch.tensor(-1))
+        self.register_buffer("solved_step", torch.tensor(-1))  # the evaluation at which the teacher first solved the task
         self.register_buffer("best", torch.zeros(4, dtype=torch.float64))
         self.register_buffer("since", torch.full((4,), -1))  # -1: nothing recorded yet
 
@@ -118,26 +124,41 @@ class SMTDMT(Method):
             self.since[slot] += 1
         return int(self.since[slot])
 
+    def _rnn_stale(self, ev: dict) -> int:
+        """Evaluations since the RNN alone last improved its accuracy (+0.005) or final drift (-2%)."""
+        stale_acc = self._watch(RNN_ACC, ev["rnn_acc"], lambda v, b: v > b + 0.005)
+        stale_drift = self._watch(DRIFT, ev["drift"][-1], lambda v, b: v < 0.98 * b)
+        return min(stale_acc, stale_drift)
+
+    def _restart_rnn_watch(self) -> None:
+        self.since[RNN_ACC] = self.since[DRIFT] = -1
+
     def after_eval(self, ev: dict, step: int) -> dict | None:
-        ho = self.ho
         if int(self.phase) == SMT_PHASE:
-            stale_ce = self._watch(TEACHER_CE, ev["teacher_ce"], lambda v, b: v < 0.99 * b)
-            stale_dyn = self._watch(DYN_REL, ev["dyn_rel"], lambda v, b: v < 0.99 * b)
-            solved = ((ho.teacher_acc is not None and ev["teacher_acc"] >= ho.teacher_acc)
-                      or (ho.teacher_plateau is not None and stale_ce >= ho.teacher_plateau))
-            followable = ev["dyn_rel"] <= ho.followable or stale_dyn >= ho.followable_plateau
-            if solved and followable:
-                return {"event": "handover", "teacher_acc": ev["teacher_acc"], "dyn_rel": ev["dyn_rel"],
-                        "why": (f"teacher acc {ev['teacher_acc']:.3f}, loss {ev['teacher_ce']:.3f}; dyn_rel "
-                                f"{ev['dyn_rel']:.3f} ({'<= ' + str(ho.followable) if ev['dyn_rel'] <= ho.followable else 'no longer improving'})")}
-            return None
-        if int(self.phase) == DMT_PHASE and ho.dmt_patience is not None:
-            stale_acc = self._watch(RNN_ACC, ev["rnn_acc"], lambda v, b: v > b + 0.005)
-            stale_drift = self._watch(DRIFT, ev["drift"][-1], lambda v, b: v < 0.98 * b)
-            if min(stale_acc, stale_drift) >= ho.dmt_patience:
-                return {"event": "dmt_plateau", "rnn_acc": ev["rnn_acc"], "drift_end": ev["drift"][-1],
-                        "why": f"no better RNN accuracy or final drift in {ho.dmt_patience} evaluations"}
+            return self._smt_decision(ev, step)
+        if int(self.phase) == DMT_PHASE and self.ho.dmt_patience is not None and self._rnn_stale(ev) >= self.ho.dmt_patience:
+            return {"event": "dmt_plateau", "rnn_acc": ev["rnn_acc"], "drift_end": ev["drift"][-1],
+                    "why": f"no better RNN accuracy or final drift in {self.ho.dmt_patience} evaluations"}
         return None
+
+    def _smt_decision(self, ev: dict, step: int) -> dict | None:
+        ho = self.ho
+        stale_ce = self._watch(TEACHER_CE, ev["teacher_ce"], lambda v, b: v < 0.99 * b)
+        stale_dyn = self._watch(DYN_REL, ev["dyn_rel"], lambda v, b: v < 0.99 * b)
+        if int(self.solved_step) < 0:
+            if ((ho.teacher_acc is not None and ev["teacher_acc"] >= ho.teacher_acc)
+                    or (ho.teacher_plateau is not None and stale_ce >= ho.teacher_plateau)):
+                self.solved_step.fill_(step)
+                self._restart_rnn_watch()  # from here on: is SMT still improving the RNN alone?
+            else:
+                return None
+        followable = ev["dyn_rel"] <= ho.followable or stale_dyn >= ho.followable_plateau
+        if self._rnn_stale(ev) < ho.smt_patience or not followable:
+            return None
+        return {"event": "handover", "teacher_acc": ev["teacher_acc"], "dyn_rel": ev["dyn_rel"], "rnn_acc": ev["rnn_acc"],
+                "why": (f"teacher solved the task at step {int(self.solved_step)} (acc {ev['teacher_acc']:.3f}); dyn_rel "
+                        f"{ev['dyn_rel']:.3f} ({'<= ' + str(ho.followable) if ev['dyn_rel'] <= ho.followable else 'no longer improving'}); "
+                        f"RNN alone {ev['rnn_acc']:.3f}, not improved by SMT in {ho.smt_patience} evaluations")}
 
     def apply(self, decision: dict, step: int) -> bool:
         """Carry out a decision of `after_eval` (on every process); -> True when the run should end."""
@@ -145,6 +166,7 @@ class SMTDMT(Method):
             self._smt.before_eval()  # the cell takes the teacher's readout and m_empty once more, then owns them
             self.phase.fill_(DMT_PHASE)
             self.handover_step.fill_(step)
+            self._restart_rnn_watch()  # DMT's plateau is counted from the handover
             return False
         self.phase.fill_(DONE)
         return True

@@ -135,12 +135,14 @@ def test_bptt_truncation_cuts_gradient_to_start():
         assert (cell.m_init.grad is not None and float(cell.m_init.grad.abs().sum()) > 0) == reaches
 
 
-@pytest.mark.parametrize("every,rollout,start", [(3, 5, "encoder"), (2, None, "empty"), (1, 4, "encoder")])
-def test_dmt_encodes_only_the_memories_it_regresses_onto(every, rollout, start):
-    """The targets come from encode(x, at) at the start and every k-th rollout step: the loss equals
-    the same loss written with every memory encoded (float64)."""
+@pytest.mark.parametrize("every,rollout,start,detached", [(3, 5, "encoder", True), (2, None, "empty", True),
+                                                          (1, 4, "encoder", True), (2, None, "empty", False)])
+def test_dmt_encodes_and_steps_only_what_it_regresses_onto(every, rollout, start, detached):
+    """The targets come from encode(x, at) at the start and every k-th rollout step, and the one-step
+    updates with a graph run only there (everywhere when the readout trains the memory path): loss
+    and gradients equal DMT written out step by step with every memory encoded (float64)."""
     teacher, cell = tiny_teacher(window=3).double(), tiny_cell("mlp").double()
-    cfg = DMTConfig(every=every, rollout=rollout, start=start, coef_readout=0.5)
+    cfg = DMTConfig(every=every, rollout=rollout, start=start, coef_readout=0.5, readout_on_detached=detached)
     x, y = _data()
     B, T = x.shape
     s0 = torch.tensor([0, 2, 1][:B]) if start == "encoder" else torch.zeros(B, dtype=torch.long)
@@ -151,12 +153,17 @@ def test_dmt_encodes_only_the_memories_it_regresses_onto(every, rollout, start):
     errs, ces = [], []
     for i in range(1, Td + 1):
         s = s0 + i
-        m = cell.update(m, x[torch.arange(B), s - 1])
+        m = cell.update(m if i == 1 else m.detach(), x[torch.arange(B), s - 1])  # one-step gradients
         if i % every == 0:
             errs.append((m - M[torch.arange(B), s]).pow(2).mean(-1))
         tgt = y[torch.arange(B), s - 1]
         for b in range(B):
             if tgt[b] >= 0:
-                ces.append(F.cross_entropy(cell.readout(m[b:b + 1]), tgt[b:b + 1]))
+                read = m[b:b + 1].detach() if detached else m[b:b + 1]
+                ces.append(F.cross_entropy(cell.readout(read), tgt[b:b + 1]))
     ref = torch.stack(errs, 1).mean() + 0.5 * torch.stack(ces).mean()
     torch.testing.assert_close(loss, ref, rtol=1e-10, atol=1e-12)
+    params = list(cell.parameters())
+    for p, a, b in zip(params, torch.autograd.grad(loss, params, allow_unused=True), torch.autograd.grad(ref, params, allow_unused=True)):
+        zero = torch.zeros_like(p)  # (a parameter outside one graph reads as None there, zeros in the other)
+        torch.testing.assert_close(zero if a is None else a, zero if b is None else b, rtol=1e-9, atol=1e-12)

@@ -224,3 +224,15 @@ def test_smt_transitions_sets_how_many_memories_are_encoded():
         assert seen[-1] == expect
     with pytest.raises(ValueError, match="smt.transitions"):
         SMTConfig(transitions=0).validate()
+
+
+@pytest.mark.parametrize("transitions", [None, 2])
+def test_last_input_probe_trains_the_teacher_even_when_the_dynamics_do_not(transitions):
+    """smt.dyn_trains_teacher=false detaches the memories of the dynamics loss only: the probe's loss
+    still reaches the encoder, with every transition or with sampled ones."""
+    teacher, cell = tiny_teacher().double(), tiny_cell("mlp").double()
+    cfg = SMTConfig(future=3, coef_last_input=0.5, coef_dec=0, coef_unif=0, dyn_trains_teacher=False, transitions=transitions)
+    smt = SMT(teacher, cell, cfg).double()
+    x, y = torch.randint(0, V, (3, 6)), torch.randint(0, V, (3, 6))
+    smt.loss(x, y, torch.Generator().manual_seed(0))[0].backward()
+    assert float(teacher.blocks[0].attn.qkv.weight.grad.abs().sum()) > 0

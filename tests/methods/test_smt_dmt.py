@@ -23,26 +23,32 @@ def _ev(teacher_acc=0.5, teacher_ce=1.0, dyn_rel=0.5, rnn_acc=0.1, drift_end=1.0
             "drift": [0.0, drift_end]}
 
 
-def test_hands_over_only_when_solved_and_followable():
-    m = _method(teacher_acc=0.9, followable=0.1, followable_plateau=100)
-    assert m.after_eval(_ev(teacher_acc=0.95, dyn_rel=0.3), 10) is None, "solved, not followable"
-    assert m.after_eval(_ev(teacher_acc=0.5, dyn_rel=0.05), 20) is None, "followable, not solved"
-    d = m.after_eval(_ev(teacher_acc=0.92, dyn_rel=0.08), 30)
-    assert d["event"] == "handover" and "0.920" in d["why"]
-    assert m.apply(d, 30) is False and int(m.phase) == DMT_PHASE and m.report() == {"handover_step": 30}
+def test_hands_over_once_solved_followable_and_smt_no_longer_helps_the_rnn():
+    m = _method(teacher_acc=0.9, followable=0.1, followable_plateau=100, smt_patience=2)
+    assert m.after_eval(_ev(teacher_acc=0.5, dyn_rel=0.05), 10) is None, "followable, not solved"
+    assert m.after_eval(_ev(teacher_acc=0.95, dyn_rel=0.05), 20) is None, "solved just now"
+    assert int(m.solved_step) == 20
+    assert m.after_eval(_ev(teacher_acc=0.95, dyn_rel=0.05, rnn_acc=0.3), 30) is None, "SMT still improves the RNN"
+    assert m.after_eval(_ev(teacher_acc=0.95, dyn_rel=0.3, rnn_acc=0.3), 40) is None, "1 stale evaluation"
+    assert m.after_eval(_ev(teacher_acc=0.95, dyn_rel=0.3, rnn_acc=0.3), 50) is None, "2 stale, but not followable"
+    d = m.after_eval(_ev(teacher_acc=0.92, dyn_rel=0.08, rnn_acc=0.301), 60)
+    assert d["event"] == "handover" and "step 20" in d["why"] and "0.301" in d["why"]
+    assert m.apply(d, 60) is False and int(m.phase) == DMT_PHASE and m.report() == {"handover_step": 60}
     assert m.lr_scale() == pytest.approx(0.1) and m.sequential_steps(16) == 16
 
 
 def test_plateaus_count_evaluations_without_improvement():
-    m = _method(teacher_acc=None, teacher_plateau=2, followable=1e-3, followable_plateau=2)
+    m = _method(teacher_acc=None, teacher_plateau=2, followable=1e-3, followable_plateau=2, smt_patience=1)
     for ce, dyn in ((2.0, 0.5), (1.5, 0.4), (1.499, 0.399)):  # improving by >= 1%, then not (1st)
         assert m.after_eval(_ev(teacher_ce=ce, dyn_rel=dyn), 0) is None
-    d = m.after_eval(_ev(teacher_ce=1.6, dyn_rel=0.45), 0)  # 2nd without improvement: both plateaued
+    assert m.after_eval(_ev(teacher_ce=1.6, dyn_rel=0.45), 0) is None  # 2nd: the loss has plateaued, solved
+    d = m.after_eval(_ev(teacher_ce=1.6, dyn_rel=0.45), 0)  # dyn_rel plateaued, RNN alone stale once
     assert d is not None and "no longer improving" in d["why"]
 
 
 def test_dmt_ends_the_run_on_a_plateau_of_accuracy_and_drift():
-    m = _method(teacher_acc=0.5, followable=1.0, dmt_patience=2)
+    m = _method(teacher_acc=0.5, followable=1.0, dmt_patience=2, smt_patience=1)
+    assert m.after_eval(_ev(teacher_acc=1.0, dyn_rel=0.01), 4) is None
     m.apply(m.after_eval(_ev(teacher_acc=1.0, dyn_rel=0.01), 5), 5)
     assert m.after_eval(_ev(rnn_acc=0.5, drift_end=1.0), 6) is None
     assert m.after_eval(_ev(rnn_acc=0.6, drift_end=1.0), 7) is None, "accuracy still improves"
@@ -56,10 +62,13 @@ def test_bad_handover_settings_are_named():
         HandoverConfig(teacher_acc=None).validate()
     with pytest.raises(ValueError, match="handover.dmt_lr_scale"):
         HandoverConfig(dmt_lr_scale=0).validate()
+    with pytest.raises(ValueError, match="handover.smt_patience must be >= 1, got 0"):
+        HandoverConfig(smt_patience=0).validate()
 
 
 def _cfg(out, *over):
-    return preset_config("tiny", ["method=smt-dmt", "train.eval_every=2", "train.log_every=1", f"out_dir={out}", *over])
+    return preset_config("tiny", ["method=smt-dmt", "train.eval_every=2", "train.log_every=1", "handover.smt_patience=1",
+                                  f"out_dir={out}", *over])
 
 
 def test_a_run_switches_phase_freezes_the_teacher_and_stops_itself(tmp_path):
@@ -68,15 +77,16 @@ def test_a_run_switches_phase_freezes_the_teacher_and_stops_itself(tmp_path):
                          "handover.dmt_patience=1", "handover.dmt_lr_scale=0.5", "train.ckpt_every=2", "train.keep_last=50"), progress=False)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     events = [r for r in rows if "event" in r]
-    assert [e["event"] for e in events] == ["handover", "dmt_plateau"] and events[0]["step"] == 2
-    assert summary["handover_step"] == 2 and summary["steps"] == events[1]["step"] < 40
+    assert [e["event"] for e in events] == ["handover", "dmt_plateau"] and events[0]["step"] >= 4
+    handover = events[0]["step"]
+    assert summary["handover_step"] == handover and summary["steps"] == events[1]["step"] < 40
     assert summary["sequential_steps"] == 12  # the tiny preset's T: the run ended in DMT
-    smt_rows = [r for r in rows if "loss" in r and r["step"] < 2]
-    dmt_rows = [r for r in rows if "loss" in r and r["step"] >= 2]
+    smt_rows = [r for r in rows if "loss" in r and r["step"] < handover]
+    dmt_rows = [r for r in rows if "loss" in r and r["step"] >= handover]
     assert all("loss_dec" in r for r in smt_rows) and all("loss_readout" in r and "loss_dec" not in r for r in dmt_rows)
     assert all(r["lr"] == pytest.approx(0.5 * 1e-3) for r in dmt_rows)
     # the teacher does not move after the handover: the checkpoint at the handover holds the final teacher
-    ckpt = load_file(str(out / "checkpoints" / "step-00000002" / "model.safetensors"))
+    ckpt = load_file(str(out / "checkpoints" / f"step-{handover:08d}" / "model.safetensors"))
     final = load_file(str(out / "model.safetensors"))
     teacher = [k for k in final if k.startswith("teacher.")]
     assert teacher and all(torch.equal(ckpt[k], final[k]) for k in teacher)
@@ -88,27 +98,32 @@ def test_a_run_switches_phase_freezes_the_teacher_and_stops_itself(tmp_path):
 
 def test_resume_continues_in_the_phase_it_stopped_in(tmp_path):
     over = ["handover.teacher_acc=0.01", "handover.followable=100", "handover.dmt_patience=null", "train.ckpt_every=3"]
-    train(_cfg(tmp_path / "straight", "train.steps=10", *over), progress=False)
-    train(_cfg(tmp_path / "split", "train.steps=5", *over), progress=False)
-    train(_cfg(tmp_path / "split", "train.steps=10", *over), progress=False)
 
     def trace(d):
         return [(r["step"], r.get("loss"), r.get("event")) for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())
                 if "loss" in r or "event" in r]
-    assert trace(tmp_path / "straight") == trace(tmp_path / "split")
-    a, b = load_file(str(tmp_path / "straight" / "model.safetensors")), load_file(str(tmp_path / "split" / "model.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    train(_cfg(tmp_path / "straight", "train.steps=24", *over), progress=False)
+    handover = [t[0] for t in trace(tmp_path / "straight") if t[2] == "handover"]
+    assert len(handover) == 1 and handover[0] < 22
+    for stop in (handover[0] - 1, handover[0] + 1):  # stopped in SMT (trackers restored), in DMT (phase restored)
+        split = tmp_path / f"split{stop}"
+        train(_cfg(split, f"train.steps={stop}", *over), progress=False)
+        train(_cfg(split, "train.steps=24", *over), progress=False)
+        assert trace(tmp_path / "straight") == trace(split)
+        a, b = load_file(str(tmp_path / "straight" / "model.safetensors")), load_file(str(split / "model.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_phase_routes_gradients():
     """SMT phase: the teacher learns, the cell's copied readout does not; DMT phase: the reverse."""
-    m = _method(teacher_acc=0.01, followable=100)
+    m = _method(teacher_acc=0.01, followable=100, smt_patience=1)
     x = torch.randint(0, 5, (3, 10))
     y = x.roll(1, 1)
     m.loss(x, y, torch.Generator().manual_seed(0))[0].backward()
     assert m.teacher.embed.weight.grad is not None and m.cell.head.head.weight.grad is None
     m.zero_grad(set_to_none=True)
-    m.apply(m.after_eval(_ev(teacher_acc=1.0, dyn_rel=0.0), 1), 1)
+    m.after_eval(_ev(teacher_acc=1.0, dyn_rel=0.0), 1)
+    m.apply(m.after_eval(_ev(teacher_acc=1.0, dyn_rel=0.0), 2), 2)
     assert int(m.phase) == DMT_PHASE != SMT_PHASE
     m.loss(x, y, torch.Generator().manual_seed(0))[0].backward()
     assert all(p.grad is None for p in m.teacher.parameters()) and m.cell.head.head.weight.grad is not None

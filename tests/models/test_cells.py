@@ -3,7 +3,13 @@ import pytest
 import torch
 
 from memtrain.methods.rollout import rollout
-from memtrain.models.cells import CELLS, TEXTBOOK_KINDS, CellConfig, build_cell, check_compatible
+from memtrain.models.cells import (
+    CELLS,
+    TEXTBOOK_KINDS,
+    CellConfig,
+    build_cell,
+    check_compatible,
+)
 from memtrain.models.scan import linear_scan, linear_scan_reference
 from memtrain.models.teacher import TeacherConfig
 from tests.conftest import D, K, V, tiny_cell

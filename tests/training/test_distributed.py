@@ -235,10 +235,11 @@ def test_the_demo_under_torchrun(tmp_path):
     tiny = [o for o in PRESETS["tiny"][1] if not o.startswith(("train.steps", "task_args"))]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            "-m", "memtrain.cli", "demo", "--quiet", "--length", "12", "--steps", "6", "--out", str(tmp_path), *tiny,
-           "train.threads=1", "train.eval_every=2", "handover.teacher_acc=0.01", "handover.followable=100"]
+           "train.threads=1", "train.eval_every=2", "handover.teacher_acc=0.01", "handover.followable=100",
+           "handover.smt_patience=1"]
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("| BPTT, torch LSTM |") == 1 and r.stdout.count("[1/3]") == 1
     rows = json.loads((tmp_path / "compare.json").read_text())["rows"]
-    assert [x["updates"] for x in rows[:2]] == [2, 6] and rows[1]["sequential_steps"] == 12
+    assert rows[0]["handover"] and rows[0]["updates"] == 4 and rows[1]["updates"] == 6 and rows[1]["sequential_steps"] == 12
     assert json.loads((tmp_path / "smt-dmt" / "run.json").read_text())["summary"]["processes"] == 2
