@@ -26,7 +26,8 @@ def compare(out_dir: str, overrides: list[str] = (), steps: int = 3000, seconds:
     command again after a stop signal or a crash and finished stages are skipped, the interrupted
     one resumes. Returns [] when a stage was stopped by SIGINT/SIGTERM (it saved its checkpoint)."""
     out = Path(out_dir)
-    base = list(PRESETS["retrieval-smt"][1]) + list(overrides)
+    # decisions every 50 updates: SMT -> DMT's handover and plateau come twice as soon as at the default 100
+    base = list(PRESETS["retrieval-smt"][1]) + ["train.eval_every=50"] + list(overrides)
     if not distributed.main_process():
         log = lambda *_: None
     budget = [f"train.steps={steps}", "train.time_limit=null"] if seconds is None else \
