@@ -56,7 +56,7 @@ def first_reaching(rows: list[dict], target: float) -> dict | None:
 
 def summarise(d: Path) -> dict:
     meta = json.loads((d / "run.json").read_text())
-    cfg, summary = meta["config"], meta["train"]["summary"]
+    cfg, summary = meta["config"], meta["summary"]
     rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
     hit = first_reaching(rows, TARGET)
     return {"dir": str(d), "method": cfg["method"], "cell": cfg["cell"]["kind"], "length": cfg["task_args"]["length"],
@@ -73,9 +73,9 @@ def report(a) -> None:
         raise SystemExit(f"no finished runs under {a.root}")
     found.sort(key=lambda r: (r["length"], r["method"], r["cell"], r["lr"], r["seed"]))
     fmt = lambda v, spec: "-" if v is None else format(v, spec)
-    table = md_table(["T", "method", "cell", "lr", "seed", "RNN alone", "teacher", "seconds", "updates", "handover at",
+    table = md_table(["run", "T", "method", "cell", "lr", "seed", "RNN alone", "teacher", "seconds", "updates", "handover at",
                       f"to {TARGET}: s / updates"],
-                     [[r["length"], r["method"], r["cell"], r["lr"], r["seed"], f"{r['rnn_acc']:.3f}", fmt(r["teacher_acc"], ".3f"),
+                     [[Path(r["dir"]).name, r["length"], r["method"], r["cell"], r["lr"], r["seed"], f"{r['rnn_acc']:.3f}", fmt(r["teacher_acc"], ".3f"),
                        round(r["seconds"]), r["updates"], fmt(r["handover_step"], "d"),
                        "-" if r["to_target_s"] is None else f"{r['to_target_s']:.0f} / {r['to_target_updates']}"] for r in found])
     table += ("\n\nRetrieval, vocabulary 9 (chance 0.125), accuracy of the RNN running alone from its empty memory "

@@ -33,6 +33,7 @@ def test_compare_rows_and_budget(tmp_path):
     assert saved["rows"] == rows
     table = format_table(rows)
     assert table.count("\n") == 5 and "| SMT -> DMT |" in table and "| BPTT, torch LSTM |" in table
+    assert all("to_095" in r for r in rows) and "first at 0.95" in table
 
 
 def test_baselines_get_the_main_runs_wall_clock(tmp_path):
@@ -101,3 +102,13 @@ def test_a_stopped_demo_resumes_where_it_stopped(tmp_path, capsys, monkeypatch):
     assert digests() == files
     rows = json.loads((tmp_path / "compare.json").read_text())["rows"]
     assert rows[1]["updates"] == 4 and rows[2]["updates"] > 2
+
+
+def test_first_reaching_reads_the_first_evaluation_at_the_target():
+    from memtrain.demo import _first_reaching
+
+    rows = [{"step": 5, "loss": 1.0}, {"step": 10, "time": 2.04, "rnn_acc": 0.5},
+            {"step": 20, "event": "handover", "rnn_acc": 0.97}, {"step": 20, "time": 4.0, "rnn_acc": 0.97},
+            {"step": 30, "time": 6.0, "rnn_acc": 1.0}]
+    assert _first_reaching(rows, 0.95) == [4.0, 20] and _first_reaching(rows, 0.5) == [2.0, 10]
+    assert _first_reaching(rows[:2], 0.95) is None

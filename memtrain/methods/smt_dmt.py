@@ -10,10 +10,11 @@
                 moment the teacher solves the task left DMT at chance (EXPERIMENTS.md section 8)
     DMT phase   the teacher frozen, the cell rolled out on its own memories (methods/dmt.py) at
                 handover.dmt_lr_scale x the learning rate, until neither the RNN-alone accuracy nor the
-                drift at the last step has improved for handover.dmt_patience evaluations
+                drift at the last step has improved for handover.dmt_patience evaluations, or the RNN
+                alone has reached handover.dmt_target
 
 Decisions are taken at evaluations (train.eval_every), from the held-out batch, and logged as rows
-{"event": "handover" | "dmt_plateau", ...} in metrics.jsonl. The phase and the plateau trackers are
+{"event": "handover" | "dmt_plateau" | "dmt_target", ...} in metrics.jsonl. The phase and the plateau trackers are
 buffers, so a resumed run continues in the phase it stopped in.
 """
 from __future__ import annotations
@@ -41,6 +42,7 @@ class HandoverConfig:
     followable_plateau: int = 3  # ...or once dyn_rel has not improved by 1% for this many evaluations
     smt_patience: int = 3  # and SMT has not improved the RNN alone (accuracy +0.005, final drift -2%) for this many evaluations since the teacher solved the task
     dmt_lr_scale: float = 0.1  # DMT's learning rate as a fraction of the schedule's (train.lr)
+    dmt_target: float | None = None  # also end the run once the RNN alone reaches this held-out accuracy (None: only on the plateau)
     dmt_patience: int | None = 5  # end the run after this many evaluations with neither RNN accuracy (+0.005) nor final drift (-2%) improving (None: train to train.steps)
 
     def validate(self) -> None:
@@ -54,6 +56,8 @@ class HandoverConfig:
                 raise ValueError(f"handover.{n} must be >= 1{' or null' if n in ('teacher_plateau', 'dmt_patience') else ''}, got {v}")
         if self.followable <= 0:
             raise ValueError(f"handover.followable must be > 0, got {self.followable}")
+        if self.dmt_target is not None and not 0 < self.dmt_target <= 1:
+            raise ValueError(f"handover.dmt_target must be in (0, 1] or null, got {self.dmt_target}")
         if not 0 < self.dmt_lr_scale <= 1:
             raise ValueError(f"handover.dmt_lr_scale must be in (0, 1], got {self.dmt_lr_scale}")
 
@@ -136,7 +140,12 @@ class SMTDMT(Method):
     def after_eval(self, ev: dict, step: int) -> dict | None:
         if int(self.phase) == SMT_PHASE:
             return self._smt_decision(ev, step)
-        if int(self.phase) == DMT_PHASE and self.ho.dmt_patience is not None and self._rnn_stale(ev) >= self.ho.dmt_patience:
+        if int(self.phase) != DMT_PHASE:
+            return None
+        if self.ho.dmt_target is not None and ev["rnn_acc"] >= self.ho.dmt_target:
+            return {"event": "dmt_target", "rnn_acc": ev["rnn_acc"], "drift_end": ev["drift"][-1],
+                    "why": f"the RNN alone reached {ev['rnn_acc']:.3f} >= handover.dmt_target={self.ho.dmt_target}"}
+        if self.ho.dmt_patience is not None and self._rnn_stale(ev) >= self.ho.dmt_patience:
             return {"event": "dmt_plateau", "rnn_acc": ev["rnn_acc"], "drift_end": ev["drift"][-1],
                     "why": f"no better RNN accuracy or final drift in {self.ho.dmt_patience} evaluations"}
         return None

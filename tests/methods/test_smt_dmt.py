@@ -127,3 +127,14 @@ def test_phase_routes_gradients():
     assert int(m.phase) == DMT_PHASE != SMT_PHASE
     m.loss(x, y, torch.Generator().manual_seed(0))[0].backward()
     assert all(p.grad is None for p in m.teacher.parameters()) and m.cell.head.head.weight.grad is not None
+
+
+def test_dmt_target_ends_the_run_at_an_accuracy():
+    m = _method(teacher_acc=0.5, followable=1.0, smt_patience=1, dmt_target=0.99, dmt_patience=100)
+    m.after_eval(_ev(teacher_acc=1.0, dyn_rel=0.01), 1)
+    m.apply(m.after_eval(_ev(teacher_acc=1.0, dyn_rel=0.01), 2), 2)
+    assert m.after_eval(_ev(rnn_acc=0.98), 3) is None
+    d = m.after_eval(_ev(rnn_acc=0.99), 4)
+    assert d["event"] == "dmt_target" and m.apply(d, 4) is True and m.finished()
+    with pytest.raises(ValueError, match="handover.dmt_target"):
+        HandoverConfig(dmt_target=1.5).validate()
