@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from common import md_table, pyplot, write_results
 
+from memtrain.demo import first_reaching
 from memtrain.presets import preset_config
 from memtrain.training.trainer import train
 
@@ -49,21 +50,16 @@ def run(a) -> None:
                 print(f"{out.name}: RNN alone {s['rnn_acc']:.3f} after {s['steps']} updates, {s['train_seconds']:.0f} s", flush=True)
 
 
-def first_reaching(rows: list[dict], target: float) -> dict | None:
-    """The first evaluation row at which the RNN alone reached `target`."""
-    return next((r for r in rows if r.get("rnn_acc", 0) >= target and "event" not in r), None)
-
-
 def summarise(d: Path) -> dict:
     meta = json.loads((d / "run.json").read_text())
     cfg, summary = meta["config"], meta["summary"]
     rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
-    hit = first_reaching(rows, TARGET)
+    hit = first_reaching(rows, TARGET)  # [seconds, updates] or None
     return {"dir": str(d), "method": cfg["method"], "cell": cfg["cell"]["kind"], "length": cfg["task_args"]["length"],
             "seed": cfg["train"]["seed"], "lr": cfg["train"]["lr"], "rnn_acc": summary["rnn_acc"],
             "teacher_acc": summary.get("teacher_acc"), "seconds": summary["train_seconds"], "updates": summary["steps"],
             "handover_step": summary.get("handover_step"),
-            "to_target_s": hit["time"] if hit else None, "to_target_updates": hit["step"] if hit else None,
+            "to_target_s": hit[0] if hit else None, "to_target_updates": hit[1] if hit else None,
             "curve": [(r["step"], r["time"], r["rnn_acc"]) for r in rows if "rnn_acc" in r and "event" not in r]}
 
 

@@ -81,18 +81,19 @@ def _at_handover(run_dir: Path, summary: dict) -> dict:
     r = at[-1]
     return {"rnn_acc": r["rnn_acc"], "teacher_acc": r.get("teacher_acc"), "seconds": round(r["time"], 1),
             "updates": step, "sequential_steps": 1, "drift_end": r.get("drift@" + str(len(summary["drift"]) - 1)),
-            "to_095": _first_reaching(rows[:rows.index(r) + 1], 0.95), "handover": True}
+            "to_095": first_reaching(rows[:rows.index(r) + 1], 0.95), "handover": True}
 
 
 def _row(s: dict, run_dir: Path) -> dict:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {"rnn_acc": s["rnn_acc"], "teacher_acc": s.get("teacher_acc"), "seconds": round(s["train_seconds"], 1),
             "updates": s["steps"], "sequential_steps": s["sequential_steps"],
-            "drift_end": s["drift"][-1] if s.get("drift") else None, "to_095": _first_reaching(rows, 0.95)}
+            "drift_end": s["drift"][-1] if s.get("drift") else None, "to_095": first_reaching(rows, 0.95)}
 
 
-def _first_reaching(rows: list[dict], target: float) -> list | None:
-    """[training seconds, updates] at the first evaluation where the RNN alone reached `target`."""
+def first_reaching(rows: list[dict], target: float) -> list | None:
+    """[training seconds, updates] at the first evaluation (a metrics.jsonl row) where the RNN alone
+    reached `target`; None if none did."""
     hit = next((r for r in rows if r.get("rnn_acc", 0) >= target and "event" not in r), None)
     return None if hit is None else [round(hit["time"], 1), hit["step"]]
 

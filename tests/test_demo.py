@@ -105,10 +105,10 @@ def test_a_stopped_demo_resumes_where_it_stopped(tmp_path, capsys, monkeypatch):
 
 
 def test_first_reaching_reads_the_first_evaluation_at_the_target():
-    from memtrain.demo import _first_reaching
+    from memtrain.demo import first_reaching
 
     rows = [{"step": 5, "loss": 1.0}, {"step": 10, "time": 2.04, "rnn_acc": 0.5},
             {"step": 20, "event": "handover", "rnn_acc": 0.97}, {"step": 20, "time": 4.0, "rnn_acc": 0.97},
             {"step": 30, "time": 6.0, "rnn_acc": 1.0}]
-    assert _first_reaching(rows, 0.95) == [4.0, 20] and _first_reaching(rows, 0.5) == [2.0, 10]
-    assert _first_reaching(rows[:2], 0.95) is None
+    assert first_reaching(rows, 0.95) == [4.0, 20] and first_reaching(rows, 0.5) == [2.0, 10]
+    assert first_reaching(rows[:2], 0.95) is None
