@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 import torch
-from common import md_table, pyplot, write_results
+from common import RESULTS, md_table, pyplot, write_results
 
 from memtrain.demo import first_reaching
 from memtrain.presets import preset_config
@@ -63,19 +63,39 @@ def summarise(d: Path) -> dict:
             "curve": [(r["step"], r["time"], r["rnn_acc"]) for r in rows if "rnn_acc" in r and "event" not in r]}
 
 
+def recorded(results: str | None, present: set) -> list[dict]:
+    """Runs in the results file written before whose folders are no longer under --root (run on
+    another checkout or cleaned up): their summaries and curves are kept, so the table grows."""
+    path = Path(results or RESULTS) / "length_sweep.json"
+    if not path.is_file():
+        return []
+    return [r for r in json.loads(path.read_text()).get("runs", []) if Path(r["dir"]).name not in present]
+
+
+def at_updates(r: dict, n: int) -> float | None:
+    """RNN-alone accuracy at the last evaluation at or before update n (the equal-updates view)."""
+    seen = [acc for step, _, acc in r["curve"] if step <= n]
+    return seen[-1] if seen else None
+
+
 def report(a) -> None:
     found = [summarise(f.parent) for f in sorted(Path(a.root).glob("*/run.json"))]
+    found += recorded(a.results, {Path(r["dir"]).name for r in found})
     if not found:
         raise SystemExit(f"no finished runs under {a.root}")
     found.sort(key=lambda r: (r["length"], r["method"], r["cell"], r["lr"], r["seed"]))
+    fewest = {T: min(r["updates"] for r in found if r["length"] == T) for T in {r["length"] for r in found}}
     fmt = lambda v, spec: "-" if v is None else format(v, spec)
     table = md_table(["run", "T", "method", "cell", "lr", "seed", "RNN alone", "teacher", "seconds", "updates", "handover at",
-                      f"to {TARGET}: s / updates"],
+                      f"to {TARGET}: s / updates", "RNN alone at equal updates"],
                      [[Path(r["dir"]).name, r["length"], r["method"], r["cell"], r["lr"], r["seed"], f"{r['rnn_acc']:.3f}", fmt(r["teacher_acc"], ".3f"),
                        round(r["seconds"]), r["updates"], fmt(r["handover_step"], "d"),
-                       "-" if r["to_target_s"] is None else f"{r['to_target_s']:.0f} / {r['to_target_updates']}"] for r in found])
+                       "-" if r["to_target_s"] is None else f"{r['to_target_s']:.0f} / {r['to_target_updates']}",
+                       f"{fmt(at_updates(r, fewest[r['length']]), '.3f')} at {fewest[r['length']]}"] for r in found])
     table += ("\n\nRetrieval, vocabulary 9 (chance 0.125), accuracy of the RNN running alone from its empty memory "
-              "on the held-out batch; seconds are training seconds (evaluations excluded), one thread each.")
+              "on the held-out batch; seconds are training seconds (evaluations excluded), one thread each. The last "
+              "column reads every run at the same number of updates per length (the fewest any run there made), "
+              "from its own curve.")
     plt = pyplot()
     lengths = sorted({r["length"] for r in found})
     fig, axes = plt.subplots(1, len(lengths), figsize=(4.5 * len(lengths), 3.4), squeeze=False)

@@ -3,6 +3,8 @@
     memtrain demo                         SMT->DMT vs BPTT on retrieval, one table (the main job)
     memtrain train --preset NAME k=v ...  one run of any method (smt | dmt | bptt)
     memtrain eval RUN_DIR [--lengths ..]  the RNN alone, the teacher, drift, longer sequences
+    memtrain eval RUN_DIR --data FILE     ... on every row of a data file of the run's kind, once
+    memtrain plot RUN [RUN ...]           the curves of one or more runs in one PNG
     memtrain presets                      list presets
     memtrain config --preset NAME k=v     print the resolved configuration
     memtrain prepare KIND SOURCE DIR k=v  prepare a data set once into token files (text | pixels)
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 
 def _print_summary(s: dict) -> None:
@@ -34,7 +37,8 @@ def cmd_eval(args) -> None:
     from .methods.evaluate import drift_at
     from .runs import evaluate_run
 
-    for row in evaluate_run(args.run, lengths=args.lengths, batch_size=args.batch, seed=args.seed):
+    for row in evaluate_run(args.run, lengths=args.lengths, batch_size=args.batch, seed=args.seed, data=args.data,
+                            every_row=args.all):
         drift = row.pop("drift", None)
         if drift:
             row.update(drift_at(drift))
@@ -60,6 +64,13 @@ def cmd_demo(args) -> None:
     print(f"retrieval, T={args.length}, cell={args.cell}: accuracy of the RNN running alone from its initial memory")
     print(format_table(rows))
     print(f"runs and metrics in {args.out}/")
+
+
+def cmd_plot(args) -> None:
+    from .plot import plot_runs
+
+    path, _ = plot_runs(args.runs, args.out)
+    print(path)
 
 
 def cmd_presets(args) -> None:
@@ -129,6 +140,9 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("--lengths", type=int, nargs="*", default=None, help="sequence lengths (default: T, 2T, 4T)")
     e.add_argument("--batch", type=int, default=256)
     e.add_argument("--seed", type=int, default=1234)
+    e.add_argument("--data", default=None, help="evaluate on every row of this file once (the run's kind: a token file, "
+                                                "an .npz, a prepared folder or its val.npy); default length: the run's T")
+    e.add_argument("--all", action="store_true", help="every row of the run's own held-out split once (file tasks)")
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("demo", help="the main job: SMT->DMT vs BPTT (same cell, torch LSTM) on retrieval, one table")
@@ -142,6 +156,11 @@ def make_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true")
     d.add_argument("overrides", nargs="*", help="extra settings applied to every stage")
     d.set_defaults(func=cmd_demo)
+
+    pl = sub.add_parser("plot", help="draw runs' curves (loss, accuracy, drift, dyn_rel) into one PNG")
+    pl.add_argument("runs", nargs="+", help="run directories (each with its metrics.jsonl)")
+    pl.add_argument("--out", default=None, help="the PNG to write (default: RUN/curves.png, or curves.png for several runs)")
+    pl.set_defaults(func=cmd_plot)
 
     sub.add_parser("presets", help="list presets").set_defaults(func=cmd_presets)
     c = sub.add_parser("config", help="print the resolved configuration",
@@ -189,10 +208,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = list(args.overrides) + extra
+    from .training.build import SettingWarning
     from .training.trainer import TrainingError
 
+
     try:
-        args.func(args)
+        with warnings.catch_warnings():  # (restores the filters and the printer afterwards)
+            plain = warnings.showwarning
+            warnings.showwarning = lambda msg, cat, *a, **k: (
+                print(f"memtrain: warning: {msg}", file=sys.stderr) if issubclass(cat, SettingWarning) else plain(msg, cat, *a, **k))
+            args.func(args)
     except ValueError as e:  # bad input: a setting, a file, a checkpoint
         print(f"memtrain: error: {e}", file=sys.stderr)
         return 2

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .data.tasks import build_task, sample_eval
+from .data.tasks import all_rows, build_task, sample_eval
 from .fields import from_dict
 from .io import load_module
 from .methods.evaluate import evaluate
@@ -25,14 +25,25 @@ def load_run(run_dir: str, device: str = "cpu"):
     return cfg, task, teacher, cell.to(device).eval()
 
 
-def evaluate_run(run_dir: str, lengths=None, batch_size: int = 256, seed: int = 1234) -> list[dict]:
-    """Evaluate at the training length and (by default) 2T and 4T: length generalisation."""
+def evaluate_run(run_dir: str, lengths=None, batch_size: int = 256, seed: int = 1234, data: str | None = None,
+                 every_row: bool = False) -> list[dict]:
+    """Evaluate at the training length and (by default) 2T and 4T: length generalisation. With `data`
+    (a file of the run's kind: a token file, an .npz, a prepared folder or split) or `every_row` (the
+    run's own held-out split), every row once, `batch_size` at a time, at the training length (or
+    `lengths`); otherwise `batch_size` sequences drawn from the held-out split."""
     if batch_size < 1:
         raise ValueError(f"batch must be >= 1, got {batch_size}")
     if lengths is not None and any(L < 1 for L in lengths):
         raise ValueError(f"lengths must be >= 1, got {list(lengths)}")
     cfg, task, teacher, cell = load_run(run_dir)
     T = task.length
+    if data is not None or every_row:
+        rows = []
+        for L in lengths or [T]:
+            x, y = all_rows(task, "val", length=L, path=data)
+            rows.append({"length": L, **({"data": data} if data else {}),
+                         **evaluate(cell, teacher, x, y, chunk=batch_size)})
+        return rows
     rows = []
     for L in lengths or [T, 2 * T, 4 * T]:
         try:

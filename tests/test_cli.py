@@ -80,7 +80,7 @@ def test_train_tiny_writes_a_run(cli_run):
     assert summary["method"] == "smt" and summary["steps"] == 5
     assert 0.0 <= summary["rnn_acc"] <= 1.0 and "drift" not in summary
     meta = json.loads((out / "run.json").read_text())
-    assert meta["format"] == "memtrain-run" and meta["version"] == 4
+    assert meta["format"] == "memtrain-run" and meta["version"] == 5
     assert meta["config"]["teacher"]["d_model"] == 16 and meta["config"]["out_dir"] == str(out)
     assert meta["summary"]["rnn_acc"] == summary["rnn_acc"]
     assert "memtrain: error" not in stderr
@@ -409,3 +409,28 @@ def test_sample_errors(cli_run, tmp_path):
     assert rc == 2 and "not both" in stderr
     rc, stdout, stderr = run_main(["sample", str(out), "--state-in", str(tmp_path / "nope")])
     assert rc == 2 and "does not exist" in stderr
+
+
+def test_eval_on_every_row_of_a_data_file(tmp_path, capsys):
+    corpus, other = tmp_path / "corpus.txt", tmp_path / "other.txt"
+    corpus.write_bytes(bytes(range(32, 127)) * 6)
+    other.write_bytes(bytes(range(40, 100)))  # 60 bytes: 4 windows of 12 (+1)
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--quiet", "task=tokens", f"task_args.path={corpus}", "task_args.length=12",
+                 f"out_dir={out}"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--data", str(other), "--batch", "3"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 1 and rows[0]["rows"] == 4 and rows[0]["length"] == 12 and rows[0]["data"] == str(other)
+    assert 0 <= rows[0]["rnn_acc"] <= 1 and "drift@12" in rows[0]
+    assert main(["eval", str(out), "--all"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == (57 - 1) // 12, "the run's own held-out 10%, every window"
+    bad = tmp_path / "ids.npy"
+    np.save(bad, np.array([1, 2, 999] * 20))
+    rc = main(["eval", str(out), "--data", str(bad)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "ids.npy" in err and "outside vocab=256" in err
+    synthetic = tmp_path / "syn"
+    assert main(["train", "--preset", "tiny", "--quiet", f"out_dir={synthetic}"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(synthetic), "--all"]) == 2 and "no fixed set of rows" in capsys.readouterr().err

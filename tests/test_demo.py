@@ -11,7 +11,7 @@ from memtrain.presets import PRESETS
 TINY = [o for o in PRESETS["tiny"][1] if not o.startswith("train.steps")]
 # hand over at the first evaluation (step 2), end DMT after two evaluations without improvement
 EASY = [*TINY, "train.eval_every=2", "handover.teacher_acc=0.01", "handover.followable=100", "handover.smt_patience=1",
-        "handover.dmt_patience=2"]
+        "handover.dmt_patience=2", "handover.teacher_min_gain=null"]
 
 pytestmark = pytest.mark.usefixtures("ctrl_c_interrupts")  # tests here send themselves SIGINT
 

@@ -29,6 +29,21 @@ def _windows(data, T: int, batch_size: int, gen) -> tuple[torch.Tensor, torch.Te
     return win[:, :-1].contiguous(), win[:, 1:].contiguous()
 
 
+def _stream_rows(data, T: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every token of a stream once: consecutive windows of T+1 tokens overlapping by one (stride T),
+    x = the first T of each, y = the next T; a last partial window is dropped."""
+    n = (len(data) - 1) // T
+    if n < 1:
+        raise ValueError(f"{what} holds {len(data)} tokens, fewer than length+1={T + 1}")
+    arr = np.asarray(data[: n * T + 1]).astype(np.int64)
+    return torch.from_numpy(arr[:-1].reshape(n, T).copy()), torch.from_numpy(arr[1:].reshape(n, T).copy())
+
+
+def _check_ids(arr, vocab: int, what: str) -> None:
+    if len(arr) and (arr.min() < 0 or arr.max() >= vocab):
+        raise ValueError(f"{what} has token ids in [{int(arr.min())}, {int(arr.max())}], outside vocab={vocab}")
+
+
 def _load_tokens(path: str) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
@@ -82,6 +97,14 @@ class TokenFile:
         if len(data) < T + 1:
             raise ValueError(f"task 'tokens': the {split} split has {len(data)} tokens, fewer than length+1={T + 1}")
         return _windows(data, T, batch_size, gen)
+
+    def rows(self, split="val", length=None, path=None):
+        """Every held-out token once, in windows of `length` (default T); `path`: another token file
+        of this kind instead of the split."""
+        T = self.length if length is None else length
+        data, what = (_split(self, split), f"task 'tokens': the {split} split") if path is None else (_load_tokens(path), f"token file {path!r}")
+        _check_ids(data, self.vocab, what)
+        return _stream_rows(data, T, what)
 
 
 @dataclass
@@ -153,6 +176,18 @@ class NpzTask:
         rows = _rand_ints(0, len(x), (batch_size,), gen)
         return x[rows, :T], y[rows, :T]
 
+    def rows(self, split="val", length=None, path=None):
+        """Every held-out sequence once (its first `length` steps); `path`: another .npz instead."""
+        T = self.length if length is None else length
+        x, y = _split(self, split) if path is None else self._load(path, "data")
+        what = f"task 'npz': {'the ' + split + ' rows' if path is None else repr(path)}"
+        _check_ids(x, self.vocab, what)
+        if y.max() >= self.vocab:
+            raise ValueError(f"{what} has target {int(y.max())} outside vocab={self.vocab}")
+        if T > x.shape[1]:
+            raise ValueError(f"{what}: sequences have T={x.shape[1]}, shorter than length={T}")
+        return x[:, :T], y[:, :T]
+
 
 @dataclass
 class PreparedTask:
@@ -217,3 +252,44 @@ class PreparedTask:
             bos = torch.full((batch_size, 1), self.vocab - 1, dtype=torch.long)
             return torch.cat([bos, y[:, :-1]], dim=1), y
         return _windows(data, T, batch_size, gen)
+
+    def rows(self, split="val", length=None, path=None):
+        """Every held-out image (layout 'whole') or token (layout 'stream') once. `path`: another
+        folder written by `memtrain prepare` of the same kind (its val split), or one of its split
+        files (e.g. data/kjv/val.npy), instead of this one's."""
+        T = self.length if length is None else length
+        data, what = (_split(self, split), f"task 'prepared': {split}.npy") if path is None else self._load_other(path)
+        if self.layout == "whole":
+            if T > data.shape[1]:
+                raise ValueError(f"{what}: images of {data.shape[1]} pixels, shorter than length={T}")
+            y = torch.from_numpy(np.asarray(data[:, :T]).astype(np.int64))
+            bos = torch.full((len(y), 1), self.vocab - 1, dtype=torch.long)
+            return torch.cat([bos, y[:, :-1]], dim=1), y
+        return _stream_rows(np.asarray(data).reshape(-1), T, what)
+
+    def _load_other(self, path: str):
+        """A prepared folder or split file of this run's kind -> (array as the split would hold it, its name)."""
+        from .prepare import load_prepared
+
+        p, what = Path(path), f"data {path!r}"
+        kind, levels = self.meta["kind"], int(self.meta["vocab_size"])
+        if p.is_dir():
+            meta, arrays = load_prepared(p)
+            if meta["kind"] != kind or int(meta["vocab_size"]) != levels:
+                raise ValueError(f"{what} is a prepared {meta['kind']} set with {meta['vocab_size']} symbols; this run "
+                                 f"was trained on {kind} with {levels}")
+            data = arrays["val"]
+        elif p.suffix == ".npy" and p.is_file():
+            try:
+                data = np.load(p, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError, EOFError) as e:
+                raise ValueError(f"{what} is not a readable .npy array ({str(e)[:120]})") from None
+            want = 1 if kind == "text" else 2
+            if data.ndim != want or not np.issubdtype(data.dtype, np.integer):
+                raise ValueError(f"{what} is {data.dtype} {data.shape}; a {kind} split is a {want}-D integer array")
+        else:
+            raise ValueError(f"{what} is neither a folder written by `memtrain prepare` nor a .npy split file")
+        if kind == "pixels" and data.shape[1] != self._seq:
+            raise ValueError(f"{what} holds images of {data.shape[1]} pixels; this run's have {self._seq}")
+        _check_ids(np.asarray(data).reshape(-1), levels, what)
+        return data, what

@@ -48,6 +48,12 @@ class Retrieval:
     def vocab_size(self) -> int:
         return self.n_symbols + 1
 
+    @property
+    def recall_gap(self) -> int:
+        """The most steps between reading an input and the output that asks for it (the needle at
+        position 1, asked at T-1)."""
+        return self.length - 2
+
     def sample(self, batch_size, gen=None, length=None, split="train"):
         T = self.length if length is None else length
         _check_length("retrieval", T, 4)
@@ -81,6 +87,12 @@ class Copy:
     def vocab_size(self) -> int:
         return self.n_symbols + 1
 
+    @property
+    def recall_gap(self) -> int:
+        """The first symbol is asked L steps later (reversed: 2L-1, as the last answer)."""
+        L = (self.length - 1) // 2
+        return 2 * L - 1 if self.reverse else L
+
     def sample(self, batch_size, gen=None, length=None, split="train"):
         T = self.length if length is None else length
         _check_length("copy", T, 3)
@@ -111,6 +123,11 @@ class Stack:
     @property
     def vocab_size(self) -> int:
         return self.n_symbols + 1
+
+    @property
+    def recall_gap(self) -> int:
+        """A symbol pushed first may be popped last."""
+        return self.length - 1
 
     def sample(self, batch_size, gen=None, length=None, split="train"):
         T = self.length if length is None else length
@@ -148,6 +165,11 @@ class KeyValue:
     @property
     def vocab_size(self) -> int:
         return 1 + self.n_keys + self.n_values
+
+    @property
+    def recall_gap(self) -> int:
+        """The first key is read 2n steps before the query that may ask for its value."""
+        return 2 * ((self.length - 1) // 2)
 
     def sample(self, batch_size, gen=None, length=None, split="train"):
         T = self.length if length is None else length

@@ -36,3 +36,12 @@ def build_task(name: str, **params):
 def sample_eval(task, batch_size, gen, length=None):
     """A held-out batch: the "val" split (file tasks: their held-out data; synthetic ones: a fresh draw)."""
     return task.sample(batch_size, gen, length=length, split="val")
+
+
+def all_rows(task, split="val", length=None, path=None):
+    """Every held-out row of a file task once (x, y) (N, T); `path` reads another file of the task's
+    kind instead. Synthetic tasks have no fixed held-out set and are refused."""
+    if not hasattr(task, "rows"):
+        raise ValueError(f"task {type(task).__name__.lower()!r} draws fresh sequences and has no fixed set of rows; "
+                         "every-row evaluation (train.eval_rows=all, `memtrain eval --data`) is for tokens, npz and prepared")
+    return task.rows(split, length, path)

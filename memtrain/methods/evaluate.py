@@ -11,33 +11,92 @@ import torch.nn.functional as F
 
 from ..models.cells import Cell
 from ..models.teacher import Teacher
+from .losses import upcast
 from .rollout import rollout
 
+# a teacher counts as having learned something once its held-out loss is this fraction below the
+# entropy of the targets' marginal (the loss of a model that ignores the past)
+MIN_TEACHER_GAIN = 0.05
 
-def _scores(logits: torch.Tensor, y: torch.Tensor) -> dict:
-    ce = F.cross_entropy(logits.float(), y).item()  # nats per supervised token
-    # bits per token: bits per byte on byte-level text
-    return {"acc": (logits.argmax(-1) == y).float().mean().item(), "ce": ce, "bits": ce / math.log(2)}
+
+def _sums(cell: Cell, teacher: Teacher | None, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """Additive statistics of one batch: supervised tokens, correct predictions and summed
+    cross-entropy of the RNN alone and the teacher, target counts, summed drift per position, and the
+    teacher's final memories' first two moments."""
+    B = x.shape[0]
+    mask = y >= 0
+    M_hat = rollout(cell, cell.init_memory(B), x)  # (B, S, Z)
+    out = {"rows": B, "n": mask.sum().item(), "counts": torch.bincount(y[mask].cpu(), minlength=1).double()}
+
+    def add(prefix, logits):
+        out[f"{prefix}_correct"] = (logits.argmax(-1) == y[mask]).sum().item()
+        out[f"{prefix}_ce"] = F.cross_entropy(upcast(logits), y[mask], reduction="sum").item()
+
+    add("rnn", cell.readout(M_hat[:, 1:][mask]))
+    if teacher is not None:
+        M = teacher.encode(x)  # (B, S, Z)
+        add("teacher", teacher.readout(M[:, 1:][mask]))
+        out["drift"] = (upcast(M_hat) - upcast(M)).pow(2).mean(-1).double().sum(0)  # (S,)
+        last = M[:, -1].double()
+        out["m_sum"], out["m_sq"] = last.sum(0), last.pow(2).sum(0)
+        out["M"] = M
+    return out
+
+
+def _add(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        if k == "counts":  # bincounts of different lengths
+            n = max(len(a[k]), len(v))
+            out[k] = F.pad(a[k], (0, n - len(a[k]))) + F.pad(v, (0, n - len(v)))
+        elif k != "M":  # (the first batch's memories are kept for the one-step error)
+            out[k] = a[k] + v
+    return out
+
+
+def target_entropy(counts: torch.Tensor) -> float:
+    """Entropy (nats) of the empirical marginal of the targets: the loss of a predictor that ignores
+    the past and always answers with the targets' overall frequencies."""
+    p = counts[counts > 0] / counts.sum().clamp_min(1)
+    return float(-(p * p.log()).sum())
 
 
 @torch.no_grad()
-def evaluate(cell: Cell, teacher: Teacher | None, x: torch.Tensor, y: torch.Tensor) -> dict:
+def evaluate(cell: Cell, teacher: Teacher | None, x: torch.Tensor, y: torch.Tensor, chunk: int | None = None) -> dict:
     """Accuracy and cross-entropy on supervised positions for the cell alone (from init_memory, never
-    seeing a teacher memory) and the teacher; drift[s] = MSE(m^_s, M[:, s]) for s = 0..T."""
-    B, T = x.shape
-    mask = y >= 0
-    M_hat = rollout(cell, cell.init_memory(B), x)  # (B, S, Z)
-    out = {f"rnn_{k}": v for k, v in _scores(cell.readout(M_hat[:, 1:][mask]), y[mask]).items()}
+    seeing a teacher memory) and the teacher; drift[s] = MSE(m^_s, M[:, s]) for s = 0..T. Every row
+    of x once, `chunk` rows at a time (None: all at once); `rows` says how many were used.
+    `target_entropy`: the loss of a model that ignores the past; `teacher_gain` = 1 - teacher_ce /
+    target_entropy (0: the teacher has learned nothing)."""
+    chunk = chunk or len(x)
+    total = None
+    for i in range(0, len(x), chunk):
+        part = _sums(cell, teacher, x[i:i + chunk], y[i:i + chunk])
+        total = part if total is None else _add(total, part)
+    N, n = total["rows"], max(total["n"], 1)
+    out = {"rows": N}
+    for who in ("rnn", "teacher"):
+        if f"{who}_ce" in total:
+            ce = total[f"{who}_ce"] / n  # nats per supervised token; bits: bits per byte on byte-level text
+            out.update({f"{who}_acc": total[f"{who}_correct"] / n, f"{who}_ce": ce, f"{who}_bits": ce / math.log(2)})
+    out["target_entropy"] = target_entropy(total["counts"])
     if teacher is not None:
-        M = teacher.encode(x)  # (B, S, Z)
-        out.update({f"teacher_{k}": v for k, v in _scores(teacher.readout(M[:, 1:][mask]), y[mask]).items()})
-        drift = (M_hat.float() - M.float()).pow(2).mean(-1).mean(0)  # (S,)
-        out["drift"] = [round(v, 6) for v in drift.tolist()]
+        out["teacher_gain"] = 1 - out["teacher_ce"] / max(out["target_entropy"], 1e-12)
+        out["drift"] = [round(v, 6) for v in (total["drift"] / N).tolist()]
         # how much the teacher's final memories differ between sequences: drift is small only
         # relative to this (a collapsed memory space makes any drift look small)
-        out["spread"] = M[:, -1].float().var(0).mean().item()
-        out["dyn_rel"] = one_step_error(cell, M, x)
+        var = (total["m_sq"] - total["m_sum"].pow(2) / N) / max(N - 1, 1)
+        out["spread"] = var.mean().item()
+        n_first = total["M"].shape[0]
+        out["dyn_rel"] = one_step_error(cell, total["M"], x[:n_first])
     return out
+
+
+def teacher_learned(ev: dict, min_gain: float = MIN_TEACHER_GAIN) -> bool:
+    """Has the teacher learned anything (its loss `min_gain` below a model's that ignores the past)?
+    Until it has, its memories carry nothing, and a tiny dyn_rel or drift means nothing. An
+    evaluation without a teacher_gain (no teacher) says nothing against it."""
+    return ev.get("teacher_gain", 1.0) >= min_gain
 
 
 def one_step_error(cell: Cell, M: torch.Tensor, x: torch.Tensor, budget: int = 2048) -> float:

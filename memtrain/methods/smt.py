@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ..models.cells import Cell, check_compatible
 from ..models.teacher import Teacher
 from .base import Method
+from .evaluate import teacher_learned
 from .losses import masked_ce, uniformity, upcast
 from .rollout import onpolicy_states
 
@@ -189,6 +190,7 @@ class SMT(Method):
         check_compatible(cell.cfg, teacher.cfg)
         # a training-time probe, not part of the teacher or the RNN (not saved with the run)
         self.last_input_head = nn.Linear(teacher.cfg.mem_size, teacher.cfg.vocab_size) if cfg.coef_last_input > 0 else None
+        self.blank_teacher = BlankTeacher()  # says when the teacher has learned nothing
 
     def trainable(self):
         # the cell's readout head and start memory are copies of the teacher's (see `before_eval`)
@@ -213,8 +215,39 @@ class SMT(Method):
         """Before the cell runs alone: give it the teacher's readout and m_empty."""
         adopt_teacher(self.cell, self.teacher)
 
+    def after_eval(self, ev: dict, step: int) -> dict | None:
+        return self.blank_teacher.check(ev, step)
+
     def sequential_steps(self, T: int) -> int:
         return 1  # every transition of every sequence in one pass
+
+
+class BlankTeacher(nn.Module):
+    """Says once when the teacher has learned nothing for `patience` evaluations in a row: its loss
+    is no better than the entropy of the targets' marginal (a model that ignores the past), so its
+    memories carry nothing yet and a tiny dyn_rel or drift is no success (they are trivially small
+    on a memory that does not depend on the input). Its count is a buffer: a resumed run goes on
+    counting where it stopped."""
+
+    def __init__(self, patience: int = 3):
+        super().__init__()
+        self.patience = patience
+        self.register_buffer("streak", torch.tensor(0))
+        self.register_buffer("said", torch.tensor(False))
+
+    def check(self, ev: dict, step: int) -> dict | None:
+        if "teacher_gain" not in ev:
+            return None
+        self.streak.fill_(0 if teacher_learned(ev) else int(self.streak) + 1)
+        if bool(self.said) or int(self.streak) < self.patience:
+            return None
+        self.said.fill_(True)
+        return {"event": "warning", "teacher_ce": ev["teacher_ce"], "target_entropy": ev["target_entropy"],
+                "why": (f"the teacher has learned nothing in {int(self.streak)} evaluations: its held-out loss "
+                        f"{ev['teacher_ce']:.3f} nats is no better than ignoring the past (the targets' entropy "
+                        f"{ev['target_entropy']:.3f}), so its memories carry nothing yet and a small dyn_rel or "
+                        "drift means nothing. Give it more updates or a higher train.lr, and check smt.future "
+                        "(README: choosing smt.future)")}
 
 
 @torch.no_grad()

@@ -13,8 +13,12 @@
                 drift at the last step has improved for handover.dmt_patience evaluations, or the RNN
                 alone has reached handover.dmt_target
 
+A teacher that has learned nothing (held-out loss within handover.teacher_min_gain = 5% of the
+targets' entropy, methods/evaluate.py) never counts as solved, by its plateau or otherwise, and its tiny `dyn_rel` never
+counts as followable; SMT warns once when that lasts three evaluations.
+
 Decisions are taken at evaluations (train.eval_every), from the held-out batch, and logged as rows
-{"event": "handover" | "dmt_plateau" | "dmt_target", ...} in metrics.jsonl. The phase and the plateau trackers are
+{"event": "handover" | "dmt_plateau" | "dmt_target" | "warning", ...} in metrics.jsonl. The phase and the plateau trackers are
 buffers, so a resumed run continues in the phase it stopped in.
 """
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 from ..models.cells import check_compatible
 from .base import Method
 from .dmt import DMT, DMTConfig, dmt_loss, rollout_starts
+from .evaluate import teacher_learned
 from .smt import SMT, SMTConfig
 
 SMT_PHASE, DMT_PHASE, DONE = 0, 1, 2
@@ -38,6 +43,7 @@ class HandoverConfig:
     """method=smt-dmt: when SMT hands over to DMT, and when DMT is done (checked at every evaluation)."""
     teacher_acc: float | None = 0.95  # the teacher has solved the task at this held-out accuracy (None: use teacher_plateau)
     teacher_plateau: int | None = None  # ...or after this many evaluations without a 1% better teacher loss (None: off)
+    teacher_min_gain: float | None = 0.05  # a teacher counts (as solved, its memories as followable) only once its loss is this fraction below the targets' entropy (None: always)
     followable: float = 0.1  # and its memories are followable at this dyn_rel (cell's one-step error / teacher's step)
     followable_plateau: int = 3  # ...or once dyn_rel has not improved by 1% for this many evaluations
     smt_patience: int = 3  # and SMT has not improved the RNN alone (accuracy +0.005, final drift -2%) for this many evaluations since the teacher solved the task
@@ -54,6 +60,8 @@ class HandoverConfig:
             v = getattr(self, n)
             if v is not None and v < 1:
                 raise ValueError(f"handover.{n} must be >= 1{' or null' if n in ('teacher_plateau', 'dmt_patience') else ''}, got {v}")
+        if self.teacher_min_gain is not None and not self.teacher_min_gain < 1:
+            raise ValueError(f"handover.teacher_min_gain must be < 1 or null, got {self.teacher_min_gain}")
         if self.followable <= 0:
             raise ValueError(f"handover.followable must be > 0, got {self.followable}")
         if self.dmt_target is not None and not 0 < self.dmt_target <= 1:
@@ -77,6 +85,7 @@ class SMTDMT(Method):
         smt = SMT(teacher, cell, self.smt_cfg)
         object.__setattr__(self, "_smt", smt)  # not a submodule: its teacher and cell are ours already
         self.last_input_head = smt.last_input_head  # the probe is trained and saved with the run
+        self.blank_teacher = smt.blank_teacher  # (its count is saved with the run too)
         self.register_buffer("phase", torch.tensor(SMT_PHASE))
         self.register_buffer("handover_step", torch.tensor(-1))
         self.register_buffer("solved_step", torch.tensor(-1))  # the evaluation at which the teacher first solved the task
@@ -151,9 +160,15 @@ class SMTDMT(Method):
         return None
 
     def _smt_decision(self, ev: dict, step: int) -> dict | None:
+        warning = self._smt.blank_teacher.check(ev, step)  # said once, when the teacher stays blank
+        return self._handover(ev, step) or warning
+
+    def _handover(self, ev: dict, step: int) -> dict | None:
         ho = self.ho
         stale_ce = self._watch(TEACHER_CE, ev["teacher_ce"], lambda v, b: v < 0.99 * b)
         stale_dyn = self._watch(DYN_REL, ev["dyn_rel"], lambda v, b: v < 0.99 * b)
+        if ho.teacher_min_gain is not None and not teacher_learned(ev, ho.teacher_min_gain):
+            return None  # a teacher that has learned nothing neither solves the task nor is followed
         if int(self.solved_step) < 0:
             if ((ho.teacher_acc is not None and ev["teacher_acc"] >= ho.teacher_acc)
                     or (ho.teacher_plateau is not None and stale_ce >= ho.teacher_plateau)):
@@ -171,6 +186,8 @@ class SMTDMT(Method):
 
     def apply(self, decision: dict, step: int) -> bool:
         """Carry out a decision of `after_eval` (on every process); -> True when the run should end."""
+        if decision["event"] == "warning":
+            return False
         if decision["event"] == "handover":
             self._smt.before_eval()  # the cell takes the teacher's readout and m_empty once more, then owns them
             self.phase.fill_(DMT_PHASE)

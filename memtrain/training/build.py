@@ -9,6 +9,7 @@ teacher section only does that).
 """
 from __future__ import annotations
 
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -86,7 +87,26 @@ def assemble(cfg: RunConfig) -> Parts:
     if cls.needs_init and not rcfg.init_from:
         raise ValueError(f"method {rcfg.method!r} fine-tunes a finished run: set init_from=<run dir>")
     teacher, cell = networks(rcfg, cls.needs_teacher)
+    if "smt" in (cls.sections or (cls.name,)):
+        warn_short_future(rcfg.smt.future, task)
     return Parts(rcfg, task, teacher, cell, cls(teacher, cell, settings))
+
+
+class SettingWarning(UserWarning):
+    """A setting that works but probably not as intended (the CLI prints it as 'memtrain: warning: ...')."""
+
+
+def warn_short_future(future: int, task) -> None:
+    """Warn when the decoder's future is shorter than the task's recall gap (synthetic tasks know it):
+    the memories right after what must be remembered are then never asked about it by the decoder,
+    only by the dynamics loss through every step in between (README: choosing smt.future)."""
+    gap = getattr(task, "recall_gap", None)
+    if gap is not None and future < gap + 1:
+        warnings.warn(f"smt.future={future} is shorter than the recall gap of task {type(task).__name__.lower()!r}: an "
+                      f"input may be asked for {gap} steps after it is read, so only smt.future >= {gap + 1} asks "
+                      "every memory that holds it; with less, the memories in between are shaped only by the "
+                      "dynamics loss and the RNN may not learn to carry it (README: choosing smt.future)",
+                      SettingWarning, stacklevel=3)
 
 
 def load_init_weights(parts: Parts) -> None:

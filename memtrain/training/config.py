@@ -23,6 +23,7 @@ from ..models.teacher import TeacherConfig
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "bf16", "fp32")
 RESUME_MODES = ("auto", "never", "require")
+EVAL_ROWS = ("batch", "all")
 # settings renamed since the first release: saved runs are translated (`upgrade`), the command line
 # names the new one
 RENAMED = {"bptt.truncate": "bptt.grad_horizon", "task_args.eval_path": "task_args.val_path",
@@ -61,6 +62,10 @@ class TrainConfig:
     precision: str = control("auto")  # "auto": bf16 autocast on CUDA, fp32 elsewhere | "bf16" (any device) | "fp32"
     tf32: bool = control(True)  # CUDA: TF32 matmuls and convolutions (see build.configure_precision)
     flush_denormal: bool = control(True)  # CPU: flush denormal floats to zero while training (they slowed BPTT ~9x here, README)
+    eval_rows: str = control("batch")  # "batch": train.eval_batch held-out sequences drawn once | "all": every held-out row once (file tasks)
+    keep_best: bool = control(False)  # also keep the model with the lowest held-out RNN-alone loss (rnn_ce) in out_dir/best
+    progress_every: float = control(30.0)  # seconds between plain progress lines when stderr is not a terminal (a log file)
+    tensorboard: bool = control(False)  # also log metrics for TensorBoard in out_dir/tensorboard (pip install 'memtrain[tensorboard]')
 
     def validate(self) -> None:
         for n in ("steps", "batch_size", "eval_every", "eval_batch", "log_every", "keep_last", "max_bad_steps", "grad_accum"):
@@ -89,6 +94,10 @@ class TrainConfig:
             raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.resume not in RESUME_MODES:
             raise ValueError(f"train.resume must be one of {RESUME_MODES}, got {self.resume!r}")
+        if self.eval_rows not in EVAL_ROWS:
+            raise ValueError(f"train.eval_rows must be one of {EVAL_ROWS}, got {self.eval_rows!r}")
+        if self.progress_every <= 0:
+            raise ValueError(f"train.progress_every must be > 0 seconds, got {self.progress_every}")
         if self.device not in DEVICES:
             raise ValueError(f"train.device must be one of {DEVICES}, got {self.device!r}")
 
@@ -167,10 +176,10 @@ def run_control_keys(cls=RunConfig, prefix: str = "") -> set[str]:
 
 
 def upgrade(config: dict, version: int) -> dict:
-    """A configuration saved by format `version` (1, 2: memtrain 0.1; 3: 0.2) in today's names and
+    """A configuration saved by format `version` (1, 2: memtrain 0.1; 3: 0.2; 4: 0.3) in today's names and
     values: renamed settings, sections added since (at their defaults, which is how the run behaved);
     before 3 also None instead of 0 or "" for "not set" and `residual` only on cells that have one."""
-    if version >= 4:
+    if version >= 5:
         return config
     if not isinstance(config, dict):
         return config  # from_dict refuses it with the reason
@@ -180,7 +189,11 @@ def upgrade(config: dict, version: int) -> dict:
         (sec, o), (_, n) = old.split("."), new.split(".")
         if o in section(sec):
             c[sec][n] = c[sec].pop(o)
-    c.setdefault("handover", to_dict(HandoverConfig()))  # format 4 (0.3): the smt-dmt method's section
+    # format 4 (0.3): the smt-dmt method's section; 5 (0.4): handover.teacher_min_gain, at its default
+    # (an smt-dmt run of 0.3 resumed today no longer counts a teacher that has learned nothing as solved)
+    handover = c.setdefault("handover", {}) if isinstance(c.get("handover", {}), dict) else {}
+    for key, value in to_dict(HandoverConfig()).items():
+        handover.setdefault(key, value)
     if version >= 3:
         return c
     train, cell, args = section("train"), section("cell"), section("task_args")

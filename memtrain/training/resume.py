@@ -3,7 +3,7 @@ never stopped, and which checkpoint (if any) a run resumes from.
 
 The state is the model (checkpoint.py), the optimizer's tensors and scalars, the random generators
 (the data generator, torch's global generator, CUDA's), the step counter, the training time spent
-(for `train.time_limit`) and how far `metrics.jsonl` had been written. A resumed run is refused when
+(for `train.time_limit`), the evaluation time, the best held-out loss (`train.keep_best`) and how far `metrics.jsonl` had been written. A resumed run is refused when
 its settings differ from the checkpoint's in anything but the run-control settings (`control(...)` in
 config.py): a resume
 continues the same run; a different run starts from it with `init_from`.
@@ -46,12 +46,16 @@ class RunState:
     seconds: float = 0.0  # training time spent (for train.time_limit)
     bad_streak: int = 0  # non-finite updates in a row just before this point
     metrics_bytes: int = 0  # how far metrics.jsonl had been written
+    eval_seconds: float = 0.0  # time spent evaluating (not counted by train.time_limit)
+    best: float | None = None  # train.keep_best: the lowest held-out rnn_ce so far (kept in out_dir/best)
+    best_step: int | None = None  # ... and the step it was measured at
 
     def record(self, opt: torch.optim.Optimizer, gen: torch.Generator, finished: bool, summary: dict | None,
                processes: int) -> tuple[dict, dict]:
         """-> (run.json entries, tensors) for a training checkpoint of this state."""
         plain, tensors = optimizer_state(opt)
-        info = {"train": {"seconds": self.seconds, "metrics_bytes": self.metrics_bytes, "bad_streak": self.bad_streak,
+        info = {"train": {"seconds": self.seconds, "eval_seconds": self.eval_seconds, "best": self.best, "best_step": self.best_step,
+                          "metrics_bytes": self.metrics_bytes, "bad_streak": self.bad_streak,
                           "optimizer": plain, "finished": finished, "summary": summary, "processes": processes}}
         return info, {**tensors, **rng_state(gen)}
 
@@ -61,7 +65,8 @@ class RunState:
         info = meta["train"]
         load_optimizer_state(opt, info.get("optimizer"), tensors, where)
         set_rng_state(gen, tensors, where)
-        return cls(meta["step"], float(info["seconds"]), int(info.get("bad_streak", 0)), int(info["metrics_bytes"]))
+        return cls(meta["step"], float(info["seconds"]), int(info.get("bad_streak", 0)), int(info["metrics_bytes"]),
+                   float(info.get("eval_seconds", 0.0)), info.get("best"), info.get("best_step"))
 
 
 # ---- the optimizer and the random generators as (JSON, tensors) ----------------------------------

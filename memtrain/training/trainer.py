@@ -1,6 +1,6 @@
 """One training loop for every method: sample a batch, `method.loss`, step. It knows methods only
 through `methods.base.Method` (found by name in `methods.METHODS`), so adding one never touches it.
-Metrics go to `metrics.jsonl`, the final model to safetensors + JSON in `out_dir`.
+Metrics go to `metrics.jsonl` (monitor.py), the final model to safetensors + JSON in `out_dir`.
 
 Long runs are safe to interrupt. Every `train.ckpt_every` steps (and at the end) the loop saves a
 training checkpoint (checkpoint.py, resume.py) keeping the last `train.keep_last`; running the same
@@ -12,9 +12,7 @@ run: the second is refused while the first holds `out_dir/.lock` (lock.py).
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import signal
 import sys
 import threading
@@ -24,9 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from ..data.tasks import sample_eval
+from ..data.tasks import all_rows, sample_eval
 from ..fields import to_dict
 from ..io import load_module
 from ..methods.evaluate import drift_at, evaluate
@@ -36,6 +33,7 @@ from .build import (Parts, assemble, autocast_for, compile_networks, configure_p
 from .checkpoint import checkpoint_dir, list_checkpoints, read_run, remove_partial, save_checkpoint, save_run
 from .config import RunConfig
 from .lock import RunLock
+from .monitor import MetricsLog, Progress, TensorBoardLog
 from .resume import RunState, config_differences, find_resume
 
 
@@ -83,70 +81,6 @@ class StopSignals:
     def __exit__(self, *exc):
         self._restore()
         return False
-
-
-class MetricsLog:
-    """`metrics.jsonl`, one JSON row per line, written by rank 0 only (others: no-op). A resumed run
-    first drops the rows written after its checkpoint, so the file reads as one run never stopped.
-    JSON has no NaN: non-finite numbers are logged as null (the row says why the step was skipped)."""
-
-    def __init__(self, out: Path | None, resume_at: int | None, enabled: bool = True):
-        self.file = None
-        if out is None or not enabled:
-            return
-        path = out / "metrics.jsonl"
-        if resume_at is not None and path.is_file():
-            self.file = open(path, "r+b")
-            self.file.truncate(min(resume_at, path.stat().st_size))
-            self.file.seek(0, os.SEEK_END)
-        else:
-            self.file = open(path, "wb")
-
-    def write(self, row: dict) -> None:
-        if self.file:
-            row = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-            self.file.write((json.dumps(row, allow_nan=False) + "\n").encode())
-            self.file.flush()
-
-    def sync(self) -> int:
-        """fsync what was written; -> the file's length (where a resume continues)."""
-        if not self.file:
-            return 0
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        return self.file.tell()
-
-    def close(self) -> None:
-        if self.file:
-            self.file.close()
-
-
-class Progress:
-    """The progress bar of rank 0: updates out of `train.steps`, or under `train.time_limit` the
-    seconds of the time budget (steps are then shown beside it)."""
-
-    def __init__(self, tc, state: RunState, enabled: bool, desc: str):
-        self.timed = tc.time_limit is not None
-        total, done = (tc.time_limit, min(state.seconds, tc.time_limit)) if self.timed else (tc.steps, min(state.step, tc.steps))
-        fmt = "{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}{postfix}]" if self.timed else None
-        self.bar = tqdm(total=total, initial=done, disable=not enabled, desc=desc, dynamic_ncols=True,
-                        **({"bar_format": fmt} if fmt else {}))
-        self.total = total
-
-    def advance(self, step: int, seconds: float, **shown) -> None:
-        if self.timed:
-            self.bar.update(max(0.0, min(seconds, self.total) - self.bar.n))
-            shown = {"step": step, **shown}
-        else:
-            self.bar.update(1)
-        if shown:
-            self.bar.set_postfix(**shown)
-
-    def write(self, msg: str) -> None:
-        self.bar.write(msg)
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 def _has_unused(method, task, params, device, autocast) -> bool:
@@ -224,6 +158,10 @@ def _parts(cfg: RunConfig, out: Path | None, world) -> tuple[Parts, tuple | None
     """The run's parts with their starting weights, and the checkpoint to resume from (or None)."""
     torch.manual_seed(cfg.train.seed)  # the networks' initial weights (the same on every rank)
     parts = assemble(cfg)
+    if cfg.train.eval_rows == "all" and not hasattr(parts.task, "rows"):
+        all_rows(parts.task)  # refuses a task without a fixed held-out set, naming the setting
+    if cfg.train.tensorboard and out is not None:
+        TensorBoardLog.available()
     resume = find_resume(cfg.out_dir, cfg.train.resume, quiet=not world.main) if out is not None else None
     if resume is None and parts.cfg.init_from:
         load_init_weights(parts)
@@ -250,7 +188,10 @@ def _start(parts: Parts, world, device, out: Path | None, resume) -> Run | dict:
         torch.set_num_threads(tc.threads)
     configure_precision(device, tc.tf32)
     gen = torch.Generator().manual_seed(tc.seed)
-    x_eval, y_eval = sample_eval(parts.task, tc.eval_batch, torch.Generator().manual_seed(tc.seed + 10_000))
+    if tc.eval_rows == "all":  # every held-out row once, evaluated eval_batch rows at a time
+        x_eval, y_eval = all_rows(parts.task, "val")
+    else:
+        x_eval, y_eval = sample_eval(parts.task, tc.eval_batch, torch.Generator().manual_seed(tc.seed + 10_000))
     method = parts.method.to(device)
     params = method.trainable()
     opt = torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
@@ -267,7 +208,10 @@ def _start(parts: Parts, world, device, out: Path | None, resume) -> Run | dict:
     if out is not None and world.main:
         out.mkdir(parents=True, exist_ok=True)
         remove_partial(out)
-    log = MetricsLog(out, state.metrics_bytes if resume is not None else None, enabled=world.main)
+    tensorboard = None
+    if tc.tensorboard and out is not None and world.main:
+        tensorboard = TensorBoardLog(out, state.step if resume is not None else None)
+    log = MetricsLog(out, state.metrics_bytes if resume is not None else None, enabled=world.main, tensorboard=tensorboard)
     distributed.barrier(world)  # nobody starts before rank 0 has cleaned up out_dir
     return Run(parts, world, device, out, model, params, opt, gen, x_eval.to(device), y_eval.to(device), autocast,
                state, log, config)
@@ -301,6 +245,9 @@ def _restore(parts: Parts, resume, opt, gen, config: dict, out: Path, world) -> 
         raise ValueError(f"out_dir={cfg.out_dir!r} holds a run with other settings, so it cannot be resumed with "
                          f"these: {'; '.join(diffs[:6])}{' ...' if len(diffs) > 6 else ''}. Use another out_dir "
                          "(init_from=<run> starts a new run from its weights)")
+    if meta.get("version", 1) < 5:  # older checkpoints have no blank-teacher count (smt.BlankTeacher): from zero
+        fresh = {f"method.{k}": v for k, v in parts.method.extra_state().items() if k.startswith("blank_teacher.")}
+        tensors = {**fresh, **tensors}
     for name, module in _modules(parts, with_method=True).items():
         if module is not None:
             load_module(module, tensors, name, where)
@@ -355,20 +302,34 @@ def one_update(run: Run, stop: StopSignals) -> tuple[distributed.Agreement, floa
 
 
 def evaluate_now(run: Run) -> tuple[dict, dict]:
-    """Evaluate the RNN alone (and the teacher) on the held-out batch; rank 0 logs the row."""
+    """Evaluate the RNN alone (and the teacher) on the held-out rows; rank 0 logs the row, keeps the
+    best model (train.keep_best) and counts the time (not training time: train.time_limit ignores it)."""
+    t0 = time.perf_counter()
     method = run.parts.method
     method.before_eval()  # on every rank: SMT changes the cell's copy of the teacher's readout
     if not run.world.main:
         return {}, {}
     method.eval()
-    ev = evaluate(run.parts.cell, run.parts.teacher, run.x_eval, run.y_eval)
+    ev = evaluate(run.parts.cell, run.parts.teacher, run.x_eval, run.y_eval, chunk=run.tc.eval_batch)
     method.train()
     row = {"step": run.state.step, "time": round(run.state.seconds, 2), **_no_drift(ev)}
     if "drift" in ev:
         row.update(drift_at(ev["drift"]))
         row["rel_drift"] = ev["drift"][-1] / max(ev["spread"], 1e-12)
     run.log.write({**row, "drift": ev.get("drift")})
+    if run.tc.keep_best:
+        _keep_best(run, row)
+    run.state.eval_seconds += time.perf_counter() - t0
     return row, ev
+
+
+def _keep_best(run: Run, row: dict) -> None:
+    """out_dir/best: the final-model files of the evaluation with the lowest RNN-alone loss so far."""
+    ce = row.get("rnn_ce")
+    if run.out is None or ce is None or not math.isfinite(ce) or (run.state.best is not None and ce >= run.state.best):
+        return
+    run.state.best, run.state.best_step = ce, run.state.step
+    save_run(run.out / "best", _modules(run.parts), run.config, {"step": run.state.step, "summary": row})
 
 
 def save(run: Run, finished: bool = False, summary: dict | None = None) -> Path | None:
@@ -419,7 +380,8 @@ def _loop(run: Run, progress: bool) -> dict:
                     st.bad_streak += 1
                     _skipped(run, agreed, gnorm, bar)
                 if st.bad_streak == 0 and (st.step % tc.log_every == 0 or st.step == tc.steps - 1):
-                    run.log.write({"step": st.step, "loss": agreed.loss, "grad_norm": gnorm, "lr": lr, **agreed.metrics})
+                    run.log.write({"step": st.step, "time": round(st.seconds, 2), "loss": agreed.loss, "grad_norm": gnorm, "lr": lr,
+                                   **agreed.metrics})
                     shown["loss"] = f"{agreed.loss:.3f}"
                 st.step += 1
                 ends = False
@@ -460,7 +422,7 @@ def _stopped(run: Run, signal_name: str) -> dict:
     where = f"; checkpoint {saved}" if saved else " (no out_dir, nothing saved)"
     run.say(f"memtrain: stopped by {signal_name} after step {run.state.step}{where}")
     return {"method": run.parts.cfg.method, "steps": run.state.step, "train_seconds": round(run.state.seconds, 3),
-            "stopped": signal_name, "checkpoint": str(saved) if saved else None}
+            "eval_seconds": round(run.state.eval_seconds, 3), "stopped": signal_name, "checkpoint": str(saved) if saved else None}
 
 
 def _finish(run: Run) -> dict:
@@ -468,8 +430,11 @@ def _finish(run: Run) -> dict:
     st, parts = run.state, run.parts
     final, ev = evaluate_now(run)
     summary = {"method": parts.cfg.method, "steps": st.step, "train_seconds": round(st.seconds, 3),
+               "eval_seconds": round(st.eval_seconds, 3),
                "sequential_steps": parts.method.sequential_steps(parts.task.length), **parts.method.report(), **final,
                "drift": ev.get("drift")}
+    if run.tc.keep_best and run.out is not None:
+        summary["best"] = {"step": st.best_step, "rnn_ce": st.best, "dir": str(run.out / "best")}
     if run.world.distributed:
         summary["processes"] = run.world.size
     if run.out is not None:

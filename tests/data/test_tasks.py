@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from memtrain.data import pixels
 from memtrain.data.prepare import prepare
-from memtrain.data.tasks import (TASKS, Copy, KeyValue, ModularICL, Parity, PreparedTask, Retrieval, Stack, build_task,
+from memtrain.data.tasks import (TASKS, Copy, KeyValue, ModularICL, Parity, PreparedTask, Retrieval, Stack, all_rows, build_task,
                             sample_eval)
 
 
@@ -635,3 +635,64 @@ def test_too_short_length_is_an_error(name, minimum):
     if minimum > 1:
         with pytest.raises(ValueError, match=f"needs length >= {minimum}"):
             task.sample(2, gen(), length=minimum - 1)
+
+
+# ---- every held-out row once (train.eval_rows=all, memtrain eval --data) ---------------------------
+
+def test_stream_rows_cover_every_target_once(tmp_path):
+    task = build_task("prepared", path=_prepared_text(tmp_path), length=8)  # val: bytes 96..127
+    x, y = all_rows(task)
+    assert x.shape == (31 // 8, 8) == y.shape
+    assert sum(rows(y), []) == list(range(97, 97 + 3 * 8)), "each target once, in order"
+    assert sum(rows(x), []) == list(range(96, 96 + 3 * 8)) and torch.equal(x[:, 1:], y[:, :-1])
+    other = tmp_path / "other.txt"
+    other.write_bytes(bytes(range(40, 61)))  # 21 bytes: two windows of 8 (+1)
+    tokens = build_task("tokens", path=str(other), val_path=str(other), length=8)
+    xo, yo = all_rows(tokens, path=str(other))
+    assert rows(xo) == [list(range(40, 48)), list(range(48, 56))] and rows(yo)[1] == list(range(49, 57))
+    xo, _ = all_rows(task, path=str(tmp_path / "ramp" / "train.npy"))  # a prepared split file
+    assert xo.shape == (95 // 8, 8) and rows(xo)[0] == list(range(8))
+
+
+def test_rows_of_images_and_npz(tmp_path, monkeypatch):
+    task = build_task("prepared", path=_prepared_pixels(tmp_path, monkeypatch))
+    x, y = all_rows(task)
+    assert rows(y) == [list(range(128 + 16 * i, 144 + 16 * i)) for i in range(3)], "the 3 val images, each once"
+    assert x[:, 0].tolist() == [256] * 3 and torch.equal(x[:, 1:], y[:, :-1])
+    npz = make_task("npz", tmp_path)
+    xn, yn = all_rows(npz)
+    assert xn.shape == (40, 16) and torch.equal(xn, npz._val[0][:, :16])
+
+
+def test_rows_errors_name_the_file(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="train.eval_rows=all.*tokens, npz and prepared"):
+        all_rows(Retrieval(length=16))
+    text = build_task("prepared", path=_prepared_text(tmp_path), length=8)
+    big = tmp_path / "big.npy"
+    np.save(big, np.array([1, 2, 300, 4] * 10))
+    with pytest.raises(ValueError, match=r"big.npy.*token ids in \[1, 300\], outside vocab=256"):
+        all_rows(text, path=str(big))
+    with pytest.raises(ValueError, match="neither a folder written by `memtrain prepare` nor a .npy"):
+        all_rows(text, path=str(tmp_path / "missing.bin"))
+    pixels_dir = _prepared_pixels(tmp_path, monkeypatch, levels=4)
+    with pytest.raises(ValueError, match="prepared pixels set with 4 symbols; this run was trained on text with 256"):
+        all_rows(text, path=pixels_dir)
+    short = tmp_path / "short.txt"
+    short.write_bytes(b"abc")
+    with pytest.raises(ValueError, match=r"short.txt' holds 3 tokens, fewer than length\+1=9"):
+        all_rows(build_task("tokens", path=str(tmp_path / "ramp.txt"), length=8), path=str(short))
+
+
+def test_recall_gap_is_the_largest_distance_the_sequences_have():
+    """The gap recomputed from samples: how long after reading it an input is asked for."""
+    def largest(task, where):
+        x, y = task.sample(4096, gen(0))
+        return max(where(xs, ys) for xs, ys in zip(rows(x), rows(y)))
+
+    ret = Retrieval(length=24)
+    assert largest(ret, lambda xs, ys: 23 - (xs.index(0) + 1)) == ret.recall_gap == 22
+    for reverse in (False, True):  # L = 7 symbols at 0..6; answers y_7..y_13; x_0 is answered at y_7 (reversed: y_13)
+        cp = Copy(length=15, reverse=reverse)
+        assert largest(cp, lambda xs, ys: 13 - 0 if ys[13] == xs[0] and reverse else (7 if ys[7] == xs[0] else 0)) == cp.recall_gap
+    kv = KeyValue(length=17, n_keys=20)
+    assert largest(kv, lambda xs, ys: 16 - xs.index(xs[-1])) == kv.recall_gap == 16

@@ -67,7 +67,9 @@ def test_bad_handover_settings_are_named():
 
 
 def _cfg(out, *over):
+    # (the tiny teacher learns nothing in these few steps: the blank-teacher guard is switched off)
     return preset_config("tiny", ["method=smt-dmt", "train.eval_every=2", "train.log_every=1", "handover.smt_patience=1",
+                                  "handover.teacher_min_gain=null",
                                   f"out_dir={out}", *over])
 
 
@@ -76,7 +78,9 @@ def test_a_run_switches_phase_freezes_the_teacher_and_stops_itself(tmp_path):
     summary = train(_cfg(out, "train.steps=40", "handover.teacher_acc=0.01", "handover.followable=100",
                          "handover.dmt_patience=1", "handover.dmt_lr_scale=0.5", "train.ckpt_every=2", "train.keep_last=50"), progress=False)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    events = [r for r in rows if "event" in r]
+    warnings = [r for r in rows if r.get("event") == "warning"]
+    assert len(warnings) == 1 and "learned nothing" in warnings[0]["why"], "the blank teacher is named once"
+    events = [r for r in rows if "event" in r and r["event"] != "warning"]
     assert [e["event"] for e in events] == ["handover", "dmt_plateau"] and events[0]["step"] >= 4
     handover = events[0]["step"]
     assert summary["handover_step"] == handover and summary["steps"] == events[1]["step"] < 40
@@ -138,3 +142,23 @@ def test_dmt_target_ends_the_run_at_an_accuracy():
     assert d["event"] == "dmt_target" and m.apply(d, 4) is True and m.finished()
     with pytest.raises(ValueError, match="handover.dmt_target"):
         HandoverConfig(dmt_target=1.5).validate()
+
+
+def test_a_teacher_that_has_learned_nothing_neither_solves_nor_is_followed():
+    """At the targets' entropy (teacher_gain ~0) a plateaued loss and a tiny dyn_rel count for nothing;
+    the same evaluations with a teacher that has learned hand over. SMT warns once after 3 blank ones."""
+    blank = dict(teacher_gain=0.01, target_entropy=2.0, teacher_ce=1.98)
+    m = _method(teacher_acc=None, teacher_plateau=1, followable=0.5, smt_patience=1)
+    decisions = [m.after_eval({**_ev(dyn_rel=1e-4), **blank}, s) for s in range(6)]
+    assert [d["event"] if d else None for d in decisions] == [None, None, "warning", None, None, None]
+    assert "learned nothing in 3 evaluations" in decisions[2]["why"] and int(m.solved_step) < 0
+    assert m.apply(decisions[2], 2) is False and int(m.phase) == SMT_PHASE
+    learned = dict(teacher_gain=0.4, target_entropy=2.0, teacher_ce=1.2)
+    m = _method(teacher_acc=None, teacher_plateau=1, followable=0.5, smt_patience=1)
+    events = [m.after_eval({**_ev(dyn_rel=1e-4), **learned}, s) for s in range(4)]
+    assert [d["event"] if d else None for d in events[:3]] == [None, None, "handover"], "solved at 1 (plateau), over at 2"
+    off = _method(teacher_acc=None, teacher_plateau=1, followable=0.5, smt_patience=1, teacher_min_gain=None)
+    assert any(d and d["event"] == "handover" for d in (off.after_eval({**_ev(dyn_rel=1e-4), **blank}, s) for s in range(4))), \
+        "teacher_min_gain=null: the old rule"
+    with pytest.raises(ValueError, match="handover.teacher_min_gain must be < 1"):
+        HandoverConfig(teacher_min_gain=1.0).validate()

@@ -16,7 +16,7 @@ from memtrain.data.tasks import sample_eval
 from memtrain.methods.evaluate import evaluate
 from memtrain.presets import preset_config
 from memtrain.runs import evaluate_run, load_run
-from memtrain.training.checkpoint import read_run
+from memtrain.training.checkpoint import VERSION, read_run
 from memtrain.training.config import RENAMED, upgrade
 from memtrain.training.trainer import train
 
@@ -71,7 +71,7 @@ def test_an_old_run_resumes_exactly(tmp_path, capsys, name):
     assert sorted(a) == sorted(b)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
-    assert read_run(old)[0]["version"] == 4, "it is saved in today's format"
+    assert read_run(old)[0]["version"] == VERSION, "it is saved in today's format"
 
 
 def test_upgrade_translates_names_and_unset_values():
@@ -80,7 +80,9 @@ def test_upgrade_translates_names_and_unset_values():
     new = upgrade(old, 2)
     assert new["bptt"] == {"grad_horizon": 4}
     assert new["train"]["threads"] is None and new["init_from"] is None and new["method_args"] == {}
-    assert upgrade(old, 4) is old, "today's format is read as it is"
+    assert upgrade(old, VERSION) is old, "today's format is read as it is"
+    v4 = upgrade({"handover": {"teacher_acc": 0.9}, "smt": {"transitions": 8}}, 4)
+    assert v4["handover"]["teacher_acc"] == 0.9 and v4["handover"]["teacher_min_gain"] == 0.05, "format 4 (0.3): 0.4's setting added"
     v3 = upgrade({"smt": {"dyn_samples": 8}, "train": {"threads": 0}, "cell": {"norm_memory": True}}, 3)
     assert v3["smt"] == {"transitions": 8} and v3["train"] == {"threads": 0}, "format 3 (0.2): renames, no other changes"
     assert v3["cell"] == {"norm_memory": True} and v3["handover"]["teacher_acc"] == 0.95, "and what 0.3 added"

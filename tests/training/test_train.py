@@ -1,6 +1,8 @@
 """The one training loop: every cell x every method on a tiny config, determinism, resumable
 pipeline (DMT/BPTT from an SMT run)."""
+import io
 import json
+import sys
 
 import pytest
 import torch
@@ -8,6 +10,8 @@ import torch
 from memtrain.models.cells import CELLS, TEXTBOOK_KINDS
 from memtrain.presets import preset_config
 from memtrain.training.build import build
+from memtrain.training.resume import RunState
+from memtrain.training.monitor import Progress
 from memtrain.training.trainer import train
 
 FOLLOWERS = sorted(set(CELLS) - set(TEXTBOOK_KINDS))  # the cells that can follow a teacher
@@ -103,13 +107,34 @@ def test_time_limit_stops_training(tmp_path):
         build(_cfg(tmp_path, "u", "train.time_limit=0"))
 
 
-def test_progress_bar_counts_the_time_budget(tmp_path, capsys):
+def test_progress_bar_counts_the_time_budget(tmp_path, capsys, monkeypatch):
     """Under train.time_limit the bar counts seconds of the budget, not 0/1000000 steps."""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # (captured stderr is no terminal)
     train(_cfg(tmp_path, "p", "train.steps=1000000", "train.eval_every=1000000", "train.time_limit=0.5"), progress=True)
     err = capsys.readouterr().err
     assert "/0.5 s [" in err and "1000000" not in err, err[-300:]
     train(_cfg(tmp_path, "q", "train.steps=3", "train.eval_every=1000"), progress=True)
     assert "3/3" in capsys.readouterr().err, "without a time limit it counts steps"
+
+
+def test_progress_on_a_log_file_is_a_plain_line_every_few_seconds():
+    """Not a terminal: one line per train.progress_every seconds (of the clock), no carriage returns."""
+    clock = iter(range(1000))
+    stream = io.StringIO()
+    tc = preset_config("tiny", ["train.steps=100", "train.progress_every=30"]).train
+    bar = Progress(tc, RunState(), True, "smt", stream=stream, clock=lambda: next(clock))
+    for step in range(1, 101):  # one clock second per update
+        bar.advance(step, step * 0.5, loss="2.000")
+    bar.write("memtrain: step 50: handover")
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue() and len(lines) == 4, lines
+    assert lines[0] == "memtrain: smt step 30/100, 15.0 s of training loss=2.000"
+    assert lines[1:] == ["memtrain: smt step 60/100, 30.0 s of training loss=2.000",
+                         "memtrain: smt step 90/100, 45.0 s of training loss=2.000", "memtrain: step 50: handover"]
+    quiet = io.StringIO()
+    Progress(tc, RunState(), False, "smt", stream=quiet, clock=lambda: 0).advance(1, 1.0)
+    assert quiet.getvalue() == "", "disabled: nothing at all"
 
 
 def test_compile_networks_keeps_values_and_gradients():
@@ -178,3 +203,79 @@ def test_flush_denormal_flag(tmp_path, monkeypatch, flush):
     train(_cfg(tmp_path, "d", "method=bptt", f"train.flush_denormal={str(flush).lower()}", "train.steps=2"), progress=False)
     assert seen and all((v == 0.0) == flush for v in seen)
     assert float((tiny * 1.0).item()) > 0
+
+
+def _rows(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_keep_best_keeps_the_evaluation_with_the_lowest_rnn_loss_across_a_resume(tmp_path):
+    from memtrain.data.tasks import sample_eval
+    from memtrain.methods.evaluate import evaluate
+    from memtrain.runs import load_run
+
+    out = tmp_path / "b"
+    settings = ["train.keep_best=true", "train.eval_every=2", "train.lr=3e-2", "train.warmup=0"]
+    train(_cfg(tmp_path, "b", *settings, "train.steps=6"), progress=False)
+    summary = train(_cfg(tmp_path, "b", *settings, "train.steps=12"), progress=False)  # resumed to 12
+    evals = [r for r in _rows(out) if "rnn_acc" in r]
+    assert [r["step"] for r in evals] == [2, 4, 6, 8, 10, 12]
+    best = min(evals, key=lambda r: r["rnn_ce"])
+    meta = json.loads((out / "best" / "run.json").read_text())
+    assert meta["step"] == best["step"] == summary["best"]["step"] and summary["best"]["rnn_ce"] == best["rnn_ce"]
+    cfg, task, teacher, cell = load_run(str(out / "best"))  # the saved model gives that loss again
+    x, y = sample_eval(task, cfg.train.eval_batch, torch.Generator().manual_seed(cfg.train.seed + 10_000))
+    assert evaluate(cell, teacher, x, y)["rnn_ce"] == pytest.approx(best["rnn_ce"], rel=1e-5)
+    assert len({round(r["rnn_ce"], 6) for r in evals}) > 1, "the runs' losses differ, so the choice is a real one"
+
+
+def test_eval_seconds_are_counted_apart_from_the_training_time(tmp_path):
+    summary = train(_cfg(tmp_path, "e", "train.steps=6", "train.eval_every=1"), progress=False)
+    rows = _rows(tmp_path / "e")
+    assert summary["eval_seconds"] > 0 and summary["train_seconds"] > 0
+    assert all("time" in r for r in rows if "loss" in r), "training rows carry their training seconds"
+    state = json.loads(next((tmp_path / "e" / "checkpoints").glob("step-*/run.json")).read_text())["train"]
+    assert state["eval_seconds"] == pytest.approx(summary["eval_seconds"], abs=2e-3)
+
+
+def test_eval_rows_all_evaluates_every_held_out_row_once(tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_bytes(bytes(range(32, 127)) * 9)  # 855 bytes, the last 10% (86) held out
+    base = ["task=tokens", f'task_args={{"path": "{text}", "length": 12}}', "train.steps=2", "train.eval_every=2",
+            "train.eval_batch=3"]
+    summary = train(_cfg(tmp_path, "all", *base, "train.eval_rows=all"), progress=False)
+    assert summary["rows"] == (86 - 1) // 12 == 7, "every window of the held-out split, 3 at a time"
+    assert train(_cfg(tmp_path, "batch", *base), progress=False)["rows"] == 3
+    with pytest.raises(ValueError, match="train.eval_rows=all"):
+        train(_cfg(tmp_path, "synthetic", "train.eval_rows=all"), progress=False)
+    assert not (tmp_path / "synthetic").exists(), "refused before anything is written"
+    with pytest.raises(ValueError, match="train.eval_rows must be one of"):
+        build(_cfg(tmp_path, "x", "train.eval_rows=some"))
+
+
+def test_tensorboard_mirrors_the_metrics(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(_cfg(tmp_path, "tb", "train.steps=6", "train.eval_every=2", "train.log_every=1", "train.tensorboard=true"),
+          progress=False)
+    acc = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    acc.Reload()
+    rows = _rows(tmp_path / "tb")
+    evals = [(r["step"], r["rnn_acc"]) for r in rows if "rnn_acc" in r]
+    logged = [(e.step, e.value) for e in acc.Scalars("eval/rnn_acc")]
+    assert [s for s, _ in logged] == [s for s, _ in evals] and [v for _, v in logged] == pytest.approx([v for _, v in evals])
+    losses = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    assert [(e.step, pytest.approx(e.value, rel=1e-6)) for e in acc.Scalars("train/loss")] == losses
+
+
+def test_a_decoder_future_shorter_than_the_recall_gap_is_warned_about(tmp_path):
+    from memtrain.training.build import SettingWarning, assemble
+
+    with pytest.warns(SettingWarning, match=r"smt.future=8 .* recall gap .* 10 steps .* smt.future >= 11"):
+        assemble(preset_config("tiny"))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SettingWarning)
+        assemble(preset_config("tiny", ["smt.future=11"]))
+        assemble(preset_config("tiny", ["method=bptt"]))  # BPTT has no decoder

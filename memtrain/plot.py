@@ -1,0 +1,116 @@
+"""`memtrain plot RUN [RUN ...]`: the curves a user looks at, read from each run's `metrics.jsonl`,
+in one PNG: the training loss, the held-out accuracy of the RNN alone and of the teacher, the drift
+at the last step and `dyn_rel` (the cell's one-step error over the teacher's step), each against
+updates (left) and against training seconds (right). Decisions (handover, plateaus) are dotted
+vertical lines. Needs matplotlib (pip install 'memtrain[plot]').
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from pathlib import Path
+
+# (panel title, [(series, line style, label)], log scale)
+PANELS = [
+    ("training loss", [("loss", "-", "total"), ("loss_dec", "--", "decoder")], True),
+    ("held-out accuracy", [("rnn_acc", "-", "RNN alone"), ("teacher_acc", "--", "teacher")], False),
+    ("drift at the last step", [("drift_end", "-", "")], True),
+    ("dyn_rel (one-step error / teacher's step)", [("dyn_rel", "-", "")], True),
+]
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise ValueError(f"run {str(run_dir)!r} has no metrics.jsonl (is it a run directory, with out_dir set?)")
+    lines, rows = path.read_text().splitlines(), []
+    for i, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines):  # only the last line may be cut short (a run killed while writing)
+                raise ValueError(f"{str(path)!r} line {i} is not JSON") from None
+    return rows
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def curves(rows: list[dict]) -> dict:
+    """-> {series: (steps, seconds, values)} and 'events': [(step, seconds, name)]. Training rows
+    without their own time (runs before 0.4) take it from the evaluations, linearly in steps."""
+    evals = [r for r in rows if "rnn_acc" in r and "event" not in r]
+    anchors = [(0, 0.0)] + [(r["step"], r["time"]) for r in evals if _finite(r.get("time"))]
+
+    def seconds(r):
+        if _finite(r.get("time")):
+            return r["time"]
+        (s0, t0), (s1, t1) = anchors[0], anchors[-1]
+        for (a, ta), (b, tb) in itertools.pairwise(anchors):
+            if a <= r["step"] <= b:
+                (s0, t0), (s1, t1) = (a, ta), (b, tb)
+                break
+        return t0 + (t1 - t0) * (r["step"] - s0) / max(s1 - s0, 1)
+
+    out = {}
+
+    def add(name, rs, value):
+        pts = [(r["step"], seconds(r), value(r)) for r in rs]
+        pts = [p for p in pts if _finite(p[2])]
+        if pts:
+            out[name] = tuple(list(c) for c in zip(*pts))
+
+    train = [r for r in rows if "loss" in r and "rnn_acc" not in r and "event" not in r and "skipped" not in r]
+    for key in ("loss", "loss_dec"):
+        add(key, [r for r in train if key in r], lambda r, k=key: r[k])
+    for key in ("rnn_acc", "teacher_acc", "dyn_rel"):
+        add(key, [r for r in evals if key in r], lambda r, k=key: r[k])
+    add("drift_end", [r for r in evals if r.get("drift")], lambda r: r["drift"][-1])
+    out["events"] = [(r["step"], seconds(r), r["event"]) for r in rows if "event" in r]
+    return out
+
+
+def plot_runs(runs: list[str], out: str | None = None) -> tuple[Path, dict]:
+    """Draw the runs' curves into one PNG (default: RUN/curves.png for one run, curves.png for
+    several); -> (its path, {run: curves}) with exactly the data drawn."""
+    if not runs:
+        raise ValueError("plot needs at least one run directory")
+    data = {r: curves(read_metrics(r)) for r in runs}  # every run is read before anything is written
+    target = Path(out) if out else (Path(runs[0]) / "curves.png" if len(runs) == 1 else Path("curves.png"))
+    if target.suffix.lower() != ".png":
+        raise ValueError(f"--out {str(target)!r} must be a .png file")
+    try:
+        import matplotlib
+    except ImportError:
+        raise ValueError("memtrain plot draws with matplotlib: pip install 'memtrain[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(PANELS), 2, figsize=(11, 2.6 * len(PANELS)), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for (title, series, log), row in zip(PANELS, axes):
+        for col, ax in enumerate(row):
+            for i, (run, c) in enumerate(data.items()):
+                colour = colours[i % len(colours)]
+                for key, style, label in series:
+                    if key in c:
+                        name = " ".join(p for p in (Path(run).name if len(data) > 1 else "", label) if p)
+                        ax.plot(c[key][col], c[key][2], style, color=colour, lw=1.2, label=name or None)
+                for step, sec, _ in c["events"]:
+                    ax.axvline(sec if col else step, color=colour, ls=":", lw=1)
+            if log and any(line.get_ydata().size and min(line.get_ydata()) > 0 for line in ax.lines):
+                ax.set_yscale("log")
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("training seconds" if col else "updates", fontsize=8)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    os.replace(tmp, target)
+    return target, data

@@ -1,0 +1,65 @@
+"""Evaluation: every row once in chunks equals one pass, the targets' entropy, the blank-teacher test."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from memtrain.methods.evaluate import (
+    MIN_TEACHER_GAIN,
+    evaluate,
+    target_entropy,
+    teacher_learned,
+)
+from memtrain.methods.rollout import rollout
+from tests.conftest import V, tiny_cell, tiny_teacher
+
+
+def _batch(n=13, T=9, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, V, (n, T), generator=g)
+    y = torch.where(torch.rand(n, T, generator=g) < 0.4, torch.randint(0, V, (n, T), generator=g), -1)
+    return x, y
+
+
+def test_chunks_equal_one_pass_in_float64():
+    teacher, cell = tiny_teacher().double().eval(), tiny_cell("mlp").double().eval()
+    x, y = _batch()
+    whole, parts = evaluate(cell, teacher, x, y), evaluate(cell, teacher, x, y, chunk=4)  # 4 + 4 + 4 + 1 rows
+    assert whole["rows"] == parts["rows"] == 13
+    for k in ("rnn_acc", "rnn_ce", "teacher_acc", "teacher_ce", "spread", "target_entropy", "teacher_gain"):
+        assert parts[k] == pytest.approx(whole[k], rel=1e-9, abs=1e-12), k
+    assert parts["drift"] == pytest.approx(whole["drift"], abs=2e-6)  # (rounded to 6 places)
+    # against plain formulas
+    mask = y >= 0
+    M, M_hat = teacher.encode(x), rollout(cell, cell.init_memory(13), x)
+    ce = torch.nn.functional.cross_entropy(teacher.readout(M[:, 1:][mask]), y[mask]).item()
+    assert whole["teacher_ce"] == pytest.approx(ce, rel=1e-9)
+    assert whole["spread"] == pytest.approx(M[:, -1].var(0).mean().item(), rel=1e-9)
+    assert whole["drift"][-1] == pytest.approx((M_hat[:, -1] - M[:, -1]).pow(2).mean().item(), abs=1e-6)
+    assert whole["teacher_gain"] == pytest.approx(1 - ce / whole["target_entropy"], rel=1e-9)
+
+
+def test_target_entropy_and_blank_teacher():
+    assert target_entropy(torch.tensor([5.0, 5.0, 5.0, 5.0])) == pytest.approx(math.log(4))
+    assert target_entropy(torch.tensor([0.0, 7.0, 0.0])) == 0.0
+    assert target_entropy(torch.tensor([3.0, 1.0])) == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
+    assert not teacher_learned({"teacher_gain": MIN_TEACHER_GAIN - 1e-3})
+    assert teacher_learned({"teacher_gain": MIN_TEACHER_GAIN}) and teacher_learned({}), "no teacher: nothing against it"
+    assert teacher_learned({"teacher_gain": 0.02}, min_gain=0.01)
+
+
+def test_a_blank_teacher_scores_at_the_targets_entropy():
+    """A teacher whose readout ignores the memory and predicts the targets' frequencies has gain ~0."""
+    teacher, cell = tiny_teacher().eval(), tiny_cell("mlp").eval()
+    x, y = _batch(n=64)
+    counts = torch.bincount(y[y >= 0], minlength=V).float()
+    with torch.no_grad():
+        for p in teacher.decoder.parameters():
+            p.zero_()
+    frequencies = (counts / counts.sum()).clamp_min(1e-9).log()
+    teacher.readout = lambda m: frequencies.expand(m.shape[0], V)
+    ev = evaluate(cell, teacher, x, y)
+    assert ev["teacher_ce"] == pytest.approx(ev["target_entropy"], rel=1e-5) and abs(ev["teacher_gain"]) < 1e-5
+    assert not teacher_learned(ev)
