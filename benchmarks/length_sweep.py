@@ -12,6 +12,12 @@ SMT -> DMT the handover step. The equal-updates view comes from the same runs' c
     python benchmarks/length_sweep.py run --methods smt-dmt --lengths 64 128 256 --seconds 1800 smt.transitions=32
     python benchmarks/length_sweep.py run --methods bptt-lstm bptt-mlp --lengths 64 128 256 --seconds 1800
     python benchmarks/length_sweep.py report
+
+A length curriculum, offered to every method alike: `--curriculum 32` trains each method at T=32
+first (at most --stage1-seconds, kept once per method and seed), then BPTT on the same cell at each
+target length from there, within the same --seconds in all:
+
+    python benchmarks/length_sweep.py run --methods smt-dmt bptt-lstm --lengths 256 --seconds 1200 --curriculum 32 --eval-every 50 --tag=-cur32
 """
 from __future__ import annotations
 
@@ -37,27 +43,61 @@ METHODS = {
 TARGET = 0.95
 
 
+def _train(settings: list[str], out: Path, a, seconds: float, length: int, seed: int) -> dict:
+    settings = [*settings, f'task_args={{"length": {length}}}', f"train.seed={seed}", f"train.threads={a.threads}",
+                f"train.eval_every={a.eval_every}", f"train.eval_batch={a.eval_batch}", "train.steps=100000000",
+                f"train.time_limit={seconds}", f"out_dir={out}", *a.overrides]
+    s = train(preset_config("retrieval-smt", settings), progress=False)
+    print(f"{out.name}: RNN alone {s['rnn_acc']:.3f} after {s['steps']} updates, {s['train_seconds']:.0f} s", flush=True)
+    return s
+
+
+def stage_one(method: str, a, seed: int) -> tuple[Path, dict]:
+    """--curriculum L0: the method at the short length L0 for at most --stage1-seconds (SMT -> DMT
+    with the demo's settings: it may end itself once the RNN alone reaches 0.99). Kept under --root
+    without the tag and shared by every target length and stage-2 setting of this method and seed
+    (the settings given after the options apply to it too: another set needs another --root)."""
+    L0 = a.curriculum
+    out = Path(a.root) / f"{method}-T{L0}-s{seed}-stage1"
+    extra = [f"smt.future={min(32, L0)}", "handover.dmt_target=0.99"] if method == "smt-dmt" else []
+    return out, _train([*METHODS[method], *extra], out, a, a.stage1_seconds, L0, seed)
+
+
 def run(a) -> None:
+    """Each (method, length, seed) for --seconds of training. With --curriculum L0 the seconds are
+    shared by two stages: the method at L0 (stage_one), then BPTT on the same cell at the full
+    length from it (for SMT -> DMT that is the paper's proposed BPTT post-training) for the rest."""
     torch.set_num_threads(a.threads)
     for method in a.methods:
-        for length in a.lengths:
-            for seed in a.seeds:
+        for seed in a.seeds:
+            first = stage_one(method, a, seed) if a.curriculum else None
+            for length in a.lengths:
                 out = Path(a.root) / f"{method}-T{length}-s{seed}{a.tag}"
-                settings = [*METHODS[method], f'task_args={{"length": {length}}}', f"train.seed={seed}",
-                            f"train.threads={a.threads}", f"train.eval_every={a.eval_every}", f"train.eval_batch={a.eval_batch}",
-                            "train.steps=100000000", f"train.time_limit={a.seconds}", f"out_dir={out}", *a.overrides]
-                s = train(preset_config("retrieval-smt", settings), progress=False)
-                print(f"{out.name}: RNN alone {s['rnn_acc']:.3f} after {s['steps']} updates, {s['train_seconds']:.0f} s", flush=True)
+                if first is None:
+                    _train(METHODS[method], out, a, a.seconds, length, seed)
+                    continue
+                (d1, s1), cell = first, METHODS[method][1:] if method != "smt-dmt" else []
+                _train(["method=bptt", *cell, f"init_from={d1}", f"train.lr={a.stage2_lr}", "train.warmup=0"], out, a,
+                       a.seconds - s1["train_seconds"], length, seed)
 
 
 def summarise(d: Path) -> dict:
+    """One run's row. A curriculum run (init_from a '-stage1' run) counts both stages: its method
+    reads 'smt-dmt@32 -> bptt', its seconds and updates include stage 1's, and its curve (of the full
+    length) is shifted by them."""
     meta = json.loads((d / "run.json").read_text())
     cfg, summary = meta["config"], meta["summary"]
     rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+    method, s0, u0, lr = cfg["method"], 0.0, 0, cfg["train"]["lr"]
+    if cfg.get("init_from") and Path(cfg["init_from"]).name.endswith("-stage1"):
+        first = json.loads((Path(cfg["init_from"]) / "run.json").read_text())
+        method = f"{first['config']['method']}@{first['config']['task_args']['length']} -> {method}"
+        s0, u0, lr = first["summary"]["train_seconds"], first["summary"]["steps"], f"{first['config']['train']['lr']:g} / {lr:g}"
+    rows = [{**r, "step": r["step"] + u0, **({"time": r["time"] + s0} if "time" in r else {})} for r in rows]
     hit = first_reaching(rows, TARGET)  # [seconds, updates] or None
-    return {"dir": str(d), "method": cfg["method"], "cell": cfg["cell"]["kind"], "length": cfg["task_args"]["length"],
-            "seed": cfg["train"]["seed"], "lr": cfg["train"]["lr"], "rnn_acc": summary["rnn_acc"],
-            "teacher_acc": summary.get("teacher_acc"), "seconds": summary["train_seconds"], "updates": summary["steps"],
+    return {"dir": str(d), "method": method, "cell": cfg["cell"]["kind"], "length": cfg["task_args"]["length"],
+            "seed": cfg["train"]["seed"], "lr": lr, "rnn_acc": summary["rnn_acc"],
+            "teacher_acc": summary.get("teacher_acc"), "seconds": summary["train_seconds"] + s0, "updates": summary["steps"] + u0,
             "handover_step": summary.get("handover_step"),
             "to_target_s": hit[0] if hit else None, "to_target_updates": hit[1] if hit else None,
             "curve": [(r["step"], r["time"], r["rnn_acc"]) for r in rows if "rnn_acc" in r and "event" not in r]}
@@ -79,11 +119,11 @@ def at_updates(r: dict, n: int) -> float | None:
 
 
 def report(a) -> None:
-    found = [summarise(f.parent) for f in sorted(Path(a.root).glob("*/run.json"))]
+    found = [summarise(f.parent) for f in sorted(Path(a.root).glob("*/run.json")) if not f.parent.name.endswith("-stage1")]
     found += recorded(a.results, {Path(r["dir"]).name for r in found})
     if not found:
         raise SystemExit(f"no finished runs under {a.root}")
-    found.sort(key=lambda r: (r["length"], r["method"], r["cell"], r["lr"], r["seed"]))
+    found.sort(key=lambda r: (r["length"], r["method"], r["cell"], str(r["lr"]), r["seed"]))
     fewest = {T: min(r["updates"] for r in found if r["length"] == T) for T in {r["length"] for r in found}}
     fmt = lambda v, spec: "-" if v is None else format(v, spec)
     table = md_table(["run", "T", "method", "cell", "lr", "seed", "RNN alone", "teacher", "seconds", "updates", "handover at",
@@ -101,7 +141,7 @@ def report(a) -> None:
     fig, axes = plt.subplots(1, len(lengths), figsize=(4.5 * len(lengths), 3.4), squeeze=False)
     for ax, T in zip(axes[0], lengths):
         for r in (r for r in found if r["length"] == T):
-            ax.plot([c[1] for c in r["curve"]], [c[2] for c in r["curve"]], label=f"{r['method']} {r['cell']} lr {r['lr']:g}")
+            ax.plot([c[1] for c in r["curve"]], [c[2] for c in r["curve"]], label=f"{r['method']} {r['cell']} lr {r['lr']}")
         ax.axhline(0.125, color="grey", lw=0.8)
         ax.set_xlabel("training seconds")
         ax.set_ylabel("RNN alone accuracy")
@@ -124,6 +164,10 @@ def main() -> None:
     r.add_argument("--eval-batch", type=int, default=128)
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--tag", default="", help="appended to each run's folder name (e.g. -lr3e-3 with train.lr=3e-3)")
+    r.add_argument("--curriculum", type=int, default=None, metavar="L0",
+                   help="two stages within --seconds: the method at length L0, then BPTT on its cell at each length")
+    r.add_argument("--stage1-seconds", type=float, default=400, help="with --curriculum: at most this long at L0")
+    r.add_argument("--stage2-lr", type=float, default=1e-4, help="with --curriculum: the BPTT stage's learning rate")
     r.add_argument("overrides", nargs="*", help="key=value settings on top of the retrieval-smt preset")
     for s in (r, sub.add_parser("report")):
         s.add_argument("--root", default=ROOT)
