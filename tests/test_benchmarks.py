@@ -118,3 +118,26 @@ def test_training_update_matches_a_manual_adamw_step():
     opt.step()
     torch.testing.assert_close(w.detach(), ref.detach())
     assert not torch.equal(w.detach(), w0)  # it moved
+
+
+def test_a_curriculum_run_counts_both_stages(tmp_path):
+    """length_sweep's row for a curriculum run: stage 1's seconds and updates are added, the curve
+    (at the full length) is shifted by them, and the equal-updates reading takes the last point."""
+    from length_sweep import at_updates, summarise
+
+    def run(d, method, length, lr, summary, rows, init_from=None):
+        d.mkdir()
+        cfg = {"method": method, "cell": {"kind": "mlp"}, "task_args": {"length": length}, "train": {"seed": 0, "lr": lr},
+               "init_from": init_from}
+        (d / "run.json").write_text(json.dumps({"config": cfg, "summary": summary}))
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    first = tmp_path / "smt-dmt-T32-s0-stage1"
+    run(first, "smt-dmt", 32, 1e-3, {"rnn_acc": 1.0, "train_seconds": 300.0, "steps": 1500}, [])
+    second = tmp_path / "smt-dmt-T256-s0-x"
+    run(second, "bptt", 256, 1e-5, {"rnn_acc": 0.8, "train_seconds": 900.0, "steps": 2000},
+        [{"step": 50, "time": 20.0, "rnn_acc": 0.9}, {"step": 100, "time": 40.0, "rnn_acc": 0.96}], init_from=str(first))
+    r = summarise(second)
+    assert r["method"] == "smt-dmt@32 -> bptt" and r["seconds"] == 1200.0 and r["updates"] == 3500
+    assert r["curve"] == [(1550, 320.0, 0.9), (1600, 340.0, 0.96)] and (r["to_target_s"], r["to_target_updates"]) == (340.0, 1600)
+    assert at_updates(r, 1599) == 0.9 and at_updates(r, 1000) is None
