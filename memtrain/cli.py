@@ -211,7 +211,6 @@ def main(argv: list[str] | None = None) -> int:
     from .training.build import SettingWarning
     from .training.trainer import TrainingError
 
-
     try:
         with warnings.catch_warnings():  # (restores the filters and the printer afterwards)
             plain = warnings.showwarning

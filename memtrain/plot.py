@@ -6,7 +6,7 @@ vertical lines. Needs matplotlib (pip install 'memtrain[plot]').
 """
 from __future__ import annotations
 
-import itertools
+import bisect
 import json
 import math
 import os
@@ -44,15 +44,13 @@ def curves(rows: list[dict]) -> dict:
     without their own time (runs before 0.4) take it from the evaluations, linearly in steps."""
     evals = [r for r in rows if "rnn_acc" in r and "event" not in r]
     anchors = [(0, 0.0)] + [(r["step"], r["time"]) for r in evals if _finite(r.get("time"))]
+    steps = [a for a, _ in anchors]
 
     def seconds(r):
         if _finite(r.get("time")):
             return r["time"]
-        (s0, t0), (s1, t1) = anchors[0], anchors[-1]
-        for (a, ta), (b, tb) in itertools.pairwise(anchors):
-            if a <= r["step"] <= b:
-                (s0, t0), (s1, t1) = (a, ta), (b, tb)
-                break
+        i = min(max(bisect.bisect_left(steps, r["step"]), 1), len(anchors) - 1)  # the evaluations around it
+        (s0, t0), (s1, t1) = anchors[i - 1], anchors[i]
         return t0 + (t1 - t0) * (r["step"] - s0) / max(s1 - s0, 1)
 
     out = {}

@@ -82,8 +82,7 @@ class TokenFile:
         for name, arr in (("path", self._train), ("val_path", self._val)):
             if len(arr) == 0:
                 raise ValueError(f"task 'tokens': {name} holds no tokens")
-            if arr.min() < 0 or arr.max() >= self.vocab:
-                raise ValueError(f"task 'tokens': {name} has token ids in [{arr.min()}, {arr.max()}], outside vocab={self.vocab}")
+            _check_ids(arr, self.vocab, f"task 'tokens': {name}")
             if len(arr) < self.length + 1:
                 raise ValueError(f"task 'tokens': {name} holds {len(arr)} tokens, fewer than length+1={self.length + 1}")
 
@@ -102,7 +101,9 @@ class TokenFile:
         """Every held-out token once, in windows of `length` (default T); `path`: another token file
         of this kind instead of the split."""
         T = self.length if length is None else length
-        data, what = (_split(self, split), f"task 'tokens': the {split} split") if path is None else (_load_tokens(path), f"token file {path!r}")
+        if path is None:  # (its ids were checked when the task was built)
+            return _stream_rows(_split(self, split), T, f"task 'tokens': the {split} split")
+        data, what = _load_tokens(path), f"token file {path!r}"
         _check_ids(data, self.vocab, what)
         return _stream_rows(data, T, what)
 
@@ -127,12 +128,15 @@ class NpzTask:
         if self.length is None:
             self.length = self._train[0].shape[1]
         for name, (x, y) in (("path", self._train), ("val_path", self._val)):
-            if x.max() >= self.vocab:
-                raise ValueError(f"task 'npz': {name} has token id {int(x.max())} outside vocab={self.vocab}")
-            if y.max() >= self.vocab:
-                raise ValueError(f"task 'npz': {name} has target {int(y.max())} outside vocab={self.vocab}")
-            if x.shape[1] < self.length:
-                raise ValueError(f"task 'npz': {name} sequences have T={x.shape[1]}, shorter than length={self.length}")
+            self._check_fits(f"task 'npz': {name}", x, y, self.length)
+
+    def _check_fits(self, what: str, x, y, T: int) -> None:
+        if x.max() >= self.vocab:
+            raise ValueError(f"{what} has token id {int(x.max())} outside vocab={self.vocab}")
+        if y.max() >= self.vocab:
+            raise ValueError(f"{what} has target {int(y.max())} outside vocab={self.vocab}")
+        if x.shape[1] < T:
+            raise ValueError(f"{what} sequences have T={x.shape[1]}, shorter than length={T}")
 
     @staticmethod
     def _load(path, name):
@@ -180,12 +184,7 @@ class NpzTask:
         """Every held-out sequence once (its first `length` steps); `path`: another .npz instead."""
         T = self.length if length is None else length
         x, y = _split(self, split) if path is None else self._load(path, "data")
-        what = f"task 'npz': {'the ' + split + ' rows' if path is None else repr(path)}"
-        _check_ids(x, self.vocab, what)
-        if y.max() >= self.vocab:
-            raise ValueError(f"{what} has target {int(y.max())} outside vocab={self.vocab}")
-        if T > x.shape[1]:
-            raise ValueError(f"{what}: sequences have T={x.shape[1]}, shorter than length={T}")
+        self._check_fits(f"task 'npz': {'the ' + split + ' rows' if path is None else repr(path)}", x, y, T)
         return x[:, :T], y[:, :T]
 
 
@@ -248,10 +247,14 @@ class PreparedTask:
         data = _split(self, split)
         if self.layout == "whole":
             rows = _rand_ints(0, len(data), (batch_size,), gen).numpy()
-            y = torch.from_numpy(data[rows, :T].astype(np.int64))
-            bos = torch.full((batch_size, 1), self.vocab - 1, dtype=torch.long)
-            return torch.cat([bos, y[:, :-1]], dim=1), y
+            return self._with_bos(data[rows, :T])
         return _windows(data, T, batch_size, gen)
+
+    def _with_bos(self, images) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layout 'whole': y = the pixels, x = [BOS, the pixels but the last]."""
+        y = torch.from_numpy(np.asarray(images).astype(np.int64))
+        bos = torch.full((len(y), 1), self.vocab - 1, dtype=torch.long)
+        return torch.cat([bos, y[:, :-1]], dim=1), y
 
     def rows(self, split="val", length=None, path=None):
         """Every held-out image (layout 'whole') or token (layout 'stream') once. `path`: another
@@ -262,9 +265,7 @@ class PreparedTask:
         if self.layout == "whole":
             if T > data.shape[1]:
                 raise ValueError(f"{what}: images of {data.shape[1]} pixels, shorter than length={T}")
-            y = torch.from_numpy(np.asarray(data[:, :T]).astype(np.int64))
-            bos = torch.full((len(y), 1), self.vocab - 1, dtype=torch.long)
-            return torch.cat([bos, y[:, :-1]], dim=1), y
+            return self._with_bos(data[:, :T])
         return _stream_rows(np.asarray(data).reshape(-1), T, what)
 
     def _load_other(self, path: str):

@@ -41,7 +41,12 @@ def sample_eval(task, batch_size, gen, length=None):
 def all_rows(task, split="val", length=None, path=None):
     """Every held-out row of a file task once (x, y) (N, T); `path` reads another file of the task's
     kind instead. Synthetic tasks have no fixed held-out set and are refused."""
+    require_rows(task)
+    return task.rows(split, length, path)
+
+
+def require_rows(task) -> None:
+    """Refuse a task without a fixed held-out set (the synthetic ones draw fresh sequences)."""
     if not hasattr(task, "rows"):
         raise ValueError(f"task {type(task).__name__.lower()!r} draws fresh sequences and has no fixed set of rows; "
                          "every-row evaluation (train.eval_rows=all, `memtrain eval --data`) is for tokens, npz and prepared")
-    return task.rows(split, length, path)

@@ -160,7 +160,7 @@ class SMTDMT(Method):
         return None
 
     def _smt_decision(self, ev: dict, step: int) -> dict | None:
-        warning = self._smt.blank_teacher.check(ev, step)  # said once, when the teacher stays blank
+        warning = self.blank_teacher.check(ev, step)  # said once, when the teacher stays blank
         return self._handover(ev, step) or warning
 
     def _handover(self, ev: dict, step: int) -> dict | None:

@@ -63,15 +63,14 @@ class TensorBoardLog:
     (handover...) as text. A resumed run purges the events logged after its checkpoint."""
 
     def __init__(self, out: Path, resume_step: int | None):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # torch's writer needs the tensorboard package
-            raise ValueError("train.tensorboard=true needs the tensorboard package: pip install 'memtrain[tensorboard]'") from None
+        self.available()
+        from torch.utils.tensorboard import SummaryWriter  # (torch's writer needs the tensorboard package)
+
         self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step)
 
     @staticmethod
     def available() -> None:
-        """Refuse train.tensorboard=true before anything is written when the package is missing."""
+        """Refuse train.tensorboard=true (before anything is written) when the package is missing."""
         import importlib.util
 
         if importlib.util.find_spec("tensorboard") is None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.tasks import all_rows, sample_eval
+from ..data.tasks import all_rows, require_rows, sample_eval
 from ..fields import to_dict
 from ..io import load_module
 from ..methods.evaluate import drift_at, evaluate
@@ -158,8 +158,8 @@ def _parts(cfg: RunConfig, out: Path | None, world) -> tuple[Parts, tuple | None
     """The run's parts with their starting weights, and the checkpoint to resume from (or None)."""
     torch.manual_seed(cfg.train.seed)  # the networks' initial weights (the same on every rank)
     parts = assemble(cfg)
-    if cfg.train.eval_rows == "all" and not hasattr(parts.task, "rows"):
-        all_rows(parts.task)  # refuses a task without a fixed held-out set, naming the setting
+    if cfg.train.eval_rows == "all":
+        require_rows(parts.task)
     if cfg.train.tensorboard and out is not None:
         TensorBoardLog.available()
     resume = find_resume(cfg.out_dir, cfg.train.resume, quiet=not world.main) if out is not None else None
