@@ -34,6 +34,7 @@ numbers do not.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib.util
 import json
@@ -44,8 +45,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import md_table, pyplot, write_results
+
 from memtrain import build, build_task
 from memtrain.presets import preset_config
 
@@ -70,6 +71,26 @@ def load_authors(src: str):
               f"measuring memtrain alone.\n")
         return None
     return mod
+
+
+@contextlib.contextmanager
+def head_width(am, dim_head: int | None):
+    """While building the authors' classes, have x_transformers' Encoder/Decoder (looked up in their
+    module) give every attention head width `dim_head` (None: their default, 64). Their code is not
+    changed; only the constructor they look up is wrapped, and restored afterwards."""
+    saved = am.Encoder, am.Decoder
+    if dim_head is not None:
+        try:  # x_transformers warns (via loguru) that rotary dims < 32 are small for language models
+            from loguru import logger
+            logger.disable("x_transformers")
+        except ImportError:
+            pass
+        am.Encoder = functools.partial(saved[0], attn_dim_head=dim_head)
+        am.Decoder = functools.partial(saved[1], attn_dim_head=dim_head)
+    try:
+        yield
+    finally:
+        am.Encoder, am.Decoder = saved
 
 
 def make_batch(length: int, gen: torch.Generator):
@@ -128,19 +149,8 @@ def authors_runner(am, device, gen, dim_head: int | None = None) -> tuple[Runner
     Encoder/Decoder (their code is not changed; only the constructor they look up is wrapped while
     building), which makes the sizes match memtrain's."""
     name = "authors forward_smt" if dim_head is None else f"authors forward_smt, attn_dim_head={dim_head}"
-    saved = am.Encoder, am.Decoder
-    if dim_head is not None:
-        try:  # x_transformers warns (via loguru) that rotary dims < 32 are small for language models
-            from loguru import logger
-            logger.disable("x_transformers")
-        except ImportError:
-            pass
-        am.Encoder = functools.partial(saved[0], attn_dim_head=dim_head)
-        am.Decoder = functools.partial(saved[1], attn_dim_head=dim_head)
-    try:
-        teacher, rnn, tcfg, scfg = _build_authors(am, device)
-    finally:
-        am.Encoder, am.Decoder = saved
+    with head_width(am, dim_head):
+        teacher, rnn, _, scfg = _build_authors(am, device)
     x, y = make_batch(TC + TF, gen)
     batch = {"x": x.to(device), "y": y.to(device)}
     params = list(rnn.parameters()) + list(teacher.parameters())  # as train_smt.py (hot_rnn, hot_teacher)

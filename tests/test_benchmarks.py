@@ -141,3 +141,63 @@ def test_a_curriculum_run_counts_both_stages(tmp_path):
     assert r["method"] == "smt-dmt@32 -> bptt" and r["seconds"] == 1200.0 and r["updates"] == 3500
     assert r["curve"] == [(1550, 320.0, 0.9), (1600, 340.0, 0.96)] and (r["to_target_s"], r["to_target_updates"]) == (340.0, 1600)
     assert at_updates(r, 1599) == 0.9 and at_updates(r, 1000) is None
+
+
+def _tiny_text_model():
+    """A float64 teacher and cell from the tiny preset (retrieval's vocabulary of 9)."""
+    from memtrain import build
+    from memtrain.presets import preset_config
+
+    torch.manual_seed(0)
+    _, teacher, cell, _ = build(preset_config("tiny", ["method=smt"]))
+    return teacher.double().eval(), cell.double().eval()
+
+
+def test_text_scores_match_evaluate():
+    """text_vs_authors' bits per byte, in float64: the RNN alone over both halves of a window is
+    memtrain's evaluate() of the whole window; the teacher's next token after exactly `prompt` tokens
+    is evaluate() with every other target masked; an RNN prompted by its own memory of the prompt
+    scores what it scores alone on the same targets."""
+    from text_vs_authors import MemtrainModel, score
+
+    from memtrain.methods.evaluate import evaluate
+
+    teacher, cell = _tiny_text_model()
+    w = torch.randint(0, 9, (5, 12), generator=torch.Generator().manual_seed(1))
+    p = 6
+    model = MemtrainModel(teacher, cell)
+    s = score(model, w, prompt=p)
+    whole = evaluate(cell, teacher, w[:, :-1], w[:, 1:])
+    L = w.shape[1] - 1  # targets w[:, 1:]
+    assert (s["rnn_alone_first_bits"] * (p - 1) + s["rnn_alone_bits"] * (L - p + 1)) / L == pytest.approx(whole["rnn_bits"], rel=1e-9)
+    ref = []
+    for j in range(w.shape[1] - p):
+        y = torch.full((5, p), -1)
+        y[:, -1] = w[:, j + p]
+        ref.append(evaluate(cell, teacher, w[:, j:j + p], y)["teacher_bits"])
+    assert s["teacher_bits"] == pytest.approx(sum(ref) / len(ref), rel=1e-9)
+
+    class SelfPrompted(MemtrainModel):
+        def teacher_memory(self, ctx):
+            m = self.init(len(ctx))
+            for t in range(ctx.shape[1]):
+                m = self.step(m, ctx[:, t])
+            return m
+
+    own = score(SelfPrompted(teacher, cell), w, prompt=p)
+    assert own["rnn_prompted_bits"] == pytest.approx(own["rnn_alone_bits"], rel=1e-9)
+    assert own["rnn_prompted_bits"] != pytest.approx(s["rnn_prompted_bits"], rel=1e-6)  # the teacher's prompt differs
+
+
+def test_text_vs_authors_without_their_code_says_how_to_get_it(tmp_path, capsys):
+    import numpy as np
+    from text_vs_authors import main
+
+    (tmp_path / "kjv").mkdir()
+    np.save(tmp_path / "kjv" / "val.npy", np.arange(1000) % 256)
+    with pytest.raises(SystemExit) as e:
+        main(["lane", "authors", "--data", str(tmp_path / "kjv"), "--authors-src", str(tmp_path / "none"),
+              "--root", str(tmp_path / "runs")])
+    assert e.value.code == 2
+    assert "git clone https://github.com/akarshkumar0101/smt" in capsys.readouterr().out
+    assert not (tmp_path / "runs").exists()  # nothing written
