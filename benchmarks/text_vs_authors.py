@@ -30,7 +30,8 @@ Every model is scored on the same 128 held-out windows of 256 bytes (seed 0, fro
     pip install x-transformers==2.18.5 einops                          # their model.py needs these
     python benchmarks/text_vs_authors.py run --lanes memtrain authors --smt-seconds 1200 --dmt-seconds 300
     python benchmarks/text_vs_authors.py run --lanes bptt-memtok bptt-lstm --smt-seconds 1200 --dmt-seconds 300
-    python benchmarks/text_vs_authors.py report      # benchmarks/results/text_vs_authors.{md,json,png}
+    python benchmarks/text_vs_authors.py run --lanes memtrain authors --seed 1 --root runs/bench/text_vs_authors-s1
+    python benchmarks/text_vs_authors.py report --root runs/bench/text_vs_authors runs/bench/text_vs_authors-s1
 
 Without the authors' code the `authors` lane says how to get it and exits 2; the others run alone.
 """
@@ -294,21 +295,24 @@ LABELS = {"memtrain": "memtrain SMT -> DMT", "authors": "authors' code SMT -> DM
 
 
 def report(a) -> None:
-    found = {n: json.loads((Path(a.root) / f"{n}.json").read_text()) for n in LANES if (Path(a.root) / f"{n}.json").is_file()}
+    """One table of every finished lane under each --root (one root per seed: --root DIR --seed N)."""
+    found = [json.loads((Path(root) / f"{n}.json").read_text()) for root in a.root for n in LANES
+             if (Path(root) / f"{n}.json").is_file()]
     if not found:
-        raise SystemExit(f"no finished lanes under {a.root}")
-    rows = [[LABELS[n], stage, s["updates"], round(s["train_seconds"]), s.get("teacher_bits"), s.get("rnn_prompted_bits"),
-             s["rnn_alone_bits"], s["rnn_alone_first_bits"]]
-            for n, r in found.items() for stage, s in r["stages"].items()]
-    table = md_table(["lane", "after", "updates", "training s", "teacher", "RNN after a teacher prompt",
+        raise SystemExit(f"no finished lanes under {', '.join(a.root)}")
+    found.sort(key=lambda r: (LANES.index(r["lane"]), r["seed"]))
+    rows = [[LABELS[r["lane"]], r["seed"], stage, s["updates"], round(s["train_seconds"]), s.get("teacher_bits"),
+             s.get("rnn_prompted_bits"), s["rnn_alone_bits"], s["rnn_alone_first_bits"]]
+            for r in found for stage, s in r["stages"].items()]
+    table = md_table(["lane", "seed", "after", "updates", "training s", "teacher", "RNN after a teacher prompt",
                       "RNN alone (bytes 128-255)", "RNN alone (bytes 1-127)"], rows)
     table += (f"\n\nBits per byte on the same {WINDOWS} held-out KJV windows of {WINDOW} bytes; one thread per lane, "
               "lanes run two at a time; training seconds exclude scoring.")
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3))
-    names = [f"{r[0]}\n({r[1]})" for r in rows]
-    ax.barh(names[::-1], [r[6] for r in rows][::-1], label="RNN alone")
-    ax.scatter([r[5] if r[5] is not None else float("nan") for r in rows][::-1], names[::-1], color="k", zorder=3,
+    fig, ax = plt.subplots(figsize=(7, 1 + 0.4 * len(rows)))
+    names = [f"{r[0]}\n(seed {r[1]}, {r[2]})" for r in rows]
+    ax.barh(names[::-1], [r[7] for r in rows][::-1], label="RNN alone")
+    ax.scatter([r[6] if r[6] is not None else float("nan") for r in rows][::-1], names[::-1], color="k", zorder=3,
                label="after a teacher prompt")
     ax.set_xlabel("bits per byte (bytes 128-255)")
     ax.legend(fontsize=7)
@@ -329,8 +333,10 @@ def main(argv=None) -> int:
         s.add_argument("--dmt-seconds", type=float, default=300)
         s.add_argument("--authors-warmup", type=int, default=50, help="their warm-up updates for SMT (ours: train.warmup=50)")
         s.add_argument("--seed", type=int, default=0)
-    for s in (r, one, rep := sub.add_parser("report")):
+    for s in (r, one):
         s.add_argument("--root", default=ROOT)
+    rep = sub.add_parser("report")
+    rep.add_argument("--root", nargs="+", default=[ROOT], help="one folder per seed")
     rep.add_argument("--results", default=None)
     a = p.parse_args(argv)
     if a.cmd == "run":

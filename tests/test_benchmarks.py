@@ -201,3 +201,28 @@ def test_text_vs_authors_without_their_code_says_how_to_get_it(tmp_path, capsys)
     assert e.value.code == 2
     assert "git clone https://github.com/akarshkumar0101/smt" in capsys.readouterr().out
     assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_text_vs_authors_report_reads_one_root_per_seed(tmp_path):
+    """The report puts every finished lane of every root (one per seed) in one table, lanes in their
+    fixed order and seeds ascending within a lane, with each stage's figures as recorded."""
+    import json
+
+    from text_vs_authors import main
+
+    def lane(root, name, seed, stages):
+        root.mkdir(exist_ok=True)
+        (root / f"{name}.json").write_text(json.dumps({"lane": name, "seed": seed, "stages": stages}))
+
+    stage = lambda bits: {"updates": 10, "train_seconds": 5.0, "rnn_alone_bits": bits, "rnn_alone_first_bits": bits + 1}
+    lane(tmp_path / "s1", "memtrain", 1, {"smt": stage(4.0), "dmt": {**stage(3.5), "teacher_bits": 3.0, "rnn_prompted_bits": 3.25}})
+    lane(tmp_path / "s0", "bptt-lstm", 0, {"bptt": stage(2.5)})
+    lane(tmp_path / "s0", "memtrain", 0, {"smt": stage(4.5), "dmt": stage(3.75)})
+    main(["report", "--root", str(tmp_path / "s0"), str(tmp_path / "s1"), "--results", str(tmp_path / "out")])
+    lines = [ln for ln in (tmp_path / "out" / "text_vs_authors.md").read_text().splitlines() if ln.startswith("| ")][1:]
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+    assert [(c[0], c[1], c[2]) for c in cells] == [
+        ("memtrain SMT -> DMT", "0", "smt"), ("memtrain SMT -> DMT", "0", "dmt"),
+        ("memtrain SMT -> DMT", "1", "smt"), ("memtrain SMT -> DMT", "1", "dmt"), ("BPTT, torch's fused LSTM", "0", "bptt")]
+    assert cells[3][5:] == ["3.000", "3.250", "3.500", "4.500"] and cells[4][5:7] == ["-", "-"]
+    assert (tmp_path / "out" / "text_vs_authors.png").is_file()

@@ -69,8 +69,11 @@ def test_an_old_run_resumes_exactly(tmp_path, capsys, name):
     assert s_old == s_new and len(s_old) == 10 and l_old == pytest.approx(l_new, rel=1e-5)
     a, b = load_file(str(old / "model.safetensors")), load_file(str(fresh / "model.safetensors"))
     assert sorted(a) == sorted(b)
+    # AdamW at lr 1e-3 moves a weight by about 1e-3 per step whatever its gradient's size, so a wrong
+    # restore shows up as differences near 1e-3; rounding on another CPU has reached 2e-6 on one weight
+    # of 4,096 (a gradient near zero, where Adam's normalisation magnifies the last bits)
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=2e-5)
     assert read_run(old)[0]["version"] == VERSION, "it is saved in today's format"
 
 
