@@ -1,7 +1,8 @@
 """Retrieval accuracy of the RNN running alone against sequence length, every method given the same
 seconds of training: SMT -> DMT (method=smt-dmt, handing over on measured criteria) against BPTT on
 the same cell and on torch's fused LSTM and GRU (the paper's Figure on length: BPTT degrades with
-length, SMT should not).
+length, SMT should not). `--task copy` (stack, kv, ...) runs another synthetic task the same way;
+its runs' folders start with the task's name and the report gives each task its own panel.
 
 Each (method, length, seed) is one ordinary run with `train.time_limit`, kept under --root and
 skipped when finished, so a sweep can be split across processes (one lane per core) and resumed.
@@ -11,6 +12,7 @@ SMT -> DMT the handover step. The equal-updates view comes from the same runs' c
 
     python benchmarks/length_sweep.py run --methods smt-dmt --lengths 64 128 256 --seconds 1800 smt.transitions=32
     python benchmarks/length_sweep.py run --methods bptt-lstm bptt-mlp --lengths 64 128 256 --seconds 1800
+    python benchmarks/length_sweep.py run --task kv --methods smt-dmt bptt-lstm --lengths 128 --seconds 1200 task_args.n_keys=64
     python benchmarks/length_sweep.py report
 
 A length curriculum, offered to every method alike: `--curriculum 32` trains each method at T=32
@@ -44,7 +46,7 @@ TARGET = 0.95
 
 
 def _train(settings: list[str], out: Path, a, seconds: float, length: int, seed: int) -> dict:
-    settings = [*settings, f'task_args={{"length": {length}}}', f"train.seed={seed}", f"train.threads={a.threads}",
+    settings = [*settings, f"task={a.task}", f'task_args={{"length": {length}}}', f"train.seed={seed}", f"train.threads={a.threads}",
                 f"train.eval_every={a.eval_every}", f"train.eval_batch={a.eval_batch}", "train.steps=100000000",
                 f"train.time_limit={seconds}", f"out_dir={out}", *a.overrides]
     s = train(preset_config("retrieval-smt", settings), progress=False)
@@ -58,9 +60,14 @@ def stage_one(method: str, a, seed: int) -> tuple[Path, dict]:
     without the tag and shared by every target length and stage-2 setting of this method and seed
     (the settings given after the options apply to it too: another set needs another --root)."""
     L0 = a.curriculum
-    out = Path(a.root) / f"{method}-T{L0}-s{seed}-stage1"
+    out = Path(a.root) / f"{_task_prefix(a)}{method}-T{L0}-s{seed}-stage1"
     extra = [f"smt.future={min(32, L0)}", "handover.dmt_target=0.99"] if method == "smt-dmt" else []
     return out, _train([*METHODS[method], *extra], out, a, a.stage1_seconds, L0, seed)
+
+
+def _task_prefix(a) -> str:
+    """Run folders of tasks other than retrieval start with the task's name (retrieval's keep 0.3's names)."""
+    return "" if a.task == "retrieval" else f"{a.task}-"
 
 
 def run(a) -> None:
@@ -72,7 +79,7 @@ def run(a) -> None:
         for seed in a.seeds:
             first = stage_one(method, a, seed) if a.curriculum else None
             for length in a.lengths:
-                out = Path(a.root) / f"{method}-T{length}-s{seed}{a.tag}"
+                out = Path(a.root) / f"{_task_prefix(a)}{method}-T{length}-s{seed}{a.tag}"
                 if first is None:
                     _train(METHODS[method], out, a, a.seconds, length, seed)
                     continue
@@ -95,7 +102,7 @@ def summarise(d: Path) -> dict:
         s0, u0, lr = first["summary"]["train_seconds"], first["summary"]["steps"], f"{first['config']['train']['lr']:g} / {lr:g}"
     rows = [{**r, "step": r["step"] + u0, **({"time": r["time"] + s0} if "time" in r else {})} for r in rows]
     hit = first_reaching(rows, TARGET)  # [seconds, updates] or None
-    return {"dir": str(d), "method": method, "cell": cfg["cell"]["kind"], "length": cfg["task_args"]["length"],
+    return {"dir": str(d), "task": cfg.get("task", "retrieval"), "method": method, "cell": cfg["cell"]["kind"], "length": cfg["task_args"]["length"],
             "seed": cfg["train"]["seed"], "lr": lr, "rnn_acc": summary["rnn_acc"],
             "teacher_acc": summary.get("teacher_acc"), "seconds": summary["train_seconds"] + s0, "updates": summary["steps"] + u0,
             "handover_step": summary.get("handover_step"),
@@ -123,30 +130,34 @@ def report(a) -> None:
     found += recorded(a.results, {Path(r["dir"]).name for r in found})
     if not found:
         raise SystemExit(f"no finished runs under {a.root}")
-    found.sort(key=lambda r: (r["length"], r["method"], r["cell"], str(r["lr"]), r["seed"]))
-    fewest = {T: min(r["updates"] for r in found if r["length"] == T) for T in {r["length"] for r in found}}
+    for r in found:
+        r.setdefault("task", "retrieval")  # rows recorded before the task was
+    found.sort(key=lambda r: (r["task"] != "retrieval", r["task"], r["length"], r["method"], r["cell"], str(r["lr"]), r["seed"]))
+    panels = sorted({(r["task"], r["length"]) for r in found}, key=lambda p: (p[0] != "retrieval", p))
+    fewest = {p: min(r["updates"] for r in found if (r["task"], r["length"]) == p) for p in panels}
     fmt = lambda v, spec: "-" if v is None else format(v, spec)
-    table = md_table(["run", "T", "method", "cell", "lr", "seed", "RNN alone", "teacher", "seconds", "updates", "handover at",
+    table = md_table(["run", "task", "T", "method", "cell", "lr", "seed", "RNN alone", "teacher", "seconds", "updates", "handover at",
                       f"to {TARGET}: s / updates", "RNN alone at equal updates"],
-                     [[Path(r["dir"]).name, r["length"], r["method"], r["cell"], r["lr"], r["seed"], f"{r['rnn_acc']:.3f}", fmt(r["teacher_acc"], ".3f"),
+                     [[Path(r["dir"]).name, r["task"], r["length"], r["method"], r["cell"], r["lr"], r["seed"], f"{r['rnn_acc']:.3f}", fmt(r["teacher_acc"], ".3f"),
                        round(r["seconds"]), r["updates"], fmt(r["handover_step"], "d"),
                        "-" if r["to_target_s"] is None else f"{r['to_target_s']:.0f} / {r['to_target_updates']}",
-                       f"{fmt(at_updates(r, fewest[r['length']]), '.3f')} at {fewest[r['length']]}"] for r in found])
-    table += ("\n\nRetrieval, vocabulary 9 (chance 0.125), accuracy of the RNN running alone from its empty memory "
-              "on the held-out batch; seconds are training seconds (evaluations excluded), one thread each. The last "
-              "column reads every run at the same number of updates per length (the fewest any run there made), "
+                       f"{fmt(at_updates(r, fewest[r['task'], r['length']]), '.3f')} at {fewest[r['task'], r['length']]}"]
+                      for r in found])
+    table += ("\n\nAccuracy of the RNN running alone from its empty memory on the held-out batch (retrieval: "
+              "vocabulary 9, chance 0.125); seconds are training seconds (evaluations excluded), one thread each. The last "
+              "column reads every run at the same number of updates per task and length (the fewest any run there made), "
               "from its own curve.")
     plt = pyplot()
-    lengths = sorted({r["length"] for r in found})
-    fig, axes = plt.subplots(1, len(lengths), figsize=(4.5 * len(lengths), 3.4), squeeze=False)
-    for ax, T in zip(axes[0], lengths):
-        for r in (r for r in found if r["length"] == T):
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False)
+    for ax, (task, T) in zip(axes[0], panels):
+        for r in (r for r in found if (r["task"], r["length"]) == (task, T)):
             ax.plot([c[1] for c in r["curve"]], [c[2] for c in r["curve"]], label=f"{r['method']} {r['cell']} lr {r['lr']}")
-        ax.axhline(0.125, color="grey", lw=0.8)
+        if task == "retrieval":
+            ax.axhline(0.125, color="grey", lw=0.8)
         ax.set_xlabel("training seconds")
         ax.set_ylabel("RNN alone accuracy")
         ax.set_ylim(0, 1.05)
-        ax.set_title(f"retrieval, T={T}")
+        ax.set_title(f"{task}, T={T}")
         ax.legend(fontsize=6)
     write_results("length_sweep", {"runs": found}, table, fig, a.results)
     print(table)
@@ -158,6 +169,7 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=["smt-dmt", "bptt-lstm"])
     r.add_argument("--lengths", nargs="+", type=int, default=[64, 128, 256])
+    r.add_argument("--task", default="retrieval", help="any synthetic task (copy, stack, kv, ...); its default settings but the length")
     r.add_argument("--seeds", nargs="+", type=int, default=[0])
     r.add_argument("--seconds", type=float, default=1800)
     r.add_argument("--eval-every", type=int, default=100)

@@ -143,6 +143,34 @@ def test_a_curriculum_run_counts_both_stages(tmp_path):
     assert at_updates(r, 1599) == 0.9 and at_updates(r, 1000) is None
 
 
+def test_length_sweep_reports_each_task_apart(tmp_path):
+    """Runs of another task (--task copy) get their own task column, panel and equal-updates point;
+    rows recorded before runs carried a task read as retrieval."""
+    from argparse import Namespace
+
+    from length_sweep import report
+
+    def run(name, task, steps):
+        d = tmp_path / "runs" / name
+        d.mkdir(parents=True)
+        cfg = {"method": "bptt", "task": task, "cell": {"kind": "torch-lstm"}, "task_args": {"length": 64},
+               "train": {"seed": 0, "lr": 1e-3}, "init_from": None}
+        (d / "run.json").write_text(json.dumps({"config": cfg, "summary": {"rnn_acc": 0.5, "train_seconds": 10.0, "steps": steps}}))
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"step": k, "time": k / 10, "rnn_acc": k / steps}) + "\n"
+                                                 for k in (steps // 2, steps)))
+
+    run("bptt-lstm-T64-s0", "retrieval", 100)
+    run("copy-bptt-lstm-T64-s0", "copy", 40)
+    old = dict(json.loads((tmp_path / "runs" / "bptt-lstm-T64-s0" / "run.json").read_text()))
+    del old["config"]["task"]  # a 0.3 row: no task recorded
+    (tmp_path / "runs" / "bptt-lstm-T64-s0" / "run.json").write_text(json.dumps(old))
+    report(Namespace(root=str(tmp_path / "runs"), results=str(tmp_path / "out")))
+    lines = [ln for ln in (tmp_path / "out" / "length_sweep.md").read_text().splitlines() if ln.startswith("| ")][1:]
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+    assert [(c[0], c[1]) for c in cells] == [("bptt-lstm-T64-s0", "retrieval"), ("copy-bptt-lstm-T64-s0", "copy")]
+    assert [c[-1] for c in cells] == ["1.000 at 100", "1.000 at 40"]  # each task read at its own fewest updates
+
+
 def _tiny_text_model():
     """A float64 teacher and cell from the tiny preset (retrieval's vocabulary of 9)."""
     from memtrain import build
