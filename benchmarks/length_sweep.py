@@ -116,7 +116,8 @@ def recorded(results: str | None, present: set) -> list[dict]:
     path = Path(results or RESULTS) / "length_sweep.json"
     if not path.is_file():
         return []
-    return [r for r in json.loads(path.read_text()).get("runs", []) if Path(r["dir"]).name not in present]
+    runs = [r for r in json.loads(path.read_text()).get("runs", []) if Path(r["dir"]).name not in present]
+    return [{"task": "retrieval", **r} for r in runs]  # rows recorded before runs carried their task
 
 
 def at_updates(r: dict, n: int) -> float | None:
@@ -130,10 +131,8 @@ def report(a) -> None:
     found += recorded(a.results, {Path(r["dir"]).name for r in found})
     if not found:
         raise SystemExit(f"no finished runs under {a.root}")
-    for r in found:
-        r.setdefault("task", "retrieval")  # rows recorded before the task was
     found.sort(key=lambda r: (r["task"] != "retrieval", r["task"], r["length"], r["method"], r["cell"], str(r["lr"]), r["seed"]))
-    panels = sorted({(r["task"], r["length"]) for r in found}, key=lambda p: (p[0] != "retrieval", p))
+    panels = list(dict.fromkeys((r["task"], r["length"]) for r in found))  # in the table's order
     fewest = {p: min(r["updates"] for r in found if (r["task"], r["length"]) == p) for p in panels}
     fmt = lambda v, spec: "-" if v is None else format(v, spec)
     table = md_table(["run", "task", "T", "method", "cell", "lr", "seed", "RNN alone", "teacher", "seconds", "updates", "handover at",

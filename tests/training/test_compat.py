@@ -71,7 +71,7 @@ def test_an_old_run_resumes_exactly(tmp_path, capsys, name):
     assert sorted(a) == sorted(b)
     # AdamW at lr 1e-3 moves a weight by about 1e-3 per step whatever its gradient's size, so a wrong
     # restore shows up as differences near 1e-3; rounding on another CPU has reached 2e-6 on one weight
-    # of 4,096 (a gradient near zero, where Adam's normalisation magnifies the last bits)
+    # of 4,096 (likely a gradient near zero, where Adam's normalisation magnifies the last bits)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=2e-5)
     assert read_run(old)[0]["version"] == VERSION, "it is saved in today's format"
