@@ -11,6 +11,8 @@ with a parallel scan; they differ only in A_t:
     jacobi  A_t = 0                 no scan at all: m_t = f(g_{t-1}, x_t)
     picard  A_t = I                 a cumulative sum
     quasi   A_t = diag(df/dm)       an elementwise scan (quasi-DEER)
+    block   A_t = blocks of df/dm   a scan of small matrices: per memory token, or the cell's own
+                                    blocks (an LSTM's (h_i, c_i) pairs; ParaRNN)
     newton  A_t = df/dm (dense)     a matrix scan (DEER); Z x Z per step, for small Z
 
 Whatever A_t is, the first step is exact after one iteration, the first k after k, so every solver is
@@ -24,6 +26,7 @@ Legend: B batch, T steps, Z memory size.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -31,7 +34,7 @@ from ..models.cells import Cell
 from ..models.scan import linear_scan, matrix_scan
 from .rollout import rollout
 
-SOLVERS = ("jacobi", "picard", "quasi", "newton")
+SOLVERS = ("jacobi", "picard", "quasi", "block", "newton")
 ON_FAIL = ("sequential", "raise")
 
 
@@ -63,45 +66,104 @@ def step_all(cell: Cell, prev: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return cell.update(prev.reshape(B * T, Z), x.reshape(B * T)).view(B, T, Z)
 
 
-def jacobians(cell: Cell, prev: torch.Tensor, x: torch.Tensor, diagonal: bool, chunk: int = 256) -> torch.Tensor:
-    """df/dm at every (prev_t, x_t): (B, T, Z, Z), or its diagonal (B, T, Z) with `diagonal`. A cell
-    may provide `jacobian(m, x)` / `jacobian_diag(m, x)` over rows; otherwise torch.func, `chunk`
-    rows at a time (the diagonal is taken per chunk, so only chunk x Z x Z floats live at once)."""
+def block_index(cell: Cell) -> torch.Tensor:
+    """(n_blocks, s) memory positions of the blocks the `block` solver keeps of each Jacobian: the
+    cell's own (`cell.jacobian_block_index()`: an LSTM's (h_i, c_i) pairs) or else one block per memory
+    token (K blocks of D)."""
+    own = getattr(cell, "jacobian_block_index", None)
+    return own() if own is not None else torch.arange(cell.Z).view(cell.K, cell.D)
+
+
+def jacobians(cell: Cell, prev: torch.Tensor, x: torch.Tensor, structure: str, chunk: int = 256) -> torch.Tensor:
+    """df/dm at every (prev_t, x_t), the part a structure keeps: "dense" (B, T, Z, Z), "diag"
+    (B, T, Z), "block" (B, T, n_blocks, s, s) over `block_index`. A cell may provide
+    `jacobian_<structure>(m, x)` over rows; otherwise torch.func, `chunk` rows at a time (the part is
+    taken per chunk, so only chunk x Z x Z floats live at once)."""
     B, T, Z = prev.shape
     m, xs = prev.reshape(B * T, Z), x.reshape(B * T)
-    own = getattr(cell, "jacobian_diag" if diagonal else "jacobian", None)
+    own = getattr(cell, f"jacobian_{structure}", None)
     if own is not None:
-        return own(m, xs).view(B, T, Z) if diagonal else own(m, xs).view(B, T, Z, Z)
+        out = own(m, xs)
+        return out.view(B, T, *out.shape[1:])
+    idx = block_index(cell).to(m.device)
 
     def one_row(m_row, x_row):
         return cell.update(m_row[None], x_row[None])[0]
 
+    def part(J):  # (rows, Z, Z) -> the structure's part
+        if structure == "diag":
+            return J.diagonal(dim1=-2, dim2=-1)
+        return J[:, idx[:, :, None], idx[:, None, :]] if structure == "block" else J
+
     jac = torch.func.vmap(torch.func.jacrev(one_row))
-    parts = []
-    for lo in range(0, B * T, chunk):
-        J = jac(m[lo:lo + chunk], xs[lo:lo + chunk])  # (rows, Z, Z)
-        parts.append(J.diagonal(dim1=-2, dim2=-1) if diagonal else J)
-    out = torch.cat(parts)
-    return out.view(B, T, Z) if diagonal else out.view(B, T, Z, Z)
+    out = torch.cat([part(jac(m[lo:lo + chunk], xs[lo:lo + chunk])) for lo in range(0, B * T, chunk)])
+    return out.view(B, T, *out.shape[1:])
+
+
+class Linearisation:
+    """The A_t of a solver at one guess (module docstring), with the two operations the forward and
+    adjoint solves need: A_t v_t for every t, and the scan of c_t = A_t c_{t-1} + b_t."""
+    STRUCTURE: ClassVar[dict[str, str | None]] = {"jacobi": None, "picard": "identity", "quasi": "diag", "block": "block", "newton": "dense"}
+
+    def __init__(self, solver: str, cell: Cell, prev: torch.Tensor, x: torch.Tensor, damping: float = 0.0):
+        self.structure = self.STRUCTURE[solver]
+        keep = 1.0 - damping
+        self.idx = block_index(cell).to(prev.device) if self.structure == "block" else None
+        if self.structure == "identity":
+            self.A = torch.full_like(prev, keep)
+            self.structure = "diag"
+        elif self.structure is not None:
+            self.A = keep * jacobians(cell, prev, x, self.structure)
+
+    def later(self) -> Linearisation:
+        """A_{t+1} at position t (zero at the last step): the coefficients of the adjoint recurrence."""
+        out = Linearisation.__new__(Linearisation)
+        out.structure, out.idx = self.structure, self.idx
+        if self.structure is not None:
+            out.A = _later(self.A).transpose(-1, -2) if self.structure in ("dense", "block") else _later(self.A)
+        return out
+
+    def apply(self, v: torch.Tensor) -> torch.Tensor:
+        if self.structure is None:
+            return torch.zeros_like(v)
+        if self.structure == "diag":
+            return self.A * v
+        if self.structure == "dense":
+            return (self.A @ v[..., None])[..., 0]
+        return _unblock((self.A @ v[..., self.idx][..., None])[..., 0], self.idx)
+
+    def scan(self, b: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
+        """c (B, T, Z) of c_t = A_t c_{t-1} + b_t from c0 (B, Z)."""
+        if self.structure is None:
+            return b
+        if self.structure == "diag":
+            return linear_scan(self.A, b, c0)
+        if self.structure == "dense":
+            return matrix_scan(self.A, b, c0)
+        return _unblock(matrix_scan(self.A, b[..., self.idx], c0[..., self.idx]), self.idx)
+
+    def flipped(self) -> Linearisation:
+        """The same coefficients in reversed time (a backward recurrence solved as a forward scan)."""
+        out = Linearisation.__new__(Linearisation)
+        out.structure, out.idx = self.structure, self.idx
+        if self.structure is not None:
+            out.A = self.A.flip(1)
+        return out
+
+
+def _unblock(vb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """(..., n_blocks, s) back to (..., Z) through the block index (a permutation of 0..Z-1)."""
+    out = vb.new_empty(*vb.shape[:-2], idx.numel())
+    out[..., idx.reshape(-1)] = vb.reshape(*vb.shape[:-2], -1)
+    return out
 
 
 def linearised_step(solver: str, cell: Cell, m0: torch.Tensor, prev: torch.Tensor, x: torch.Tensor,
                     f: torch.Tensor, damping: float) -> torch.Tensor:
     """One iteration: the solution (B, T, Z) of m_t = A_t m_{t-1} + f_t - A_t prev_t from m0, where
     f_t = f(prev_t, x_t) and A_t is the solver's (module docstring)."""
-    keep = 1.0 - damping
-    if solver == "jacobi":
-        return f
-    if solver == "picard":
-        if damping:  # A = keep * I: an elementwise scan with a constant
-            a = torch.full_like(f, keep)
-            return linear_scan(a, f - a * prev, m0)
-        return m0[:, None] + torch.cumsum(f - prev, dim=1)
-    if solver == "quasi":
-        a = keep * jacobians(cell, prev, x, diagonal=True)
-        return linear_scan(a, f - a * prev, m0)
-    A = keep * jacobians(cell, prev, x, diagonal=False)
-    return matrix_scan(A, f - (A @ prev[..., None])[..., 0], m0)
+    lin = Linearisation(solver, cell, prev, x, damping)
+    return lin.scan(f - lin.apply(prev), m0)
 
 
 @torch.no_grad()
@@ -198,9 +260,8 @@ def solve_adjoint(cell: Cell, prev: torch.Tensor, x: torch.Tensor, g: torch.Tens
     def from_later(lam):  # J(prev_{t+1})^T lam_{t+1} at position t
         return _later(torch.autograd.grad(out, p, lam, retain_graph=True)[0])
 
-    A = None
-    if solver in ("quasi", "newton"):
-        A = (1.0 - damping) * _later(jacobians(cell, prev.detach(), x, diagonal=solver == "quasi"))
+    coef = Linearisation(solver, cell, prev.detach(), x, damping).later()  # A_{t+1}^T at position t
+    reverse = coef.flipped()
     lam, iterations = g.clone(), 0
     while True:
         carried = from_later(lam)
@@ -208,7 +269,8 @@ def solve_adjoint(cell: Cell, prev: torch.Tensor, x: torch.Tensor, g: torch.Tens
         done = residual <= atol + rtol * lam.abs().amax(dim=(1, 2))
         if bool(done.all()) or iterations >= max_iter:
             break
-        new = _adjoint_step(solver, A, g + carried, _later(lam), damping)
+        b = g + carried - coef.apply(_later(lam))  # lam_t = A_{t+1}^T lam_{t+1} + b_t, from lam_{T+1} = 0
+        new = reverse.scan(b.flip(1), torch.zeros_like(g[:, 0])).flip(1)
         lam = torch.where(done[:, None, None], lam, new)
         iterations += 1
     fell_back = not bool(done.all())
@@ -219,25 +281,6 @@ def solve_adjoint(cell: Cell, prev: torch.Tensor, x: torch.Tensor, g: torch.Tens
         lam = lam.clone()
         lam[~done] = _adjoint_sequential(cell, prev[~done].detach(), x[~done], g[~done])
     return lam, SolveReport(solver, iterations, done, residual, fell_back)
-
-
-def _adjoint_step(solver: str, A: torch.Tensor | None, c: torch.Tensor, lam_later: torch.Tensor,
-                  damping: float) -> torch.Tensor:
-    """Solve lam_t = A_t^T lam_{t+1} + (c_t - A_t^T lam_later_t) backwards in time (A already shifted
-    by `_later`; None for jacobi / picard), by flipping time and scanning from lam_{T+1} = 0."""
-    if solver == "jacobi":
-        return c
-    if solver == "picard":
-        a = torch.full_like(c, 1.0 - damping)
-        b = c - a * lam_later
-    elif solver == "quasi":
-        a, b = A, c - A * lam_later
-    else:
-        a = A.transpose(-1, -2)
-        b = c - (a @ lam_later[..., None])[..., 0]
-    zero = torch.zeros_like(c[:, 0])
-    scan = matrix_scan if solver == "newton" else linear_scan
-    return scan(a.flip(1), b.flip(1), zero).flip(1)
 
 
 def _adjoint_sequential(cell: Cell, prev: torch.Tensor, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -191,6 +191,10 @@ class LSTMCell(Cell):
         h, c = self.lstm(self.embed(x), (h, c))
         return self._finish(torch.cat([h, c], dim=-1))
 
+    def jacobian_block_index(self):
+        """(Z/2, 2): unit i's (h_i, c_i), the 2 x 2 blocks a structured trajectory solver keeps."""
+        return _unit_pairs(self.Z)
+
 
 class TorchLSTMCell(Cell):
     """torch's fused nn.LSTM, the baseline a sceptic picks: memory [h, c] (hidden Z/2 units each),
@@ -213,6 +217,9 @@ class TorchLSTMCell(Cell):
         h, c = m.chunk(2, dim=-1)
         _, (h, c) = self.lstm(self.embed(x)[:, None], (h[None].contiguous(), c[None].contiguous()))
         return torch.cat([h[0], c[0]], dim=-1)
+
+    def jacobian_block_index(self):
+        return _unit_pairs(self.Z)
 
     def sequence(self, m0, x):
         """Memories after each input (B, T, Z) in one fused call. The kernel returns h_t only; c_t
@@ -250,6 +257,12 @@ class TorchGRUCell(Cell):
     def sequence(self, m0, x):
         """Memories after each input (B, T, Z) in one fused call."""
         return self.gru(self.embed(x), m0[None].contiguous())[0]
+
+
+def _unit_pairs(Z: int) -> torch.Tensor:
+    """The memory positions (h_i, c_i) of each LSTM unit i, as (Z/2, 2), for memory [h, c]."""
+    h = torch.arange(Z // 2)
+    return torch.stack([h, h + Z // 2], dim=-1)
 
 
 CELLS: dict[str, type[Cell]] = {

@@ -4,14 +4,7 @@ import pytest
 import torch
 
 from memtrain.methods.rollout import rollout
-from memtrain.methods.solve import (
-    SOLVERS,
-    jacobians,
-    linearised_step,
-    parallel_rollout,
-    solve_rollout,
-    step_all,
-)
+from memtrain.methods.solve import SOLVERS, block_index, jacobians, linearised_step, parallel_rollout, solve_rollout, step_all
 from tests.conftest import V, tiny_cell
 
 KINDS = ["mlp", "memtok", "elman", "gru", "lstm", "torch-lstm", "torch-gru"]
@@ -88,18 +81,28 @@ def test_converged_sequences_are_frozen_while_others_iterate():
     assert report.residual.shape == (3,) and report.converged.shape == (3,)
 
 
+def test_lstm_blocks_are_its_units():
+    idx = block_index(tiny_cell("torch-lstm"))
+    assert idx.shape == (8, 2) and idx[3].tolist() == [3, 11]
+    assert sorted(idx.reshape(-1).tolist()) == list(range(16))
+    assert block_index(tiny_cell("mlp")).tolist() == torch.arange(16).view(2, 8).tolist()  # per memory token
+
+
 @pytest.mark.parametrize("kind", ["mlp", "memtok", "lstm"])
 def test_jacobians_equal_autograd(kind):
     cell, _, x = _case(kind, B=2, T=3)
     prev = torch.randn(2, 3, cell.Z, dtype=torch.float64)
-    J = jacobians(cell, prev, x, diagonal=False, chunk=4)
-    d = jacobians(cell, prev, x, diagonal=True, chunk=4)
+    J = jacobians(cell, prev, x, "dense", chunk=4)
+    d = jacobians(cell, prev, x, "diag", chunk=4)
+    blocks = jacobians(cell, prev, x, "block", chunk=4)
+    idx = block_index(cell)
     for b in range(2):
         for t in range(3):
             xt = x[b, t][None]
             ref = torch.autograd.functional.jacobian(lambda m, xt=xt: cell.update(m[None], xt)[0], prev[b, t])
             torch.testing.assert_close(J[b, t], ref, rtol=1e-10, atol=1e-10)
             torch.testing.assert_close(d[b, t], ref.diagonal(), rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(blocks[b, t], ref[idx[:, :, None], idx[:, None, :]], rtol=1e-10, atol=1e-10)
 
 
 def test_empty_sequence_and_bad_settings():
