@@ -32,7 +32,6 @@ import torch
 
 from ..models.cells import Cell
 from ..models.scan import linear_scan, matrix_scan
-from .rollout import rollout
 
 SOLVERS = ("jacobi", "picard", "quasi", "block", "newton")
 ON_FAIL = ("sequential", "raise")
@@ -202,9 +201,20 @@ def solve_rollout(cell: Cell, m0: torch.Tensor, x: torch.Tensor, solver: str = "
                                f"sequences (largest residual {residual.max().item():.3g}); raise rollout.max_iter, "
                                "add rollout.damping, or set rollout.on_fail=sequential")
         m = m.clone()
-        m[~done] = rollout(cell, m0[~done], x[~done])[:, 1:]
+        m[~done] = _stepped(cell, m0[~done], x[~done])
     report = SolveReport(solver, iterations, done, residual, fell_back)
     return torch.cat([m0[:, None], m], dim=1), report
+
+
+def _stepped(cell: Cell, m0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The fallback: m_1..m_T (B, T, Z) one step after another (no graph; torch's fused cells in one call)."""
+    if hasattr(cell, "sequence"):
+        return cell.sequence(m0, x)
+    m, out = m0, []
+    for t in range(x.shape[1]):
+        m = cell.update(m, x[:, t])
+        out.append(m)
+    return torch.stack(out, dim=1)
 
 
 def parallel_rollout(cell: Cell, m0: torch.Tensor, x: torch.Tensor, solver: str = "quasi", **settings

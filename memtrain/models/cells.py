@@ -83,6 +83,8 @@ class CellConfig:
 class Cell(nn.Module):
     """Base class: learned initial memory, readout head, and the (B, Z) contract."""
 
+    solver = None  # how `methods.rollout` runs it through time (a RolloutConfig; a run sets it; None: stepped)
+
     def __init__(self, cfg: CellConfig):
         super().__init__()
         cfg = cfg.filled()

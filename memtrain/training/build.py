@@ -67,8 +67,10 @@ class Parts:
 
 def networks(cfg: RunConfig, with_teacher: bool) -> tuple[Teacher | None, Cell]:
     """The cell and (if asked) the teacher of a resolved configuration, freshly initialised from
-    torch's global generator (the cell first)."""
+    torch's global generator (the cell first). The cell runs through time as the `rollout` section says."""
     cell = build_cell(cfg.cell)
+    if cfg.rollout.solver != "sequential":
+        cell.solver = cfg.rollout
     teacher = Teacher(cfg.teacher) if with_teacher else None
     if teacher is not None:
         check_compatible(cell.cfg, teacher.cfg)  # a clear message before any weights are loaded

@@ -15,6 +15,7 @@ from ..fields import from_dict, set_dotted, to_dict
 from ..methods import METHODS
 from ..methods.bptt import BPTTConfig
 from ..methods.dmt import DMTConfig
+from ..methods.rollout import RolloutConfig
 from ..methods.smt import SMTConfig
 from ..methods.smt_dmt import HandoverConfig
 from ..models.cells import RESIDUAL_KINDS, CellConfig
@@ -114,6 +115,7 @@ class RunConfig:
     dmt: DMTConfig = field(default_factory=DMTConfig)
     bptt: BPTTConfig = field(default_factory=BPTTConfig)
     handover: HandoverConfig = field(default_factory=HandoverConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)  # how the cell runs through time: stepped or solved in parallel
     method_args: dict = field(default_factory=dict)  # settings of a registered method without a section here
     train: TrainConfig = field(default_factory=TrainConfig)
     init_from: str | None = control(None)  # a finished run's directory to start from (e.g. DMT or BPTT after SMT)
@@ -122,7 +124,8 @@ class RunConfig:
     def validate(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
-        for part in (self.teacher, resolve_shapes(self).cell, self.smt, self.dmt, self.bptt, self.handover, self.train):
+        for part in (self.teacher, resolve_shapes(self).cell, self.smt, self.dmt, self.bptt, self.handover, self.rollout,
+                     self.train):
             part.validate()
         if self.method_args and (hasattr(self, self.method) or METHODS[self.method].sections):
             where = " / ".join(f"{s}.<name>" for s in METHODS[self.method].sections or (self.method,))
@@ -176,10 +179,10 @@ def run_control_keys(cls=RunConfig, prefix: str = "") -> set[str]:
 
 
 def upgrade(config: dict, version: int) -> dict:
-    """A configuration saved by format `version` (1, 2: memtrain 0.1; 3: 0.2; 4: 0.3) in today's names and
+    """A configuration saved by format `version` (1, 2: memtrain 0.1; 3: 0.2; 4: 0.3; 5: 0.4) in today's names and
     values: renamed settings, sections added since (at their defaults, which is how the run behaved);
     before 3 also None instead of 0 or "" for "not set" and `residual` only on cells that have one."""
-    if version >= 5:
+    if version >= 6:
         return config
     if not isinstance(config, dict):
         return config  # from_dict refuses it with the reason
@@ -194,6 +197,9 @@ def upgrade(config: dict, version: int) -> dict:
     handover = c.setdefault("handover", {}) if isinstance(c.get("handover", {}), dict) else {}
     for key, value in to_dict(HandoverConfig()).items():
         handover.setdefault(key, value)
+    # 6 (0.5): the rollout section, at its defaults (before, every rollout was stepped)
+    if isinstance(c.get("rollout", {}), dict):
+        c["rollout"] = {**to_dict(RolloutConfig()), **c.get("rollout", {})}
     if version >= 3:
         return c
     train, cell, args = section("train"), section("cell"), section("task_args")

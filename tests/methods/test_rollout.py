@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from memtrain.methods.rollout import rollout
+from memtrain.methods.rollout import RolloutConfig, rollout
 from tests.conftest import V, tiny_cell
 
 
@@ -56,3 +56,52 @@ def test_one_step_gradient_through_chain_of_memories():
 def test_bad_horizon():
     with pytest.raises(ValueError, match="grad_horizon"):
         rollout(tiny_cell(), torch.zeros(1, 16), torch.zeros(1, 2, dtype=torch.long), grad_horizon=0)
+
+
+SOLVED = RolloutConfig(solver="quasi", atol=1e-12, rtol=0.0, on_fail="raise")
+
+
+def _values_and_grads(cell, x, horizon, solver):
+    m0 = cell.init_memory(2).detach().clone().requires_grad_()
+    M = rollout(cell, m0, x, grad_horizon=horizon, solver=solver)
+    w = torch.randn_like(M, generator=torch.Generator().manual_seed(1))
+    grads = torch.autograd.grad((M * w).sum(), [m0, *cell.parameters()], allow_unused=True)
+    return M.detach(), grads
+
+
+@pytest.mark.parametrize("horizon", [None, 1, 3])
+@pytest.mark.parametrize("kind", ["mlp", "lstm", "torch-gru"])
+def test_a_solved_rollout_equals_the_stepped_one_in_values_and_gradients(kind, horizon):
+    cell = tiny_cell(kind).double()
+    x = torch.randint(0, V, (2, 7))
+    want, want_g = _values_and_grads(cell, x, horizon, None)
+    got, got_g = _values_and_grads(cell, x, horizon, SOLVED)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    for a, b in zip(got_g, want_g):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-9)
+
+
+def test_the_cells_solver_is_used_unless_one_is_given(monkeypatch):
+    import memtrain.methods.rollout as r
+    calls = []
+    monkeypatch.setattr(r, "_solved", lambda *a: calls.append(a[-1]["solver"]) or torch.zeros(1, 3, 16))
+    cell = tiny_cell("mlp")
+    x = torch.zeros(1, 2, dtype=torch.long)
+    rollout(cell, cell.init_memory(1), x)
+    assert calls == []  # no solver anywhere: stepped
+    cell.solver = RolloutConfig(solver="newton")
+    rollout(cell, cell.init_memory(1), x)
+    rollout(cell, cell.init_memory(1), x, solver=RolloutConfig(solver="jacobi"))
+    assert calls == ["newton", "jacobi"]
+    rollout(cell, cell.init_memory(1), x, solver=RolloutConfig())  # an explicit "sequential" wins too
+    assert calls == ["newton", "jacobi"]
+
+
+@pytest.mark.parametrize("bad, match", [({"solver": "deer"}, "rollout.solver must be one of sequential, jacobi"),
+                                        ({"on_fail": "warn"}, "rollout.on_fail"), ({"damping": -0.1}, "rollout.damping"),
+                                        ({"max_iter": 0}, "rollout.max_iter"), ({"atol": -1.0}, "rollout.atol")])
+def test_bad_rollout_settings(bad, match):
+    with pytest.raises(ValueError, match=match):
+        RolloutConfig(**bad).validate()

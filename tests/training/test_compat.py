@@ -86,6 +86,9 @@ def test_upgrade_translates_names_and_unset_values():
     assert upgrade(old, VERSION) is old, "today's format is read as it is"
     v4 = upgrade({"handover": {"teacher_acc": 0.9}, "smt": {"transitions": 8}}, 4)
     assert v4["handover"]["teacher_acc"] == 0.9 and v4["handover"]["teacher_min_gain"] == 0.05, "format 4 (0.3): 0.4's setting added"
+    v5 = upgrade({"handover": {"teacher_acc": 0.9}}, 5)
+    assert v5["rollout"]["solver"] == "sequential" and v5["handover"]["teacher_acc"] == 0.9, \
+        "format 5 (0.4): stepped rollouts, as those runs had"
     v3 = upgrade({"smt": {"dyn_samples": 8}, "train": {"threads": 0}, "cell": {"norm_memory": True}}, 3)
     assert v3["smt"] == {"transitions": 8} and v3["train"] == {"threads": 0}, "format 3 (0.2): renames, no other changes"
     assert v3["cell"] == {"norm_memory": True} and v3["handover"]["teacher_acc"] == 0.95, "and what 0.3 added"
