@@ -29,17 +29,19 @@ from .scan import linear_scan
 # set of numbers shapes both; see training/build.py)
 STANDALONE = {"mem_tokens": 4, "d_mem": 64, "n_heads": 4, "readout_depth": 1}
 RESIDUAL_KINDS = ("mlp", "memtok")  # the cells with a residual form in m
-TEXTBOOK_KINDS = ("torch-lstm", "torch-gru")  # torch's fused modules: no memory normalisation, a linear readout
+FUSED_KINDS = ("torch-lstm", "torch-gru")  # torch's fused modules
+PARA_KINDS = ("para-gru", "para-lstm")  # ParaRNN's cells: diagonal recurrence, closed-form diagonal / 2 x 2 Jacobians
+TEXTBOOK_KINDS = FUSED_KINDS + PARA_KINDS  # BPTT baselines: no memory normalisation, a linear readout
 
 
 @dataclass
 class CellConfig:
     """The RNN cell (an SMT run's student, a BPTT run's network)."""
-    kind: str = "mlp"  # one of mlp, memtok, elman, gru, lstm, torch-lstm, torch-gru (torch's fused nn.LSTM / nn.GRU, BPTT baselines)
+    kind: str = "mlp"  # one of mlp, memtok, elman, gru, lstm; BPTT baselines: torch-lstm, torch-gru (torch's fused nn.LSTM / nn.GRU), para-gru, para-lstm (ParaRNN's)
     vocab_size: int | None = None  # token ids 0..vocab_size-1 (None: the task's vocabulary)
     mem_tokens: int | None = None  # K memory tokens (None: teacher.mem_tokens)
     d_mem: int | None = None  # D, width of one memory token (None: teacher.d_model)
-    norm_memory: bool | None = None  # RMS-normalise each new memory token, parameter-free (None: true; torch-lstm / torch-gru have no such option)
+    norm_memory: bool | None = None  # RMS-normalise each new memory token, parameter-free (None: true; the BPTT baselines have no such option)
     residual: bool | None = None  # mlp/memtok: m' = norm(m + f(m, x)) if true, norm(f(m, x)) if false (None: true); other cells have no such option
     hidden_mult: int = 4  # mlp: hidden width = hidden_mult * Z
     depth: int = 2  # memtok: Transformer blocks
@@ -72,9 +74,9 @@ class CellConfig:
             raise ValueError(f"cell.residual applies to the cells with a residual form ({', '.join(RESIDUAL_KINDS)}); "
                              f"cell.kind={self.kind!r} has none: leave it null")
         if self.norm_memory and self.kind in TEXTBOOK_KINDS:
-            raise ValueError(f"cell.kind={self.kind!r} is torch's fused module, which cannot normalise its state between "
-                             "steps: leave cell.norm_memory null")
-        if self.kind in ("lstm", "torch-lstm") and self.mem_tokens is not None and self.mem_tokens % 2:
+            raise ValueError(f"cell.kind={self.kind!r} is a textbook baseline cell, which does not normalise its state "
+                             "between steps: leave cell.norm_memory null")
+        if self.kind in ("lstm", "torch-lstm", "para-lstm") and self.mem_tokens is not None and self.mem_tokens % 2:
             raise ValueError(f"cell.kind={self.kind!r} keeps [h, c] as K/2 tokens each: cell.mem_tokens must be even, got {self.mem_tokens}")
         if self.d_mem is not None and self.n_heads is not None and (self.d_mem % self.n_heads or (self.d_mem // self.n_heads) % 2):
             raise ValueError(f"cell.d_mem={self.d_mem} must split into cell.n_heads={self.n_heads} heads of even width")
@@ -261,6 +263,95 @@ class TorchGRUCell(Cell):
         return self.gru(self.embed(x), m0[None].contiguous())[0]
 
 
+class ParaGRUCell(Cell):
+    """ParaRNN's GRU (Danieli et al. 2025): the recurrent weights are diagonal, so unit i of the next
+    memory depends on unit i only and the Jacobian df/dm is diagonal (given in closed form):
+
+        z = sig(a_z + w_z h),  r = sig(a_r + w_r h),  c = tanh(a_c + w_c (r h)),  h' = (1 - z) h + z c
+
+    with a = W e(x) + b from the input alone and w_* vectors. Memory h (Z units), a linear readout."""
+
+    def __init__(self, cfg: CellConfig):
+        super().__init__(cfg)
+        self.embed = nn.Embedding(cfg.vocab_size, self.D)
+        self.inp = nn.Linear(self.D, 3 * self.Z)
+        self.w = nn.Parameter(torch.empty(3, self.Z).uniform_(-1.0, 1.0))
+        nn.init.normal_(self.embed.weight, 0.0, 1.0)
+
+    def make_head(self, cfg):
+        return nn.Linear(self.Z, cfg.vocab_size)
+
+    def readout(self, m):
+        return self.head(m)
+
+    def _parts(self, h, x):
+        a_z, a_r, a_c = self.inp(self.embed(x)).chunk(3, dim=-1)
+        z, r = torch.sigmoid(a_z + self.w[0] * h), torch.sigmoid(a_r + self.w[1] * h)
+        return z, r, torch.tanh(a_c + self.w[2] * r * h)
+
+    def update(self, m, x):
+        z, _, c = self._parts(m, x)
+        return (1 - z) * m + z * c
+
+    def jacobian_diag(self, m, x):
+        z, r, c = self._parts(m, x)
+        dz, dr = z * (1 - z) * self.w[0], r * (1 - r) * self.w[1]
+        dc = (1 - c * c) * self.w[2] * (r + m * dr)
+        return (1 - z) + dz * (c - m) + z * dc
+
+    def jacobian_block_index(self):
+        return torch.arange(self.Z)[:, None]  # 1 x 1 blocks: the Jacobian is diagonal
+
+    def jacobian_block(self, m, x):
+        return self.jacobian_diag(m, x)[..., None, None]
+
+
+class ParaLSTMCell(Cell):
+    """ParaRNN's LSTM: input and forget gates coupled (i = 1 - f) and diagonal recurrence, so unit i's
+    (h_i, c_i) depends on (h_i, c_i) only and the Jacobian is 2 x 2 blocks (given in closed form):
+
+        f = sig(a_f + w_f h),  o = sig(a_o + w_o h),  g = tanh(a_g + w_g h)
+        c' = f c + (1 - f) g,  h' = o tanh(c')
+
+    Memory [h, c] (Z/2 units each), a linear readout of h."""
+
+    def __init__(self, cfg: CellConfig):
+        super().__init__(cfg)
+        self.U = self.Z // 2
+        self.embed = nn.Embedding(cfg.vocab_size, self.D)
+        self.inp = nn.Linear(self.D, 3 * self.U)
+        self.w = nn.Parameter(torch.empty(3, self.U).uniform_(-1.0, 1.0))
+        nn.init.normal_(self.embed.weight, 0.0, 1.0)
+
+    def make_head(self, cfg):
+        return nn.Linear(self.Z // 2, cfg.vocab_size)
+
+    def readout(self, m):
+        return self.head(m[..., : self.U])
+
+    def _parts(self, m, x):
+        h, c = m.chunk(2, dim=-1)
+        a_f, a_o, a_g = self.inp(self.embed(x)).chunk(3, dim=-1)
+        f, o, g = torch.sigmoid(a_f + self.w[0] * h), torch.sigmoid(a_o + self.w[1] * h), torch.tanh(a_g + self.w[2] * h)
+        c_new = f * c + (1 - f) * g
+        return h, c, f, o, g, c_new, torch.tanh(c_new)
+
+    def update(self, m, x):
+        *_, o, _, c_new, tc = self._parts(m, x)
+        return torch.cat([o * tc, c_new], dim=-1)
+
+    def jacobian_block_index(self):
+        return _unit_pairs(self.Z)
+
+    def jacobian_block(self, m, x):
+        """(rows, Z/2, 2, 2): per unit [[dh'/dh, dh'/dc], [dc'/dh, dc'/dc]]."""
+        _, c, f, o, g, _, tc = self._parts(m, x)
+        df, do, dg = f * (1 - f) * self.w[0], o * (1 - o) * self.w[1], (1 - g * g) * self.w[2]
+        dc_dh, dc_dc = df * (c - g) + (1 - f) * dg, f
+        dh_dh, dh_dc = do * tc + o * (1 - tc * tc) * dc_dh, o * (1 - tc * tc) * dc_dc
+        return torch.stack([torch.stack([dh_dh, dh_dc], -1), torch.stack([dc_dh, dc_dc], -1)], -2)
+
+
 def _unit_pairs(Z: int) -> torch.Tensor:
     """The memory positions (h_i, c_i) of each LSTM unit i, as (Z/2, 2), for memory [h, c]."""
     h = torch.arange(Z // 2)
@@ -275,6 +366,8 @@ CELLS: dict[str, type[Cell]] = {
     "lstm": LSTMCell,
     "torch-lstm": TorchLSTMCell,
     "torch-gru": TorchGRUCell,
+    "para-gru": ParaGRUCell,
+    "para-lstm": ParaLSTMCell,
 }
 
 
@@ -288,7 +381,7 @@ def check_compatible(cell: CellConfig, teacher) -> None:
     config `teacher` (a TeacherConfig): the same memory shape, vocabulary and readout shape."""
     c = cell.filled()
     if c.kind in TEXTBOOK_KINDS:
-        raise ValueError(f"cell.kind={c.kind!r} is a textbook baseline for BPTT (torch's fused module with a linear "
+        raise ValueError(f"cell.kind={c.kind!r} is a textbook baseline for BPTT (no memory normalisation, a linear "
                          "readout): it cannot follow a teacher's memories; use mlp, memtok, elman, gru or lstm")
     pairs = [("mem_tokens", c.mem_tokens, teacher.mem_tokens), ("d_mem", c.d_mem, teacher.d_model),
              ("vocab_size", c.vocab_size, teacher.vocab_size), ("readout_depth", c.readout_depth, teacher.decoder_depth),

@@ -7,7 +7,7 @@ from memtrain.methods.rollout import rollout
 from memtrain.methods.solve import SOLVERS, block_index, jacobians, linearised_step, parallel_rollout, solve_rollout, step_all
 from tests.conftest import V, tiny_cell
 
-KINDS = ["mlp", "memtok", "elman", "gru", "lstm", "torch-lstm", "torch-gru"]
+KINDS = ["mlp", "memtok", "elman", "gru", "lstm", "torch-lstm", "torch-gru", "para-gru", "para-lstm"]
 
 
 def _case(kind, B=3, T=12, scale=1.0):
@@ -88,8 +88,9 @@ def test_lstm_blocks_are_its_units():
     assert block_index(tiny_cell("mlp")).tolist() == torch.arange(16).view(2, 8).tolist()  # per memory token
 
 
-@pytest.mark.parametrize("kind", ["mlp", "memtok", "lstm"])
+@pytest.mark.parametrize("kind", ["mlp", "memtok", "lstm", "para-gru", "para-lstm"])
 def test_jacobians_equal_autograd(kind):
+    """torch.func's, and the ParaRNN cells' closed forms (their diagonal / 2 x 2 blocks)."""
     cell, _, x = _case(kind, B=2, T=3)
     prev = torch.randn(2, 3, cell.Z, dtype=torch.float64)
     J = jacobians(cell, prev, x, "dense", chunk=4)
@@ -103,6 +104,19 @@ def test_jacobians_equal_autograd(kind):
             torch.testing.assert_close(J[b, t], ref, rtol=1e-10, atol=1e-10)
             torch.testing.assert_close(d[b, t], ref.diagonal(), rtol=1e-10, atol=1e-10)
             torch.testing.assert_close(blocks[b, t], ref[idx[:, :, None], idx[:, None, :]], rtol=1e-10, atol=1e-10)
+            if kind.startswith("para-"):  # and the blocks are the whole Jacobian
+                kept = torch.zeros_like(ref, dtype=torch.bool)
+                kept[idx[:, :, None], idx[:, None, :]] = True
+                assert ref[~kept].abs().max() == 0
+
+
+@pytest.mark.parametrize("kind, structure", [("para-gru", "diag"), ("para-lstm", "block")])
+def test_the_parallel_rnn_cells_exact_structure_converges_as_newton_does(kind, structure):
+    """quasi on ParaGRU and block on ParaLSTM use the whole Jacobian: they are Newton's method."""
+    cell, m0, x = _case(kind, T=32)
+    solver = "quasi" if structure == "diag" else "block"
+    its = {s: solve_rollout(cell, m0, x, solver=s, atol=1e-10, rtol=0.0)[1].iterations for s in (solver, "newton", "jacobi")}
+    assert its[solver] == its["newton"] < its["jacobi"]
 
 
 def test_empty_sequence_and_bad_settings():

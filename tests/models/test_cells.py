@@ -5,6 +5,7 @@ import torch
 from memtrain.methods.rollout import rollout
 from memtrain.models.cells import (
     CELLS,
+    FUSED_KINDS,
     TEXTBOOK_KINDS,
     CellConfig,
     build_cell,
@@ -91,7 +92,7 @@ def test_linear_scan_equals_a_loop(T):
         torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("kind", TEXTBOOK_KINDS)
+@pytest.mark.parametrize("kind", FUSED_KINDS)
 @pytest.mark.parametrize("horizon", [None, 3])
 def test_fused_sequence_equals_stepping_the_same_cell(kind, horizon):
     """torch's fused cells: `rollout` takes their whole-sequence path; memories and gradients equal

@@ -281,8 +281,9 @@ def test_a_decoder_future_shorter_than_the_recall_gap_is_warned_about(tmp_path):
         assemble(preset_config("tiny", ["method=bptt"]))  # BPTT has no decoder
 
 
-@pytest.mark.parametrize("method", ["bptt", "dmt"])
-def test_a_run_with_a_parallel_solver_trains_like_the_stepped_one(smt_runs, tmp_path, method, monkeypatch):
+@pytest.mark.parametrize("method, kind, solver", [("bptt", "mlp", "quasi"), ("dmt", "mlp", "quasi"),
+                                                  ("bptt", "para-lstm", "block"), ("bptt", "para-gru", "newton")])
+def test_a_run_with_a_parallel_solver_trains_like_the_stepped_one(smt_runs, tmp_path, method, kind, solver, monkeypatch):
     """rollout.solver reaches every rollout of the run (training and evaluation) and changes nothing
     but rounding: the same loss trace and accuracy as stepping, and run.json keeps the setting."""
     import memtrain.methods.rollout as r
@@ -290,13 +291,13 @@ def test_a_run_with_a_parallel_solver_trains_like_the_stepped_one(smt_runs, tmp_
     for name in ("solve_rollout", "parallel_rollout"):
         monkeypatch.setattr(r, name, lambda *a, _f=getattr(r, name), **k: solves.append(k["solver"]) or _f(*a, **k))
     init = [f"init_from={smt_runs['mlp'][1]}"] if method == "dmt" else []
-    common = [f"method={method}", "train.steps=6", "train.eval_every=3", *init]
+    common = [f"method={method}", f"cell.kind={kind}", "train.steps=6", "train.eval_every=3", *init]
     train(_cfg(tmp_path, "stepped", *common), progress=False)
     assert solves == []
-    solved = train(_cfg(tmp_path, "solved", *common, "rollout.solver=quasi", "rollout.atol=1e-7", "rollout.on_fail=raise"),
+    solved = train(_cfg(tmp_path, "solved", *common, f"rollout.solver={solver}", "rollout.atol=1e-7", "rollout.on_fail=raise"),
                    progress=False)
-    assert len(solves) >= 6 + 2 and set(solves) == {"quasi"}  # every update and both evaluations
+    assert len(solves) >= 6 + 2 and set(solves) == {solver}  # every update and both evaluations
     assert _trace(tmp_path / "solved") == pytest.approx(_trace(tmp_path / "stepped"), rel=1e-4, abs=1e-5)
     stepped = json.loads((tmp_path / "stepped" / "metrics.jsonl").read_text().splitlines()[-1])
     assert solved["rnn_acc"] == stepped["rnn_acc"]
-    assert json.loads((tmp_path / "solved" / "run.json").read_text())["config"]["rollout"]["solver"] == "quasi"
+    assert json.loads((tmp_path / "solved" / "run.json").read_text())["config"]["rollout"]["solver"] == solver
