@@ -4,6 +4,7 @@
     memtrain train --preset NAME k=v ...  one run of any method (smt | dmt | bptt)
     memtrain eval RUN_DIR [--lengths ..]  the RNN alone, the teacher, drift, longer sequences
     memtrain eval RUN_DIR --data FILE     ... on every row of a data file of the run's kind, once
+    memtrain lyapunov RUN_DIR [--lengths] the largest Lyapunov exponent of the run's cell (predictability)
     memtrain plot RUN [RUN ...]           the curves of one or more runs in one PNG
     memtrain presets                      list presets
     memtrain config --preset NAME k=v     print the resolved configuration
@@ -42,6 +43,13 @@ def cmd_eval(args) -> None:
         drift = row.pop("drift", None)
         if drift:
             row.update(drift_at(drift))
+        print(json.dumps(row))
+
+
+def cmd_lyapunov(args) -> None:
+    from .runs import lyapunov_run
+
+    for row in lyapunov_run(args.run, lengths=args.lengths, batch_size=args.batch, seed=args.seed, burn_in=args.burn_in):
         print(json.dumps(row))
 
 
@@ -144,6 +152,14 @@ def make_parser() -> argparse.ArgumentParser:
                                                 "an .npz, a prepared folder or its val.npy); default length: the run's T")
     e.add_argument("--all", action="store_true", help="every row of the run's own held-out split once (file tasks)")
     e.set_defaults(func=cmd_eval)
+
+    ly = sub.add_parser("lyapunov", help="the largest Lyapunov exponent of a run's cell along its own trajectories")
+    ly.add_argument("run", help="run directory (holds run.json and model.safetensors)")
+    ly.add_argument("--lengths", type=int, nargs="*", default=None, help="sequence lengths (default: the run's T)")
+    ly.add_argument("--batch", type=int, default=32, help="held-out sequences per length")
+    ly.add_argument("--seed", type=int, default=1234)
+    ly.add_argument("--burn-in", type=int, default=None, help="steps that only align the tangent vector (default T/4)")
+    ly.set_defaults(func=cmd_lyapunov)
 
     d = sub.add_parser("demo", help="the main job: SMT->DMT vs BPTT (same cell, torch LSTM) on retrieval, one table")
     d.add_argument("--length", type=int, default=32)

@@ -6,6 +6,7 @@ import torch
 from .data.tasks import all_rows, build_task, sample_eval
 from .fields import from_dict
 from .io import load_module
+from .methods.dynamics import largest_lyapunov
 from .methods.evaluate import evaluate
 from .training.build import networks, saved_config
 from .training.checkpoint import read_run
@@ -54,4 +55,24 @@ def evaluate_run(run_dir: str, lengths=None, batch_size: int = 256, seed: int = 
             rows.append({"length": L, "skipped": str(e)})
             continue
         rows.append({"length": L, **evaluate(cell, teacher, x, y)})
+    return rows
+
+
+def lyapunov_run(run_dir: str, lengths=None, batch_size: int = 32, seed: int = 1234, burn_in: int | None = None) -> list[dict]:
+    """The largest Lyapunov exponent of a run's cell along its own trajectories from its initial memory,
+    on `batch_size` held-out sequences per length (default: the run's T): per length its mean, median,
+    min and max over the sequences (nats per step; < 0 contracting, > 0 chaotic). burn_in: steps that
+    only align the tangent vector (default T // 4)."""
+    if batch_size < 1:
+        raise ValueError(f"batch must be >= 1, got {batch_size}")
+    cfg, task, _, cell = load_run(run_dir)
+    rows = []
+    for L in lengths or [task.length]:
+        if L < 2:
+            raise ValueError(f"lengths must be >= 2 for a Lyapunov exponent, got {L}")
+        x, _ = sample_eval(task, batch_size, torch.Generator().manual_seed(seed), length=L)
+        b = L // 4 if burn_in is None else burn_in
+        lle = largest_lyapunov(cell, cell.init_memory(batch_size), x, burn_in=b, gen=torch.Generator().manual_seed(seed))
+        rows.append({"length": L, "burn_in": b, "sequences": batch_size, "cell": cfg.cell.kind, "lle_mean": lle.mean().item(),
+                     "lle_median": lle.median().item(), "lle_min": lle.min().item(), "lle_max": lle.max().item()})
     return rows

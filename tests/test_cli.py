@@ -15,7 +15,7 @@ import torch
 from memtrain.cli import main
 from memtrain.presets import PRESETS
 
-SUBCOMMANDS = ["train", "eval", "demo", "presets", "config", "prepare", "sample"]
+SUBCOMMANDS = ["train", "eval", "lyapunov", "demo", "presets", "config", "prepare", "sample"]
 
 
 def run_main(argv):
@@ -113,6 +113,31 @@ def test_eval_prints_json_lines_at_T_2T_4T(cli_run):
 ])
 def test_eval_bad_arguments(cli_run, args, names):
     rc, stdout, stderr = run_main(["eval", str(cli_run[0]), *args])
+    assert rc == 2 and stdout == "" and stderr.count("\n") == 1
+    assert all(n in stderr for n in names), stderr
+
+
+def test_lyapunov_prints_the_exponent_of_the_runs_cell(cli_run):
+    from memtrain.data.tasks import sample_eval
+    from memtrain.methods.dynamics import largest_lyapunov
+    from memtrain.runs import load_run
+
+    out = cli_run[0]
+    rc, stdout, stderr = run_main(["lyapunov", str(out), "--batch", "8", "--lengths", "12", "24"])
+    assert rc == 0, stderr
+    rows = [json.loads(line) for line in stdout.splitlines()]
+    assert [(r["length"], r["burn_in"], r["sequences"]) for r in rows] == [(12, 3, 8), (24, 6, 8)]
+    _, task, _, cell = load_run(str(out))
+    x, _ = sample_eval(task, 8, torch.Generator().manual_seed(1234), length=12)
+    lle = largest_lyapunov(cell, cell.init_memory(8), x, burn_in=3, gen=torch.Generator().manual_seed(1234))
+    assert rows[0]["lle_mean"] == pytest.approx(lle.mean().item()) and rows[0]["lle_max"] == pytest.approx(lle.max().item())
+    assert rows[0]["lle_min"] <= rows[0]["lle_median"] <= rows[0]["lle_max"]
+
+
+@pytest.mark.parametrize("args,names", [(["--batch", "0"], ["batch must be >= 1"]), (["--lengths", "1"], ["lengths must be >= 2"]),
+                                        (["--lengths", "12", "--burn-in", "12"], ["burn_in must be in [0, T-1] = [0, 11], got 12"])])
+def test_lyapunov_bad_arguments(cli_run, args, names):
+    rc, stdout, stderr = run_main(["lyapunov", str(cli_run[0]), *args])
     assert rc == 2 and stdout == "" and stderr.count("\n") == 1
     assert all(n in stderr for n in names), stderr
 
