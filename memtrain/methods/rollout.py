@@ -22,7 +22,7 @@ class RolloutConfig:
     solver: str = "sequential"  # sequential | jacobi | picard | quasi | block | newton (methods/solve.py)
     max_iter: int | None = None  # iterations before unconverged sequences fall back (None: T, enough for exactness)
     atol: float = 1e-5  # converged when max |m_t - f(m_{t-1}, x_t)| <= atol + rtol * max |m|
-    rtol: float = 1e-4
+    rtol: float = 1e-4  # the tolerance relative to the largest |m| (see atol)
     damping: float = 0.0  # A_t -> (1 - damping) A_t (ELK's damping; keeps exactness after T iterations)
     on_fail: str = "sequential"  # what unconverged sequences get: sequential (stepped, exact) | raise
 
