@@ -218,9 +218,13 @@ class TorchLSTMCell(Cell):
         return self.head(m[..., : self.Z // 2])
 
     def update(self, m, x):
+        """One step of torch's LSTM equations with the fused module's own weights, written out so that
+        forward-mode AD and torch.func (Jacobians, Lyapunov exponents) work; `sequence` is the fast path."""
         h, c = m.chunk(2, dim=-1)
-        _, (h, c) = self.lstm(self.embed(x)[:, None], (h[None].contiguous(), c[None].contiguous()))
-        return torch.cat([h[0], c[0]], dim=-1)
+        gates = F.linear(self.embed(x), self.lstm.weight_ih_l0, self.lstm.bias_ih_l0) + F.linear(h, self.lstm.weight_hh_l0, self.lstm.bias_hh_l0)
+        i, f, g, o = gates.chunk(4, dim=-1)  # torch's gate order: input, forget, cell, output
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.cat([torch.sigmoid(o) * torch.tanh(c), c], dim=-1)
 
     def jacobian_block_index(self):
         return _unit_pairs(self.Z)
@@ -256,7 +260,13 @@ class TorchGRUCell(Cell):
         return self.head(m)
 
     def update(self, m, x):
-        return self.gru(self.embed(x)[:, None], m[None].contiguous())[1][0]
+        """One step of torch's GRU equations with the fused module's own weights (forward-mode AD and
+        torch.func work on it); `sequence` is the fast path."""
+        gi = F.linear(self.embed(x), self.gru.weight_ih_l0, self.gru.bias_ih_l0)
+        gh = F.linear(m, self.gru.weight_hh_l0, self.gru.bias_hh_l0)
+        (ri, zi, ni), (rh, zh, nh) = gi.chunk(3, dim=-1), gh.chunk(3, dim=-1)  # torch's order: reset, update, new
+        r, z = torch.sigmoid(ri + rh), torch.sigmoid(zi + zh)
+        return (1 - z) * torch.tanh(ni + r * nh) + z * m
 
     def sequence(self, m0, x):
         """Memories after each input (B, T, Z) in one fused call."""
