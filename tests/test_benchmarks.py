@@ -254,3 +254,28 @@ def test_text_vs_authors_report_reads_one_root_per_seed(tmp_path):
         ("memtrain SMT -> DMT", "1", "smt"), ("memtrain SMT -> DMT", "1", "dmt"), ("BPTT, torch's fused LSTM", "0", "bptt")]
     assert cells[3][5:] == ["3.000", "3.250", "3.500", "4.500"] and cells[4][5:7] == ["-", "-"]
     assert (tmp_path / "out" / "text_vs_authors.png").is_file()
+
+
+@pytest.mark.parametrize("solver", ["quasi", "jacobi"])
+def test_solver_speed_workloads_update_like_stepping(solver):
+    """The timed DMT and BPTT updates of benchmarks/solver_speed.py with a parallel solver leave the
+    same (clipped) gradients and parameters as the stepped ones (float64): the benchmark times the
+    same computation."""
+    from solver_speed import workloads
+
+    from memtrain.methods.rollout import RolloutConfig
+    from memtrain.models.cells import CellConfig, build_cell
+
+    x = torch.randint(0, 16, (3, 12), generator=torch.Generator().manual_seed(0))
+    for name in ("dmt", "bptt"):
+        after = {}
+        for s in ("sequential", solver):
+            torch.manual_seed(0)
+            cell = build_cell(CellConfig(kind="para-gru", vocab_size=16, d_mem=8, mem_tokens=2)).double()
+            before = [p.detach().clone() for p in cell.parameters()]
+            workloads(cell, x, RolloutConfig(solver=s, atol=1e-12, rtol=0))[name]()
+            after[s] = [p.detach().clone() for p in cell.parameters()] + [p.grad.clone() for p in cell.parameters() if p.grad is not None]
+        assert any(not torch.equal(b, a) for b, a in zip(before, after["sequential"]))
+        assert len(after["sequential"]) == len(after[solver]) > len(before)
+        for a, b in zip(after["sequential"], after[solver]):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

@@ -1,0 +1,124 @@
+"""Seconds per evaluation pass, per DMT update (its RNN side) and per BPTT update, the cell stepped
+(`rollout.solver=sequential`) against each parallel solver, for sequence lengths T, on this machine.
+
+Each cell is built at its standalone sizes (fresh weights, random tokens, batch --batch). The three
+workloads are what `rollout` does inside the library's loops:
+- eval: the RNN alone through the sequence, no graph, then the readout at every step;
+- dmt: the rollout with one-step gradients (grad_horizon=1), a regression loss on every memory
+  against fixed targets, backward, clip, AdamW (the teacher's target pass of a real DMT update is
+  not included: it is the same for every solver);
+- bptt: the rollout with the whole graph (the implicit adjoint for a parallel solver), next-token
+  cross-entropy of the readout at every step, backward, clip, AdamW.
+Solvers without a closed-form Jacobian for the cell (quasi needs `jacobian_diag`, block
+`jacobian_block`) and newton (dense Jacobians) are skipped: torch.func Jacobians of Z rows per step
+cost far more than stepping on a CPU (benchmarks/solver_convergence.py measures them). Unconverged
+sequences fall back to stepping after --max-iter iterations; the table says how often.
+
+    python benchmarks/solver_speed.py --cells para-gru para-lstm mlp --lengths 64 256 1024
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from common import md_table, median, training_update, write_results
+
+from memtrain.methods.rollout import RolloutConfig, rollout
+from memtrain.methods.solve import solve_rollout
+from memtrain.models.cells import CellConfig, build_cell
+
+VOCAB = 16
+ANALYTIC = {"quasi": "jacobian_diag", "block": "jacobian_block"}
+
+
+def usable(cell, solver: str) -> bool:
+    if solver in ("sequential", "jacobi", "picard"):
+        return True
+    return solver in ANALYTIC and hasattr(cell, ANALYTIC[solver])
+
+
+def workloads(cell, x: torch.Tensor, cfg: RolloutConfig) -> dict:
+    """name -> a function of no arguments doing one pass / update with this solver."""
+    params = list(cell.parameters())
+    m0 = cell.init_memory(x.shape[0])
+    target = torch.randn(x.shape[0], x.shape[1], cell.Z, generator=torch.Generator().manual_seed(1))
+
+    def read(memories):  # (B, T, Z) -> logits (B*T, V): the readout takes flat (N, Z) memories
+        return cell.readout(memories.reshape(-1, cell.Z))
+
+    @torch.no_grad()
+    def evaluate():
+        return read(rollout(cell, m0, x, solver=cfg)[:, 1:])
+
+    def dmt_loss():
+        return F.mse_loss(rollout(cell, m0, x, grad_horizon=1, solver=cfg)[:, 1:], target)
+
+    def bptt_loss():
+        return F.cross_entropy(read(rollout(cell, m0, x, solver=cfg)[:, :-1]), x.reshape(-1))
+
+    return {"eval": evaluate, "dmt": training_update(dmt_loss, params), "bptt": training_update(bptt_loss, params)}
+
+
+def measure(kind: str, T: int, a) -> dict:
+    torch.manual_seed(0)
+    cell = build_cell(CellConfig(kind=kind, vocab_size=VOCAB))
+    x = torch.randint(0, VOCAB, (a.batch, T), generator=torch.Generator().manual_seed(0))
+    row = {"cell": kind, "T": T, "solvers": {}}
+    for solver in a.solvers:
+        if not usable(cell, solver):
+            continue
+        cfg = RolloutConfig(solver=solver, max_iter=a.max_iter)
+        fns = workloads(cell, x, cfg)
+        times = {name: [] for name in fns}
+        for _ in range(a.repeats):  # interleaved: each round runs every workload once
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        entry = {name: median(ts) for name, ts in times.items()}
+        if solver != "sequential":
+            with torch.no_grad():
+                _, report = solve_rollout(cell, cell.init_memory(a.batch), x, solver=solver, max_iter=a.max_iter)
+            entry.update(iterations=report.iterations, converged=report.converged.float().mean().item())
+        row["solvers"][solver] = entry
+        print(f"{kind} T={T} {solver}: " + ", ".join(f"{k} {v:.3f} s" for k, v in entry.items() if k in fns), flush=True)
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    out = []
+    for r in rows:
+        base = r["solvers"].get("sequential")
+        for solver, e in r["solvers"].items():
+            conv = "-" if solver == "sequential" else f"{e['iterations']} / {e['converged']:.0%}"
+            ratios = [f"{e[w]:.3f}" + ("" if base is None or solver == "sequential" else f" ({base[w] / e[w]:.2f}x)")
+                      for w in ("eval", "dmt", "bptt")]
+            out.append([r["cell"], r["T"], solver, conv, *ratios])
+    return md_table(["cell", "T", "solver", "iterations / converged", "eval pass s", "DMT update s (RNN side)",
+                     "BPTT update s"], out) + (
+        "\n\nMedians of --repeats interleaved rounds; in brackets the speed-up over stepping the same cell "
+        "(above 1: the solver is faster). Iterations of the forward solve on the same batch.")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cells", nargs="+", default=["para-gru", "para-lstm", "mlp"])
+    p.add_argument("--lengths", nargs="+", type=int, default=[64, 256, 1024])
+    p.add_argument("--solvers", nargs="+", default=["sequential", "jacobi", "quasi", "block"],
+                   choices=["sequential", "jacobi", "picard", "quasi", "block"])
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--max-iter", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--results", default=None)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    rows = [measure(kind, T, a) for kind in a.cells for T in a.lengths]
+    settings = {k: getattr(a, k) for k in ("batch", "max_iter", "repeats", "threads")}
+    write_results("solver_speed", {"settings": settings, "rows": rows}, table(rows), results=a.results)
+
+
+if __name__ == "__main__":
+    main()
