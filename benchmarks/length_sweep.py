@@ -1,6 +1,6 @@
 """Retrieval accuracy of the RNN running alone against sequence length, every method given the same
 seconds of training: SMT -> DMT (method=smt-dmt, handing over on measured criteria) against BPTT on
-the same cell and on torch's fused LSTM and GRU (the paper's Figure on length: BPTT degrades with
+the same cell, on torch's fused LSTM and GRU and on ParaRNN's cells (the paper's Figure on length: BPTT degrades with
 length, SMT should not). `--task copy` (stack, kv, ...) runs another synthetic task the same way;
 its runs' folders start with the task's name and the report gives each task its own panel.
 
@@ -41,6 +41,8 @@ METHODS = {
     "bptt-mlp": ["method=bptt"],
     "bptt-lstm": ["method=bptt", "cell.kind=torch-lstm"],
     "bptt-gru": ["method=bptt", "cell.kind=torch-gru"],
+    "bptt-para-gru": ["method=bptt", "cell.kind=para-gru"],  # ParaRNN's cells (BPTT gives the Newton solver's gradients)
+    "bptt-para-lstm": ["method=bptt", "cell.kind=para-lstm"],
 }
 TARGET = 0.95
 
