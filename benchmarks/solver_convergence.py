@@ -24,7 +24,7 @@ from common import md_table, median, write_results
 from memtrain.data.tasks import sample_eval
 from memtrain.methods.dynamics import largest_lyapunov
 from memtrain.methods.rollout import rollout
-from memtrain.methods.solve import SOLVERS, solve_rollout
+from memtrain.methods.solve import SOLVERS, closed_form, solve_rollout
 from memtrain.models.cells import CellConfig, build_cell
 from memtrain.runs import load_run
 from memtrain.training.build import networks
@@ -73,8 +73,7 @@ def measure(cell, x: torch.Tensor, a) -> dict:
     row = {"T": x.shape[1], "sequential_s": seq_s, "lle_mean": lle.mean().item(), "lle_max": lle.max().item(), "solvers": {}}
     rows_z = x.numel() * cell.Z
     for solver in a.solvers:
-        analytic = {"quasi": "jacobian_diag", "block": "jacobian_block"}.get(solver)
-        generic = solver in ("quasi", "block", "newton") and not (analytic and hasattr(cell, analytic))
+        generic = not closed_form(cell, solver)
         if generic and rows_z > a.jacobian_budget:
             row["solvers"][solver] = {"skipped": f"torch.func Jacobians of B*T*Z = {rows_z} > --jacobian-budget"}
             continue

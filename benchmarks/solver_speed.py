@@ -26,17 +26,10 @@ import torch.nn.functional as F
 from common import md_table, median, training_update, write_results
 
 from memtrain.methods.rollout import RolloutConfig, rollout
-from memtrain.methods.solve import solve_rollout
+from memtrain.methods.solve import closed_form, solve_rollout
 from memtrain.models.cells import CellConfig, build_cell
 
 VOCAB = 16
-ANALYTIC = {"quasi": "jacobian_diag", "block": "jacobian_block"}
-
-
-def usable(cell, solver: str) -> bool:
-    if solver in ("sequential", "jacobi", "picard"):
-        return True
-    return solver in ANALYTIC and hasattr(cell, ANALYTIC[solver])
 
 
 def workloads(cell, x: torch.Tensor, cfg: RolloutConfig) -> dict:
@@ -67,7 +60,7 @@ def measure(kind: str, T: int, a) -> dict:
     x = torch.randint(0, VOCAB, (a.batch, T), generator=torch.Generator().manual_seed(0))
     row = {"cell": kind, "T": T, "solvers": {}}
     for solver in a.solvers:
-        if not usable(cell, solver):
+        if solver != "sequential" and not closed_form(cell, solver):
             continue
         cfg = RolloutConfig(solver=solver, max_iter=a.max_iter)
         fns = workloads(cell, x, cfg)

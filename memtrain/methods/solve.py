@@ -65,6 +65,13 @@ def step_all(cell: Cell, prev: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return cell.update(prev.reshape(B * T, Z), x.reshape(B * T)).view(B, T, Z)
 
 
+def closed_form(cell: Cell, solver: str) -> bool:
+    """Whether `solver` runs on `cell` without torch.func Jacobians: it needs none (jacobi, picard) or
+    the cell provides the part it keeps (`jacobian_diag` for quasi, `jacobian_block` for block)."""
+    structure = Linearisation.STRUCTURE[solver]
+    return structure in (None, "identity") or hasattr(cell, f"jacobian_{structure}")
+
+
 def block_index(cell: Cell) -> torch.Tensor:
     """(n_blocks, s) memory positions of the blocks the `block` solver keeps of each Jacobian: the
     cell's own (`cell.jacobian_block_index()`: an LSTM's (h_i, c_i) pairs) or else one block per memory

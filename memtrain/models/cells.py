@@ -221,10 +221,15 @@ class TorchLSTMCell(Cell):
         """One step of torch's LSTM equations with the fused module's own weights, written out so that
         forward-mode AD and torch.func (Jacobians, Lyapunov exponents) work; `sequence` is the fast path."""
         h, c = m.chunk(2, dim=-1)
-        gates = F.linear(self.embed(x), self.lstm.weight_ih_l0, self.lstm.bias_ih_l0) + F.linear(h, self.lstm.weight_hh_l0, self.lstm.bias_hh_l0)
-        i, f, g, o = gates.chunk(4, dim=-1)  # torch's gate order: input, forget, cell, output
+        i, f, g, o = self._gates(self.embed(x), h)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         return torch.cat([torch.sigmoid(o) * torch.tanh(c), c], dim=-1)
+
+    def _gates(self, e, h):
+        """The fused module's gate pre-activations from input embeddings e and hidden states h, in
+        torch's order: input, forget, cell, output."""
+        lstm = self.lstm
+        return (F.linear(e, lstm.weight_ih_l0, lstm.bias_ih_l0) + F.linear(h, lstm.weight_hh_l0, lstm.bias_hh_l0)).chunk(4, dim=-1)
 
     def jacobian_block_index(self):
         return _unit_pairs(self.Z)
@@ -237,8 +242,7 @@ class TorchLSTMCell(Cell):
         e = self.embed(x)  # (B, T, D)
         hs, _ = self.lstm(e, (h0[None].contiguous(), c0[None].contiguous()))  # (B, T, Z/2)
         h_prev = torch.cat([h0[:, None], hs[:, :-1]], dim=1)
-        gates = F.linear(e, self.lstm.weight_ih_l0, self.lstm.bias_ih_l0) + F.linear(h_prev, self.lstm.weight_hh_l0, self.lstm.bias_hh_l0)
-        i, f, g, _ = gates.chunk(4, dim=-1)  # torch's gate order: input, forget, cell, output
+        i, f, g, _ = self._gates(e, h_prev)
         cs = linear_scan(torch.sigmoid(f), torch.sigmoid(i) * torch.tanh(g), c0)
         return torch.cat([hs, cs], dim=-1)
 
