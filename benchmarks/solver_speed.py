@@ -15,6 +15,14 @@ cost far more than stepping on a CPU (benchmarks/solver_convergence.py measures 
 sequences fall back to stepping after --max-iter iterations; the table says how often.
 
     python benchmarks/solver_speed.py --cells para-gru para-lstm mlp --lengths 64 256 1024
+
+`--parts` times instead the pieces one solver iteration is made of, beside stepping the same batch
+(no graph, medians of --repeats): one batched cell call over all B*T rows (what jacobi costs per
+iteration), the closed-form diagonal and block Jacobians where the cell has them, and the scans
+(elementwise for quasi, of the small blocks for block). No solver can beat stepping on a machine
+where the batched call alone is slower than stepping.
+
+    python benchmarks/solver_speed.py --parts --cells para-gru para-lstm --lengths 256 1024
 """
 from __future__ import annotations
 
@@ -25,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from common import md_table, median, training_update, write_results
 
-from memtrain.methods.rollout import RolloutConfig, rollout
-from memtrain.methods.solve import closed_form, solve_rollout
+from memtrain.methods.rollout import RolloutConfig, auto_solver, rollout
+from memtrain.methods.solve import Linearisation, closed_form, solve_rollout, step_all
 from memtrain.models.cells import CellConfig, build_cell
 
 VOCAB = 16
@@ -60,10 +68,14 @@ def measure(kind: str, T: int, a) -> dict:
     x = torch.randint(0, VOCAB, (a.batch, T), generator=torch.Generator().manual_seed(0))
     row = {"cell": kind, "T": T, "solvers": {}}
     for solver in a.solvers:
-        if solver != "sequential" and not closed_form(cell, solver):
+        if solver not in ("sequential", "auto") and not closed_form(cell, solver):
             continue
         cfg = RolloutConfig(solver=solver, max_iter=a.max_iter)
         fns = workloads(cell, x, cfg)
+        if solver == "auto":  # its trials first (each workload is its own kind of call), then what it chose is timed
+            for fn in fns.values():
+                for _ in range(2 * len(auto_solver(cell).candidates)):
+                    fn()
         times = {name: [] for name in fns}
         for _ in range(a.repeats):  # interleaved: each round runs every workload once
             for name, fn in fns.items():
@@ -71,7 +83,11 @@ def measure(kind: str, T: int, a) -> dict:
                 fn()
                 times[name].append(time.perf_counter() - t0)
         entry = {name: median(ts) for name, ts in times.items()}
-        if solver != "sequential":
+        if solver == "auto":
+            entry["chosen"] = {w: next(c["chosen"] for c in auto_solver(cell).choices()
+                                       if c["grad"] == (w != "eval") and c["grad_horizon"] == (1 if w == "dmt" else None))
+                               for w in fns}
+        elif solver != "sequential":
             with torch.no_grad():
                 _, report = solve_rollout(cell, cell.init_memory(a.batch), x, solver=solver, max_iter=a.max_iter)
             entry.update(iterations=report.iterations, converged=report.converged.float().mean().item())
@@ -80,19 +96,55 @@ def measure(kind: str, T: int, a) -> dict:
     return row
 
 
+@torch.no_grad()
+def parts(kind: str, T: int, a) -> dict:
+    """Seconds of each piece of a solver iteration against stepping, for one cell and length."""
+    torch.manual_seed(0)
+    cell = build_cell(CellConfig(kind=kind, vocab_size=VOCAB))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, VOCAB, (a.batch, T), generator=gen)
+    m0 = cell.init_memory(a.batch)
+    prev = torch.randn(a.batch, T, cell.Z, generator=gen)
+    fns = {"stepped": lambda: rollout(cell, m0, x), "cell call (B*T rows)": lambda: step_all(cell, prev, x)}
+    for solver in ("quasi", "block"):
+        if closed_form(cell, solver):
+            lin = Linearisation(solver, cell, prev, x)
+            fns[f"{lin.structure} Jacobian"] = lambda s=solver: Linearisation(s, cell, prev, x)
+            fns[f"{lin.structure} scan"] = lambda lin=lin: lin.scan(prev, m0)
+    times = {name: [] for name in fns}
+    for _ in range(a.repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    row = {"cell": kind, "T": T, "seconds": {name: median(ts) for name, ts in times.items()}}
+    print(f"{kind} T={T}: " + ", ".join(f"{k} {v:.4f} s" for k, v in row["seconds"].items()), flush=True)
+    return row
+
+
+def parts_table(rows: list[dict]) -> str:
+    names = list(dict.fromkeys(n for r in rows for n in r["seconds"]))
+    out = [[r["cell"], r["T"], *(f"{r['seconds'][n]:.4f}" if n in r["seconds"] else "-" for n in names)] for r in rows]
+    return md_table(["cell", "T", *(f"{n} s" for n in names)], out) + (
+        "\n\nMedians of --repeats rounds, no graph, batch --batch, one thread unless --threads. A quasi iteration "
+        "costs one cell call + the diagonal Jacobian + its scan; a block iteration the same with the blocks.")
+
+
 def table(rows: list[dict]) -> str:
     out = []
     for r in rows:
         base = r["solvers"].get("sequential")
         for solver, e in r["solvers"].items():
-            conv = "-" if solver == "sequential" else f"{e['iterations']} / {e['converged']:.0%}"
+            conv = ("-" if solver == "sequential" else f"chose {' / '.join(e['chosen'][w] for w in ('eval', 'dmt', 'bptt'))}"
+                    if solver == "auto" else f"{e['iterations']} / {e['converged']:.0%}")
             ratios = [f"{e[w]:.3f}" + ("" if base is None or solver == "sequential" else f" ({base[w] / e[w]:.2f}x)")
                       for w in ("eval", "dmt", "bptt")]
             out.append([r["cell"], r["T"], solver, conv, *ratios])
     return md_table(["cell", "T", "solver", "iterations / converged", "eval pass s", "DMT update s (RNN side)",
                      "BPTT update s"], out) + (
         "\n\nMedians of --repeats interleaved rounds; in brackets the speed-up over stepping the same cell "
-        "(above 1: the solver is faster). Iterations of the forward solve on the same batch.")
+        "(above 1: the solver is faster). Iterations of the forward solve on the same batch; for auto, what it chose "
+        "for the eval / DMT / BPTT calls after its trials (which are not timed).")
 
 
 def main() -> None:
@@ -100,16 +152,21 @@ def main() -> None:
     p.add_argument("--cells", nargs="+", default=["para-gru", "para-lstm", "mlp"])
     p.add_argument("--lengths", nargs="+", type=int, default=[64, 256, 1024])
     p.add_argument("--solvers", nargs="+", default=["sequential", "jacobi", "quasi", "block"],
-                   choices=["sequential", "jacobi", "picard", "quasi", "block"])
+                   choices=["sequential", "jacobi", "picard", "quasi", "block", "auto"])
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--max-iter", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--parts", action="store_true", help="time the pieces of one solver iteration instead (module docstring)")
     p.add_argument("--results", default=None)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    rows = [measure(kind, T, a) for kind in a.cells for T in a.lengths]
     settings = {k: getattr(a, k) for k in ("batch", "max_iter", "repeats", "threads")}
+    if a.parts:
+        rows = [parts(kind, T, a) for kind in a.cells for T in a.lengths]
+        write_results("solver_parts", {"settings": settings, "rows": rows}, parts_table(rows), results=a.results)
+        return
+    rows = [measure(kind, T, a) for kind in a.cells for T in a.lengths]
     write_results("solver_speed", {"settings": settings, "rows": rows}, table(rows), results=a.results)
 
 

@@ -279,3 +279,19 @@ def test_solver_speed_workloads_update_like_stepping(solver):
         assert len(after["sequential"]) == len(after[solver]) > len(before)
         for a, b in zip(after["sequential"], after[solver]):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_solver_speed_parts_times_the_pieces_each_cell_has():
+    """--parts: stepping and the batched cell call for every cell; the diagonal / block Jacobian and
+    scan only where the cell gives them in closed form (para-gru both, para-lstm blocks, mlp none)."""
+    from argparse import Namespace
+
+    from solver_speed import parts
+
+    a = Namespace(batch=2, repeats=1)
+    got = {kind: parts(kind, 8, a) for kind in ("para-gru", "para-lstm", "mlp")}
+    base = {"stepped", "cell call (B*T rows)"}
+    assert set(got["para-gru"]["seconds"]) == base | {"diag Jacobian", "diag scan", "block Jacobian", "block scan"}
+    assert set(got["para-lstm"]["seconds"]) == base | {"block Jacobian", "block scan"}
+    assert set(got["mlp"]["seconds"]) == base
+    assert all(v > 0 for r in got.values() for v in r["seconds"].values())

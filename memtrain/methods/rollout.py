@@ -1,25 +1,36 @@
 """The one place where a cell is run through time: BPTT, DMT, evaluation and sampling all call
 `rollout`. It steps the cell (`rollout.solver=sequential`, the default) or solves the whole trajectory
-in parallel over time (methods/solve.py) with the solver a run's `rollout` section names.
+in parallel over time (methods/solve.py) with the solver a run's `rollout` section names, or
+(`rollout.solver=auto`) with whichever of the two it measured to be faster for that kind of call.
 
 Legend: B batch, T steps, Z memory size.
 """
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from ..models.cells import Cell
-from .solve import SOLVERS, check_solver, parallel_rollout, solve_rollout, step_all
+from .solve import (
+    SOLVERS,
+    check_solver,
+    closed_form,
+    parallel_rollout,
+    solve_rollout,
+    step_all,
+)
 
-SOLVER_NAMES = ("sequential", *SOLVERS)
+SOLVER_NAMES = ("sequential", *SOLVERS, "auto")
+AUTO_CANDIDATES = ("jacobi", "quasi", "block")  # what auto tries beside stepping, where the cell has their Jacobian part
 
 
 @dataclass
 class RolloutConfig:
     """How a cell is run through time (the `rollout` section): stepped, or solved in parallel over time."""
-    solver: str = "sequential"  # sequential | jacobi | picard | quasi | block | newton (methods/solve.py)
+    solver: str = "sequential"  # sequential | jacobi | picard | quasi | block | newton (methods/solve.py) | auto (AutoSolver)
     max_iter: int | None = None  # iterations before unconverged sequences fall back (None: T, enough for exactness)
     atol: float = 1e-5  # converged when max |m_t - f(m_{t-1}, x_t)| <= atol + rtol * max |m|
     rtol: float = 1e-4  # the tolerance relative to the largest |m| (see atol)
@@ -30,6 +41,8 @@ class RolloutConfig:
         if self.solver not in SOLVER_NAMES:
             raise ValueError(f"rollout.solver must be one of {', '.join(SOLVER_NAMES)}, got {self.solver!r}")
         check_solver("jacobi", self.on_fail, self.damping)  # (the settings every solver shares)
+        if self.solver == "auto" and self.on_fail == "raise":
+            raise ValueError("rollout.solver=auto falls back to stepping by design; rollout.on_fail=raise needs a named solver")
         if self.max_iter is not None and self.max_iter < 1:
             raise ValueError(f"rollout.max_iter must be >= 1 or None, got {self.max_iter}")
         if self.atol < 0 or self.rtol < 0:
@@ -54,8 +67,14 @@ def rollout(cell: Cell, m0: torch.Tensor, x: torch.Tensor, grad_horizon: int | N
     if grad_horizon is not None and grad_horizon < 1:
         raise ValueError(f"grad_horizon must be >= 1 or None, got {grad_horizon}")
     solver = solver or getattr(cell, "solver", None)
+    if solver is not None and solver.solver == "auto" and x.shape[1] > 0:
+        return _auto(cell, m0, x, grad_horizon, solver)
     if solver is not None and solver.solver != "sequential" and x.shape[1] > 0:
-        return _solved(cell, m0, x, grad_horizon, solver.settings())
+        return _solved(cell, m0, x, grad_horizon, solver.settings())[0]
+    return _stepped(cell, m0, x, grad_horizon)
+
+
+def _stepped(cell: Cell, m0: torch.Tensor, x: torch.Tensor, grad_horizon: int | None) -> torch.Tensor:
     if hasattr(cell, "sequence"):  # a whole-sequence fast path (torch's fused cells): one call per gradient chunk
         return _rollout_chunks(cell, m0, x, grad_horizon or max(x.shape[1], 1))
     m, out = m0, [m0]
@@ -67,20 +86,99 @@ def rollout(cell: Cell, m0: torch.Tensor, x: torch.Tensor, grad_horizon: int | N
     return torch.stack(out, dim=1)
 
 
-def _solved(cell: Cell, m0: torch.Tensor, x: torch.Tensor, grad_horizon: int | None, settings: dict) -> torch.Tensor:
+def _solved(cell: Cell, m0: torch.Tensor, x: torch.Tensor, grad_horizon: int | None, settings: dict
+            ) -> tuple[torch.Tensor, bool]:
     """`rollout` by a parallel solve: the whole graph by the implicit adjoint, one-step gradients by one
-    batched update from the solved memories, truncation by one solve per chunk."""
+    batched update from the solved memories, truncation by one solve per chunk. -> (memories, whether
+    any forward solve fell back to stepping)."""
     if grad_horizon == 1:
-        memories, _ = solve_rollout(cell, m0.detach(), x, **settings)
+        memories, report = solve_rollout(cell, m0.detach(), x, **settings)
         prev = torch.cat([m0[:, None], memories[:, 1:-1]], dim=1)  # m0 keeps its graph
-        return torch.cat([m0[:, None], step_all(cell, prev, x)], dim=1)
+        return torch.cat([m0[:, None], step_all(cell, prev, x)], dim=1), report.fell_back
     h = grad_horizon or x.shape[1]
-    m, out = m0, [m0[:, None]]
+    m, out, fell_back = m0, [m0[:, None]], False
     for lo in range(0, x.shape[1], h):
-        chunk, _ = parallel_rollout(cell, m.detach() if lo > 0 else m, x[:, lo:lo + h], **settings)
+        chunk, report = parallel_rollout(cell, m.detach() if lo > 0 else m, x[:, lo:lo + h], **settings)
         out.append(chunk[:, 1:])
-        m = chunk[:, -1]
-    return torch.cat(out, dim=1)
+        m, fell_back = chunk[:, -1], fell_back or report.fell_back
+    return torch.cat(out, dim=1), fell_back
+
+
+class AutoSolver:
+    """rollout.solver=auto: per kind of call (batch, length, gradient horizon, gradients on or off,
+    device, dtype) the first calls are trials, stepping and each solver of AUTO_CANDIDATES that runs
+    on the cell in closed form taking turns, `trials` times each; from then on that kind of call uses
+    the one with the fastest forward rollout. A solver may take at most `slack` x the fastest time
+    seen (in trials) or stepping's time (once chosen): past that it stops iterating and the unsolved
+    sequences are stepped, so a call costs at most about slack + 1 steppings. A solver that falls
+    back in a trial is not chosen; a chosen one that falls back is replaced by stepping for good.
+    Every call returns the memories of stepping (to the solver's tolerance). What it measured and
+    chose: `choices()`.
+
+    Timed is the forward rollout only (the backward of a solve is another solve with the same
+    convergence, and every candidate's readout and loss are the same)."""
+
+    def __init__(self, cell: Cell, trials: int = 2, slack: float = 2.0, clock: Callable[[], float] = time.perf_counter):
+        self.candidates = ["sequential", *(s for s in AUTO_CANDIDATES if closed_form(cell, s))]
+        self.trials, self.slack, self.clock = trials, slack, clock
+        self.seconds: dict[tuple, dict[str, list[float]]] = {}
+        self.failed: dict[tuple, set[str]] = {}
+        self.chosen: dict[tuple, str] = {}
+
+    def next(self, key: tuple) -> tuple[str, float | None]:
+        """The solver for this call and, for a solver, its time budget in seconds (None: no limit)."""
+        seen, failed = self.seconds.setdefault(key, {n: [] for n in self.candidates}), self.failed.setdefault(key, set())
+        ok = {n: min(ts) for n, ts in seen.items() if ts and n not in failed}
+        if key not in self.chosen:
+            todo = [n for n in self.candidates if len(seen[n]) < self.trials and n not in failed]
+            if todo:
+                name = min(todo, key=lambda n: len(seen[n]))  # taking turns, stepping first
+                return name, (self.slack * min(ok.values()) if ok and name != "sequential" else None)
+            self.chosen[key] = min(ok, key=ok.get)
+        name = self.chosen[key]
+        return name, (self.slack * ok["sequential"] if name != "sequential" and "sequential" in ok else None)
+
+    def record(self, key: tuple, name: str, seconds: float, fell_back: bool) -> None:
+        if fell_back:
+            self.failed[key].add(name)
+            if self.chosen.get(key) == name:
+                self.chosen[key] = "sequential"
+        elif key not in self.chosen:
+            self.seconds[key][name].append(seconds)
+
+    def choices(self) -> list[dict]:
+        """One entry per kind of call seen: its key, the fastest time of each candidate, the failed ones
+        and the choice (None while trials go on)."""
+        names = ("batch", "length", "grad_horizon", "grad", "device", "dtype")
+        return [{**dict(zip(names, key)), "seconds": {n: min(ts) for n, ts in seen.items() if ts},
+                 "failed": sorted(self.failed.get(key, ())), "chosen": self.chosen.get(key)}
+                for key, seen in self.seconds.items()]
+
+
+def auto_solver(cell: Cell) -> AutoSolver:
+    """The cell's AutoSolver (made on first use; its measurements live as long as the cell)."""
+    if getattr(cell, "_auto_solver", None) is None:
+        cell._auto_solver = AutoSolver(cell)
+    return cell._auto_solver
+
+
+def _auto(cell: Cell, m0: torch.Tensor, x: torch.Tensor, grad_horizon: int | None, cfg: RolloutConfig) -> torch.Tensor:
+    auto = auto_solver(cell)
+    key = (x.shape[0], x.shape[1], grad_horizon, torch.is_grad_enabled(), x.device.type, str(m0.dtype))
+    name, budget = auto.next(key)
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    sync()
+    t0 = auto.clock()
+    if name == "sequential":
+        memories, fell_back = _stepped(cell, m0, x, grad_horizon), False
+    else:
+        settings = {**cfg.settings(), "solver": name, "on_fail": "sequential"}
+        if budget is not None:
+            settings["deadline"] = time.perf_counter() + budget
+        memories, fell_back = _solved(cell, m0, x, grad_horizon, settings)
+    sync()
+    auto.record(key, name, auto.clock() - t0, fell_back)
+    return memories
 
 
 @torch.no_grad()

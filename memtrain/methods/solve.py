@@ -25,6 +25,7 @@ Legend: B batch, T steps, Z memory size.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -175,13 +176,15 @@ def linearised_step(solver: str, cell: Cell, m0: torch.Tensor, prev: torch.Tenso
 @torch.no_grad()
 def solve_rollout(cell: Cell, m0: torch.Tensor, x: torch.Tensor, solver: str = "quasi", max_iter: int | None = None,
                   atol: float = 1e-5, rtol: float = 1e-4, damping: float = 0.0, on_fail: str = "sequential",
-                  guess: torch.Tensor | None = None) -> tuple[torch.Tensor, SolveReport]:
+                  guess: torch.Tensor | None = None, deadline: float | None = None) -> tuple[torch.Tensor, SolveReport]:
     """The memories (B, T+1, Z) that `rollout(cell, m0, x)` returns (memories[:, 0] = m0), found in
     parallel over time, and a SolveReport. No graph: `parallel_rollout` adds the gradients.
 
     A sequence has converged when max_t,z |m_t - f(m_{t-1}, x_t)| <= atol + rtol * max |m|; it is
     then frozen while the others iterate. max_iter: None = T (enough for exactness in exact
     arithmetic). guess (B, T, Z): the starting trajectory (default m_t = f(m0, x_t), one batched call).
+    deadline: a time.perf_counter() reading after which no new iteration starts (the unconverged
+    sequences then fall back as when max_iter is spent; rollout.solver=auto bounds its trials so).
     """
     check_solver(solver, on_fail, damping)
     B, T = x.shape
@@ -195,7 +198,7 @@ def solve_rollout(cell: Cell, m0: torch.Tensor, x: torch.Tensor, solver: str = "
         f = step_all(cell, prev, x)
         residual = (m - f).abs().amax(dim=(1, 2))
         done = residual <= atol + rtol * f.abs().amax(dim=(1, 2))  # NaN never counts as done
-        if bool(done.all()) or iterations >= max_iter:
+        if bool(done.all()) or iterations >= max_iter or (deadline is not None and time.perf_counter() > deadline):
             break
         new = linearised_step(solver, cell, m0, prev, x, f, damping)
         m = torch.where(done[:, None, None], m, new)
@@ -235,7 +238,7 @@ def parallel_rollout(cell: Cell, m0: torch.Tensor, x: torch.Tensor, solver: str 
     if not torch.is_grad_enabled() or x.shape[1] == 0:
         return memories, report
     prev = torch.cat([m0[:, None], memories[:, 1:-1]], dim=1)  # m0 keeps its graph, the solved memories none
-    backward = {k: v for k, v in settings.items() if k != "guess"}
+    backward = {k: v for k, v in settings.items() if k not in ("guess", "deadline")}
     f = _ImplicitAdjoint.apply(step_all(cell, prev, x), prev.detach(), x, cell, solver, backward, report)
     return torch.cat([m0[:, None], f], dim=1), report
 

@@ -433,6 +433,8 @@ def _finish(run: Run) -> dict:
                "eval_seconds": round(st.eval_seconds, 3),
                "sequential_steps": parts.method.sequential_steps(parts.task.length), **parts.method.report(), **final,
                "drift": ev.get("drift")}
+    if getattr(parts.cell, "_auto_solver", None) is not None:  # rollout.solver=auto: what it measured and chose
+        summary["rollout_auto"] = parts.cell._auto_solver.choices()
     if run.tc.keep_best and run.out is not None:
         summary["best"] = {"step": st.best_step, "rnn_ce": st.best, "dir": str(run.out / "best")}
     if run.world.distributed:

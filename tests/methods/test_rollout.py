@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from memtrain.methods.rollout import RolloutConfig, rollout
+from memtrain.methods.rollout import AutoSolver, RolloutConfig, auto_solver, rollout
 from tests.conftest import V, tiny_cell
 
 
@@ -86,7 +86,7 @@ def test_a_solved_rollout_equals_the_stepped_one_in_values_and_gradients(kind, h
 def test_the_cells_solver_is_used_unless_one_is_given(monkeypatch):
     import memtrain.methods.rollout as r
     calls = []
-    monkeypatch.setattr(r, "_solved", lambda *a: calls.append(a[-1]["solver"]) or torch.zeros(1, 3, 16))
+    monkeypatch.setattr(r, "_solved", lambda *a: calls.append(a[-1]["solver"]) or (torch.zeros(1, 3, 16), False))
     cell = tiny_cell("mlp")
     x = torch.zeros(1, 2, dtype=torch.long)
     rollout(cell, cell.init_memory(1), x)
@@ -101,7 +101,70 @@ def test_the_cells_solver_is_used_unless_one_is_given(monkeypatch):
 
 @pytest.mark.parametrize("bad, match", [({"solver": "deer"}, "rollout.solver must be one of sequential, jacobi"),
                                         ({"on_fail": "warn"}, "rollout.on_fail"), ({"damping": -0.1}, "rollout.damping"),
-                                        ({"max_iter": 0}, "rollout.max_iter"), ({"atol": -1.0}, "rollout.atol")])
+                                        ({"max_iter": 0}, "rollout.max_iter"), ({"atol": -1.0}, "rollout.atol"),
+                                        ({"solver": "auto", "on_fail": "raise"}, "auto falls back to stepping by design")])
 def test_bad_rollout_settings(bad, match):
     with pytest.raises(ValueError, match=match):
         RolloutConfig(**bad).validate()
+
+
+def test_auto_tries_each_candidate_then_keeps_the_fastest_and_drops_a_solver_that_falls_back():
+    auto = AutoSolver(tiny_cell("para-gru"), trials=2, slack=2.0)
+    assert auto.candidates == ["sequential", "jacobi", "quasi", "block"]  # para-gru has closed-form diag and blocks
+    key, other = (2, 8, None, True, "cpu", "torch.float32"), (4, 8, 1, True, "cpu", "torch.float32")
+    cost = {"sequential": 1.0, "jacobi": 1.5, "quasi": 0.4, "block": 0.6}
+    order, budgets = [], []
+    for _ in range(8):
+        name, budget = auto.next(key)
+        order.append(name)
+        budgets.append(budget)
+        auto.record(key, name, cost[name], fell_back=False)
+    assert order == ["sequential", "jacobi", "quasi", "block"] * 2  # turns, stepping first
+    assert budgets[:4] == [None, 2.0, 2.0, 0.8]  # slack x the fastest so far
+    assert auto.next(other) == ("sequential", None)  # another kind of call has trials of its own
+    assert auto.next(key) == ("quasi", 2.0)  # chosen; its budget is slack x stepping's time
+    assert auto.choices()[0] == {"batch": 2, "length": 8, "grad_horizon": None, "grad": True, "device": "cpu",
+                                 "dtype": "torch.float32", "seconds": cost, "failed": [], "chosen": "quasi"}
+    auto.record(key, "quasi", 5.0, fell_back=True)
+    assert auto.next(key) == ("sequential", None) and auto.choices()[0]["failed"] == ["quasi"]
+
+
+def test_auto_never_chooses_a_solver_that_fell_back_in_its_trial():
+    auto = AutoSolver(tiny_cell("mlp"), trials=1)
+    assert auto.candidates == ["sequential", "jacobi"]  # the mlp cell has no closed-form Jacobian parts
+    key = (1, 4, None, False, "cpu", "torch.float32")
+    auto.record(key, *auto.next(key)[:1], 1.0, fell_back=False)
+    name, _ = auto.next(key)
+    auto.record(key, name, 0.1, fell_back=True)  # faster, but it did not converge
+    assert auto.next(key) == ("sequential", None)
+
+
+@pytest.mark.parametrize("horizon", [None, 1])
+def test_auto_rollouts_equal_stepping_in_values_and_gradients_through_trials_and_after(horizon):
+    cell = tiny_cell("para-gru").double()
+    cfg = RolloutConfig(solver="auto", atol=1e-12, rtol=0.0)
+    x = torch.randint(0, V, (2, 9))
+    want, want_g = _values_and_grads(cell, x, horizon, None)
+    for _ in range(2 * 4 + 2):  # two trials of each of the four candidates, then the choice
+        got, got_g = _values_and_grads(cell, x, horizon, cfg)
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+        for a, b in zip(got_g, want_g):
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-9)
+    (choice,) = auto_solver(cell).choices()
+    assert choice["chosen"] in ("sequential", "jacobi", "quasi", "block") and choice["grad_horizon"] == horizon
+    assert set(choice["seconds"]) | set(choice["failed"]) == {"sequential", "jacobi", "quasi", "block"}
+
+
+def test_auto_on_a_chaotic_cell_is_exact_and_keeps_stepping():
+    cell = tiny_cell("mlp").double()
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.mul_(30.0)  # expanding: jacobi needs about T iterations
+    cfg = RolloutConfig(solver="auto", max_iter=3, atol=1e-12, rtol=0.0)
+    x = torch.randint(0, V, (2, 12))
+    want = rollout(cell, cell.init_memory(2), x).detach()
+    with torch.no_grad():
+        for _ in range(5):
+            torch.testing.assert_close(rollout(cell, cell.init_memory(2), x, solver=cfg), want, rtol=1e-12, atol=1e-12)
+    (choice,) = auto_solver(cell).choices()
+    assert choice["failed"] == ["jacobi"] and choice["chosen"] == "sequential"

@@ -1,5 +1,7 @@
 """solve_rollout: every solver reproduces the sequential rollout of every cell (float64), is exact
 after T iterations even for a chaotic cell, and never returns an unconverged trajectory silently."""
+import time
+
 import pytest
 import torch
 
@@ -71,6 +73,14 @@ def test_unconverged_sequences_fall_back_and_say_so():
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)  # the fallback is the sequential rollout
     with pytest.raises(RuntimeError, match=r"rollout.solver='jacobi' did not converge in 2 iterations on 3 of 3"):
         solve_rollout(cell, m0, x, solver="jacobi", max_iter=2, atol=1e-12, rtol=0.0, on_fail="raise")
+
+
+def test_a_spent_deadline_stops_iterating_and_falls_back_exactly():
+    cell, m0, x = _case("mlp", scale=3.0)
+    want = rollout(cell, m0, x).detach()
+    got, report = solve_rollout(cell, m0, x, solver="quasi", atol=1e-12, rtol=0.0, deadline=time.perf_counter() - 1.0)
+    assert report.iterations == 0 and report.fell_back and not report.converged.any()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_converged_sequences_are_frozen_while_others_iterate():

@@ -281,6 +281,17 @@ def test_a_decoder_future_shorter_than_the_recall_gap_is_warned_about(tmp_path):
         assemble(preset_config("tiny", ["method=bptt"]))  # BPTT has no decoder
 
 
+def test_rollout_solver_auto_trains_like_stepping_and_says_what_it_chose(tmp_path):
+    common = ["method=bptt", "cell.kind=para-gru", "train.steps=12", "train.eval_every=6"]
+    train(_cfg(tmp_path, "stepped", *common), progress=False)
+    s = train(_cfg(tmp_path, "auto", *common, "rollout.solver=auto", "rollout.atol=1e-7"), progress=False)
+    assert _trace(tmp_path / "auto") == pytest.approx(_trace(tmp_path / "stepped"), rel=1e-4, abs=1e-5)
+    training = [c for c in s["rollout_auto"] if c["grad"]]  # the training updates' kind of call (and the evaluations')
+    assert len(training) == 1 and training[0]["chosen"] in ("sequential", "jacobi", "quasi", "block")
+    assert set(training[0]["seconds"]) | set(training[0]["failed"]) == {"sequential", "jacobi", "quasi", "block"}
+    assert json.loads((tmp_path / "auto" / "run.json").read_text())["summary"]["rollout_auto"] == s["rollout_auto"]
+
+
 @pytest.mark.parametrize("method, kind, solver", [("bptt", "mlp", "quasi"), ("dmt", "mlp", "quasi"),
                                                   ("bptt", "para-lstm", "block"), ("bptt", "para-gru", "newton")])
 def test_a_run_with_a_parallel_solver_trains_like_the_stepped_one(smt_runs, tmp_path, method, kind, solver, monkeypatch):
