@@ -18,9 +18,10 @@ sequences fall back to stepping after --max-iter iterations; the table says how 
 
 `--parts` times instead the pieces one solver iteration is made of, beside stepping the same batch
 (no graph, medians of --repeats): one batched cell call over all B*T rows (what jacobi costs per
-iteration), the closed-form diagonal and block Jacobians where the cell has them, and the scans
-(elementwise for quasi, of the small blocks for block). No solver can beat stepping on a machine
-where the batched call alone is slower than stepping.
+iteration), the closed-form diagonal and block Jacobians where the cell has them, and their scans
+(elementwise for quasi, of the small blocks for block) by each scheme of models/scan.py: the loop,
+Hillis-Steele, odd-even reduction. No solver can beat stepping on a machine where the batched call
+alone is slower than stepping.
 
     python benchmarks/solver_speed.py --parts --cells para-gru para-lstm --lengths 256 1024
 """
@@ -35,9 +36,12 @@ from common import md_table, median, training_update, write_results
 
 from memtrain.methods.rollout import RolloutConfig, auto_solver, rollout
 from memtrain.methods.solve import Linearisation, closed_form, solve_rollout, step_all
+from memtrain.models import scan
 from memtrain.models.cells import CellConfig, build_cell
 
 VOCAB = 16
+SCANS = {"diag": {"loop": scan.linear_scan_reference, "Hillis-Steele": scan.linear_scan, "odd-even": scan.linear_scan_pairs},
+         "block": {"loop": scan.matrix_scan_reference, "Hillis-Steele": scan.matrix_scan, "odd-even": scan.matrix_scan_pairs}}
 
 
 def workloads(cell, x: torch.Tensor, cfg: RolloutConfig) -> dict:
@@ -110,7 +114,9 @@ def parts(kind: str, T: int, a) -> dict:
         if closed_form(cell, solver):
             lin = Linearisation(solver, cell, prev, x)
             fns[f"{lin.structure} Jacobian"] = lambda s=solver: Linearisation(s, cell, prev, x)
-            fns[f"{lin.structure} scan"] = lambda lin=lin: lin.scan(prev, m0)
+            b, c0 = (prev, m0) if lin.structure == "diag" else (prev[..., lin.idx], m0[..., lin.idx])
+            for scheme, fn in SCANS[lin.structure].items():
+                fns[f"{lin.structure} scan, {scheme}"] = lambda fn=fn, A=lin.A, b=b, c0=c0: fn(A, b, c0)
     times = {name: [] for name in fns}
     for _ in range(a.repeats):
         for name, fn in fns.items():
@@ -127,7 +133,8 @@ def parts_table(rows: list[dict]) -> str:
     out = [[r["cell"], r["T"], *(f"{r['seconds'][n]:.4f}" if n in r["seconds"] else "-" for n in names)] for r in rows]
     return md_table(["cell", "T", *(f"{n} s" for n in names)], out) + (
         "\n\nMedians of --repeats rounds, no graph, batch --batch, one thread unless --threads. A quasi iteration "
-        "costs one cell call + the diagonal Jacobian + its scan; a block iteration the same with the blocks.")
+        "costs one cell call + the diagonal Jacobian + its scan; a block iteration the same with the blocks. "
+        "The solvers scan by the loop on a CPU and by odd-even reduction elsewhere (models/scan.py).")
 
 
 def table(rows: list[dict]) -> str:

@@ -6,7 +6,7 @@ Every solver linearises f around the current guess and solves the linear recurre
 
     m_t = A_t m_{t-1} + (f(g_{t-1}, x_t) - A_t g_{t-1})        g: the guess, m_0 given
 
-with a parallel scan; they differ only in A_t:
+with a parallel scan (models/scan.py; stepped on a CPU, where that is faster); they differ only in A_t:
 
     jacobi  A_t = 0                 no scan at all: m_t = f(g_{t-1}, x_t)
     picard  A_t = I                 a cumulative sum
@@ -32,7 +32,7 @@ from typing import ClassVar
 import torch
 
 from ..models.cells import Cell
-from ..models.scan import linear_scan, matrix_scan
+from ..models.scan import linear_recurrence, matrix_recurrence
 
 SOLVERS = ("jacobi", "picard", "quasi", "block", "newton")
 ON_FAIL = ("sequential", "raise")
@@ -144,10 +144,10 @@ class Linearisation:
         if self.structure is None:
             return b
         if self.structure == "diag":
-            return linear_scan(self.A, b, c0)
+            return linear_recurrence(self.A, b, c0)
         if self.structure == "dense":
-            return matrix_scan(self.A, b, c0)
-        return _unblock(matrix_scan(self.A, b[..., self.idx], c0[..., self.idx]), self.idx)
+            return matrix_recurrence(self.A, b, c0)
+        return _unblock(matrix_recurrence(self.A, b[..., self.idx], c0[..., self.idx]), self.idx)
 
     def flipped(self) -> Linearisation:
         """The same coefficients in reversed time (a backward recurrence solved as a forward scan)."""

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .layers import Block, MemoryDecoder, init_weights, rms_normalize, rotary
-from .scan import linear_scan
+from .scan import linear_recurrence
 
 # the memory shape of a cell built on its own (a run fills these from the teacher section, so that one
 # set of numbers shapes both; see training/build.py)
@@ -236,14 +236,14 @@ class TorchLSTMCell(Cell):
 
     def sequence(self, m0, x):
         """Memories after each input (B, T, Z) in one fused call. The kernel returns h_t only; c_t
-        follows from the gates, c_t = f_t c_{t-1} + i_t g_t, a linear recurrence solved by a parallel
-        scan (exact up to rounding, differentiable)."""
+        follows from the gates, c_t = f_t c_{t-1} + i_t g_t, a linear recurrence (models/scan.py: stepped
+        on a CPU, a parallel scan elsewhere; exact up to rounding, differentiable)."""
         h0, c0 = m0.chunk(2, dim=-1)
         e = self.embed(x)  # (B, T, D)
         hs, _ = self.lstm(e, (h0[None].contiguous(), c0[None].contiguous()))  # (B, T, Z/2)
         h_prev = torch.cat([h0[:, None], hs[:, :-1]], dim=1)
         i, f, g, _ = self._gates(e, h_prev)
-        cs = linear_scan(torch.sigmoid(f), torch.sigmoid(i) * torch.tanh(g), c0)
+        cs = linear_recurrence(torch.sigmoid(f), torch.sigmoid(i) * torch.tanh(g), c0)
         return torch.cat([hs, cs], dim=-1)
 
 

@@ -11,7 +11,6 @@ from memtrain.models.cells import (
     build_cell,
     check_compatible,
 )
-from memtrain.models.scan import linear_scan, linear_scan_reference
 from memtrain.models.teacher import TeacherConfig
 from tests.conftest import D, K, V, tiny_cell
 
@@ -76,20 +75,6 @@ def test_lstm_needs_even_tokens():
 def test_unknown_cell_is_named():
     with pytest.raises(ValueError, match="cell.kind"):
         build_cell(CellConfig(kind="transformer", vocab_size=V))
-
-
-@pytest.mark.parametrize("T", [1, 2, 5, 16, 37])
-def test_linear_scan_equals_a_loop(T):
-    g = torch.Generator().manual_seed(T)
-    a = torch.rand(3, T, 4, 2, generator=g, dtype=torch.float64)
-    b = torch.randn(3, T, 4, 2, generator=g, dtype=torch.float64)
-    c0 = torch.randn(3, 4, 2, generator=g, dtype=torch.float64).requires_grad_()
-    a.requires_grad_(), b.requires_grad_()
-    fast, slow = linear_scan(a, b, c0), linear_scan_reference(a, b, c0)
-    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-12)
-    w = torch.randn_like(fast)
-    for x, y in zip(torch.autograd.grad((fast * w).sum(), (a, b, c0)), torch.autograd.grad((slow * w).sum(), (a, b, c0))):
-        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", FUSED_KINDS)
