@@ -122,6 +122,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--jacobian-budget", type=int, default=2**18)
     p.add_argument("--dense-bytes", type=float, default=2**30)
+    p.add_argument("--name", default="solver_convergence", help="the results file's name (another keeps the first table)")
     p.add_argument("--results", default=None)
     a = p.parse_args()
     if not (a.runs or a.init_of or a.fresh):
@@ -140,7 +141,7 @@ def main() -> None:
             lengths.append(measure(cell, x, a))
         results.append({"cell": label, "lengths": lengths})
     settings = {k: getattr(a, k) for k in ("batch", "max_iter", "atol", "rtol", "repeats", "threads", "jacobian_budget")}
-    write_results("solver_convergence", {"settings": settings, "results": results}, table(results, a.solvers),
+    write_results(a.name, {"settings": settings, "results": results}, table(results, a.solvers),
                   results=a.results)
 
 

