@@ -11,6 +11,7 @@ import os
 import platform
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -76,6 +77,24 @@ def training_update(loss_fn, params, lr: float = 1e-4, clip: float = 1.0):
         opt.step()
 
     return update
+
+
+def interleaved(fns: dict, repeats: int, rotate: bool = False, progress: bool = False) -> dict:
+    """Seconds of each function (name -> [seconds per round]) over `repeats` rounds that each call
+    every function once, so the machine's drift hits all alike; `rotate` starts each round one
+    function later, `progress` prints a line after each round."""
+    times = {k: [] for k in fns}
+    for r in range(repeats):
+        keys = list(fns)
+        if rotate:
+            keys = keys[r % len(keys):] + keys[:r % len(keys)]
+        for k in keys:
+            t0 = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - t0)
+        if progress:
+            print(f"round {r + 1}/{repeats} done", flush=True)
+    return times
 
 
 def median(xs) -> float:

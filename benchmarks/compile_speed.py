@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from common import md_table, median, pyplot, training_update, write_results
+from common import interleaved, md_table, median, pyplot, training_update, write_results
 from memtrain.methods.dmt import DMT
 from memtrain.presets import preset_config
 from memtrain.training.build import build, compile_networks
@@ -59,15 +59,7 @@ def main() -> None:
                 fns[(cell, method, compiled)], warm[(cell, method, compiled)] = make(method, cell, a.length, a.batch, compiled)
                 print(f"ready: {cell} {method} {'compiled' if compiled else 'eager'} "
                       f"(warm-up {warm[(cell, method, compiled)]:.1f} s)", flush=True)
-    times = {k: [] for k in fns}
-    for r in range(a.repeats):
-        keys = list(fns)
-        keys = keys[r % len(keys):] + keys[:r % len(keys)]
-        for k in keys:
-            t0 = time.perf_counter()
-            fns[k]()
-            times[k].append(time.perf_counter() - t0)
-        print(f"round {r + 1}/{a.repeats} done", flush=True)
+    times = interleaved(fns, a.repeats, rotate=True, progress=True)
     rows, data = [], []
     for cell in a.cells:
         for method in a.methods:

@@ -20,11 +20,10 @@ benchmarks/smt_throughput.py for how to fetch it). Without it only memtrain is t
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
-from common import md_table, median, pyplot, training_update, write_results
+from common import interleaved, md_table, median, pyplot, training_update, write_results
 from smt_throughput import B, D, DEC_DEPTH, ENC_DEPTH, HEADS, K, N_SYMBOLS, RNN_DEPTH, TC, TF, VOCAB, load_authors
 from memtrain.presets import preset_config
 from memtrain.data.tasks import build_task
@@ -85,13 +84,7 @@ def main() -> None:
             fns[("authors forward_dmt", k)] = authors_update(am, a.td, k, gen)
     for f in fns.values():
         f()  # warm-up
-    times = {key: [] for key in fns}
-    for r in range(a.repeats):
-        keys = list(fns)
-        for key in keys[r % len(keys):] + keys[: r % len(keys)]:  # rotate the order each round
-            t0 = time.perf_counter()
-            fns[key]()
-            times[key].append(time.perf_counter() - t0)
+    times = interleaved(fns, a.repeats, rotate=True)
     rows, data = [], []
     for k in a.k:
         ours = median(times[("memtrain DMT", k)])

@@ -13,7 +13,7 @@ import argparse
 import time
 
 import torch
-from common import md_table, median, pyplot, write_results
+from common import interleaved, md_table, median, pyplot, write_results
 from torch.profiler import ProfilerActivity, profile
 
 from memtrain.presets import preset_config
@@ -55,12 +55,7 @@ def main() -> None:
     parts = {"whole SMT loss": full, "teacher encoder (one pass)": encoder, "cell step (all T transitions)": cell_step}
     for f in parts.values():
         f()
-    times = {k: [] for k in parts}
-    for _ in range(a.repeats):
-        for k, f in parts.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
+    times = interleaved(parts, a.repeats)
     # the cell-step part includes a forward encoder pass without a graph: report it net of that
     with torch.no_grad():
         t0 = time.perf_counter()

@@ -28,11 +28,10 @@ alone is slower than stepping.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
-from common import md_table, median, training_update, write_results
+from common import interleaved, md_table, median, training_update, write_results
 
 from memtrain.methods.rollout import RolloutConfig, auto_solver, rollout
 from memtrain.methods.solve import Linearisation, closed_form, solve_rollout, step_all
@@ -80,17 +79,11 @@ def measure(kind: str, T: int, a) -> dict:
             for fn in fns.values():
                 for _ in range(2 * len(auto_solver(cell).candidates)):
                     fn()
-        times = {name: [] for name in fns}
-        for _ in range(a.repeats):  # interleaved: each round runs every workload once
-            for name, fn in fns.items():
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
+        times = interleaved(fns, a.repeats)
         entry = {name: median(ts) for name, ts in times.items()}
         if solver == "auto":
-            entry["chosen"] = {w: next(c["chosen"] for c in auto_solver(cell).choices()
-                                       if c["grad"] == (w != "eval") and c["grad_horizon"] == (1 if w == "dmt" else None))
-                               for w in fns}
+            chosen = {(c["grad"], c["grad_horizon"]): c["chosen"] for c in auto_solver(cell).choices()}
+            entry["chosen"] = {"eval": chosen[False, None], "dmt": chosen[True, 1], "bptt": chosen[True, None]}
         elif solver != "sequential":
             with torch.no_grad():
                 _, report = solve_rollout(cell, cell.init_memory(a.batch), x, solver=solver, max_iter=a.max_iter)
@@ -117,12 +110,7 @@ def parts(kind: str, T: int, a) -> dict:
             b, c0 = (prev, m0) if lin.structure == "diag" else (prev[..., lin.idx], m0[..., lin.idx])
             for scheme, fn in SCANS[lin.structure].items():
                 fns[f"{lin.structure} scan, {scheme}"] = lambda fn=fn, A=lin.A, b=b, c0=c0: fn(A, b, c0)
-    times = {name: [] for name in fns}
-    for _ in range(a.repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+    times = interleaved(fns, a.repeats)
     row = {"cell": kind, "T": T, "seconds": {name: median(ts) for name, ts in times.items()}}
     print(f"{kind} T={T}: " + ", ".join(f"{k} {v:.4f} s" for k, v in row["seconds"].items()), flush=True)
     return row

@@ -14,7 +14,7 @@ import argparse
 import time
 
 import torch
-from common import md_table, median, pyplot, training_update, write_results
+from common import interleaved, md_table, median, pyplot, training_update, write_results
 
 from memtrain.presets import preset_config
 from memtrain.training.build import build
@@ -63,13 +63,7 @@ def main() -> None:
             if first > a.skip_over:
                 dropped.add(label)
         print(f"T={T} built", flush=True)
-    times = {k: [] for k in fns}
-    for r in range(a.repeats):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-        print(f"round {r + 1}/{a.repeats} done", flush=True)
+    times = interleaved(fns, a.repeats, progress=True)
     med = {k: median(v) for k, v in times.items()}
     cell = lambda label, T: f"{med[(label, T)]:.3f}" if (label, T) in med else "-"
     rows = [[T] + [cell(label, T) for label in VARIANTS] +

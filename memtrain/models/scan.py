@@ -45,7 +45,7 @@ def linear_scan_pairs(a: torch.Tensor, b: torch.Tensor, c0: torch.Tensor) -> tor
 
 def matrix_scan_pairs(A: torch.Tensor, b: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
     """`matrix_scan` by odd-even reduction (work-efficient)."""
-    apply = lambda A, c: (A @ c[..., None])[..., 0]  # noqa: E731
+    apply = lambda A, c: (A @ c[..., None])[..., 0]
     return _pairs(A, _first_step(A, b, apply, c0), lambda A2, A1: A2 @ A1, apply)
 
 

@@ -27,6 +27,7 @@ from ..data.tasks import all_rows, require_rows, sample_eval
 from ..fields import to_dict
 from ..io import load_module
 from ..methods.evaluate import drift_at, evaluate
+from ..methods.rollout import auto_solver
 from . import distributed
 from .build import (Parts, assemble, autocast_for, compile_networks, configure_precision, load_init_weights,
                     pick_device, saved_config)
@@ -433,8 +434,8 @@ def _finish(run: Run) -> dict:
                "eval_seconds": round(st.eval_seconds, 3),
                "sequential_steps": parts.method.sequential_steps(parts.task.length), **parts.method.report(), **final,
                "drift": ev.get("drift")}
-    if getattr(parts.cell, "_auto_solver", None) is not None:  # rollout.solver=auto: what it measured and chose
-        summary["rollout_auto"] = parts.cell._auto_solver.choices()
+    if parts.cfg.rollout.solver == "auto":  # what it measured and chose
+        summary["rollout_auto"] = auto_solver(parts.cell).choices()
     if run.tc.keep_best and run.out is not None:
         summary["best"] = {"step": st.best_step, "rnn_ce": st.best, "dir": str(run.out / "best")}
     if run.world.distributed:
