@@ -3,6 +3,10 @@
 Each benchmark writes three files to benchmarks/results/ (or --results): NAME.json (every measured
 figure and the settings), NAME.md (a markdown table) and NAME.png (a figure). Files are written to a
 temporary name and renamed, so an interrupted benchmark never leaves half a result.
+
+Figures are drawn by each benchmark's `draw(data)` from exactly what its NAME.json holds, so
+`benchmarks/replot.py` redraws them without measuring anything; they keep to at most four panels a
+row (`grid`) and put legends outside the panels (`legend_right`, `legend_below`), never over the data.
 """
 from __future__ import annotations
 
@@ -40,15 +44,10 @@ def write_results(name: str, data: dict, table: str, figure=None, results: str |
     atomic_write(paths[0], (json.dumps(data, indent=1) + "\n").encode())
     atomic_write(paths[1], (f"<!-- written by benchmarks/{data['machine']['command']} -->\n"
                             f"{table}\n").encode())
-    if figure is not None:
-        import io
-
-        buf = io.BytesIO()
-        figure.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        paths.append(out / f"{name}.png")
-        atomic_write(paths[-1], buf.getvalue())
     for p in paths:
         print(f"wrote {p}")
+    if figure is not None:
+        paths.append(write_png(name, figure, out))
     return paths
 
 
@@ -62,6 +61,109 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def write_png(name: str, figure, results: str | Path | None = None) -> Path:
+    """NAME.png alone (a figure redrawn from its NAME.json: benchmarks/replot.py)."""
+    import io
+
+    buf = io.BytesIO()
+    figure.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    path = (Path(results) if results else RESULTS) / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, buf.getvalue())
+    print(f"wrote {path}")
+    return path
+
+
+def grid(n: int, size: tuple[float, float] = (4.2, 3.2), ncols: int = 4):
+    """A figure of n panels, at most `ncols` a row (a long strip of panels cannot be read):
+    -> (figure, list of n axes)."""
+    plt = pyplot()
+    cols = max(1, min(n, ncols))
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False)
+    axes = list(axes.flat)
+    for ax in axes[n:]:
+        ax.remove()
+    return fig, axes[:n]
+
+
+def legend_right(ax, fontsize: float = 7, **kw):
+    """The panel's legend outside it, on its right, where it cannot cover a curve or a bar."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=fontsize, **kw)
+
+
+def legend_under(ax, fontsize: float = 7, ncol: int = 1):
+    """The panel's legend under it (below its x label): for panels side by side with their own curves."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=fontsize, ncol=ncol, frameon=False)
+
+
+def legend_below(fig, axes, ncol: int = 3, fontsize: float = 7):
+    """One legend for all panels of a `grid` (each label once, in the order first drawn): in the empty
+    cells of its last row where there are two or more, else below the panels."""
+    seen = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, h)
+    fig.tight_layout()
+    if not seen:
+        return
+    gs = axes[0].get_subplotspec().get_gridspec()
+    rows, cols = gs.get_geometry()
+    free = rows * cols - len(axes)
+    if free >= 2:
+        box = gs[rows - 1, cols - free:].get_position(fig)
+        where = dict(loc="upper left", bbox_to_anchor=(box.x0, box.y1), ncol=free)
+    else:
+        where = dict(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(ncol, len(seen)))
+    fig.legend(list(seen.values()), list(seen), fontsize=fontsize, frameon=False, **where)
+
+
+def styles(n: int) -> list[dict]:
+    """n distinguishable line styles: the ten tab10 colours, then the same dashed, then dotted."""
+    colours = pyplot().get_cmap("tab10").colors
+    return [{"color": colours[i % 10], "ls": ("-", "--", ":")[(i // 10) % 3]} for i in range(n)]
+
+
+# dense bf16 tensor-core peaks (FLOP/s) by device name, for model FLOPs utilisation (MFU)
+PEAK_BF16 = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
+
+
+def peak_flops(device, given_tflops: float | None = None) -> tuple[float | None, str]:
+    """The device's peak dense bf16 FLOP/s and where that figure comes from (None: unknown, no MFU)."""
+    if given_tflops is not None:
+        return given_tflops * 1e12, "--peak-tflops"
+    if torch.device(device).type != "cuda":
+        return None, "unknown for this device"
+    name = torch.cuda.get_device_name(torch.device(device))
+    for key, peak in PEAK_BF16.items():  # (the more specific names first)
+        if key in name:
+            return peak, f"table: {key} dense bf16"
+    return None, f"unknown for {name}: pass --peak-tflops"
+
+
+def count_flops(fn) -> int:
+    """FLOPs of one call of fn() (matmuls and attention, forward and backward: torch's FLOP counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def synchronised(fn, device):
+    """fn followed by waiting for the device, so that wall-clock timing counts the device's work."""
+    if torch.device(device).type != "cuda":
+        return fn
+
+    def call():
+        fn()
+        torch.cuda.synchronize()
+
+    return call
 
 
 def training_update(loss_fn, params, lr: float = 1e-4, clip: float = 1.0):

@@ -23,7 +23,7 @@ import argparse
 
 import torch
 
-from common import interleaved, md_table, median, pyplot, training_update, write_results
+from common import interleaved, legend_right, md_table, median, pyplot, training_update, write_results
 from smt_throughput import B, D, DEC_DEPTH, ENC_DEPTH, HEADS, K, N_SYMBOLS, RNN_DEPTH, TC, TF, VOCAB, load_authors
 from memtrain.presets import preset_config
 from memtrain.data.tasks import build_task
@@ -97,18 +97,24 @@ def main() -> None:
     table += (f"\n\nMemory-token cell d={D}, K={K}, depth {RNN_DEPTH}; teacher depth {ENC_DEPTH}/{DEC_DEPTH}; Tc={TC}; "
               f"batch {B}; {a.threads} thread(s); medians of {a.repeats} interleaved rounds."
               + ("" if am is not None else " The authors' code was not found: memtrain alone."))
+    result = {"td": a.td, "threads": a.threads, "authors_found": am is not None, "rows": data}
+    write_results("dmt_speed", result, table, draw(result), a.results)
+    print(table)
+
+
+def draw(data: dict):
+    """Seconds per update, memtrain's DMT beside the authors' forward_dmt, per k; legend on the right."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    xs = range(len(a.k))
-    ax.bar([i - 0.2 for i in xs], [d["memtrain_s"] for d in data], 0.4, label="memtrain DMT")
-    if am is not None:
-        ax.bar([i + 0.2 for i in xs], [d["authors_s"] for d in data], 0.4, label="authors forward_dmt")
-    ax.set_xticks(list(xs), [f"Td={a.td}, k={k}" for k in a.k])
+    rows = data["rows"]
+    xs = range(len(rows))
+    ax.bar([i - 0.2 for i in xs], [d["memtrain_s"] for d in rows], 0.4, label="memtrain DMT")
+    if data["authors_found"]:
+        ax.bar([i + 0.2 for i in xs], [d["authors_s"] for d in rows], 0.4, label="authors forward_dmt")
+    ax.set_xticks(list(xs), [f"Td={d['td']}, k={d['k']}" for d in rows])
     ax.set_ylabel("seconds per update")
-    ax.legend(fontsize=7)
-    write_results("dmt_speed", {"td": a.td, "threads": a.threads, "authors_found": am is not None, "rows": data},
-                  table, fig, a.results)
-    print(table)
+    legend_right(ax)
+    return fig
 
 
 if __name__ == "__main__":

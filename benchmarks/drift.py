@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from common import md_table, pyplot, write_results
+from common import legend_right, md_table, pyplot, write_results
 from memtrain.methods.evaluate import evaluate
 from memtrain.runs import load_run
 from memtrain.data.tasks import build_task
@@ -48,19 +48,25 @@ def main() -> None:
     table += (f"\n\nRetrieval at length {a.length}, {a.batch} sequences. Drift = mean squared difference between the "
               "RNN's memory and the teacher's (RMS-normalised tokens); spread = variance of the teacher's final memory "
               "across sequences (the scale at which drift means the memory is lost).")
+    data = {"length": a.length, "batch": a.batch, "seed": a.seed, "runs": found}
+    write_results("drift", data, table, draw(data), a.results)
+    print(table)
+
+
+def draw(data: dict):
+    """Drift against timestep, one line per model, dashed verticals at the training lengths."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    for label, r in found.items():
+    for label, r in data["runs"].items():
         ax.plot(range(len(r["drift"])), [max(v, 1e-8) for v in r["drift"]], label=label)
-    for T0 in sorted({r["train_length"] for r in found.values()}):
+    for T0 in sorted({r["train_length"] for r in data["runs"].values()}):
         ax.axvline(T0, color="grey", lw=0.8, ls="--")
     ax.set_yscale("log")
     ax.set_xlabel("timestep t (dashed: training lengths)")
     ax.set_ylabel("drift MSE(m^_t, m_t)")
     ax.set_title("RNN running alone vs its teacher")
-    ax.legend(fontsize=7)
-    write_results("drift", {"length": a.length, "batch": a.batch, "seed": a.seed, "runs": found}, table, fig, a.results)
-    print(table)
+    legend_right(ax)
+    return fig
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from common import md_table, median, pyplot, write_results
+from common import legend_right, md_table, median, pyplot, write_results
 
 
 def build(window: int, cell_kind: str):
@@ -96,18 +96,25 @@ def main() -> None:
     table += (f"\n\nBatch 1, greedy, {a.threads} thread(s), text-cpu sizes ({a.cell} cell, memory 4 x 64; teacher width 64, "
               f"2 encoder layers), medians of {a.repeats} fresh processes each. Peak memory: growth of the process's "
               "peak resident set while generating.")
+    result = {"window": a.window, "cell": a.cell, "threads": a.threads, "repeats": a.repeats, "rows": data}
+    write_results("generation", result, table, draw(result), a.results)
+    print(table)
+
+
+def draw(data: dict):
+    """ms per generated token against tokens generated, RNN and teacher; legend on the right."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    ax.plot(a.tokens, [d["rnn_ms_per_token"] for d in data], "o-", label="RNN (constant memory)")
-    ax.plot(a.tokens, [d["teacher_ms_per_token"] for d in data], "s-", label=f"teacher re-encoding a {a.window}-token window")
+    rows = data["rows"]
+    tokens = [d["tokens"] for d in rows]
+    ax.plot(tokens, [d["rnn_ms_per_token"] for d in rows], "o-", label="RNN (constant memory)")
+    ax.plot(tokens, [d["teacher_ms_per_token"] for d in rows], "s-", label=f"teacher re-encoding\na {data['window']}-token window")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("tokens generated")
     ax.set_ylabel("ms per token")
-    ax.legend(fontsize=7)
-    write_results("generation", {"window": a.window, "cell": a.cell, "threads": a.threads, "repeats": a.repeats,
-                                 "rows": data}, table, fig, a.results)
-    print(table)
+    legend_right(ax)
+    return fig
 
 
 if __name__ == "__main__":

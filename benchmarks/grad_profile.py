@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from common import md_table, pyplot, write_results
+from common import grid, legend_under, md_table, write_results
 from memtrain.models.cells import build_cell
 from memtrain.presets import preset_config
 from memtrain.runs import load_run
@@ -143,22 +143,29 @@ def main() -> None:
               "step (end = t=T-1). SMT-teacher: dL/dM_t of the whole SMT objective (every memory decoded) on each "
               "teacher memory, M_0 = m_empty; its shape follows where the task has targets (the decoder only trains "
               f"memories with a supervised output within {cfg.smt.future} steps ahead), not the distance.")
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
-    panel = {"BPTT": 0, "SMT-cell": 1, "SMT-teacher": 2}
-    for label, (method, g) in profiles.items():
-        axes[panel[method]].plot(range(len(g)), [max(v, 1e-30) for v in g], label=label)
-    for ax, title in zip(axes, ("BPTT: gradient reaching m_t", "SMT: gradient on the memory each cell step reads",
-                                "SMT: gradient on each teacher memory M_t")):
+    data = {"length": T, "batch": a.batch, "seed": a.seed,
+            "profiles": {k: {"method": m, "norms": g} for k, (m, g) in profiles.items()}}
+    write_results("grad_profile", data, table, draw(data), a.results)
+    print(table)
+
+
+def draw(data: dict):
+    """Three panels (BPTT, SMT's cell steps, SMT's teacher memories), each with its legend under it."""
+    panels = {"BPTT": "BPTT: gradient reaching m_t", "SMT-cell": "SMT: gradient on the memory\neach cell step reads",
+              "SMT-teacher": "SMT: gradient on each\nteacher memory M_t"}
+    fig, axes = grid(len(panels), size=(4.6, 3.4))
+    ax_of = dict(zip(panels, axes))
+    for label, p in data["profiles"].items():
+        ax_of[p["method"]].plot(range(len(p["norms"])), [max(v, 1e-30) for v in p["norms"]], label=label)
+    for ax, title in zip(axes, panels.values()):
         ax.set_yscale("log")
         ax.set_xlabel("timestep t")
         ax.set_ylabel("mean |dL/dm_t|")
-        ax.set_title(title)
-        ax.legend(fontsize=6)
-    write_results("grad_profile", {"length": T, "batch": a.batch, "seed": a.seed,
-                                   "profiles": {k: {"method": m, "norms": g} for k, (m, g) in profiles.items()}},
-                  table, fig, a.results)
-    print(table)
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    for ax in axes:
+        legend_under(ax)
+    return fig
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from common import md_table, pyplot, write_results
+from common import legend_right, md_table, pyplot, styles, write_results
 from memtrain.runs import evaluate_run, load_run
 
 
@@ -32,20 +32,27 @@ def main() -> None:
             rows.append([label or path, cfg.task, cfg.cell.kind, T, e["length"], e.get("teacher_acc"), e["rnn_acc"]])
     table = md_table(["run", "task", "cell", "trained at T", "evaluated at", "teacher acc", "RNN alone acc"], rows)
     table += f"\n\n{a.batch} fresh sequences per length; accuracy over every supervised position."
+    data = {"batch": a.batch, "runs": found}
+    write_results(a.name, data, table, draw(data), a.results)
+    print(table)
+
+
+def draw(data: dict):
+    """Accuracy against evaluation length: each run's RNN alone (solid) and teacher (dashed) in one
+    colour, legend on the right."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for label, r in found.items():
+    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    for (label, r), style in zip(data["runs"].items(), styles(len(data["runs"]))):
         L = [e["length"] for e in r["evals"]]
-        ax.plot(L, [e["rnn_acc"] for e in r["evals"]], "o-", label=f"{label}: RNN alone")
+        ax.plot(L, [e["rnn_acc"] for e in r["evals"]], "o-", color=style["color"], label=f"{label}: RNN alone")
         if r["evals"][0].get("teacher_acc") is not None:
-            ax.plot(L, [e["teacher_acc"] for e in r["evals"]], "s--", label=f"{label}: teacher")
+            ax.plot(L, [e["teacher_acc"] for e in r["evals"]], "s--", color=style["color"], label=f"{label}: teacher")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("evaluation length")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=6)
-    write_results(a.name, {"batch": a.batch, "runs": found}, table, fig, a.results)
-    print(table)
+    legend_right(ax)
+    return fig
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import json
 from pathlib import Path
 
 import torch
-from common import RESULTS, md_table, pyplot, write_results
+from common import RESULTS, grid, legend_below, md_table, styles, write_results
 
 from memtrain.demo import first_reaching
 from memtrain.presets import preset_config
@@ -148,20 +148,30 @@ def report(a) -> None:
               "vocabulary 9, chance 0.125); seconds are training seconds (evaluations excluded), one thread each. The last "
               "column reads every run at the same number of updates per task and length (the fewest any run there made), "
               "from its own curve.")
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False)
-    for ax, (task, T) in zip(axes[0], panels):
-        for r in (r for r in found if (r["task"], r["length"]) == (task, T)):
-            ax.plot([c[1] for c in r["curve"]], [c[2] for c in r["curve"]], label=f"{r['method']} {r['cell']} lr {r['lr']}")
-        if task == "retrieval":
-            ax.axhline(0.125, color="grey", lw=0.8)
-        ax.set_xlabel("training seconds")
-        ax.set_ylabel("RNN alone accuracy")
-        ax.set_ylim(0, 1.05)
-        ax.set_title(f"{task}, T={T}")
-        ax.legend(fontsize=6)
-    write_results("length_sweep", {"runs": found}, table, fig, a.results)
+    write_results("length_sweep", {"runs": found}, table, draw({"runs": found}), a.results)
     print(table)
+
+
+def draw(data: dict):
+    """One panel per (task, length), four a row, in the table's order; each (method, cell, lr) has
+    one colour in every panel and one entry in the legend below them."""
+    runs = [{"task": "retrieval", **r} for r in data["runs"]]
+    panels = list(dict.fromkeys((r["task"], r["length"]) for r in runs))
+    labels = list(dict.fromkeys(f"{r['method']} {r['cell']} lr {r['lr']}" for r in runs))
+    fig, axes = grid(len(panels), size=(4.0, 3.0))
+    style = dict(zip(labels, styles(len(labels))))
+    for ax, (task, T) in zip(axes, panels):
+        for r in (r for r in runs if (r["task"], r["length"]) == (task, T)):
+            label = f"{r['method']} {r['cell']} lr {r['lr']}"
+            ax.plot([c[1] for c in r["curve"]], [c[2] for c in r["curve"]], lw=1.2, label=label, **style[label])
+        if task == "retrieval":
+            ax.axhline(0.125, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("training seconds", fontsize=8)
+        ax.set_ylabel("RNN alone accuracy", fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{task}, T={T}", fontsize=9)
+    legend_below(fig, axes, ncol=3, fontsize=8)
+    return fig
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from common import md_table, pyplot, write_results
+from common import legend_right, md_table, pyplot, write_results
 from memtrain.methods.evaluate import evaluate
 from memtrain.methods.rollout import rollout
 from memtrain.runs import load_run
@@ -75,17 +75,24 @@ def main() -> None:
               f"Z={'/'.join(map(str, Zs))}: at most Z); "
               "distance = mean Euclidean distance between the final memories of two sequences (memory tokens are "
               "RMS-normalised, so a memory of K tokens has norm sqrt(Z)).")
+    data = {"batch": a.batch, "seed": a.seed, "runs": found}
+    write_results(a.name, data, table, draw(data), a.results)
+    print(table)
+
+
+def draw(data: dict):
+    """Effective rank of the teacher's and the RNN's memories, two bars per run, legend on the right."""
+    found = data["runs"]
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(1.6 * len(found) + 2, 3.6))
+    fig, ax = plt.subplots(figsize=(1.0 * len(found) + 2, 3.6))
     labels = list(found)
     xs = range(len(labels))
     ax.bar([i - 0.2 for i in xs], [found[k].get("teacher_eff_rank") or 0 for k in labels], 0.4, label="teacher")
     ax.bar([i + 0.2 for i in xs], [found[k]["rnn_eff_rank"] for k in labels], 0.4, label="RNN alone")
-    ax.set_xticks(list(xs), labels, fontsize=7, rotation=15)
+    ax.set_xticks(list(xs), labels, fontsize=7, rotation=30, ha="right", rotation_mode="anchor")
     ax.set_ylabel("effective rank of memories")
-    ax.legend(fontsize=7)
-    write_results(a.name, {"batch": a.batch, "seed": a.seed, "runs": found}, table, fig, a.results)
-    print(table)
+    legend_right(ax)
+    return fig
 
 
 if __name__ == "__main__":

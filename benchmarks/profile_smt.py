@@ -76,15 +76,21 @@ def main() -> None:
     table += "\n\n" + md_table(["operator", "self ms", "calls", "share of self time"], [list(t) for t in top])
     table += (f"\n\nRetrieval T={a.length}, {a.cell} cell, retrieval-smt preset sizes {' '.join(a.settings)}, batch {a.batch}, "
               f"{a.threads} thread(s); parts: medians of {a.repeats}; operators: one profiled update.")
+    data = {"length": a.length, "settings": a.settings, "cell": a.cell, "batch": a.batch, "threads": a.threads,
+            "parts_s": med, "parts_raw": times,
+            "operators": [{"op": t[0], "self_ms": t[1], "calls": t[2], "share": t[3]} for t in top]}
+    write_results("profile_smt", data, table, draw(data), a.results)
+    print(table)
+
+
+def draw(data: dict):
+    """The operators with the most self time in one SMT update, largest on top."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    ax.barh([t[0] for t in top][::-1], [t[1] for t in top][::-1])
+    ops = data["operators"][::-1]
+    ax.barh([o["op"] for o in ops], [o["self_ms"] for o in ops])
     ax.set_xlabel("self CPU ms in one SMT update")
-    write_results("profile_smt", {"length": a.length, "settings": a.settings, "cell": a.cell, "batch": a.batch, "threads": a.threads,
-                                  "parts_s": med, "parts_raw": times,
-                                  "operators": [{"op": t[0], "self_ms": t[1], "calls": t[2], "share": t[3]} for t in top]},
-                  table, fig, a.results)
-    print(table)
+    return fig
 
 
 if __name__ == "__main__":

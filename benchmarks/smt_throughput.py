@@ -333,12 +333,18 @@ def save_results(a, device, am, rows: list[dict], ratios: dict, load0, load1) ->
                        f"{r['labels_per_s'] / head['labels_per_s']:.1f}x" if head else None] for r in rows])
     table += (f"\n\nMemory-token cell, d={D}, K={K}, context {TC}, future {TF}, batch {B}, float32, {a.threads} threads, "
               f"median of {a.repeats} interleaved blocks. A label is one supervised memory transition.")
+    write_results("smt_throughput", result, table, draw(result), a.results)
+
+
+def draw(data: dict):
+    """Labels per second of each method, one bar each (log scale)."""
+    rows = data["results"]
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(rows)))
     ax.barh([r["method"] for r in rows][::-1], [r["labels_per_s"] for r in rows][::-1])
     ax.set_xscale("log")
     ax.set_xlabel("memory-transition labels per second (log)")
-    write_results("smt_throughput", result, table, fig, a.results)
+    return fig
 
 
 def main(argv=None) -> int:

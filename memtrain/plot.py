@@ -71,15 +71,7 @@ def curves(rows: list[dict]) -> dict:
     return out
 
 
-def plot_runs(runs: list[str], out: str | None = None) -> tuple[Path, dict]:
-    """Draw the runs' curves into one PNG (default: RUN/curves.png for one run, curves.png for
-    several); -> (its path, {run: curves}) with exactly the data drawn."""
-    if not runs:
-        raise ValueError("plot needs at least one run directory")
-    data = {r: curves(read_metrics(r)) for r in runs}  # every run is read before anything is written
-    target = Path(out) if out else (Path(runs[0]) / "curves.png" if len(runs) == 1 else Path("curves.png"))
-    if target.suffix.lower() != ".png":
-        raise ValueError(f"--out {str(target)!r} must be a .png file")
+def _pyplot():
     try:
         import matplotlib
     except ImportError:
@@ -87,6 +79,13 @@ def plot_runs(runs: list[str], out: str | None = None) -> tuple[Path, dict]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def figure(data: dict):
+    """The figure of `plot_runs` for {run: curves}: one row per quantity, against updates (left) and
+    training seconds (right), two columns; each row's legend outside it, right of the right panel."""
+    plt = _pyplot()
     fig, axes = plt.subplots(len(PANELS), 2, figsize=(11, 2.6 * len(PANELS)), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for (title, series, log), row in zip(PANELS, axes):
@@ -103,12 +102,25 @@ def plot_runs(runs: list[str], out: str | None = None) -> tuple[Path, dict]:
                 ax.set_yscale("log")
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("training seconds" if col else "updates", fontsize=8)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7)
+        if row[1].get_legend_handles_labels()[0]:  # the same curves on both sides: one legend, off the data
+            row[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=7)
     fig.tight_layout()
+    return fig
+
+
+def plot_runs(runs: list[str], out: str | None = None) -> tuple[Path, dict]:
+    """Draw the runs' curves into one PNG (default: RUN/curves.png for one run, curves.png for
+    several); -> (its path, {run: curves}) with exactly the data drawn."""
+    if not runs:
+        raise ValueError("plot needs at least one run directory")
+    data = {r: curves(read_metrics(r)) for r in runs}  # every run is read before anything is written
+    target = Path(out) if out else (Path(runs[0]) / "curves.png" if len(runs) == 1 else Path("curves.png"))
+    if target.suffix.lower() != ".png":
+        raise ValueError(f"--out {str(target)!r} must be a .png file")
+    fig = figure(data)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
-    fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    fig.savefig(tmp, dpi=90, format="png", bbox_inches="tight")
+    _pyplot().close(fig)
     os.replace(tmp, target)
     return target, data

@@ -41,3 +41,15 @@ def wait_for_rows(p: subprocess.Popen, out: Path, rows: int, timeout: float = 12
         if log.exists() and log.read_bytes().count(b"\n") >= rows:
             return
         time.sleep(0.002)
+
+
+def assert_readable(fig, max_columns: int = 4) -> None:
+    """A figure a person can read: at most `max_columns` panels a row, and no legend over a panel."""
+    fig.canvas.draw()
+    columns = {ax.get_subplotspec().get_geometry()[1] for ax in fig.axes if ax.get_subplotspec() is not None}
+    assert max(columns) <= max_columns, f"{max(columns)} panels a row"
+    legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    for legend in legends:
+        box = legend.get_window_extent()
+        covered = [ax.get_title() or "a panel" for ax in fig.axes if box.overlaps(ax.get_window_extent())]
+        assert not covered, f"a legend covers {covered}"

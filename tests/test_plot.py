@@ -6,8 +6,8 @@ import json
 import pytest
 
 from memtrain.cli import main
-from memtrain.plot import curves, plot_runs
-from tests.helpers import train_here
+from memtrain.plot import curves, figure, plot_runs
+from tests.helpers import assert_readable, train_here
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,15 @@ def test_the_curves_are_the_metrics(two_runs, tmp_path):
     assert "teacher_acc" not in bptt and "dyn_rel" not in bptt and len(bptt["rnn_acc"][0]) == 4
 
 
+def test_the_figure_is_two_columns_with_legends_off_the_curves(two_runs):
+    import matplotlib.pyplot as plt
+
+    fig = figure({str(two_runs / name): curves(_rows(two_runs / name)) for name in ("smt", "bptt")})
+    assert {ax.get_subplotspec().get_geometry()[:2] for ax in fig.axes} == {(4, 2)}
+    assert_readable(fig)
+    plt.close(fig)
+
+
 def test_seconds_of_old_rows_are_interpolated_and_events_kept():
     rows = [{"step": 0, "loss": 3.0}, {"step": 10, "time": 5.0, "rnn_acc": 0.1}, {"step": 15, "loss": 2.0},
             {"step": 20, "time": 15.0, "rnn_acc": 0.2}, {"step": 20, "event": "handover", "why": "x"},
@@ -52,3 +61,13 @@ def test_plot_cli_and_errors(two_runs, tmp_path, capsys):
     assert rc == 2 and "has no metrics.jsonl" in err and "nothing" in err and not (tmp_path / "two.png").exists()
     assert main(["plot", str(two_runs / "smt"), "--out", str(tmp_path / "c.jpg")]) == 2
     assert "must be a .png" in capsys.readouterr().err
+
+
+def test_null_measurements_are_left_out_of_the_curves():
+    """Issue 25: a diverged evaluation is logged with nulls (training/trainer.py); no point is drawn for them."""
+    rows = [{"step": 5, "time": 1.0, "rnn_acc": 0.2, "teacher_acc": 0.5, "dyn_rel": None, "drift": [None, None]},
+            {"step": 10, "time": 2.0, "rnn_acc": 0.3, "teacher_acc": 0.6, "dyn_rel": 0.5, "drift": [0.0, 0.25]},
+            {"step": 10, "time": None, "loss": None, "grad_norm": None, "skipped": "non-finite loss"}]
+    c = curves(rows)
+    assert c["rnn_acc"] == ([5, 10], [1.0, 2.0], [0.2, 0.3])
+    assert c["dyn_rel"] == ([10], [2.0], [0.5]) and c["drift_end"] == ([10], [2.0], [0.25]) and "loss" not in c

@@ -1,6 +1,6 @@
 """Parallel-in-time rollouts: the trajectory of m_t = f(m_{t-1}, x_t) found as the root of the stacked
 residual r_t = m_t - f(m_{t-1}, x_t), t = 1..T, by iterations that each call the cell once on all
-B*T rows at once instead of T times on B rows (DEER, ELK, ParaRNN; ../docs/newton.md).
+B*T rows at once instead of T times on B rows (DEER, ELK, ParaRNN; measured in RESULTS.md section 9).
 
 Every solver linearises f around the current guess and solves the linear recurrence
 
@@ -78,7 +78,7 @@ def block_index(cell: Cell) -> torch.Tensor:
     cell's own (`cell.jacobian_block_index()`: an LSTM's (h_i, c_i) pairs) or else one block per memory
     token (K blocks of D)."""
     own = getattr(cell, "jacobian_block_index", None)
-    return own() if own is not None else torch.arange(cell.Z).view(cell.K, cell.D)
+    return own() if own is not None else torch.arange(cell.Z, device=cell.m_init.device).view(cell.K, cell.D)
 
 
 def jacobians(cell: Cell, prev: torch.Tensor, x: torch.Tensor, structure: str, chunk: int = 256) -> torch.Tensor:
@@ -92,7 +92,7 @@ def jacobians(cell: Cell, prev: torch.Tensor, x: torch.Tensor, structure: str, c
     if own is not None:
         out = own(m, xs)
         return out.view(B, T, *out.shape[1:])
-    idx = block_index(cell).to(m.device)
+    idx = block_index(cell).to(m.device) if structure == "block" else None
 
     def one_row(m_row, x_row):
         return cell.update(m_row[None], x_row[None])[0]

@@ -197,7 +197,7 @@ class LSTMCell(Cell):
 
     def jacobian_block_index(self):
         """(Z/2, 2): unit i's (h_i, c_i), the 2 x 2 blocks a structured trajectory solver keeps."""
-        return _unit_pairs(self.Z)
+        return _unit_pairs(self.Z, self.m_init.device)
 
 
 class TorchLSTMCell(Cell):
@@ -232,7 +232,7 @@ class TorchLSTMCell(Cell):
         return (F.linear(e, lstm.weight_ih_l0, lstm.bias_ih_l0) + F.linear(h, lstm.weight_hh_l0, lstm.bias_hh_l0)).chunk(4, dim=-1)
 
     def jacobian_block_index(self):
-        return _unit_pairs(self.Z)
+        return _unit_pairs(self.Z, self.m_init.device)
 
     def sequence(self, m0, x):
         """Memories after each input (B, T, Z) in one fused call. The kernel returns h_t only; c_t
@@ -314,7 +314,7 @@ class ParaGRUCell(Cell):
         return (1 - z) + dz * (c - m) + z * dc
 
     def jacobian_block_index(self):
-        return torch.arange(self.Z)[:, None]  # 1 x 1 blocks: the Jacobian is diagonal
+        return torch.arange(self.Z, device=self.m_init.device)[:, None]  # 1 x 1 blocks: the Jacobian is diagonal
 
     def jacobian_block(self, m, x):
         return self.jacobian_diag(m, x)[..., None, None]
@@ -355,7 +355,7 @@ class ParaLSTMCell(Cell):
         return torch.cat([o * tc, c_new], dim=-1)
 
     def jacobian_block_index(self):
-        return _unit_pairs(self.Z)
+        return _unit_pairs(self.Z, self.m_init.device)
 
     def jacobian_block(self, m, x):
         """(rows, Z/2, 2, 2): per unit [[dh'/dh, dh'/dc], [dc'/dh, dc'/dc]]."""
@@ -366,9 +366,10 @@ class ParaLSTMCell(Cell):
         return torch.stack([torch.stack([dh_dh, dh_dc], -1), torch.stack([dc_dh, dc_dc], -1)], -2)
 
 
-def _unit_pairs(Z: int) -> torch.Tensor:
-    """The memory positions (h_i, c_i) of each LSTM unit i, as (Z/2, 2), for memory [h, c]."""
-    h = torch.arange(Z // 2)
+def _unit_pairs(Z: int, device=None) -> torch.Tensor:
+    """The memory positions (h_i, c_i) of each LSTM unit i, as (Z/2, 2), for memory [h, c] (made where
+    the cell lives: solvers index device tensors with it every iteration)."""
+    h = torch.arange(Z // 2, device=device)
     return torch.stack([h, h + Z // 2], dim=-1)
 
 
