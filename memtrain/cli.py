@@ -1,9 +1,9 @@
 """Command line: every subcommand is a library function.
 
     memtrain demo                         SMT->DMT vs BPTT on retrieval, one table (the main job)
-    memtrain train --preset NAME k=v ...  one run of any method (smt | dmt | bptt)
+    memtrain train --preset NAME k=v ...  one run of any method (smt-dmt | smt | dmt | bptt)
     memtrain eval RUN_DIR [--lengths ..]  the RNN alone, the teacher, drift, longer sequences
-    memtrain eval RUN_DIR --data FILE     ... on every row of a data file of the run's kind, once
+    memtrain eval RUN_DIR --data FILE     ... on every row of a data file of the run's kind, once, at its own length
     memtrain lyapunov RUN_DIR [--lengths] the largest Lyapunov exponent of the run's cell (predictability)
     memtrain plot RUN [RUN ...]           the curves of one or more runs in one PNG
     memtrain presets                      list presets
@@ -20,7 +20,9 @@ import warnings
 
 
 def _print_summary(s: dict) -> None:
-    print(json.dumps({k: v for k, v in s.items() if k != "drift"}, indent=1))
+    from .io import nonfinite_to_null
+
+    print(json.dumps(nonfinite_to_null({k: v for k, v in s.items() if k != "drift"}), indent=1))
 
 
 def cmd_train(args) -> None:
@@ -35,6 +37,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    from .io import nonfinite_to_null
     from .methods.evaluate import drift_at
     from .runs import evaluate_run
 
@@ -43,7 +46,7 @@ def cmd_eval(args) -> None:
         drift = row.pop("drift", None)
         if drift:
             row.update(drift_at(drift))
-        print(json.dumps(row))
+        print(json.dumps(nonfinite_to_null(row)))  # (a diverged RNN's inf or nan: null)
 
 
 def cmd_lyapunov(args) -> None:
@@ -54,7 +57,7 @@ def cmd_lyapunov(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from .demo import compare, format_table
+    from .demo import compare, format_table, verdict
 
     overrides = [f'task_args={{"length": {args.length}}}', f"smt.future={min(32, args.length)}",
                  f"cell.kind={args.cell}", f"train.seed={args.seed}"]
@@ -71,6 +74,7 @@ def cmd_demo(args) -> None:
     print()
     print(f"retrieval, T={args.length}, cell={args.cell}: accuracy of the RNN running alone from its initial memory")
     print(format_table(rows))
+    print(verdict(rows, args.length))
     print(f"runs and metrics in {args.out}/")
 
 
@@ -158,11 +162,14 @@ def _add_train(sub, settings: str) -> None:
 def _add_eval(sub) -> None:
     e = sub.add_parser("eval", help="evaluate a finished run")
     e.add_argument("run", help="run directory (holds run.json and model.safetensors)")
-    e.add_argument("--lengths", type=int, nargs="*", default=None, help="sequence lengths (default: T, 2T, 4T)")
+    e.add_argument("--lengths", "--length", dest="lengths", type=int, nargs="*", default=None,
+                   help="sequence lengths (default: T, 2T, 4T; with --data: the file's own, and a length given cuts "
+                        "its sequences to their first N steps; with --all: the run's T)")
     e.add_argument("--batch", type=int, default=256)
     e.add_argument("--seed", type=int, default=1234)
     e.add_argument("--data", default=None, help="evaluate on every row of this file once (the run's kind: a token file, "
-                                                "an .npz, a prepared folder or its val.npy); default length: the run's T")
+                                                "an .npz, a prepared folder or its val.npy), at the file's own length "
+                                                "(an .npz's T, whole images; token streams: windows of the run's T)")
     e.add_argument("--all", action="store_true", help="every row of the run's own held-out split once (file tasks)")
     e.set_defaults(func=cmd_eval)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
@@ -57,8 +58,21 @@ def sha256(data: bytes) -> str:
 
 
 def json_bytes(obj) -> bytes:
-    """Indented JSON without NaN or infinity (which JSON does not have)."""
+    """Indented JSON without NaN or infinity (which JSON does not have): refused, so a measurement
+    goes through `nonfinite_to_null` first."""
     return (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode()
+
+
+def nonfinite_to_null(obj):
+    """`obj` with every float that is not finite (inf, -inf, nan) replaced by None, through dicts,
+    lists and tuples (which become lists): a measurement that diverged is written as JSON null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: nonfinite_to_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [nonfinite_to_null(v) for v in obj]
+    return obj
 
 
 def _no_constant(name):

@@ -29,9 +29,12 @@ def load_run(run_dir: str, device: str = "cpu"):
 def evaluate_run(run_dir: str, lengths=None, batch_size: int = 256, seed: int = 1234, data: str | None = None,
                  every_row: bool = False) -> list[dict]:
     """Evaluate at the training length and (by default) 2T and 4T: length generalisation. With `data`
-    (a file of the run's kind: a token file, an .npz, a prepared folder or split) or `every_row` (the
-    run's own held-out split), every row once, `batch_size` at a time, at the training length (or
-    `lengths`); otherwise `batch_size` sequences drawn from the held-out split."""
+    (a file of the run's kind: a token file, an .npz, a prepared folder or split) every row of it
+    once, `batch_size` at a time, at the file's own length (an .npz's T, a prepared set's whole
+    images; token streams: windows of the run's T), or cut to each of `lengths`; with `every_row`
+    the run's own held-out split likewise, at the training length. Otherwise `batch_size` sequences
+    drawn from the held-out split. The RNN and the teacher run at any length. Rows without a single
+    supervised target are refused (ValueError) rather than scored 0."""
     if batch_size < 1:
         raise ValueError(f"batch must be >= 1, got {batch_size}")
     if lengths is not None and any(L < 1 for L in lengths):
@@ -40,15 +43,21 @@ def evaluate_run(run_dir: str, lengths=None, batch_size: int = 256, seed: int = 
     T = task.length
     if data is not None or every_row:
         rows = []
-        for L in lengths or [T]:
+        for L in lengths or [None]:  # None: the file's own length (the split's: the run's T)
             x, y = all_rows(task, "val", length=L, path=data)
-            rows.append({"length": L, **({"data": data} if data else {}),
+            if not bool((y >= 0).any()):
+                cut = f" (--length {L} cut them: leave it out to evaluate at the file's own length)" if L and data else ""
+                raise ValueError(f"{'data ' + repr(data) if data else 'the held-out split'} has no supervised position "
+                                 f"in its {len(x)} sequences of length {x.shape[1]}: every target is -1{cut}")
+            rows.append({"length": x.shape[1], **({"data": data} if data else {}),
                          **evaluate(cell, teacher, x, y, chunk=batch_size)})
         return rows
     rows = []
     for L in lengths or [T, 2 * T, 4 * T]:
         try:
             x, y = sample_eval(task, batch_size, torch.Generator().manual_seed(seed), length=L)
+            if not bool((y >= 0).any()):
+                raise ValueError(f"the {batch_size} held-out sequences drawn at length {L} have no supervised position")
         except ValueError as e:  # e.g. kv cannot make that many distinct keys
             if lengths:
                 raise

@@ -233,29 +233,69 @@ def test_text_vs_authors_without_their_code_says_how_to_get_it(tmp_path, capsys)
 
 def test_text_vs_authors_report_reads_one_root_per_seed(tmp_path):
     """The report puts every finished lane of every root (one per seed) in one table, lanes in their
-    fixed order and seeds ascending within a lane, with each stage's figures as recorded."""
+    fixed order, seeds then learning rates ascending within a lane, with each stage's figures as
+    recorded; then each side's best over its rates and the seconds it needed to reach --target."""
     import json
 
     from text_vs_authors import main
 
-    def lane(root, name, seed, stages):
+    def lane(root, name, seed, stages, lr=None):
         root.mkdir(exist_ok=True)
-        (root / f"{name}.json").write_text(json.dumps({"lane": name, "seed": seed, "stages": stages}))
+        tag = "" if lr is None else f"-lr{lr:g}"
+        (root / f"{name}{tag}.json").write_text(json.dumps({"lane": name, "seed": seed, "lr": lr, "stages": stages}))
 
     stage = lambda bits: {"updates": 10, "train_seconds": 5.0, "rnn_alone_bits": bits, "rnn_alone_first_bits": bits + 1}
+    curve = [{**stage(6.0), "train_seconds": 2.0}, {**stage(2.9), "train_seconds": 4.0}, stage(2.8)]
     lane(tmp_path / "s1", "memtrain", 1, {"smt": stage(4.0), "dmt": {**stage(3.5), "teacher_bits": 3.0, "rnn_prompted_bits": 3.25}})
-    lane(tmp_path / "s0", "bptt-lstm", 0, {"bptt": stage(2.5)})
+    lane(tmp_path / "s0", "bptt-lstm", 0, {"bptt": {**stage(2.8), "curve": curve}}, lr=3e-3)
+    lane(tmp_path / "s0", "bptt-lstm", 0, {"bptt": stage(2.5)}, lr=1e-3)
     lane(tmp_path / "s0", "memtrain", 0, {"smt": stage(4.5), "dmt": stage(3.75)})
-    main(["report", "--root", str(tmp_path / "s0"), str(tmp_path / "s1"), "--results", str(tmp_path / "out")])
-    lines = [ln for ln in (tmp_path / "out" / "text_vs_authors.md").read_text().splitlines() if ln.startswith("| ")][1:]
+    (tmp_path / "s0" / "notes.json").write_text("{}")  # not a lane: ignored
+    main(["report", "--root", str(tmp_path / "s0"), str(tmp_path / "s1"), "--results", str(tmp_path / "out"), "--target", "3.0"])
+    text = (tmp_path / "out" / "text_vs_authors.md").read_text()
+    first, second = text.split("Each side's best")
+    lines = [ln for ln in first.splitlines() if ln.startswith("| ")][1:]
     cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
-    assert [(c[0], c[1], c[2]) for c in cells] == [
-        ("memtrain SMT -> DMT", "0", "smt"), ("memtrain SMT -> DMT", "0", "dmt"),
-        ("memtrain SMT -> DMT", "1", "smt"), ("memtrain SMT -> DMT", "1", "dmt"), ("BPTT, torch's fused LSTM", "0", "bptt")]
-    assert cells[3][5:] == ["3.000", "3.250", "3.500", "4.500"] and cells[4][5:7] == ["-", "-"]
+    assert [(c[0], c[1], c[2], c[3]) for c in cells] == [
+        ("memtrain SMT -> DMT", "own default", "0", "smt"), ("memtrain SMT -> DMT", "own default", "0", "dmt"),
+        ("memtrain SMT -> DMT", "own default", "1", "smt"), ("memtrain SMT -> DMT", "own default", "1", "dmt"),
+        ("BPTT, torch's fused LSTM", "0.001", "0", "bptt"), ("BPTT, torch's fused LSTM", "0.003", "0", "bptt")]
+    assert cells[3][6:] == ["3.000", "3.250", "3.500", "4.500"] and cells[4][6:8] == ["-", "-"]
+    best = {c[0]: c for c in ([x.strip() for x in ln.strip("|").split("|")] for ln in second.splitlines()
+                              if ln.startswith("| "))}
+    assert best["memtrain"][1:4] == ["3.000 (lr own default)", "3.250 (lr own default)", "3.500 (lr own default)"]
+    assert best["memtrain"][4:] == ["10", "not reached", "not reached"]  # 5 s of SMT, then 5 of DMT
+    lstm = best["BPTT, fused LSTM"]
+    assert lstm[1:4] == ["-", "-", "2.500 (lr 0.001)"]
+    assert lstm[4:] == ["not reached", "not reached", "4"]  # lr 3e-3's curve passed 3.0 at 4 s
     assert (tmp_path / "out" / "text_vs_authors.png").is_file()
 
 
+def test_text_vs_authors_checkpoints_and_timed_loop_probe(monkeypatch):
+    """A stage is scored every --curve-every seconds and at its end; the authors' loop probes at each
+    checkpoint it passes and its training seconds never include the probes."""
+    import text_vs_authors
+    from text_vs_authors import checkpoints, timed_loop
+
+    assert checkpoints(300, 150) == [150, 300] and checkpoints(310, 150) == [150, 300, 310]
+    assert checkpoints(100, 0) == [100] and checkpoints(100, None) == [100] and checkpoints(100, 150) == [100]
+    now = [0.0]
+    monkeypatch.setattr(text_vs_authors.time, "perf_counter", lambda: now[0])
+
+    def update(i):
+        now[0] += 1.0  # each update takes one second
+
+    def probe():
+        now[0] += 100.0  # scoring is slow, and must not count
+        return {"bits": float(now[0])}
+
+    out = timed_loop(update, 5.0, "t", probe=probe, every=2.0)
+    assert out["updates"] == 5 and out["train_seconds"] == 5.0
+    assert [(p["updates"], p["train_seconds"]) for p in out["curve"]] == [(2, 2.0), (4, 4.0), (5, 5.0)]
+    assert out["bits"] == out["curve"][-1]["bits"]
+    now[0] = 0.0
+    slow = timed_loop(lambda i: now.__setitem__(0, now[0] + 3.0), 5.0, "t", probe=probe, every=1.0)
+    assert [(p["updates"], p["train_seconds"]) for p in slow["curve"]] == [(1, 3.0), (2, 6.0)]  # marks 1-3 once, then 4-5
 @pytest.mark.parametrize("solver", ["quasi", "jacobi"])
 def test_solver_speed_workloads_update_like_stepping(solver):
     """The timed DMT and BPTT updates of benchmarks/solver_speed.py with a parallel solver leave the
@@ -296,3 +336,62 @@ def test_solver_speed_parts_times_the_pieces_each_cell_has():
     assert set(got["para-lstm"]["seconds"]) == base | scans("block")
     assert set(got["mlp"]["seconds"]) == base
     assert all(v > 0 for r in got.values() for v in r["seconds"].values())
+
+
+def test_length_sweep_figure_is_a_grid_with_one_legend_off_the_data(tmp_path):
+    """Thirteen (task, length) panels: four a row, each label one colour everywhere, its legend in no panel."""
+    from length_sweep import draw
+
+    from tests.helpers import assert_readable
+
+    runs = [{"dir": f"r{i}", "task": task, "length": T, "method": "bptt", "cell": cell, "lr": 1e-3,
+             "curve": [(10, 1.0, 0.1), (20, 2.0, 0.5)]}
+            for i, (task, T, cell) in enumerate([(t, T, c) for t in ("retrieval", "copy", "kv", "stack") for T in (16, 64, 256)
+                                                   for c in ("mlp", "torch-lstm")] + [("retrieval", 512, "mlp")])]
+    fig = draw({"runs": runs})
+    assert len(fig.axes) == 13 and {ax.get_subplotspec().get_geometry()[:2] for ax in fig.axes} == {(4, 4)}
+    assert_readable(fig)
+    colours = {line.get_label(): line.get_color() for ax in fig.axes for line in ax.lines if not line.get_label().startswith("_")}
+    assert len(colours) == 2 and len(set(colours.values())) == 2
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["bptt mlp lr 0.001", "bptt torch-lstm lr 0.001"]
+
+
+def test_every_stored_figure_redraws_readably(tmp_path):
+    """Each stored result whose script has draw() is redrawn from its JSON alone (replot.py) into a
+    figure of at most four panels a row with its legends off the data."""
+    import importlib
+    import shutil
+
+    from replot import replot, script_of
+
+    from tests.helpers import assert_readable
+
+    stored = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    drawn = []
+    for f in sorted(stored.glob("*.json")):
+        data = json.loads(f.read_text())
+        module = importlib.import_module(script_of(data))
+        if hasattr(module, "draw"):
+            assert_readable(module.draw(data))
+            drawn.append(f.stem)
+    assert {"length_sweep", "step_time", "grad_profile", "memory_geometry", "drift", "copy_memory"} <= set(drawn)
+    shutil.copy(stored / "length_sweep.json", tmp_path)
+    assert replot("length_sweep", tmp_path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def test_gpu_check_refuses_without_cuda(tmp_path):
+    """No CUDA device: exit 2 with one line on stderr, nothing run and no JSON written."""
+    import os
+    import subprocess
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run(["bash", str(root / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True,
+                       env={**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}, timeout=120)
+    assert p.returncode == 2 and p.stdout == ""
+    assert len(p.stderr.strip().splitlines()) == 1 and "no CUDA device" in p.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -77,7 +77,7 @@ def test_train_tiny_writes_a_run(cli_run):
     assert rc == 0, stderr
     assert (out / "run.json").is_file() and (out / "model.safetensors").is_file()
     summary = json.loads(stdout)
-    assert summary["method"] == "smt" and summary["steps"] == 5
+    assert summary["method"] == "smt-dmt" and summary["steps"] == 5, "the default method is the recommended recipe"
     assert 0.0 <= summary["rnn_acc"] <= 1.0 and "drift" not in summary
     meta = json.loads((out / "run.json").read_text())
     assert meta["format"] == "memtrain-run" and meta["version"] == 6
@@ -459,3 +459,79 @@ def test_eval_on_every_row_of_a_data_file(tmp_path, capsys):
     assert main(["train", "--preset", "tiny", "--quiet", f"out_dir={synthetic}"]) == 0
     capsys.readouterr()
     assert main(["eval", str(synthetic), "--all"]) == 2 and "no fixed set of rows" in capsys.readouterr().err
+
+
+# ---- degenerate data (issue 25): one line, exit 2, nothing written; a file's own length -----------------
+
+def _labelled_npz(path, n, T, label_at=-1, seed=0):
+    """n sequences of T tokens in 1..4; the only target, x_0, at position `label_at` (None: no target)."""
+    x = np.random.default_rng(seed).integers(1, 5, size=(n, T))
+    y = np.full((n, T), -1)
+    if label_at is not None:
+        y[:, label_at] = x[:, 0]
+    np.savez(path, x=x, y=y)
+    return x, y
+
+
+@pytest.mark.parametrize("where", ["path", "val_path"])
+def test_train_refuses_an_npz_without_a_supervised_position_before_writing(tmp_path, where):
+    good, none = tmp_path / "good.npz", tmp_path / "none.npz"
+    _labelled_npz(good, 8, 12)
+    _labelled_npz(none, 8, 12, label_at=None)
+    files = {"path": none, "val_path": good} if where == "path" else {"path": good, "val_path": none}
+    out = tmp_path / "r"
+    rc, stdout, stderr = run_main(["train", "--preset", "tiny", "--quiet", "method=smt", "task=npz",
+                                   f"task_args={json.dumps({k: str(v) for k, v in files.items()})}", f"out_dir={out}"])
+    assert rc == 2 and stdout == "" and stderr.count("\n") == 1
+    assert stderr.startswith(f"memtrain: error: task 'npz': {where}='{none}' has no supervised position")
+    assert not out.exists(), "nothing written"
+
+
+@pytest.mark.parametrize("method,cell", [("smt", "mlp"), ("bptt", "torch-lstm")])
+def test_eval_data_runs_at_the_files_own_length_and_reads_its_last_label(tmp_path, method, cell):
+    """Trained on T=12, evaluated on a T=20 file whose one label is at the last position: the numbers
+    are those of the RNN (and the teacher) run over all 20 steps; cut to 12 there is nothing to score."""
+    import torch.nn.functional as F
+
+    from memtrain.methods.rollout import rollout
+    from memtrain.runs import load_run
+
+    _labelled_npz(tmp_path / "train.npz", 16, 12)
+    x, y = _labelled_npz(tmp_path / "long.npz", 10, 20, seed=1)
+    run = tmp_path / "run"
+    rc, _, stderr = run_main(["train", "--preset", "tiny", "--quiet", f"method={method}", f"cell.kind={cell}", "task=npz",
+                              f'task_args={{"path": "{tmp_path / "train.npz"}"}}', f"out_dir={run}"])
+    assert rc == 0, stderr
+    rc, stdout, stderr = run_main(["eval", str(run), "--data", str(tmp_path / "long.npz")])
+    assert rc == 0, stderr
+    row = json.loads(stdout)
+    assert row["length"] == 20 and row["rows"] == 10 and ("drift@20" in row) == (method == "smt")
+    _, _, teacher, net = load_run(str(run))
+    xt, label = torch.from_numpy(x), torch.from_numpy(y[:, -1])
+    with torch.no_grad():
+        rnn_ce = F.cross_entropy(net.readout(rollout(net, net.init_memory(10), xt)[:, -1]), label).item()
+        assert row["rnn_ce"] == pytest.approx(rnn_ce, rel=1e-5)
+        if teacher is not None:
+            assert row["teacher_ce"] == pytest.approx(F.cross_entropy(teacher.readout(teacher.encode(xt)[:, -1]), label).item(), rel=1e-5)
+    rc, stdout, stderr = run_main(["eval", str(run), "--data", str(tmp_path / "long.npz"), "--length", "12"])
+    assert rc == 2 and stdout == "" and stderr == (
+        f"memtrain: error: data '{tmp_path / 'long.npz'}' has no supervised position in its 10 sequences of length 12: "
+        "every target is -1 (--length 12 cut them: leave it out to evaluate at the file's own length)\n")
+
+
+def test_train_with_a_diverged_evaluation_exits_0_with_strict_json(tmp_path, monkeypatch):
+    from memtrain.training import trainer
+
+    real = trainer.evaluate
+
+    def diverged(*args, **kwargs):
+        ev = real(*args, **kwargs)
+        return {**ev, "rnn_ce": float("nan"), "drift": [float("inf")] * len(ev["drift"])}
+
+    monkeypatch.setattr(trainer, "evaluate", diverged)
+    rc, stdout, stderr = run_main(["train", "--preset", "tiny", "--quiet", "method=smt", "train.steps=4", "train.eval_every=2",
+                                   f"out_dir={tmp_path / 'r'}"])
+    assert rc == 0 and "memtrain: error" not in stderr
+    assert stderr.count("not finite (inf/nan); logged as null") == 1
+    summary = json.loads(stdout, parse_constant=lambda c: pytest.fail(f"{c} in the summary"))
+    assert summary["rnn_ce"] is None and summary["drift@12"] is None and summary["steps"] == 4

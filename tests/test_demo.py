@@ -56,8 +56,46 @@ def test_without_a_handover_the_first_row_says_so(tmp_path):
 def test_demo_cli(tmp_path, capsys):
     rc = main(["demo", "--quiet", "--length", "12", "--steps", "4", "--out", str(tmp_path), *EASY])
     assert rc == 0
-    out = capsys.readouterr().out
-    assert "retrieval, T=12" in out and "| BPTT, same cell |" in out and "| BPTT, torch LSTM |" in out
+    cap = capsys.readouterr()
+    assert "retrieval, T=12" in cap.out and "| BPTT, same cell |" in cap.out and "| BPTT, torch LSTM |" in cap.out
+    assert cap.out.splitlines()[-2].startswith("At T=12 "), "the table is read in one sentence"
+    assert "warning" not in cap.err.lower(), cap.err
+
+
+def test_the_demos_own_settings_raise_no_warning(tmp_path):
+    """`memtrain demo` as shipped (T=32, its overrides from the CLI): every stage's settings assemble
+    without a SettingWarning (the tiny preset and smt.future once warned on every use)."""
+    import warnings
+
+    from memtrain.demo import _baselines, demo_config
+    from memtrain.training.build import SettingWarning, assemble
+
+    cfg = demo_config(tmp_path, ['task_args={"length": 32}', "smt.future=32", "cell.kind=mlp", "train.seed=0"])
+    assert (cfg.method, cfg.teacher.token_shift, cfg.smt.coef_last_input, cfg.task_args["length"]) == ("smt-dmt", True, 0.1, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SettingWarning)
+        for c in (cfg, *_baselines(cfg, tmp_path, 1.0)):
+            assemble(c)
+
+
+def _row(method, acc, to=None):
+    return {"method": method, "rnn_acc": acc, "to_095": to}
+
+
+def test_the_verdict_reads_the_table():
+    from memtrain.demo import verdict
+
+    rows = [_row("SMT (RNN at the handover)", 0.73), _row("SMT -> DMT", 1.0, [107.0, 900]),
+            _row("BPTT, same cell", 0.102), _row("BPTT, torch LSTM", 1.0, [80.0, 6900])]
+    assert verdict(rows, 32) == ("At T=32 BPTT, torch LSTM reaches 0.95 first in wall-clock (80 s, SMT -> DMT 107 s); "
+                                 "SMT -> DMT needs 7.7x fewer updates (900 against 6,900); "
+                                 "BPTT, same cell does not reach it (0.102).")
+    rows[3] = _row("BPTT, torch LSTM", 1.0, [200.0, 450])
+    assert verdict(rows, 32).startswith("At T=32 SMT -> DMT reaches 0.95 first in wall-clock (107 s, BPTT, torch LSTM 200 s)")
+    assert "SMT -> DMT needs 2.0x more updates (900 against 450)" in verdict(rows, 32)
+    blank = [_row("SMT (RNN at the handover)", 0.9), _row("SMT -> DMT", 0.4), _row("BPTT, same cell", 0.1),
+             _row("BPTT, torch LSTM", 0.2)]
+    assert verdict(blank, 256) == "At T=256 no RNN running alone reaches 0.95 within this budget; the best is SMT -> DMT at 0.400."
 
 
 def test_demo_cli_time_budget(tmp_path):

@@ -309,3 +309,15 @@ def test_the_data_layer_does_not_import_training():
                 continue
             for name in names:
                 assert not name.startswith("memtrain.training"), f"memtrain/data/{f.name} imports {name}"
+
+
+def test_nonfinite_to_null_makes_strict_json_of_a_diverged_measurement():
+    inf, nan = float("inf"), float("nan")
+    row = {"step": 3, "ok": 0.5, "ce": nan, "drift": [0.0, inf, -inf], "pair": (1.0, nan), "nested": {"x": [nan]}, "name": "a"}
+    clean = io.nonfinite_to_null(row)
+    assert clean == {"step": 3, "ok": 0.5, "ce": None, "drift": [0.0, None, None], "pair": [1.0, None],
+                     "nested": {"x": [None]}, "name": "a"}
+    assert json.loads(io.json_bytes(clean)) == clean
+    with pytest.raises(ValueError, match="Out of range float"):
+        io.json_bytes(row)  # json_bytes itself stays strict: a measurement goes through nonfinite_to_null first
+    assert row["ce"] != row["ce"], "the input is not changed"

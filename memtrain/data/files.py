@@ -1,6 +1,8 @@
 """Tasks read from files: a token stream (`tokens`: any file's bytes or a .npy array), your own
 sequences (`npz`), and folders written by `memtrain prepare` (`prepared`). Each answers
-`sample(batch_size, generator, length=None, split="train" | "val")`; "val" is the held-out data.
+`sample(batch_size, generator, length=None, split="train" | "val")`; "val" is the held-out data;
+`rows(split, length, path)` gives every held-out row once and `n_sequences(split)` how many
+distinct sequences a split offers (a batch larger than that repeats some).
 """
 from __future__ import annotations
 
@@ -37,6 +39,13 @@ def _stream_rows(data, T: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"{what} holds {len(data)} tokens, fewer than length+1={T + 1}")
     arr = np.asarray(data[: n * T + 1]).astype(np.int64)
     return torch.from_numpy(arr[:-1].reshape(n, T).copy()), torch.from_numpy(arr[1:].reshape(n, T).copy())
+
+
+def _check_supervised(what: str, y: torch.Tensor, T: int, purpose: str) -> None:
+    """Refuse sequences without a single supervised target (y >= 0) in their first T steps."""
+    if not bool((y[:, :T] >= 0).any()):
+        raise ValueError(f"{what} has no supervised position: y is -1 (or -100) at every one of the first {T} steps "
+                         f"of its {len(y)} sequences, so there is nothing to {purpose}")
 
 
 def _check_ids(arr, vocab: int, what: str) -> None:
@@ -107,6 +116,11 @@ class TokenFile:
         _check_ids(data, self.vocab, what)
         return _stream_rows(data, T, what)
 
+    def n_sequences(self, split="train", length=None) -> int:
+        """Distinct windows of `length` (default T) in a split: its window offsets."""
+        T = self.length if length is None else length
+        return max(len(_split(self, split)) - T, 0)
+
 
 @dataclass
 class NpzTask:
@@ -127,8 +141,10 @@ class NpzTask:
             self.vocab = int(self._train[0].max()) + 1
         if self.length is None:
             self.length = self._train[0].shape[1]
-        for name, (x, y) in (("path", self._train), ("val_path", self._val)):
+        for name, (x, y), purpose in (("path", self._train, "train on"), ("val_path", self._val, "evaluate on")):
             self._check_fits(f"task 'npz': {name}", x, y, self.length)
+            if name == "path" or self.val_path:
+                _check_supervised(f"task 'npz': {name}={getattr(self, name)!r}", y, self.length, purpose)
 
     def _check_fits(self, what: str, x, y, T: int) -> None:
         if x.max() >= self.vocab:
@@ -181,11 +197,16 @@ class NpzTask:
         return x[rows, :T], y[rows, :T]
 
     def rows(self, split="val", length=None, path=None):
-        """Every held-out sequence once (its first `length` steps); `path`: another .npz instead."""
-        T = self.length if length is None else length
+        """Every held-out sequence once (its first `length` steps); `path`: another .npz instead, at
+        its own length unless `length` cuts it (the RNN and the teacher run at any length)."""
         x, y = _split(self, split) if path is None else self._load(path, "data")
+        T = length if length is not None else (self.length if path is None else x.shape[1])
         self._check_fits(f"task 'npz': {'the ' + split + ' rows' if path is None else repr(path)}", x, y, T)
         return x[:, :T], y[:, :T]
+
+    def n_sequences(self, split="train", length=None) -> int:
+        """The rows of a split (each is one sequence, whatever the length)."""
+        return len(_split(self, split)[0])
 
 
 @dataclass
@@ -259,14 +280,23 @@ class PreparedTask:
     def rows(self, split="val", length=None, path=None):
         """Every held-out image (layout 'whole') or token (layout 'stream') once. `path`: another
         folder written by `memtrain prepare` of the same kind (its val split), or one of its split
-        files (e.g. data/kjv/val.npy), instead of this one's."""
-        T = self.length if length is None else length
+        files (e.g. data/kjv/val.npy), instead of this one's; its images are read whole unless
+        `length` cuts them (streams: windows of `length`, default T)."""
         data, what = (_split(self, split), f"task 'prepared': {split}.npy") if path is None else self._load_other(path)
+        own = path is not None and self.layout == "whole"  # another file's images: all their pixels by default
+        T = length if length is not None else (data.shape[1] if own else self.length)
         if self.layout == "whole":
             if T > data.shape[1]:
                 raise ValueError(f"{what}: images of {data.shape[1]} pixels, shorter than length={T}")
             return self._with_bos(data[:, :T])
         return _stream_rows(np.asarray(data).reshape(-1), T, what)
+
+    def n_sequences(self, split="train", length=None) -> int:
+        """Layout 'whole': the images of a split; 'stream': its window offsets for `length` (default T)."""
+        data = _split(self, split)
+        if self.layout == "whole":
+            return len(data)
+        return max(len(data) - (self.length if length is None else length), 0)
 
     def _load_other(self, path: str):
         """A prepared folder or split file of this run's kind -> (array as the split would hold it, its name)."""

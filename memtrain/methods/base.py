@@ -62,10 +62,11 @@ class Method(nn.Module):
         return T
 
     # ---- a method that changes course during a run (smt-dmt) --------------------------------
-    def after_eval(self, ev: dict, step: int) -> dict | None:
-        """Called on the main process with each evaluation's results (methods/evaluate.py); -> None, or
-        a JSON-able decision {"event": name, "why": text, ...} that the trainer logs and hands to
-        `apply` on every process."""
+    def after_eval(self, ev: dict, step: int, budget_used: float = 0.0) -> dict | None:
+        """Called on the main process with each evaluation's results (methods/evaluate.py) and the
+        fraction of the run's budget spent so far (updates of train.steps or seconds of
+        train.time_limit, whichever is further); -> None, or a JSON-able decision {"event": name,
+        "why": text, ...} that the trainer logs and hands to `apply` on every process."""
         return None
 
     def apply(self, decision: dict, step: int) -> bool:

@@ -17,6 +17,10 @@ from .rollout import rollout
 # a teacher counts as having learned something once its held-out loss is this fraction below the
 # entropy of the targets' marginal (the loss of a model that ignores the past)
 MIN_TEACHER_GAIN = 0.05
+# a ratio whose denominator is at most this (relative to the memories' mean square; for the targets'
+# entropy, in nats) is undefined: it is reported as null with a reason (`<name>_why`), never as an
+# enormous number
+TINY = 1e-9
 
 
 def _sums(cell: Cell, teacher: Teacher | None, x: torch.Tensor, y: torch.Tensor) -> dict:
@@ -58,7 +62,7 @@ def target_entropy(counts: torch.Tensor) -> float:
     """Entropy (nats) of the empirical marginal of the targets: the loss of a predictor that ignores
     the past and always answers with the targets' overall frequencies."""
     p = counts[counts > 0] / counts.sum().clamp_min(1)
-    return float(-(p * p.log()).sum())
+    return max(0.0, float(-(p * p.log()).sum()))  # (one target: 0.0, not -0.0)
 
 
 @torch.no_grad()
@@ -67,7 +71,12 @@ def evaluate(cell: Cell, teacher: Teacher | None, x: torch.Tensor, y: torch.Tens
     seeing a teacher memory) and the teacher; drift[s] = MSE(m^_s, M[:, s]) for s = 0..T. Every row
     of x once, `chunk` rows at a time (None: all at once); `rows` says how many were used.
     `target_entropy`: the loss of a model that ignores the past; `teacher_gain` = 1 - teacher_ce /
-    target_entropy (0: the teacher has learned nothing)."""
+    target_entropy (0: the teacher has learned nothing); `rel_drift` = drift at T / spread. A ratio
+    over a denominator ~0 (one target token; identical or unmoving teacher memories) is None, with
+    `<name>_why` saying why. Rows without a single supervised target are refused (ValueError)."""
+    if not bool((y >= 0).any()):
+        raise ValueError(f"nothing to evaluate: the {len(y)} sequences of length {y.shape[1]} have no supervised "
+                         "position (every target is -1)")
     chunk = chunk or len(x)
     total = None
     for i in range(0, len(x), chunk):
@@ -81,33 +90,52 @@ def evaluate(cell: Cell, teacher: Teacher | None, x: torch.Tensor, y: torch.Tens
             out.update({f"{who}_acc": total[f"{who}_correct"] / n, f"{who}_ce": ce, f"{who}_bits": ce / math.log(2)})
     out["target_entropy"] = target_entropy(total["counts"])
     if teacher is not None:
-        out["teacher_gain"] = 1 - out["teacher_ce"] / max(out["target_entropy"], 1e-12)
+        H = out["target_entropy"]
+        _ratio(out, "teacher_gain", 1 - out["teacher_ce"] / H if H > TINY else None,
+               "target_entropy ~0: every target is the same token, so ignoring the past is already perfect")
         out["drift"] = [round(v, 6) for v in (total["drift"] / N).tolist()]
         # how much the teacher's final memories differ between sequences: drift is small only
         # relative to this (a collapsed memory space makes any drift look small)
         var = (total["m_sq"] - total["m_sum"].pow(2) / N) / max(N - 1, 1)
-        out["spread"] = var.mean().item()
+        out["spread"] = spread = var.mean().item()
+        zero = spread <= TINY * (total["m_sq"] / N).mean().item()
+        _ratio(out, "rel_drift", None if zero else out["drift"][-1] / spread,
+               f"spread {spread:.1e} ~0: the teacher's final memories are the same for every sequence")
         n_first = total["M"].shape[0]
-        out["dyn_rel"] = one_step_error(cell, total["M"], x[:n_first])
+        _ratio(out, "dyn_rel", one_step_error(cell, total["M"], x[:n_first]),
+               "the teacher's memories do not change from one step to the next")
     return out
+
+
+def _ratio(out: dict, name: str, value: float | None, why: str) -> None:
+    """out[name] = value; an undefined ratio (None) also gets out[name + '_why'] = why."""
+    out[name] = value
+    if value is None:
+        out[f"{name}_why"] = why
 
 
 def teacher_learned(ev: dict, min_gain: float = MIN_TEACHER_GAIN) -> bool:
     """Has the teacher learned anything (its loss `min_gain` below a model's that ignores the past)?
     Until it has, its memories carry nothing, and a tiny dyn_rel or drift means nothing. An
-    evaluation without a teacher_gain (no teacher) says nothing against it."""
-    return ev.get("teacher_gain", 1.0) >= min_gain
+    evaluation without a teacher_gain (no teacher), or with an undefined one (None: every target is
+    the same token), says nothing against it."""
+    gain = ev.get("teacher_gain")
+    return gain is None or gain >= min_gain
 
 
-def one_step_error(cell: Cell, M: torch.Tensor, x: torch.Tensor, budget: int = 2048) -> float:
+def one_step_error(cell: Cell, M: torch.Tensor, x: torch.Tensor, budget: int = 2048) -> float | None:
     """Followability: MSE(cell.update(M[:, s], x_s), M[:, s+1]) / MSE(M[:, s], M[:, s+1]) over the
     first sequences' transitions (about `budget` of them, one batched call). Near 1 the cell cannot
-    compute the teacher's transitions; well below 1 DMT can make it follow (EXPERIMENTS.md 5)."""
+    compute the teacher's transitions; well below 1 DMT can make it follow (EXPERIMENTS.md 5).
+    None where the teacher's memories do not move (their step ~0: the ratio is undefined)."""
     B, T = x.shape
     n = min(B, max(1, budget // max(T, 1)))
     m, m_next, Z = M[:n, :-1].float(), M[:n, 1:].float(), M.shape[-1]
+    step = (m - m_next).pow(2).mean().item()
+    if step <= TINY * m_next.pow(2).mean().item():
+        return None
     pred = cell.update(M[:n, :-1].reshape(-1, Z), x[:n].reshape(-1)).float().view_as(m)
-    return ((pred - m_next).pow(2).mean() / (m - m_next).pow(2).mean().clamp_min(1e-12)).item()
+    return (pred - m_next).pow(2).mean().item() / step
 
 
 def drift_at(drift: list, fractions=(0.25, 0.5, 1.0)) -> dict:

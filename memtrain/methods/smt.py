@@ -32,13 +32,13 @@ class SMTConfig:
     coef_dec: float = 1.0  # weight of the decoder's cross-entropy (predictive memories)
     coef_dyn: float = 0.1  # weight of the cell's one-step regression onto the teacher's next memory
     coef_unif: float = 1e-3  # weight of the uniformity loss against memory collapse
-    dec_samples: int | None = 32  # memories per sequence sent to the decoder (None: every one)
+    dec_samples: int | None = 8  # memories per sequence sent to the decoder (None: every one)
     transitions: int | None = None  # R transitions per sequence in the dynamics loss (None: all T); set, the encoder computes only the memories the loss reads
     unif_samples: int = 256  # memory tokens in the uniformity loss
     dyn_trains_teacher: bool = True  # the dynamics loss also moves the encoder (joint training)
     input_noise: float = 0.0  # std of Gaussian noise on the cell's input memory (denoising dynamics)
     coef_onpolicy: float = 0.0  # the same regression from the cell's OWN rollout states (trains the cell only)
-    coef_last_input: float = 0.0  # CE of a linear probe that reads x_t back from m_t (keeps memories Markov)
+    coef_last_input: float = 0.1  # CE of a linear probe that reads x_t back from m_t (keeps memories Markov; 0: off)
 
     def validate(self) -> None:
         if self.future < 1:
@@ -157,6 +157,9 @@ def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_po
 
     loss = cfg.coef_dec * loss_dec + cfg.coef_dyn * loss_dyn + cfg.coef_unif * loss_unif
     if cfg.coef_last_input > 0:
+        if last_input_head is None:
+            raise ValueError("smt.coef_last_input > 0 needs the last-input probe (SMT builds it): pass last_input_head, "
+                             "or set smt.coef_last_input=0")
         # every memory m_t must tell its last input x_t. The teacher reads each token together with
         # the previous one (token shift) or through previous-token heads, so nothing else makes it
         # keep x_t; without it the cell cannot compute m_{t+1} from (m_t, x_{t+1}) where x_t matters
@@ -215,39 +218,43 @@ class SMT(Method):
         """Before the cell runs alone: give it the teacher's readout and m_empty."""
         adopt_teacher(self.cell, self.teacher)
 
-    def after_eval(self, ev: dict, step: int) -> dict | None:
-        return self.blank_teacher.check(ev, step)
+    def after_eval(self, ev: dict, step: int, budget_used: float = 0.0) -> dict | None:
+        return self.blank_teacher.check(ev, step, budget_used)
 
     def sequential_steps(self, T: int) -> int:
         return 1  # every transition of every sequence in one pass
 
 
 class BlankTeacher(nn.Module):
-    """Says once when the teacher has learned nothing for `patience` evaluations in a row: its loss
-    is no better than the entropy of the targets' marginal (a model that ignores the past), so its
-    memories carry nothing yet and a tiny dyn_rel or drift is no success (they are trivially small
-    on a memory that does not depend on the input). Its count is a buffer: a resumed run goes on
-    counting where it stopped."""
+    """Says once when the teacher has learned nothing: its loss is no better than the entropy of the
+    targets' marginal (a model that ignores the past), so its memories carry nothing yet and a tiny
+    dyn_rel or drift is no success (they are trivially small on a memory that does not depend on the
+    input). A teacher gets a fair budget first: it must have learned nothing for `patience`
+    evaluations in a row AND a quarter of the run's budget (`min_budget`) must be spent. Teachers sit
+    at chance for a while before they leave it (the demo's at T=32 until update ~350 of 3,000, 12%), and
+    a warning at update 150 was a false alarm in every demo run. Its count is a buffer: a resumed run
+    goes on counting where it stopped."""
 
-    def __init__(self, patience: int = 3):
+    def __init__(self, patience: int = 3, min_budget: float = 0.25):
         super().__init__()
-        self.patience = patience
+        self.patience, self.min_budget = patience, min_budget
         self.register_buffer("streak", torch.tensor(0))
         self.register_buffer("said", torch.tensor(False))
 
-    def check(self, ev: dict, step: int) -> dict | None:
+    def check(self, ev: dict, step: int, budget_used: float = 0.0) -> dict | None:
         if "teacher_gain" not in ev:
             return None
         self.streak.fill_(0 if teacher_learned(ev) else int(self.streak) + 1)
-        if bool(self.said) or int(self.streak) < self.patience:
+        if bool(self.said) or int(self.streak) < self.patience or budget_used < self.min_budget:
             return None
         self.said.fill_(True)
         return {"event": "warning", "teacher_ce": ev["teacher_ce"], "target_entropy": ev["target_entropy"],
-                "why": (f"the teacher has learned nothing in {int(self.streak)} evaluations: its held-out loss "
+                "why": (f"the teacher has learned nothing in {int(self.streak)} evaluations ({budget_used:.0%} of the run's "
+                        f"budget spent): its held-out loss "
                         f"{ev['teacher_ce']:.3f} nats is no better than ignoring the past (the targets' entropy "
                         f"{ev['target_entropy']:.3f}), so its memories carry nothing yet and a small dyn_rel or "
                         "drift means nothing. Give it more updates or a higher train.lr, and check smt.future "
-                        "(README: choosing smt.future)")}
+                        "(docs/guide.md: choosing smt.future)")}
 
 
 @torch.no_grad()

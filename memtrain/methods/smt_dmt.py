@@ -23,6 +23,8 @@ buffers, so a resumed run continues in the phase it stopped in.
 """
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -129,9 +131,16 @@ class SMTDMT(Method):
         return {"handover_step": int(self.handover_step) if int(self.handover_step) >= 0 else None}
 
     # ---- decisions ----------------------------------------------------------------------------
-    def _watch(self, slot: int, value: float, better) -> int:
-        """Record `value` for a watched quantity; -> evaluations since it last improved."""
-        if int(self.since[slot]) < 0 or better(value, float(self.best[slot])):
+    def _watch(self, slot: int, value: float | None, better) -> int:
+        """Record `value` for a watched quantity; -> evaluations since it last improved. A value that is
+        not a number (None: an undefined ratio; inf or nan: a diverged RNN) is no improvement; as the
+        first one it records the worst value there is (finite: a checkpoint holds no inf), which any
+        measurement improves on."""
+        measured = value is not None and math.isfinite(value)
+        if int(self.since[slot]) < 0:
+            worst = sys.float_info.max if better(0.0, sys.float_info.max) else -sys.float_info.max
+            self.best[slot], self.since[slot] = (value if measured else worst), 0
+        elif measured and better(value, float(self.best[slot])):
             self.best[slot], self.since[slot] = value, 0
         else:
             self.since[slot] += 1
@@ -146,9 +155,9 @@ class SMTDMT(Method):
     def _restart_rnn_watch(self) -> None:
         self.since[RNN_ACC] = self.since[DRIFT] = -1
 
-    def after_eval(self, ev: dict, step: int) -> dict | None:
+    def after_eval(self, ev: dict, step: int, budget_used: float = 0.0) -> dict | None:
         if int(self.phase) == SMT_PHASE:
-            return self._smt_decision(ev, step)
+            return self._smt_decision(ev, step, budget_used)
         if int(self.phase) != DMT_PHASE:
             return None
         if self.ho.dmt_target is not None and ev["rnn_acc"] >= self.ho.dmt_target:
@@ -159,8 +168,8 @@ class SMTDMT(Method):
                     "why": f"no better RNN accuracy or final drift in {self.ho.dmt_patience} evaluations"}
         return None
 
-    def _smt_decision(self, ev: dict, step: int) -> dict | None:
-        warning = self.blank_teacher.check(ev, step)  # said once, when the teacher stays blank
+    def _smt_decision(self, ev: dict, step: int, budget_used: float) -> dict | None:
+        warning = self.blank_teacher.check(ev, step, budget_used)  # said once, when the teacher stays blank
         return self._handover(ev, step) or warning
 
     def _handover(self, ev: dict, step: int) -> dict | None:
@@ -176,12 +185,13 @@ class SMTDMT(Method):
                 self._restart_rnn_watch()  # from here on: is SMT still improving the RNN alone?
             else:
                 return None
-        followable = ev["dyn_rel"] <= ho.followable or stale_dyn >= ho.followable_plateau
-        if self._rnn_stale(ev) < ho.smt_patience or not followable:
+        dyn = ev["dyn_rel"]  # None where the teacher's memories do not move (evaluate.py)
+        low = dyn is not None and dyn <= ho.followable
+        if self._rnn_stale(ev) < ho.smt_patience or not (low or stale_dyn >= ho.followable_plateau):
             return None
-        return {"event": "handover", "teacher_acc": ev["teacher_acc"], "dyn_rel": ev["dyn_rel"], "rnn_acc": ev["rnn_acc"],
+        return {"event": "handover", "teacher_acc": ev["teacher_acc"], "dyn_rel": dyn, "rnn_acc": ev["rnn_acc"],
                 "why": (f"teacher solved the task at step {int(self.solved_step)} (acc {ev['teacher_acc']:.3f}); dyn_rel "
-                        f"{ev['dyn_rel']:.3f} ({'<= ' + str(ho.followable) if ev['dyn_rel'] <= ho.followable else 'no longer improving'}); "
+                        f"{'null' if dyn is None else f'{dyn:.3f}'} ({'<= ' + str(ho.followable) if low else 'no longer improving'}); "
                         f"RNN alone {ev['rnn_acc']:.3f}, not improved by SMT in {ho.smt_patience} evaluations")}
 
     def apply(self, decision: dict, step: int) -> bool:

@@ -91,6 +91,7 @@ def assemble(cfg: RunConfig) -> Parts:
     teacher, cell = networks(rcfg, cls.needs_teacher)
     if "smt" in (cls.sections or (cls.name,)):
         warn_short_future(rcfg.smt.future, task)
+    warn_small_data(rcfg.task, task, rcfg.train)
     return Parts(rcfg, task, teacher, cell, cls(teacher, cell, settings))
 
 
@@ -101,13 +102,33 @@ class SettingWarning(UserWarning):
 def warn_short_future(future: int, task) -> None:
     """Warn when the decoder's future is shorter than the task's recall gap (synthetic tasks know it):
     the memories right after what must be remembered are then never asked about it by the decoder,
-    only by the dynamics loss through every step in between (README: choosing smt.future)."""
+    only by the dynamics loss through every step in between (docs/guide.md: choosing smt.future)."""
     gap = getattr(task, "recall_gap", None)
     if gap is not None and future < gap + 1:
         warnings.warn(f"smt.future={future} is shorter than the recall gap of task {type(task).__name__.lower()!r}: an "
                       f"input may be asked for {gap} steps after it is read, so only smt.future >= {gap + 1} asks "
                       "every memory that holds it; with less, the memories in between are shaped only by the "
-                      "dynamics loss and the RNN may not learn to carry it (README: choosing smt.future)",
+                      "dynamics loss and the RNN may not learn to carry it (docs/guide.md: choosing smt.future)",
+                      SettingWarning, stacklevel=3)
+
+
+def warn_small_data(name: str, task, tc) -> None:
+    """Warn when a file task's data cannot fill a batch: fewer distinct sequences in the training
+    split than train.batch_size (every batch repeats some), or in the held-out split than
+    train.eval_batch (the evaluation draws its rows with replacement, so its `rows` counts repeats).
+    Synthetic tasks draw fresh sequences and never warn."""
+    count = getattr(task, "n_sequences", None)
+    if count is None:
+        return
+    T, n_train, n_val = task.length, count("train"), count("val")
+    if n_train < tc.batch_size:
+        warnings.warn(f"task '{name}': the training data holds {n_train} distinct sequences of length {T}, fewer "
+                      f"than train.batch_size={tc.batch_size}: every batch repeats sequences (drawn with replacement)",
+                      SettingWarning, stacklevel=3)
+    if tc.eval_rows != "all" and n_val < tc.eval_batch:
+        warnings.warn(f"task '{name}': the held-out data holds {n_val} distinct sequences of length {T}, fewer than "
+                      f"train.eval_batch={tc.eval_batch}: each evaluation draws {tc.eval_batch} rows from them with "
+                      "replacement, so its 'rows' counts repeats (train.eval_rows=all evaluates each one once)",
                       SettingWarning, stacklevel=3)
 
 

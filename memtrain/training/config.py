@@ -29,6 +29,8 @@ EVAL_ROWS = ("batch", "all")
 # names the new one
 RENAMED = {"bptt.truncate": "bptt.grad_horizon", "task_args.eval_path": "task_args.val_path",
            "smt.dyn_samples": "smt.transitions"}
+# defaults before memtrain 0.5 made the recommended recipe (the demo's) the default
+OLD_DEFAULTS = {"method": "smt", "teacher.token_shift": False, "smt.dec_samples": 32, "smt.coef_last_input": 0.0}
 
 
 def control(default):
@@ -62,7 +64,7 @@ class TrainConfig:
     grad_accum: int = control(1)  # micro-batches per update (batch_size is the global batch: processes x grad_accum x micro)
     precision: str = control("auto")  # "auto": bf16 autocast on CUDA, fp32 elsewhere | "bf16" (any device) | "fp32"
     tf32: bool = control(True)  # CUDA: TF32 matmuls and convolutions (see build.configure_precision)
-    flush_denormal: bool = control(True)  # CPU: flush denormal floats to zero while training (they slowed BPTT ~9x here, README)
+    flush_denormal: bool = control(True)  # CPU: flush denormal floats to zero while training (they slowed BPTT ~9x here, docs/CHANGELOG.md)
     eval_rows: str = control("batch")  # "batch": train.eval_batch held-out sequences drawn once | "all": every held-out row once (file tasks)
     keep_best: bool = control(False)  # also keep the model with the lowest held-out RNN-alone loss (rnn_ce) in out_dir/best
     progress_every: float = control(30.0)  # seconds between plain progress lines when stderr is not a terminal (a log file)
@@ -106,7 +108,7 @@ class TrainConfig:
 @dataclass
 class RunConfig:
     """One run: what to train, on what, how."""
-    method: str = "smt"  # the training method: smt | dmt | bptt | smt-dmt (or one added with methods.register)
+    method: str = "smt-dmt"  # the training method: smt-dmt | smt | dmt | bptt (or one added with methods.register)
     task: str = "retrieval"  # the data: retrieval | copy | stack | kv | icl | parity | tokens | npz | prepared
     task_args: dict = field(default_factory=dict)  # the task's own parameters, e.g. {"length": 64} (see memtrain.data)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -197,6 +199,14 @@ def upgrade(config: dict, version: int) -> dict:
     handover = c.setdefault("handover", {}) if isinstance(c.get("handover", {}), dict) else {}
     for key, value in to_dict(HandoverConfig()).items():
         handover.setdefault(key, value)
+    # memtrain 0.5 made the recommended recipe the default; a setting an older run's file lacks takes
+    # the default of its time, which is how the run behaved
+    for key, old in OLD_DEFAULTS.items():
+        sec, _, name = key.rpartition(".")
+        if not sec:
+            c.setdefault(name, old)
+        elif isinstance(c.get(sec, {}), dict):
+            c.setdefault(sec, {}).setdefault(name, old)
     # 6 (0.5): the rollout section, at its defaults (before, every rollout was stepped)
     if isinstance(c.get("rollout", {}), dict):
         c["rollout"] = {**to_dict(RolloutConfig()), **c.get("rollout", {})}

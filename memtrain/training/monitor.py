@@ -122,15 +122,18 @@ class Progress:
             self.bar.set_postfix(**shown)
 
     def line(self, step: int, seconds: float, shown: dict) -> str:
-        budget = f"/{self.tc.time_limit:g}" if self.timed else ""
+        """One plain progress line: under a time limit the seconds of the budget and the update count
+        (the step budget is then only a bound, not a goal), otherwise the updates out of train.steps."""
         extra = "".join(f" {k}={v}" for k, v in shown.items())
-        return f"memtrain: {self.desc} step {step}/{self.tc.steps}, {seconds:.1f}{budget} s of training{extra}"
+        if self.timed:
+            return f"memtrain: {self.desc} {seconds:.1f}/{self.tc.time_limit:g} s of training, update {step}{extra}"
+        return f"memtrain: {self.desc} step {step}/{self.tc.steps}, {seconds:.1f} s of training{extra}"
 
     def write(self, msg: str) -> None:
         if self.plain:
             print(msg, file=self.stream, flush=True)
-        else:
-            self.bar.write(msg)
+        else:  # (tqdm.write's own default is stdout, where the summary goes)
+            self.bar.write(msg, file=self.stream)
 
     def close(self) -> None:
         self.bar.close()

@@ -25,7 +25,7 @@ import torch
 
 from ..data.tasks import all_rows, require_rows, sample_eval
 from ..fields import to_dict
-from ..io import load_module
+from ..io import load_module, nonfinite_to_null
 from ..methods.evaluate import drift_at, evaluate
 from ..methods.rollout import auto_solver
 from . import distributed
@@ -115,6 +115,7 @@ class Run:
     state: RunState
     log: MetricsLog
     config: dict  # the resolved configuration, as saved
+    said_not_finite: bool = False  # a non-finite evaluation has been reported on stderr (once per process)
 
     @property
     def tc(self):
@@ -160,13 +161,35 @@ def _parts(cfg: RunConfig, out: Path | None, world) -> tuple[Parts, tuple | None
     torch.manual_seed(cfg.train.seed)  # the networks' initial weights (the same on every rank)
     parts = assemble(cfg)
     if cfg.train.eval_rows == "all":
-        require_rows(parts.task)
+        require_rows(parts.task)  # (a file task has refused rows without a supervised target itself)
+    else:
+        _check_held_out(parts)
     if cfg.train.tensorboard and out is not None:
         TensorBoardLog.available()
     resume = find_resume(cfg.out_dir, cfg.train.resume, quiet=not world.main) if out is not None else None
     if resume is None and parts.cfg.init_from:
         load_init_weights(parts)
     return parts, resume
+
+
+def _held_out(parts: Parts) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows every evaluation of the run uses: every held-out row (train.eval_rows=all), or
+    train.eval_batch of them drawn once from a generator of their own."""
+    tc = parts.cfg.train
+    if tc.eval_rows == "all":
+        return all_rows(parts.task, "val")
+    return sample_eval(parts.task, tc.eval_batch, torch.Generator().manual_seed(tc.seed + 10_000))
+
+
+def _check_held_out(parts: Parts) -> None:
+    """Refuse (before anything is written) a held-out batch without a single supervised target: every
+    evaluation of the run would have nothing to score."""
+    _, y = _held_out(parts)
+    if not bool((y >= 0).any()):
+        tc = parts.cfg.train
+        raise ValueError(f"train.eval_batch={tc.eval_batch}: the held-out sequences drawn for evaluation (task "
+                         f"{parts.cfg.task!r}) have no supervised position (every target is -1); raise "
+                         "train.eval_batch, or set train.eval_rows=all to evaluate every held-out row")
 
 
 def _run(parts: Parts, resume, world, device, out: Path | None, progress: bool) -> dict:
@@ -189,10 +212,7 @@ def _start(parts: Parts, world, device, out: Path | None, resume) -> Run | dict:
         torch.set_num_threads(tc.threads)
     configure_precision(device, tc.tf32)
     gen = torch.Generator().manual_seed(tc.seed)
-    if tc.eval_rows == "all":  # every held-out row once, evaluated eval_batch rows at a time
-        x_eval, y_eval = all_rows(parts.task, "val")
-    else:
-        x_eval, y_eval = sample_eval(parts.task, tc.eval_batch, torch.Generator().manual_seed(tc.seed + 10_000))
+    x_eval, y_eval = _held_out(parts)  # (all: evaluated eval_batch rows at a time)
     method = parts.method.to(device)
     params = method.trainable()
     opt = torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
@@ -302,9 +322,11 @@ def one_update(run: Run, stop: StopSignals) -> tuple[distributed.Agreement, floa
     return agreed, gnorm
 
 
-def evaluate_now(run: Run) -> tuple[dict, dict]:
+def evaluate_now(run: Run, bar: Progress | None = None) -> tuple[dict, dict]:
     """Evaluate the RNN alone (and the teacher) on the held-out rows; rank 0 logs the row, keeps the
-    best model (train.keep_best) and counts the time (not training time: train.time_limit ignores it)."""
+    best model (train.keep_best) and counts the time (not training time: train.time_limit ignores it).
+    A diverged RNN is a measurement: its non-finite values are logged (and returned in the row) as
+    null, said once on stderr, and training goes on. -> (the row, evaluate's own numbers)."""
     t0 = time.perf_counter()
     method = run.parts.method
     method.before_eval()  # on every rank: SMT changes the cell's copy of the teacher's readout
@@ -316,16 +338,34 @@ def evaluate_now(run: Run) -> tuple[dict, dict]:
     row = {"step": run.state.step, "time": round(run.state.seconds, 2), **_no_drift(ev)}
     if "drift" in ev:
         row.update(drift_at(ev["drift"]))
-        row["rel_drift"] = ev["drift"][-1] / max(ev["spread"], 1e-12)
-    run.log.write({**row, "drift": ev.get("drift")})
+    bad = _not_finite({**row, "drift": ev.get("drift")})
+    if bad and not run.said_not_finite:
+        run.said_not_finite = True
+        msg = (f"memtrain: evaluation at update {run.state.step}: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} "
+               "not finite (inf/nan); logged as null in metrics.jsonl (so is any later one), training goes on")
+        if bar is not None:
+            bar.write(msg)
+        else:
+            run.say(msg)
+    row = nonfinite_to_null(row)
+    run.log.write({**row, "drift": nonfinite_to_null(ev.get("drift"))})
     if run.tc.keep_best:
         _keep_best(run, row)
     run.state.eval_seconds += time.perf_counter() - t0
     return row, ev
 
 
+def _not_finite(row: dict) -> list[str]:
+    """The names of a row's entries that are, or hold (a list: the drift per step), a float that is not finite."""
+    def bad(v) -> bool:
+        return isinstance(v, float) and not math.isfinite(v)
+
+    return [k for k, v in row.items() if bad(v) or (isinstance(v, list) and any(map(bad, v)))]
+
+
 def _keep_best(run: Run, row: dict) -> None:
-    """out_dir/best: the final-model files of the evaluation with the lowest RNN-alone loss so far."""
+    """out_dir/best: the final-model files of the evaluation with the lowest RNN-alone loss so far
+    (a loss that is not finite, null in the row, is never the lowest)."""
     ce = row.get("rnn_ce")
     if run.out is None or ce is None or not math.isfinite(ce) or (run.state.best is not None and ce >= run.state.best):
         return
@@ -387,7 +427,7 @@ def _loop(run: Run, progress: bool) -> dict:
                 st.step += 1
                 ends = False
                 if st.step % tc.eval_every == 0 and st.step < tc.steps:
-                    last, ev = evaluate_now(run)
+                    last, ev = evaluate_now(run, bar)
                     if last:
                         shown["acc"] = f"{last['rnn_acc']:.2f}"
                     ends = _decide(run, ev, bar)
@@ -405,11 +445,18 @@ def _loop(run: Run, progress: bool) -> dict:
         bar.close()
 
 
+def budget_used(run: Run) -> float:
+    """The fraction of the run's budget spent: updates of train.steps or seconds of train.time_limit,
+    whichever is further along."""
+    tc, st = run.tc, run.state
+    return max(st.step / tc.steps, st.seconds / tc.time_limit if tc.time_limit else 0.0)
+
+
 def _decide(run: Run, ev: dict, bar: Progress) -> bool:
     """The method's decision after an evaluation (main process), carried out on every process and
     logged; -> True when the method ends the run."""
     method = run.parts.method
-    decision = distributed.share(run.world, method.after_eval(ev, run.state.step) if run.world.main else None)
+    decision = distributed.share(run.world, method.after_eval(ev, run.state.step, budget_used(run)) if run.world.main else None)
     if not decision:
         return False
     run.log.write({"step": run.state.step, **decision})
@@ -440,6 +487,7 @@ def _finish(run: Run) -> dict:
         summary["best"] = {"step": st.best_step, "rnn_ce": st.best, "dir": str(run.out / "best")}
     if run.world.distributed:
         summary["processes"] = run.world.size
+    summary = nonfinite_to_null(summary)  # (run.json and the checkpoint are strict JSON)
     if run.out is not None:
         save(run, finished=True, summary=summary if run.world.main else None)
         if run.world.main:

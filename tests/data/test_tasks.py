@@ -696,3 +696,53 @@ def test_recall_gap_is_the_largest_distance_the_sequences_have():
         assert largest(cp, lambda xs, ys: 13 - 0 if ys[13] == xs[0] and reverse else (7 if ys[7] == xs[0] else 0)) == cp.recall_gap
     kv = KeyValue(length=17, n_keys=20)
     assert largest(kv, lambda xs, ys: 16 - xs.index(xs[-1])) == kv.recall_gap == 16
+
+
+# ---- degenerate data: refused with the file named, or counted (issue 25) ---------------------------
+
+def test_npz_without_a_supervised_position_is_refused_naming_the_file(tmp_path):
+    x = np.arange(24).reshape(4, 6) % 5
+    none = _npz(tmp_path / "none.npz", x=x, y=np.full((4, 6), -1))
+    late = np.full((4, 6), -100)
+    late[:, -1] = 2  # supervised only at the last step
+    late_path = _npz(tmp_path / "late.npz", x=x, y=late)
+    with pytest.raises(ValueError, match=r"path='.*none.npz' has no supervised position: y is -1 \(or -100\) at every "
+                                         r"one of the first 6 steps of its 4 sequences, so there is nothing to train on"):
+        build_task("npz", path=none)
+    with pytest.raises(ValueError, match=r"val_path='.*none.npz' has no supervised position.*nothing to evaluate on"):
+        build_task("npz", path=late_path, val_path=none)
+    with pytest.raises(ValueError, match="first 4 steps"):  # length=4 cuts the only label away
+        build_task("npz", path=late_path, length=4)
+    assert build_task("npz", path=late_path).length == 6, "one supervised step is enough"
+
+
+def test_npz_rows_of_another_file_are_read_at_its_own_length(tmp_path):
+    train = _npz(tmp_path / "t6.npz", x=np.ones((3, 6), dtype=np.int64), y=np.ones((3, 6), dtype=np.int64))
+    x10 = np.arange(50).reshape(5, 10) % 7
+    y10 = np.full((5, 10), -1)
+    y10[:, -1] = x10[:, 0]  # the label at the last position
+    longer = _npz(tmp_path / "t10.npz", x=x10, y=y10)
+    task = build_task("npz", path=train, vocab=7)
+    x, y = all_rows(task, path=longer)
+    assert x.shape == y.shape == (5, 10) and y[:, -1].tolist() == x10[:, 0].tolist()
+    x, y = all_rows(task, path=longer, length=4)  # a length given cuts
+    assert x.shape == (5, 4) and bool((y == -1).all())
+    assert all_rows(task)[0].shape == (3, 6), "the run's own split: the run's length"
+
+
+def test_prepared_images_of_another_folder_are_read_whole(tmp_path, monkeypatch):
+    folder = _prepared_pixels(tmp_path, monkeypatch)
+    task = build_task("prepared", path=folder, length=10)  # trained on the first 10 of 16 pixels
+    assert all_rows(task)[0].shape == (3, 10)
+    assert all_rows(task, path=folder)[0].shape == (3, 16) and all_rows(task, path=folder, length=12)[0].shape == (3, 12)
+
+
+def test_n_sequences_counts_what_a_split_can_offer(tmp_path, monkeypatch):
+    npz = build_task("npz", path=_npz(tmp_path / "a.npz", x=np.ones((3, 6), dtype=np.int64), y=np.ones((3, 6), dtype=np.int64)))
+    assert npz.n_sequences("train") == npz.n_sequences("val") == 3
+    stream = tmp_path / "s.txt"
+    stream.write_bytes(bytes(range(100)))  # train: 90 bytes, val: 10
+    tokens = build_task("tokens", path=str(stream), length=8)
+    assert tokens.n_sequences("train") == 90 - 8 and tokens.n_sequences("val") == 10 - 8, "window offsets"
+    images = build_task("prepared", path=_prepared_pixels(tmp_path, monkeypatch))
+    assert images.n_sequences("train") == 8 and images.n_sequences("val") == 3

@@ -63,3 +63,48 @@ def test_a_blank_teacher_scores_at_the_targets_entropy():
     ev = evaluate(cell, teacher, x, y)
     assert ev["teacher_ce"] == pytest.approx(ev["target_entropy"], rel=1e-5) and abs(ev["teacher_gain"]) < 1e-5
     assert not teacher_learned(ev)
+
+
+# ---- ratios over a zero spread are undefined, not enormous (issue 25) --------------------------------
+
+def test_one_target_token_has_entropy_plus_zero_and_no_teacher_gain():
+    assert math.copysign(1.0, target_entropy(torch.tensor([0.0, 7.0, 0.0]))) == 1.0, "0.0, never -0.0"
+    teacher, cell = tiny_teacher().eval(), tiny_cell("mlp").eval()
+    x, _ = _batch(n=8)
+    ev = evaluate(cell, teacher, x, torch.full_like(x, 3))  # every target is token 3
+    assert ev["target_entropy"] == 0.0 and math.copysign(1.0, ev["target_entropy"]) == 1.0
+    assert ev["teacher_gain"] is None and "every target is the same token" in ev["teacher_gain_why"]
+    assert teacher_learned(ev), "an undefined gain says nothing against the teacher"
+    ok = evaluate(cell, teacher, *_batch(n=8))
+    assert isinstance(ok["teacher_gain"], float) and "teacher_gain_why" not in ok
+
+
+def test_rel_drift_is_null_over_identical_final_memories():
+    teacher, cell = tiny_teacher().double().eval(), tiny_cell("mlp").double().eval()
+    x, y = _batch(n=6)
+    ev = evaluate(cell, teacher, x, y)
+    assert ev["rel_drift"] == pytest.approx(ev["drift"][-1] / ev["spread"], rel=1e-12) and "rel_drift_why" not in ev
+    same = evaluate(cell, teacher, x[:1].expand(6, -1), y[:1].expand(6, -1))  # one sequence six times: spread 0
+    assert same["spread"] < 1e-12 and same["rel_drift"] is None  # (rounding leaves ~1e-17)
+    assert same["rel_drift_why"].startswith("spread ") and "the same for every sequence" in same["rel_drift_why"]
+
+
+def test_dyn_rel_is_null_where_the_teachers_memories_do_not_move():
+    teacher, cell = tiny_teacher().double().eval(), tiny_cell("mlp").double().eval()
+    x, y = _batch(n=4)
+    with torch.no_grad():  # an encoder that ignores its input: registers only, never a token
+        teacher.embed.weight.zero_()
+        for blk in teacher.blocks:
+            for p in blk.parameters():
+                p.zero_()
+    ev = evaluate(cell, teacher, x, y)
+    assert ev["dyn_rel"] is None and ev["dyn_rel_why"] == "the teacher's memories do not change from one step to the next"
+    M = teacher.encode(x)
+    assert (M[:, 1:] - M[:, :-1]).abs().max().item() == 0.0
+
+
+def test_nothing_supervised_is_refused():
+    teacher, cell = tiny_teacher().eval(), tiny_cell("mlp").eval()
+    x, _ = _batch(n=5, T=7)
+    with pytest.raises(ValueError, match="the 5 sequences of length 7 have no supervised position"):
+        evaluate(cell, teacher, x, torch.full_like(x, -1))

@@ -63,7 +63,7 @@ def loop_smt_loss(teacher, cell, x, y, cfg, dec_pos, dyn_pos, unif_idx):
 @pytest.mark.parametrize("dyn_sampled,onpolicy", [(False, 0.0), (True, 0.0), (False, 0.5), (True, 0.5)])
 def test_vectorised_smt_loss_matches_per_timestep_loop(dyn_sampled, onpolicy):
     teacher, cell = tiny_teacher().double(), tiny_cell("mlp").double()
-    cfg = SMTConfig(future=4, gamma=0.9, coef_unif=0.01, coef_onpolicy=onpolicy)
+    cfg = SMTConfig(future=4, gamma=0.9, coef_unif=0.01, coef_onpolicy=onpolicy, coef_last_input=0)
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, V, (2, 7), generator=g)
     y = torch.where(torch.rand(2, 7, generator=g) < 0.4, x.roll(1, 1), -1)
@@ -104,7 +104,7 @@ def test_dyn_trains_teacher_flag(trains_teacher, onpolicy):
     """Only the dynamics loss on: gradient reaches the encoder iff dyn_trains_teacher; the on-policy
     loss never trains the teacher."""
     teacher, cell = tiny_teacher().double(), tiny_cell("mlp").double()
-    cfg = SMTConfig(future=3, coef_dec=0.0, coef_unif=0.0, dyn_trains_teacher=trains_teacher,
+    cfg = SMTConfig(future=3, coef_dec=0.0, coef_unif=0.0, dyn_trains_teacher=trains_teacher, coef_last_input=0,
                     coef_dyn=0.0 if onpolicy else 0.1, coef_onpolicy=1.0 if onpolicy else 0.0)
     x = torch.randint(0, V, (2, 6))
     y = torch.randint(0, V, (2, 6))
@@ -115,7 +115,7 @@ def test_dyn_trains_teacher_flag(trains_teacher, onpolicy):
 
 def test_decoder_and_uniformity_never_train_the_cell():
     teacher, cell = tiny_teacher().double(), tiny_cell("mlp").double()
-    cfg = SMTConfig(future=3, coef_dyn=0.0)
+    cfg = SMTConfig(future=3, coef_dyn=0.0, coef_last_input=0)
     x, y = torch.randint(0, V, (2, 6)), torch.randint(0, V, (2, 6))
     loss, _ = SMT(teacher, cell, cfg).loss(x, y, torch.Generator().manual_seed(0))
     assert _grads(loss, teacher) > 0 and _grads(loss, cell) == 0
@@ -147,9 +147,9 @@ def test_input_noise_changes_only_the_dynamics_input():
     x, y = torch.randint(0, V, (2, 6)), torch.randint(0, V, (2, 6))
     pos = sample_positions(y, 3, 2, None)
     idx = torch.arange(8)
-    clean = smt_loss(teacher, cell, x, y, SMTConfig(future=3), pos, None, idx)[1]
+    clean = smt_loss(teacher, cell, x, y, SMTConfig(future=3, coef_last_input=0), pos, None, idx)[1]
     torch.manual_seed(0)
-    noisy = smt_loss(teacher, cell, x, y, SMTConfig(future=3, input_noise=0.5), pos, None, idx)[1]
+    noisy = smt_loss(teacher, cell, x, y, SMTConfig(future=3, input_noise=0.5, coef_last_input=0), pos, None, idx)[1]
     assert noisy["loss_dec"] == clean["loss_dec"] and noisy["loss_unif"] == clean["loss_unif"]
     assert noisy["loss_dyn"] > clean["loss_dyn"]
 
@@ -157,7 +157,7 @@ def test_input_noise_changes_only_the_dynamics_input():
 def test_dyn_rel_is_the_one_step_error_relative_to_the_teachers_step():
     teacher, cell = tiny_teacher().double(), tiny_cell("mlp").double()
     x, y = torch.randint(0, V, (3, 7)), torch.randint(0, V, (3, 7))
-    _, m = smt_loss(teacher, cell, x, y, SMTConfig(future=3), sample_positions(y, 3, 2, None), None, torch.arange(8))
+    _, m = smt_loss(teacher, cell, x, y, SMTConfig(future=3, coef_last_input=0), sample_positions(y, 3, 2, None), None, torch.arange(8))
     with torch.no_grad():
         M = teacher.encode(x)  # (B, S, Z)
         err = (cell.update(M[:, :-1].reshape(-1, M.shape[-1]), x.reshape(-1)) - M[:, 1:].reshape(-1, M.shape[-1])).pow(2).mean()
@@ -181,7 +181,7 @@ def test_last_input_probe_trains_teacher_and_probe_not_cell():
     assert smt.last_input_head.weight.grad.abs().sum() > 0
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in teacher.parameters())
     assert any(p is smt.last_input_head.weight for p in smt.trainable())
-    assert SMT(tiny_teacher(), tiny_cell("mlp"), SMTConfig()).last_input_head is None
+    assert SMT(tiny_teacher(), tiny_cell("mlp"), SMTConfig(coef_last_input=0)).last_input_head is None
 
 
 @pytest.mark.parametrize("onpolicy,last_input", [(0.0, 0.0), (0.5, 0.3)])
@@ -220,7 +220,7 @@ def test_smt_transitions_sets_how_many_memories_are_encoded():
     encode = teacher.encode
     teacher.encode = lambda x, at=None: (seen.append(None if at is None else tuple(at.shape)), encode(x, at))[1]
     for n, expect in ((None, None), (5, (3, 4 + 10)), (20, None)):
-        SMT(teacher, cell, SMTConfig(future=4, dec_samples=4, transitions=n, unif_samples=8)).loss(x, y, torch.Generator().manual_seed(0))
+        SMT(teacher, cell, SMTConfig(future=4, dec_samples=4, transitions=n, unif_samples=8, coef_last_input=0)).loss(x, y, torch.Generator().manual_seed(0))
         assert seen[-1] == expect
     with pytest.raises(ValueError, match="smt.transitions"):
         SMTConfig(transitions=0).validate()
@@ -236,3 +236,18 @@ def test_last_input_probe_trains_the_teacher_even_when_the_dynamics_do_not(trans
     x, y = torch.randint(0, V, (3, 6)), torch.randint(0, V, (3, 6))
     smt.loss(x, y, torch.Generator().manual_seed(0))[0].backward()
     assert float(teacher.blocks[0].attn.qkv.weight.grad.abs().sum()) > 0
+
+
+def test_a_future_beyond_the_sequence_is_the_future_to_its_end():
+    """Issue 25: sequences shorter than smt.future are not refused. Memory s is asked for the outputs
+    up to the end of the sequence and the decoder is causal, so any future >= T + 1 gives the same
+    loss as T + 1 (only wasted work), e.g. the retrieval-smt preset (future 32) on T = 4."""
+    teacher, cell = tiny_teacher().double(), tiny_cell("mlp").double()
+    B, T = 3, 4
+    x, y = torch.randint(0, V, (B, T)), torch.randint(0, V, (B, T))
+    pos, idx = torch.arange(T + 1).expand(B, T + 1), torch.arange(16)
+    end = smt_loss(teacher, cell, x, y, SMTConfig(future=T + 1, coef_last_input=0), pos, None, idx)
+    for future in (T + 2, 32):
+        loss, m = smt_loss(teacher, cell, x, y, SMTConfig(future=future, coef_last_input=0), pos, None, idx)
+        torch.testing.assert_close(loss, end[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(m["loss_dec"], end[1]["loss_dec"], rtol=1e-12, atol=1e-12)

@@ -52,7 +52,7 @@ def _train_capturing(cfg):
 @pytest.fixture(scope="module")
 def smt_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt") / "smt"
-    cfg = preset_config("tiny", [f"out_dir={out}"])
+    cfg = preset_config("tiny", ["method=smt", f"out_dir={out}"])
     summary, state = _train_capturing(cfg)
     return out, cfg, summary, state
 

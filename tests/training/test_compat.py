@@ -17,13 +17,15 @@ from memtrain.methods.evaluate import evaluate
 from memtrain.presets import preset_config
 from memtrain.runs import evaluate_run, load_run
 from memtrain.training.checkpoint import VERSION, read_run
-from memtrain.training.config import RENAMED, upgrade
+from memtrain.training.config import RENAMED, RunConfig, upgrade
 from memtrain.training.trainer import train
 
 OLD = Path(__file__).resolve().parents[1] / "data" / "format2_runs"
 # what each run was made with (tests/data/format2_runs/README.md), in today's names
-MADE_WITH = {"smt": ["train.seed=1", "train.ckpt_every=10", "train.keep_last=1"],
-             "bptt": ["method=bptt", "bptt.grad_horizon=4", "train.seed=1", "train.ckpt_every=10", "train.keep_last=1"]}
+# (the defaults and the tiny preset of their time: memtrain 0.5 made the recommended recipe the default)
+OLD_TINY = ["method=smt", "teacher.token_shift=false", "smt.coef_last_input=0", "smt.future=8"]
+MADE_WITH = {"smt": OLD_TINY + ["train.seed=1", "train.ckpt_every=10", "train.keep_last=1"],
+             "bptt": OLD_TINY + ["method=bptt", "bptt.grad_horizon=4", "train.seed=1", "train.ckpt_every=10", "train.keep_last=1"]}
 
 
 @pytest.mark.parametrize("name", ["smt", "bptt", "dmt"])
@@ -90,8 +92,17 @@ def test_upgrade_translates_names_and_unset_values():
     assert v5["rollout"]["solver"] == "sequential" and v5["handover"]["teacher_acc"] == 0.9, \
         "format 5 (0.4): stepped rollouts, as those runs had"
     v3 = upgrade({"smt": {"dyn_samples": 8}, "train": {"threads": 0}, "cell": {"norm_memory": True}}, 3)
-    assert v3["smt"] == {"transitions": 8} and v3["train"] == {"threads": 0}, "format 3 (0.2): renames, no other changes"
+    assert v3["smt"] == {"transitions": 8, "dec_samples": 32, "coef_last_input": 0.0} and v3["train"] == {"threads": 0}, \
+        "format 3 (0.2): renames, and the defaults of its time where it has no value"
     assert v3["cell"] == {"norm_memory": True} and v3["handover"]["teacher_acc"] == 0.95, "and what 0.3 added"
+    # 0.5 made the recommended recipe the default: a run saved before, lacking a setting, behaved with
+    # the default of its time; what it saved is kept
+    assert (v5["method"], v5["teacher"]["token_shift"], v5["smt"]["coef_last_input"], v5["smt"]["dec_samples"]) == \
+        ("smt", False, 0.0, 32)
+    kept = upgrade({"method": "bptt", "teacher": {"token_shift": True}, "smt": {"coef_last_input": 0.2}}, 5)
+    assert (kept["method"], kept["teacher"]["token_shift"], kept["smt"]["coef_last_input"]) == ("bptt", True, 0.2)
+    today = RunConfig()
+    assert (today.method, today.teacher.token_shift, today.smt.coef_last_input, today.smt.dec_samples) == ("smt-dmt", True, 0.1, 8)
     gru = upgrade({"cell": {"kind": "gru", "residual": True}, "task_args": {"eval_path": "v.txt", "vocab": 0}}, 2)
     assert gru["cell"]["residual"] is None and gru["task_args"] == {"val_path": "v.txt"}
     assert old["bptt"] == {"truncate": 4}, "the saved configuration is not changed"
