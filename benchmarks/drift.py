@@ -15,6 +15,7 @@ import torch
 
 from common import legend_right, md_table, pyplot, write_results
 from memtrain.methods.evaluate import evaluate
+from memtrain.methods.rollout import Rollout
 from memtrain.runs import load_run
 from memtrain.data.tasks import build_task
 
@@ -35,7 +36,7 @@ def main() -> None:
             raise SystemExit(f"{path} has no teacher ({cfg.method} run): drift needs one")
         long = build_task(cfg.task, **{**cfg.task_args, "length": a.length})
         x, y = long.sample(a.batch, torch.Generator().manual_seed(a.seed))
-        ev = evaluate(cell, teacher, x, y)
+        ev = evaluate(cell, teacher, x, y, how=Rollout(cfg.rollout))
         T0 = task.length
         d = ev["drift"]
         found[label or path] = {"run": path, "train_length": T0, "drift": d, "spread": ev["spread"],

@@ -26,9 +26,9 @@ from common import legend_right, md_table, median, pyplot, write_results
 def build(window: int, cell_kind: str):
     from memtrain.presets import preset_config
     from memtrain.training.build import networks
-    from memtrain.training.config import resolve_shapes
+    from memtrain.training.config import resolve
 
-    cfg = resolve_shapes(preset_config("text-cpu", ["teacher.vocab_size=256", "cell.vocab_size=256",
+    cfg = resolve(preset_config("text-cpu", ["teacher.vocab_size=256", "cell.vocab_size=256",
                                                     f"teacher.window={window}", f"cell.kind={cell_kind}"]))
     torch.manual_seed(0)
     teacher, cell = networks(cfg, with_teacher=True)

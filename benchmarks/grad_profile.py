@@ -26,7 +26,8 @@ from memtrain.presets import preset_config
 from memtrain.runs import load_run
 from memtrain.methods.smt import SMTConfig, smt_loss
 from memtrain.data.tasks import build_task
-from memtrain.training.build import networks, resolve
+from memtrain.training.build import networks
+from memtrain.training.config import resolve
 from memtrain.methods.losses import readout_ce
 
 

@@ -16,7 +16,7 @@ import torch
 
 from common import legend_right, md_table, pyplot, write_results
 from memtrain.methods.evaluate import evaluate
-from memtrain.methods.rollout import rollout
+from memtrain.methods.rollout import Rollout, rollout
 from memtrain.runs import load_run
 
 
@@ -39,10 +39,11 @@ def mean_pairwise_distance(X: torch.Tensor) -> float:
 def geometry(run: str, batch: int, seed: int) -> dict:
     cfg, task, teacher, cell = load_run(run)
     x, y = task.sample(batch, torch.Generator().manual_seed(seed))
-    ev = evaluate(cell, teacher, x, y)
+    how = Rollout(cfg.rollout)  # as the run rolled out
+    ev = evaluate(cell, teacher, x, y, how=how)
     out = {"run": run, "method": cfg.method, "cell": cfg.cell.kind, "task": cfg.task, "length": task.length,
            "coef_unif": cfg.smt.coef_unif if cfg.method != "bptt" else None, "rnn_acc": ev["rnn_acc"], "teacher_acc": ev.get("teacher_acc")}
-    mems = {"rnn": rollout(cell, cell.init_memory(batch), x)}
+    mems = {"rnn": rollout(cell, cell.init_memory(batch), x, how=how)}
     if teacher is not None:
         mems["teacher"] = teacher.encode(x)
     for who, M in mems.items():

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from common import interleaved, md_table, median, training_update, write_results
 
-from memtrain.methods.rollout import RolloutConfig, auto_solver, rollout
+from memtrain.methods.rollout import AutoSolver, Rollout, RolloutConfig, rollout
 from memtrain.methods.solve import Linearisation, closed_form, solve_rollout, step_all
 from memtrain.models import scan
 from memtrain.models.cells import CellConfig, build_cell
@@ -43,7 +43,7 @@ SCANS = {"diag": {"loop": scan.linear_scan_reference, "Hillis-Steele": scan.line
          "block": {"loop": scan.matrix_scan_reference, "Hillis-Steele": scan.matrix_scan, "odd-even": scan.matrix_scan_pairs}}
 
 
-def workloads(cell, x: torch.Tensor, cfg: RolloutConfig) -> dict:
+def workloads(cell, x: torch.Tensor, how: Rollout) -> dict:
     """name -> a function of no arguments doing one pass / update with this solver."""
     params = list(cell.parameters())
     m0 = cell.init_memory(x.shape[0])
@@ -54,13 +54,13 @@ def workloads(cell, x: torch.Tensor, cfg: RolloutConfig) -> dict:
 
     @torch.no_grad()
     def evaluate():
-        return read(rollout(cell, m0, x, solver=cfg)[:, 1:])
+        return read(rollout(cell, m0, x, how=how)[:, 1:])
 
     def dmt_loss():
-        return F.mse_loss(rollout(cell, m0, x, grad_horizon=1, solver=cfg)[:, 1:], target)
+        return F.mse_loss(rollout(cell, m0, x, grad_horizon=1, how=how)[:, 1:], target)
 
     def bptt_loss():
-        return F.cross_entropy(read(rollout(cell, m0, x, solver=cfg)[:, :-1]), x.reshape(-1))
+        return F.cross_entropy(read(rollout(cell, m0, x, how=how)[:, :-1]), x.reshape(-1))
 
     return {"eval": evaluate, "dmt": training_update(dmt_loss, params), "bptt": training_update(bptt_loss, params)}
 
@@ -73,16 +73,16 @@ def measure(kind: str, T: int, a) -> dict:
     for solver in a.solvers:
         if solver not in ("sequential", "auto") and not closed_form(cell, solver):
             continue
-        cfg = RolloutConfig(solver=solver, max_iter=a.max_iter)
-        fns = workloads(cell, x, cfg)
+        how = Rollout(RolloutConfig(solver=solver, max_iter=a.max_iter))
+        fns = workloads(cell, x, how)
         if solver == "auto":  # its trials first (each workload is its own kind of call), then what it chose is timed
             for fn in fns.values():
-                for _ in range(2 * len(auto_solver(cell).candidates)):
+                for _ in range(2 * len(AutoSolver(cell).candidates)):
                     fn()
         times = interleaved(fns, a.repeats)
         entry = {name: median(ts) for name, ts in times.items()}
         if solver == "auto":
-            chosen = {(c["grad"], c["grad_horizon"]): c["chosen"] for c in auto_solver(cell).choices()}
+            chosen = {(c["grad"], c["grad_horizon"]): c["chosen"] for c in how.choices()}
             entry["chosen"] = {"eval": chosen[False, None], "dmt": chosen[True, 1], "bptt": chosen[True, None]}
         elif solver != "sequential":
             with torch.no_grad():

@@ -6,7 +6,7 @@ from .methods import METHODS, Method, register
 from .methods.bptt import BPTT, BPTTConfig
 from .methods.dmt import DMT, DMTConfig
 from .methods.evaluate import evaluate
-from .methods.rollout import rollout
+from .methods.rollout import Rollout, rollout
 from .methods.smt import SMT, SMTConfig, adopt_teacher
 from .models.cells import CELLS, Cell, CellConfig, build_cell
 from .models.teacher import Teacher, TeacherConfig
@@ -16,8 +16,8 @@ from .training.build import build
 from .training.config import RunConfig, TrainConfig, apply_overrides
 from .training.trainer import TrainingError, train
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 __all__ = ["BPTT", "BPTTConfig", "CELLS", "Cell", "CellConfig", "adopt_teacher", "build_cell", "RunConfig",
-           "TrainConfig", "apply_overrides", "DMT", "DMTConfig", "evaluate", "rollout", "SMT", "SMTConfig",
+           "TrainConfig", "apply_overrides", "DMT", "DMTConfig", "evaluate", "rollout", "Rollout", "SMT", "SMTConfig",
            "TASKS", "build_task", "Teacher", "TeacherConfig", "build", "train", "TrainingError", "prepare", "load_prepared", "generate",
            "sample_run", "start_memory", "METHODS", "Method", "register", "load_run", "evaluate_run"]

@@ -95,12 +95,11 @@ def cmd_presets(args) -> None:
 def cmd_config(args) -> None:
     from .fields import to_dict
     from .presets import preset_config
-    from .training.config import resolve_shapes
+    from .training.config import resolve
 
     cfg = preset_config(args.preset, args.overrides)
-    cfg.validate()
-    # the cell's shape as a run resolves it; vocabularies stay null until a run reads its task
-    print(json.dumps(to_dict(resolve_shapes(cfg)), indent=1))
+    # the settings as a run resolves them; vocabularies stay null until a run reads its task
+    print(json.dumps(to_dict(resolve(cfg)), indent=1))
 
 
 def cmd_prepare(args) -> None:

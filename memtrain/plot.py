@@ -9,8 +9,9 @@ from __future__ import annotations
 import bisect
 import json
 import math
-import os
 from pathlib import Path
+
+from .io import atomic_write
 
 # (panel title, [(series, line style, label)], log scale)
 PANELS = [
@@ -119,8 +120,8 @@ def plot_runs(runs: list[str], out: str | None = None) -> tuple[Path, dict]:
         raise ValueError(f"--out {str(target)!r} must be a .png file")
     fig = figure(data)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    fig.savefig(tmp, dpi=90, format="png", bbox_inches="tight")
-    _pyplot().close(fig)
-    os.replace(tmp, target)
+    try:
+        atomic_write(target, lambda f: fig.savefig(f, dpi=90, format="png", bbox_inches="tight"))
+    finally:
+        _pyplot().close(fig)
     return target, data

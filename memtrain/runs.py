@@ -8,13 +8,15 @@ from .fields import from_dict
 from .io import load_module
 from .methods.dynamics import largest_lyapunov
 from .methods.evaluate import evaluate
+from .methods.rollout import Rollout
 from .training.build import networks, saved_config
 from .training.checkpoint import read_run
 from .training.config import RunConfig
 
 
 def load_run(run_dir: str, device: str = "cpu"):
-    """-> (config, task, teacher or None, cell), weights loaded, in eval mode."""
+    """-> (config, task, teacher or None, cell), weights loaded, in eval mode. The cell is a network
+    only: roll it out as the run did with `Rollout(config.rollout)`."""
     meta, tensors = read_run(run_dir)
     cfg = from_dict(RunConfig, saved_config(meta))
     task = build_task(cfg.task, **cfg.task_args)
@@ -40,6 +42,7 @@ def evaluate_run(run_dir: str, lengths=None, batch_size: int = 256, seed: int = 
     if lengths is not None and any(L < 1 for L in lengths):
         raise ValueError(f"lengths must be >= 1, got {list(lengths)}")
     cfg, task, teacher, cell = load_run(run_dir)
+    how = Rollout(cfg.rollout)  # the run's own rollout settings
     T = task.length
     if data is not None or every_row:
         rows = []
@@ -50,7 +53,7 @@ def evaluate_run(run_dir: str, lengths=None, batch_size: int = 256, seed: int = 
                 raise ValueError(f"{'data ' + repr(data) if data else 'the held-out split'} has no supervised position "
                                  f"in its {len(x)} sequences of length {x.shape[1]}: every target is -1{cut}")
             rows.append({"length": x.shape[1], **({"data": data} if data else {}),
-                         **evaluate(cell, teacher, x, y, chunk=batch_size)})
+                         **evaluate(cell, teacher, x, y, chunk=batch_size, how=how)})
         return rows
     rows = []
     for L in lengths or [T, 2 * T, 4 * T]:
@@ -63,7 +66,7 @@ def evaluate_run(run_dir: str, lengths=None, batch_size: int = 256, seed: int = 
                 raise
             rows.append({"length": L, "skipped": str(e)})
             continue
-        rows.append({"length": L, **evaluate(cell, teacher, x, y)})
+        rows.append({"length": L, **evaluate(cell, teacher, x, y, how=how)})
     return rows
 
 

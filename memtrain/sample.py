@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .io import atomic_write
-from .methods.rollout import rollout
+from .methods.rollout import Rollout, rollout
 from .models.cells import Cell
 from .models.teacher import Teacher
 
@@ -30,8 +30,10 @@ PROMPT_MODES = ("rnn", "teacher")
 
 
 @torch.no_grad()
-def start_memory(cell: Cell, prompt: torch.Tensor, teacher: Teacher | None = None, mode: str = "rnn") -> torch.Tensor:
-    """Memory (B, Z) after reading prompt (B, P), P >= 1."""
+def start_memory(cell: Cell, prompt: torch.Tensor, teacher: Teacher | None = None, mode: str = "rnn",
+                 how: Rollout | None = None) -> torch.Tensor:
+    """Memory (B, Z) after reading prompt (B, P), P >= 1 (mode "rnn": the cell runs through it as `how`
+    says, the run's Rollout; None: stepped)."""
     if mode not in PROMPT_MODES:
         raise ValueError(f"prompt mode must be one of {PROMPT_MODES}, got {mode!r}")
     if prompt.dim() != 2 or prompt.shape[1] < 1:
@@ -46,7 +48,7 @@ def start_memory(cell: Cell, prompt: torch.Tensor, teacher: Teacher | None = Non
         at = torch.full((B, 1), T, dtype=torch.long, device=prompt.device)
         return teacher.encode(prompt, at)[:, 0]  # (B, Z): only the memory after the whole prompt
     with torch.no_grad():
-        return rollout(cell, cell.init_memory(prompt.shape[0]), prompt)[:, -1]  # one fused call on torch's cells
+        return rollout(cell, cell.init_memory(prompt.shape[0]), prompt, how=how)[:, -1]  # one fused call on torch's cells
 
 
 def draw(logits: torch.Tensor, temperature: float, gen: torch.Generator | None) -> torch.Tensor:
@@ -166,7 +168,7 @@ def sample_run(run_dir: str, n_tokens: int | None = None, batch: int = 1, prompt
         if prompt is None and default is None:
             raise ValueError(f"task {cfg.task!r} needs a prompt: token ids, e.g. --prompt '1 2 3'")
         prompt_ids = _encode_prompt(kind, default if prompt is None else prompt, task, batch)
-        m = start_memory(cell, prompt_ids, teacher, prompt_mode)
+        m = start_memory(cell, prompt_ids, teacher, prompt_mode, Rollout(cfg.rollout))  # as the run rolled out
     if n_tokens is None:
         # pixels: the rest of the image, whatever length the run was trained on
         n_tokens = task.meta["seq_len"] - (0 if prompt_ids is None else prompt_ids.shape[1] - 1) if kind == "pixels" else 256

@@ -28,6 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import memtrain.training.trainer as trainer
 from memtrain.methods import METHODS
+from memtrain.methods.base import Decision
 from memtrain.methods.evaluate import evaluate
 from memtrain.methods.smt_dmt import SMTDMT
 from memtrain.models.cells import CELLS, TEXTBOOK_KINDS, MLPCell
@@ -160,7 +161,7 @@ def on_device_update(parts):
     for phase in range(2 if isinstance(method, SMTDMT) else 1):  # smt-dmt: an update in each phase
         if phase:
             with DeviceGuard(hot=True) as guard:
-                method.apply({"event": "handover"}, 1)
+                method.apply(Decision("handover", "on the device"), 1)
             found += guard.found
         with DeviceGuard(hot=True) as guard:
             loss, metrics = method(x.to(DEVICE), y.to(DEVICE), torch.Generator().manual_seed(2))
@@ -177,7 +178,7 @@ def on_device_update(parts):
     with DeviceGuard(hot=True) as guard:
         method.eval()
         method.before_eval()
-        ev = evaluate(parts.cell, parts.teacher, x_ev.to(DEVICE), y_ev.to(DEVICE), chunk=4)
+        ev = evaluate(parts.cell, parts.teacher, x_ev.to(DEVICE), y_ev.to(DEVICE), chunk=4, how=method.rollout)
         method.after_eval(ev, 1)
     found += guard.found
     assert ev["rows"] == 6 and 0 <= ev["rnn_acc"] <= 1

@@ -129,7 +129,7 @@ def test_train_help_lists_every_setting(capsys):
     assert sorted(rows) == sorted(names) and len(names) == len(set(names))
     assert sum(1 for line in table.splitlines() if ROW.match(line)) == len(names)
     dec = " ".join(rows["smt.dec_samples"])
-    assert dec.startswith("smt.dec_samples int | None 32 ")
+    assert dec.startswith("smt.dec_samples int | None 8 ")
     assert "memories" in dec and "decoder" in dec  # words of its comment
     for name in ("train.lr", "cell.kind", "teacher.window"):
         assert name in rows

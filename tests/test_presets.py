@@ -9,7 +9,7 @@ from memtrain.data import pixels
 from memtrain.data.prepare import prepare
 from memtrain.presets import PRESETS, preset_config
 from memtrain.training.build import build
-from memtrain.training.config import resolve_shapes
+from memtrain.training.config import resolve
 
 
 def test_presets_are_named_and_described():
@@ -25,7 +25,7 @@ def test_unknown_preset_lists_the_names():
 
 def test_paper_sizes():
     for name in ("pixels-paper", "text-paper"):
-        cfg = resolve_shapes(preset_config(name))  # the cell follows the teacher
+        cfg = resolve(preset_config(name))  # the cell follows the teacher
         assert (cfg.teacher.mem_tokens, cfg.teacher.d_model, cfg.cell.mem_tokens, cfg.cell.d_mem) == (16, 256, 16, 256)
         assert (cfg.teacher.encoder_depth, cfg.teacher.decoder_depth, cfg.teacher.window) == (8, 4, 256)
         assert (cfg.cell.kind, cfg.cell.depth, cfg.smt.future, cfg.train.batch_size) == ("memtok", 8, 64, 128)

@@ -8,10 +8,26 @@ Legend: B batch, T time, Z memory size.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 import torch.nn as nn
+
+from .rollout import Rollout
+
+
+@dataclass
+class Decision:
+    """A method's decision after an evaluation (`Method.after_eval`): `event` names it, `why` says why
+    in a sentence, `values` are the measurements it rests on (JSON values). Logged as one row of
+    metrics.jsonl, {"step": ..., **row()}."""
+    event: str
+    why: str
+    values: dict = field(default_factory=dict)
+
+    def row(self) -> dict:
+        return {"event": self.event, **self.values, "why": self.why}
 
 
 class Method(nn.Module):
@@ -23,6 +39,11 @@ class Method(nn.Module):
         sections        or: the RunConfig sections it reads, passed as a tuple (smt-dmt: smt, dmt, handover)
         needs_teacher   the run builds a teacher (SMT, DMT) and saves it with the cell
         needs_init      the run fine-tunes a finished run: `init_from=` is required (DMT)
+
+    Its settings come checked (`training.config.resolve`). `rollout` is how its cell runs through
+    time, a `Rollout` of the run's `rollout` section (None: stepped): the method owns it and passes it
+    to every function that runs the cell (`rollout(..., how=self.rollout)`), and the trainer evaluates
+    with it. A subclass with an __init__ of its own passes `rollout` on.
     """
 
     name: ClassVar[str] = ""
@@ -31,13 +52,12 @@ class Method(nn.Module):
     needs_init: ClassVar[bool] = False
     sections: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, teacher: nn.Module | None, cell: nn.Module, cfg=None):
+    def __init__(self, teacher: nn.Module | None, cell: nn.Module, cfg=None, rollout: Rollout | None = None):
         super().__init__()
-        if cfg is not None and hasattr(cfg, "validate"):
-            cfg.validate()
         if self.needs_teacher and teacher is None:
             raise ValueError(f"method {self.name!r} needs a teacher")
         self.teacher, self.cell, self.cfg = teacher, cell, cfg
+        self.rollout = rollout if rollout is not None else Rollout()
 
     @classmethod
     def check(cls, cfg, T: int) -> None:
@@ -62,14 +82,14 @@ class Method(nn.Module):
         return T
 
     # ---- a method that changes course during a run (smt-dmt) --------------------------------
-    def after_eval(self, ev: dict, step: int, budget_used: float = 0.0) -> dict | None:
+    def after_eval(self, ev: dict, step: int, budget_used: float = 0.0) -> Decision | None:
         """Called on the main process with each evaluation's results (methods/evaluate.py) and the
         fraction of the run's budget spent so far (updates of train.steps or seconds of
-        train.time_limit, whichever is further); -> None, or a JSON-able decision {"event": name,
-        "why": text, ...} that the trainer logs and hands to `apply` on every process."""
+        train.time_limit, whichever is further); -> None, or a Decision that the trainer logs and
+        hands to `apply` on every process."""
         return None
 
-    def apply(self, decision: dict, step: int) -> bool:
+    def apply(self, decision: Decision, step: int) -> bool:
         """Carry out a decision of `after_eval`; -> True when the run should end here."""
         return False
 
@@ -92,3 +112,8 @@ class Method(nn.Module):
 
     def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None:
         self.load_state_dict({**self.state_dict(), **tensors})
+
+    def upgrade_state(self, tensors: dict[str, torch.Tensor], version: int) -> dict[str, torch.Tensor]:
+        """The method's own tensors from a training checkpoint of format `version` (as `extra_state`
+        names them) in today's names and layout, before they are loaded (default: as they are)."""
+        return tensors

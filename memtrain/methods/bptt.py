@@ -27,6 +27,6 @@ class BPTT(Method):
 
     def loss(self, x, y, gen=None):
         B, T = x.shape
-        M = rollout(self.cell, self.cell.init_memory(B), x, grad_horizon=self.cfg.grad_horizon)  # (B, T+1, Z)
+        M = rollout(self.cell, self.cell.init_memory(B), x, self.cfg.grad_horizon, self.rollout)  # (B, T+1, Z)
         loss = readout_ce(self.cell.readout, M[:, 1:], y)  # readout of m_t predicts y_t
         return loss, {"loss_readout": loss.detach()}

@@ -16,7 +16,7 @@ from ..models.cells import Cell, check_compatible
 from ..models.teacher import Teacher
 from .base import Method
 from .losses import readout_ce, upcast
-from .rollout import onpolicy_states, rollout
+from .rollout import Rollout, onpolicy_states, rollout
 
 STARTS = ("empty", "encoder")
 
@@ -46,8 +46,9 @@ class DMTConfig:
             raise ValueError(f"dmt.grad_horizon must be >= 1 or None, got {self.grad_horizon}")
 
 
-def dmt_loss(teacher: Teacher, cell: Cell, x, y, cfg: DMTConfig, s0: torch.Tensor):
-    """DMT objective for rollouts starting at memory positions s0 (B,) (all 0 for start='empty')."""
+def dmt_loss(teacher: Teacher, cell: Cell, x, y, cfg: DMTConfig, s0: torch.Tensor, how: Rollout | None = None):
+    """DMT objective for rollouts starting at memory positions s0 (B,) (all 0 for start='empty'); the
+    cell runs through time as `how` says (the run's Rollout; None: stepped)."""
     B, T = x.shape
     Td = T - int(s0.max()) if cfg.rollout is None else cfg.rollout
     sel = torch.arange(cfg.every, Td + 1, cfg.every, device=x.device)  # regressed rollout steps
@@ -65,13 +66,13 @@ def dmt_loss(teacher: Teacher, cell: Cell, x, y, cfg: DMTConfig, s0: torch.Tenso
         # one-step gradients: a forward-only rollout, then one batched update from its states at the
         # steps the loss reads (the regressed ones; every step when the readout's loss also trains
         # the memory path): the rollout's values, each with its one-step graph
-        m_own = onpolicy_states(cell, m0, x_roll)  # (B, Td+1, Z)
+        m_own = onpolicy_states(cell, m0, x_roll, how)  # (B, Td+1, Z)
         m_in = torch.cat([m0[:, None], m_own[:, 1:-1]], dim=1)  # (B, Td, Z), keeping m0's own graph
         steps = sel - 1 if cfg.readout_on_detached else torch.arange(Td, device=x.device)
         m_next = cell.update(m_in[:, steps].reshape(-1, Z), x_roll[:, steps].reshape(-1)).view(B, -1, Z)
         m_reg, m_read = (m_next, m_own[:, 1:]) if cfg.readout_on_detached else (m_next[:, sel - 1], m_next)
     else:
-        m_hat = rollout(cell, m0, x_roll, grad_horizon=cfg.grad_horizon)  # (B, Td+1, Z)
+        m_hat = rollout(cell, m0, x_roll, cfg.grad_horizon, how)  # (B, Td+1, Z)
         m_reg, m_read = m_hat[:, sel], m_hat[:, 1:].detach() if cfg.readout_on_detached else m_hat[:, 1:]
     drift = (upcast(m_reg) - upcast(M_tgt[:, 1:])).pow(2).mean(-1)  # (B, n)
     loss_dyn = drift.mean()
@@ -98,8 +99,8 @@ class DMT(Method):
 
     name, config_class, needs_teacher, needs_init = "dmt", DMTConfig, True, True
 
-    def __init__(self, teacher: Teacher, cell: Cell, cfg: DMTConfig):
-        super().__init__(teacher, cell, cfg)
+    def __init__(self, teacher: Teacher, cell: Cell, cfg: DMTConfig, rollout: Rollout | None = None):
+        super().__init__(teacher, cell, cfg, rollout)
         check_compatible(cell.cfg, teacher.cfg)
         self.teacher.requires_grad_(False)
 
@@ -111,7 +112,7 @@ class DMT(Method):
             raise ValueError(f"dmt.every={cfg.every} is longer than the rollout ({cfg.rollout or T} steps)")
 
     def loss(self, x, y, gen=None):
-        return dmt_loss(self.teacher, self.cell, x, y, self.cfg, rollout_starts(self.cfg, x, gen))
+        return dmt_loss(self.teacher, self.cell, x, y, self.cfg, rollout_starts(self.cfg, x, gen), self.rollout)
 
     def sequential_steps(self, T: int) -> int:
         return self.cfg.rollout or T

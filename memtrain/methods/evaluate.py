@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from ..models.cells import Cell
 from ..models.teacher import Teacher
 from .losses import upcast
-from .rollout import rollout
+from .rollout import Rollout, rollout
 
 # a teacher counts as having learned something once its held-out loss is this fraction below the
 # entropy of the targets' marginal (the loss of a model that ignores the past)
@@ -23,13 +23,13 @@ MIN_TEACHER_GAIN = 0.05
 TINY = 1e-9
 
 
-def _sums(cell: Cell, teacher: Teacher | None, x: torch.Tensor, y: torch.Tensor) -> dict:
+def _sums(cell: Cell, teacher: Teacher | None, x: torch.Tensor, y: torch.Tensor, how: Rollout | None) -> dict:
     """Additive statistics of one batch: supervised tokens, correct predictions and summed
     cross-entropy of the RNN alone and the teacher, target counts, summed drift per position, and the
     teacher's final memories' first two moments."""
     B = x.shape[0]
     mask = y >= 0
-    M_hat = rollout(cell, cell.init_memory(B), x)  # (B, S, Z)
+    M_hat = rollout(cell, cell.init_memory(B), x, how=how)  # (B, S, Z)
     out = {"rows": B, "n": mask.sum().item(), "counts": torch.bincount(y[mask].cpu(), minlength=1).double()}
 
     def add(prefix, logits):
@@ -66,21 +66,23 @@ def target_entropy(counts: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def evaluate(cell: Cell, teacher: Teacher | None, x: torch.Tensor, y: torch.Tensor, chunk: int | None = None) -> dict:
+def evaluate(cell: Cell, teacher: Teacher | None, x: torch.Tensor, y: torch.Tensor, chunk: int | None = None,
+             how: Rollout | None = None) -> dict:
     """Accuracy and cross-entropy on supervised positions for the cell alone (from init_memory, never
     seeing a teacher memory) and the teacher; drift[s] = MSE(m^_s, M[:, s]) for s = 0..T. Every row
     of x once, `chunk` rows at a time (None: all at once); `rows` says how many were used.
     `target_entropy`: the loss of a model that ignores the past; `teacher_gain` = 1 - teacher_ce /
     target_entropy (0: the teacher has learned nothing); `rel_drift` = drift at T / spread. A ratio
     over a denominator ~0 (one target token; identical or unmoving teacher memories) is None, with
-    `<name>_why` saying why. Rows without a single supervised target are refused (ValueError)."""
+    `<name>_why` saying why. Rows without a single supervised target are refused (ValueError). The
+    cell runs through time as `how` says (the run's Rollout; None: stepped)."""
     if not bool((y >= 0).any()):
         raise ValueError(f"nothing to evaluate: the {len(y)} sequences of length {y.shape[1]} have no supervised "
                          "position (every target is -1)")
     chunk = chunk or len(x)
     total = None
     for i in range(0, len(x), chunk):
-        part = _sums(cell, teacher, x[i:i + chunk], y[i:i + chunk])
+        part = _sums(cell, teacher, x[i:i + chunk], y[i:i + chunk], how)
         total = part if total is None else _add(total, part)
     N, n = total["rows"], max(total["n"], 1)
     out = {"rows": N}

@@ -3,6 +3,10 @@
 in parallel over time (methods/solve.py) with the solver a run's `rollout` section names, or
 (`rollout.solver=auto`) with whichever of the two it measured to be faster for that kind of call.
 
+How is run state, not part of a network: a `Rollout` (the settings and, for auto, what it measured)
+is owned by the method (`Method.rollout`) and handed to every function that runs the cell; the cell
+stays a pure network (init_memory, update, readout).
+
 Legend: B batch, T steps, Z memory size.
 """
 from __future__ import annotations
@@ -45,24 +49,39 @@ class RolloutConfig:
                 "damping": self.damping, "on_fail": self.on_fail}
 
 
+class Rollout:
+    """How a run runs its cell through time: the `rollout` settings (`cfg`) and, for solver=auto, the
+    AutoSolver that measures and chooses (`auto`, made on the first call for the cell it is given; a
+    run has one cell). A method owns one and passes it to every function that runs its cell
+    (`rollout`, `onpolicy_states`, `evaluate`, `sample.start_memory`); None there means stepped."""
+
+    def __init__(self, cfg: RolloutConfig | None = None):
+        self.cfg = cfg if cfg is not None else RolloutConfig()
+        self.auto: AutoSolver | None = None
+
+    def choices(self) -> list[dict]:
+        """solver=auto: what it measured and chose, one entry per kind of call ([] before any call)."""
+        return self.auto.choices() if self.auto is not None else []
+
+
 def rollout(cell: Cell, m0: torch.Tensor, x: torch.Tensor, grad_horizon: int | None = None,
-            solver: RolloutConfig | None = None) -> torch.Tensor:
+            how: Rollout | None = None) -> torch.Tensor:
     """Run m_{s+1} = cell.update(m_s, x_s) from m0 (B, Z) over x (B, T) -> memories (B, T+1, Z),
     memories[:, 0] = m0.
 
     grad_horizon: None keeps the whole graph (full BPTT); h cuts it every h steps, so a loss on the
     memory after step s reaches back at most h updates (h = 1: one-step gradients, as in DMT;
     h = k: truncated BPTT with chunks of k steps).
-    solver: how (None: the cell's `solver` attribute, which a run sets from its `rollout` section;
-    unset: stepped). A parallel solve gives the same memories and gradients (methods/solve.py).
+    how: the run's Rollout (its settings; None: stepped). A parallel solve gives the same memories and
+    gradients (methods/solve.py).
     """
     if grad_horizon is not None and grad_horizon < 1:
         raise ValueError(f"grad_horizon must be >= 1 or None, got {grad_horizon}")
-    solver = solver or getattr(cell, "solver", None)
-    if solver is not None and solver.solver == "auto" and x.shape[1] > 0:
-        return _auto(cell, m0, x, grad_horizon, solver)
-    if solver is not None and solver.solver != "sequential" and x.shape[1] > 0:
-        return _solved(cell, m0, x, grad_horizon, solver.settings())[0]
+    solver = how.cfg.solver if how is not None else "sequential"
+    if solver == "auto" and x.shape[1] > 0:
+        return _auto(cell, m0, x, grad_horizon, how)
+    if solver != "sequential" and x.shape[1] > 0:
+        return _solved(cell, m0, x, grad_horizon, how.cfg.settings())[0]
     return _stepped(cell, m0, x, grad_horizon)
 
 
@@ -147,15 +166,10 @@ class AutoSolver:
                 for key, seen in self.seconds.items()]
 
 
-def auto_solver(cell: Cell) -> AutoSolver:
-    """The cell's AutoSolver (made on first use; its measurements live as long as the cell)."""
-    if getattr(cell, "_auto_solver", None) is None:
-        cell._auto_solver = AutoSolver(cell)
-    return cell._auto_solver
-
-
-def _auto(cell: Cell, m0: torch.Tensor, x: torch.Tensor, grad_horizon: int | None, cfg: RolloutConfig) -> torch.Tensor:
-    auto = auto_solver(cell)
+def _auto(cell: Cell, m0: torch.Tensor, x: torch.Tensor, grad_horizon: int | None, how: Rollout) -> torch.Tensor:
+    if how.auto is None:
+        how.auto = AutoSolver(cell)  # its measurements live as long as the run's Rollout
+    auto = how.auto
     key = (x.shape[0], x.shape[1], grad_horizon, torch.is_grad_enabled(), x.device.type, str(m0.dtype))
     name, budget = auto.next(key)
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
@@ -164,7 +178,7 @@ def _auto(cell: Cell, m0: torch.Tensor, x: torch.Tensor, grad_horizon: int | Non
     if name == "sequential":
         memories, fell_back = _stepped(cell, m0, x, grad_horizon), False
     else:
-        settings = {**cfg.settings(), "solver": name, "on_fail": "sequential"}
+        settings = {**how.cfg.settings(), "solver": name, "on_fail": "sequential"}
         if budget is not None:
             settings["deadline"] = t0 + budget
         memories, fell_back = _solved(cell, m0, x, grad_horizon, settings)
@@ -174,11 +188,11 @@ def _auto(cell: Cell, m0: torch.Tensor, x: torch.Tensor, grad_horizon: int | Non
 
 
 @torch.no_grad()
-def onpolicy_states(cell: Cell, m0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """The cell's own memories (B, T+1, Z) without a graph. With them, the one-step (grad_horizon=1)
-    regression of every step is one batched `cell.update` call: the same gradient as stepping with
-    the state detached, but the backward pass runs in parallel over time."""
-    return rollout(cell, m0, x)
+def onpolicy_states(cell: Cell, m0: torch.Tensor, x: torch.Tensor, how: Rollout | None = None) -> torch.Tensor:
+    """The cell's own memories (B, T+1, Z) without a graph (run as `how` says). With them, the one-step
+    (grad_horizon=1) regression of every step is one batched `cell.update` call: the same gradient as
+    stepping with the state detached, but the backward pass runs in parallel over time."""
+    return rollout(cell, m0, x, how=how)
 
 
 def _rollout_chunks(cell: Cell, m0: torch.Tensor, x: torch.Tensor, h: int) -> torch.Tensor:

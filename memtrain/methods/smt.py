@@ -18,10 +18,10 @@ import torch.nn.functional as F
 
 from ..models.cells import Cell, check_compatible
 from ..models.teacher import Teacher
-from .base import Method
+from .base import Decision, Method
 from .evaluate import teacher_learned
 from .losses import masked_ce, uniformity, upcast
-from .rollout import onpolicy_states
+from .rollout import Rollout, onpolicy_states
 
 
 @dataclass
@@ -109,28 +109,31 @@ def loss_memories(teacher: Teacher, x, dec_pos, dyn_pos):
     return (M, *M.split([P, R, R], dim=1), torch.gather(x, 1, dyn_pos))
 
 
-def onpolicy_loss(teacher: Teacher, cell: Cell, M, x, dyn_pos, x_in, m_next):
+def onpolicy_loss(teacher: Teacher, cell: Cell, M, x, dyn_pos, x_in, m_next, how: Rollout | None = None):
     """The regression of the cell from its OWN states (a forward-only rollout from m_empty) onto the
     encoder's next memories, at the loss's transitions, in one batched call (DMT's one-step gradient,
     while the teacher is still training). The target is detached: letting it move would let the
-    teacher shrink its memories' spread until everything is trivially "tracked" (EXPERIMENTS.md)."""
+    teacher shrink its memories' spread until everything is trivially "tracked" (EXPERIMENTS.md). The
+    rollout runs as `how` says (the run's Rollout; None: stepped)."""
     B, Z = x.shape[0], M.shape[-1]
     m0 = M[:, 0].detach() if dyn_pos is None else teacher.empty_memory(1).detach().expand(B, -1)
-    m_own = onpolicy_states(cell, m0, x)[:, :-1]  # (B, T, Z), no graph
+    m_own = onpolicy_states(cell, m0, x, how)[:, :-1]  # (B, T, Z), no graph
     if dyn_pos is not None:
         m_own = torch.gather(m_own, 1, dyn_pos[..., None].expand(-1, -1, Z))
     pred_own = cell.update(m_own.reshape(-1, Z), x_in.reshape(-1))
     return F.mse_loss(upcast(pred_own), upcast(m_next.detach().reshape(-1, Z)))
 
 
-def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_pos, unif_idx, last_input_head=None):
+def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_pos, unif_idx, last_input_head=None,
+             how: Rollout | None = None):
     """The SMT objective for given sample positions (pure; `SMT.loss` draws the positions).
 
     dec_pos (B, P) memory positions for the decoder; dyn_pos (B, R) transition starts in 0..T-1, or
     None for all T. With dyn_pos None the encoder computes every memory, M (B, S, Z); with dyn_pos
     only the P + 2R memories the loss reads, M = [M[dec_pos], M[dyn_pos], M[dyn_pos + 1]] (B, Q, Z),
     so its register work is O(Q*K*T) instead of O(S*K*T). unif_idx (U,) indexes the B*Q*K memory
-    tokens of that M. last_input_head: a Linear Z -> V (needed when cfg.coef_last_input > 0)."""
+    tokens of that M. last_input_head: a Linear Z -> V (needed when cfg.coef_last_input > 0). how: the
+    run's Rollout for the on-policy term's rollout (cfg.coef_onpolicy > 0; None: stepped)."""
     D, Tf = teacher.cfg.d_model, cfg.future
     M, m_dec, m_now, m_next, x_in = loss_memories(teacher, x, dec_pos, dyn_pos)
     Z = M.shape[-1]
@@ -177,7 +180,7 @@ def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_po
         metrics["dyn_rel"] = loss_dyn.detach() / step.clamp_min(1e-12)
 
     if cfg.coef_onpolicy > 0:
-        loss_own = onpolicy_loss(teacher, cell, M, x, dyn_pos, x_in, m_next)
+        loss_own = onpolicy_loss(teacher, cell, M, x, dyn_pos, x_in, m_next, how)
         loss = loss + cfg.coef_onpolicy * loss_own
         metrics["loss_onpolicy"] = loss_own.detach()
     return loss, metrics
@@ -188,8 +191,8 @@ class SMT(Method):
 
     name, config_class, needs_teacher = "smt", SMTConfig, True
 
-    def __init__(self, teacher: Teacher, cell: Cell, cfg: SMTConfig):
-        super().__init__(teacher, cell, cfg)
+    def __init__(self, teacher: Teacher, cell: Cell, cfg: SMTConfig, rollout: Rollout | None = None):
+        super().__init__(teacher, cell, cfg, rollout)
         check_compatible(cell.cfg, teacher.cfg)
         # a training-time probe, not part of the teacher or the RNN (not saved with the run)
         self.last_input_head = nn.Linear(teacher.cfg.mem_size, teacher.cfg.vocab_size) if cfg.coef_last_input > 0 else None
@@ -212,14 +215,21 @@ class SMT(Method):
         Q = T + 1 if dyn_pos is None else dec_pos.shape[1] + 2 * dyn_pos.shape[1]  # memories the encoder computes
         n_tok = B * Q * self.teacher.cfg.mem_tokens
         unif_idx = torch.randperm(n_tok, generator=gen)[: cfg.unif_samples].to(x.device)
-        return smt_loss(self.teacher, self.cell, x, y, cfg, dec_pos, dyn_pos, unif_idx, self.last_input_head)
+        return smt_loss(self.teacher, self.cell, x, y, cfg, dec_pos, dyn_pos, unif_idx, self.last_input_head, self.rollout)
 
     def before_eval(self):
         """Before the cell runs alone: give it the teacher's readout and m_empty."""
         adopt_teacher(self.cell, self.teacher)
 
-    def after_eval(self, ev: dict, step: int, budget_used: float = 0.0) -> dict | None:
+    def after_eval(self, ev: dict, step: int, budget_used: float = 0.0) -> Decision | None:
         return self.blank_teacher.check(ev, step, budget_used)
+
+    def upgrade_state(self, tensors: dict, version: int) -> dict:
+        """Checkpoints before format 5 (memtrain 0.4) have no blank-teacher count: it starts from zero."""
+        if version < 5:
+            fresh = {k: v for k, v in self.extra_state().items() if k.startswith("blank_teacher.")}
+            tensors = {**fresh, **tensors}
+        return tensors
 
     def sequential_steps(self, T: int) -> int:
         return 1  # every transition of every sequence in one pass
@@ -241,26 +251,27 @@ class BlankTeacher(nn.Module):
         self.register_buffer("streak", torch.tensor(0))
         self.register_buffer("said", torch.tensor(False))
 
-    def check(self, ev: dict, step: int, budget_used: float = 0.0) -> dict | None:
+    def check(self, ev: dict, step: int, budget_used: float = 0.0) -> Decision | None:
         if "teacher_gain" not in ev:
             return None
         self.streak.fill_(0 if teacher_learned(ev) else int(self.streak) + 1)
         if bool(self.said) or int(self.streak) < self.patience or budget_used < self.min_budget:
             return None
         self.said.fill_(True)
-        return {"event": "warning", "teacher_ce": ev["teacher_ce"], "target_entropy": ev["target_entropy"],
-                "why": (f"the teacher has learned nothing in {int(self.streak)} evaluations ({budget_used:.0%} of the run's "
-                        f"budget spent): its held-out loss "
-                        f"{ev['teacher_ce']:.3f} nats is no better than ignoring the past (the targets' entropy "
-                        f"{ev['target_entropy']:.3f}), so its memories carry nothing yet and a small dyn_rel or "
-                        "drift means nothing. Give it more updates or a higher train.lr, and check smt.future "
-                        "(docs/guide.md: choosing smt.future)")}
+        return Decision("warning",
+                        (f"the teacher has learned nothing in {int(self.streak)} evaluations ({budget_used:.0%} of the run's "
+                         f"budget spent): its held-out loss "
+                         f"{ev['teacher_ce']:.3f} nats is no better than ignoring the past (the targets' entropy "
+                         f"{ev['target_entropy']:.3f}), so its memories carry nothing yet and a small dyn_rel or "
+                         "drift means nothing. Give it more updates or a higher train.lr, and check smt.future "
+                         "(docs/guide.md: choosing smt.future)"),
+                        {"teacher_ce": ev["teacher_ce"], "target_entropy": ev["target_entropy"]})
 
 
 @torch.no_grad()
 def adopt_teacher(cell: Cell, teacher: Teacher) -> None:
     """The explicit step that gives the RNN its readout and start: copy the teacher decoder into the
-    cell's readout head and the teacher's m_empty into the cell's initial memory."""
-    check_compatible(cell.cfg, teacher.cfg)
+    cell's readout head and the teacher's m_empty into the cell's initial memory. For a cell and
+    teacher that fit (`check_compatible`, which SMT checks once when it is built)."""
     cell.head.load_state_dict(teacher.decoder.state_dict())
     cell.m_init.copy_(teacher.empty_memory(1)[0])

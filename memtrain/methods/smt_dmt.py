@@ -17,9 +17,10 @@ A teacher that has learned nothing (held-out loss within handover.teacher_min_ga
 targets' entropy, methods/evaluate.py) never counts as solved, by its plateau or otherwise, and its tiny `dyn_rel` never
 counts as followable; SMT warns once when that lasts three evaluations.
 
-Decisions are taken at evaluations (train.eval_every), from the held-out batch, and logged as rows
-{"event": "handover" | "dmt_plateau" | "dmt_target" | "warning", ...} in metrics.jsonl. The phase and the plateau trackers are
-buffers, so a resumed run continues in the phase it stopped in.
+Decisions are taken at evaluations (train.eval_every), from the held-out batch, as `Decision`s logged
+as rows {"event": "handover" | "dmt_plateau" | "dmt_target" | "warning", ...} in metrics.jsonl. The
+phase and the plateau trackers (`Plateau`, one per watched quantity) are buffers, so a resumed run
+continues in the phase it stopped in.
 """
 from __future__ import annotations
 
@@ -28,16 +29,48 @@ import sys
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 
-from ..models.cells import check_compatible
-from .base import Method
+from .base import Decision, Method
 from .dmt import DMT, DMTConfig, dmt_loss, rollout_starts
 from .evaluate import teacher_learned
+from .rollout import Rollout
 from .smt import SMT, SMTConfig
 
 SMT_PHASE, DMT_PHASE, DONE = 0, 1, 2
-# tracker slots: best value and evaluations since it improved, per watched quantity
-TEACHER_CE, DYN_REL, RNN_ACC, DRIFT = 0, 1, 2, 3
+PLATEAUS = ("teacher_ce", "dyn_rel", "rnn_acc", "drift")  # the watched quantities, in the order of older checkpoints' slots
+
+
+class Plateau(nn.Module):
+    """One watched quantity: its best value so far and the evaluations since it last improved, as
+    buffers (saved with the run's method state, so a resumed run goes on counting). `better(value,
+    best)` says what counts as an improvement."""
+
+    def __init__(self, better):
+        super().__init__()
+        self.better = better
+        self.register_buffer("best", torch.tensor(0.0, dtype=torch.float64))
+        self.register_buffer("since", torch.tensor(-1))  # -1: nothing recorded yet
+
+    def watch(self, value: float | None) -> int:
+        """Record `value`; -> evaluations since it last improved. A value that is not a number (None:
+        an undefined ratio; inf or nan: a diverged RNN) is no improvement; as the first one it records
+        the worst value there is (finite: a checkpoint holds no inf), which any measurement improves on."""
+        measured = value is not None and math.isfinite(value)
+        if int(self.since) < 0:
+            worst = sys.float_info.max if self.better(0.0, sys.float_info.max) else -sys.float_info.max
+            self.best.fill_(value if measured else worst)
+            self.since.fill_(0)
+        elif measured and self.better(value, float(self.best)):
+            self.best.fill_(value)
+            self.since.fill_(0)
+        else:
+            self.since += 1
+        return int(self.since)
+
+    def restart(self) -> None:
+        """Forget what was recorded: the next value is the first."""
+        self.since.fill_(-1)
 
 
 @dataclass
@@ -78,21 +111,20 @@ class SMTDMT(Method):
 
     name, needs_teacher, sections = "smt-dmt", True, ("smt", "dmt", "handover")
 
-    def __init__(self, teacher, cell, cfg: tuple[SMTConfig, DMTConfig, HandoverConfig]):
-        super().__init__(teacher, cell, cfg)
+    def __init__(self, teacher, cell, cfg: tuple[SMTConfig, DMTConfig, HandoverConfig], rollout: Rollout | None = None):
+        super().__init__(teacher, cell, cfg, rollout)
         self.smt_cfg, self.dmt_cfg, self.ho = cfg
-        for part in cfg:
-            part.validate()
-        check_compatible(cell.cfg, teacher.cfg)
-        smt = SMT(teacher, cell, self.smt_cfg)
+        smt = SMT(teacher, cell, self.smt_cfg, self.rollout)  # (checks that the cell can follow the teacher)
         object.__setattr__(self, "_smt", smt)  # not a submodule: its teacher and cell are ours already
         self.last_input_head = smt.last_input_head  # the probe is trained and saved with the run
         self.blank_teacher = smt.blank_teacher  # (its count is saved with the run too)
         self.register_buffer("phase", torch.tensor(SMT_PHASE))
         self.register_buffer("handover_step", torch.tensor(-1))
         self.register_buffer("solved_step", torch.tensor(-1))  # the evaluation at which the teacher first solved the task
-        self.register_buffer("best", torch.zeros(4, dtype=torch.float64))
-        self.register_buffer("since", torch.full((4,), -1))  # -1: nothing recorded yet
+        self.teacher_ce = Plateau(lambda v, b: v < 0.99 * b)  # the teacher's loss, 1% better
+        self.dyn_rel = Plateau(lambda v, b: v < 0.99 * b)  # followability, 1% better
+        self.rnn_acc = Plateau(lambda v, b: v > b + 0.005)  # the RNN alone's accuracy, +0.005
+        self.drift = Plateau(lambda v, b: v < 0.98 * b)  # the RNN alone's final drift, 2% lower
 
     @classmethod
     def check(cls, cfg, T: int) -> None:
@@ -112,7 +144,7 @@ class SMTDMT(Method):
     def loss(self, x, y, gen=None):
         if int(self.phase) == SMT_PHASE:
             return self._smt.loss(x, y, gen)
-        return dmt_loss(self.teacher, self.cell, x, y, self.dmt_cfg, rollout_starts(self.dmt_cfg, x, gen))
+        return dmt_loss(self.teacher, self.cell, x, y, self.dmt_cfg, rollout_starts(self.dmt_cfg, x, gen), self.rollout)
 
     def before_eval(self):
         if int(self.phase) == SMT_PHASE:
@@ -130,52 +162,47 @@ class SMTDMT(Method):
     def report(self) -> dict:
         return {"handover_step": int(self.handover_step) if int(self.handover_step) >= 0 else None}
 
-    # ---- decisions ----------------------------------------------------------------------------
-    def _watch(self, slot: int, value: float | None, better) -> int:
-        """Record `value` for a watched quantity; -> evaluations since it last improved. A value that is
-        not a number (None: an undefined ratio; inf or nan: a diverged RNN) is no improvement; as the
-        first one it records the worst value there is (finite: a checkpoint holds no inf), which any
-        measurement improves on."""
-        measured = value is not None and math.isfinite(value)
-        if int(self.since[slot]) < 0:
-            worst = sys.float_info.max if better(0.0, sys.float_info.max) else -sys.float_info.max
-            self.best[slot], self.since[slot] = (value if measured else worst), 0
-        elif measured and better(value, float(self.best[slot])):
-            self.best[slot], self.since[slot] = value, 0
-        else:
-            self.since[slot] += 1
-        return int(self.since[slot])
+    def upgrade_state(self, tensors: dict, version: int) -> dict:
+        """Checkpoints from before the `Plateau` trackers keep them as slots of two buffers, `best` and
+        `since` (4,), in PLATEAUS order; and before format 5 have no blank-teacher count (SMT's)."""
+        tensors = self._smt.upgrade_state(tensors, version)
+        if "best" in tensors and "since" in tensors:
+            best, since = tensors["best"], tensors["since"]
+            tensors = {k: v for k, v in tensors.items() if k not in ("best", "since")}
+            for i, name in enumerate(PLATEAUS):
+                tensors[f"{name}.best"], tensors[f"{name}.since"] = best[i].clone(), since[i].clone()
+        return tensors
 
+    # ---- decisions ----------------------------------------------------------------------------
     def _rnn_stale(self, ev: dict) -> int:
         """Evaluations since the RNN alone last improved its accuracy (+0.005) or final drift (-2%)."""
-        stale_acc = self._watch(RNN_ACC, ev["rnn_acc"], lambda v, b: v > b + 0.005)
-        stale_drift = self._watch(DRIFT, ev["drift"][-1], lambda v, b: v < 0.98 * b)
-        return min(stale_acc, stale_drift)
+        return min(self.rnn_acc.watch(ev["rnn_acc"]), self.drift.watch(ev["drift"][-1]))
 
     def _restart_rnn_watch(self) -> None:
-        self.since[RNN_ACC] = self.since[DRIFT] = -1
+        self.rnn_acc.restart()
+        self.drift.restart()
 
-    def after_eval(self, ev: dict, step: int, budget_used: float = 0.0) -> dict | None:
+    def after_eval(self, ev: dict, step: int, budget_used: float = 0.0) -> Decision | None:
         if int(self.phase) == SMT_PHASE:
             return self._smt_decision(ev, step, budget_used)
         if int(self.phase) != DMT_PHASE:
             return None
         if self.ho.dmt_target is not None and ev["rnn_acc"] >= self.ho.dmt_target:
-            return {"event": "dmt_target", "rnn_acc": ev["rnn_acc"], "drift_end": ev["drift"][-1],
-                    "why": f"the RNN alone reached {ev['rnn_acc']:.3f} >= handover.dmt_target={self.ho.dmt_target}"}
+            return Decision("dmt_target", f"the RNN alone reached {ev['rnn_acc']:.3f} >= handover.dmt_target={self.ho.dmt_target}",
+                            {"rnn_acc": ev["rnn_acc"], "drift_end": ev["drift"][-1]})
         if self.ho.dmt_patience is not None and self._rnn_stale(ev) >= self.ho.dmt_patience:
-            return {"event": "dmt_plateau", "rnn_acc": ev["rnn_acc"], "drift_end": ev["drift"][-1],
-                    "why": f"no better RNN accuracy or final drift in {self.ho.dmt_patience} evaluations"}
+            return Decision("dmt_plateau", f"no better RNN accuracy or final drift in {self.ho.dmt_patience} evaluations",
+                            {"rnn_acc": ev["rnn_acc"], "drift_end": ev["drift"][-1]})
         return None
 
-    def _smt_decision(self, ev: dict, step: int, budget_used: float) -> dict | None:
+    def _smt_decision(self, ev: dict, step: int, budget_used: float) -> Decision | None:
         warning = self.blank_teacher.check(ev, step, budget_used)  # said once, when the teacher stays blank
         return self._handover(ev, step) or warning
 
-    def _handover(self, ev: dict, step: int) -> dict | None:
+    def _handover(self, ev: dict, step: int) -> Decision | None:
         ho = self.ho
-        stale_ce = self._watch(TEACHER_CE, ev["teacher_ce"], lambda v, b: v < 0.99 * b)
-        stale_dyn = self._watch(DYN_REL, ev["dyn_rel"], lambda v, b: v < 0.99 * b)
+        stale_ce = self.teacher_ce.watch(ev["teacher_ce"])
+        stale_dyn = self.dyn_rel.watch(ev["dyn_rel"])
         if ho.teacher_min_gain is not None and not teacher_learned(ev, ho.teacher_min_gain):
             return None  # a teacher that has learned nothing neither solves the task nor is followed
         if int(self.solved_step) < 0:
@@ -189,16 +216,17 @@ class SMTDMT(Method):
         low = dyn is not None and dyn <= ho.followable
         if self._rnn_stale(ev) < ho.smt_patience or not (low or stale_dyn >= ho.followable_plateau):
             return None
-        return {"event": "handover", "teacher_acc": ev["teacher_acc"], "dyn_rel": dyn, "rnn_acc": ev["rnn_acc"],
-                "why": (f"teacher solved the task at step {int(self.solved_step)} (acc {ev['teacher_acc']:.3f}); dyn_rel "
-                        f"{'null' if dyn is None else f'{dyn:.3f}'} ({'<= ' + str(ho.followable) if low else 'no longer improving'}); "
-                        f"RNN alone {ev['rnn_acc']:.3f}, not improved by SMT in {ho.smt_patience} evaluations")}
+        return Decision("handover",
+                        (f"teacher solved the task at step {int(self.solved_step)} (acc {ev['teacher_acc']:.3f}); dyn_rel "
+                         f"{'null' if dyn is None else f'{dyn:.3f}'} ({'<= ' + str(ho.followable) if low else 'no longer improving'}); "
+                         f"RNN alone {ev['rnn_acc']:.3f}, not improved by SMT in {ho.smt_patience} evaluations"),
+                        {"teacher_acc": ev["teacher_acc"], "dyn_rel": dyn, "rnn_acc": ev["rnn_acc"]})
 
-    def apply(self, decision: dict, step: int) -> bool:
+    def apply(self, decision: Decision, step: int) -> bool:
         """Carry out a decision of `after_eval` (on every process); -> True when the run should end."""
-        if decision["event"] == "warning":
+        if decision.event == "warning":
             return False
-        if decision["event"] == "handover":
+        if decision.event == "handover":
             self._smt.before_eval()  # the cell takes the teacher's readout and m_empty once more, then owns them
             self.phase.fill_(DMT_PHASE)
             self.handover_step.fill_(step)

@@ -26,7 +26,7 @@ from .layers import Block, MemoryDecoder, init_weights, rms_normalize, rotary
 from .scan import linear_recurrence
 
 # the memory shape of a cell built on its own (a run fills these from the teacher section, so that one
-# set of numbers shapes both; see training/build.py)
+# set of numbers shapes both; see training/config.py resolve)
 STANDALONE = {"mem_tokens": 4, "d_mem": 64, "n_heads": 4, "readout_depth": 1}
 RESIDUAL_KINDS = ("mlp", "memtok")  # the cells with a residual form in m
 FUSED_KINDS = ("torch-lstm", "torch-gru")  # torch's fused modules
@@ -83,16 +83,12 @@ class CellConfig:
 
 
 class Cell(nn.Module):
-    """Base class: learned initial memory, readout head, and the (B, Z) contract."""
-
-    solver = None  # how `methods.rollout` runs it through time (a RolloutConfig; a run sets it; None: stepped)
+    """Base class: learned initial memory, readout head, and the (B, Z) contract. A pure network: how
+    it runs through time is the caller's (`methods.rollout`). Built by `build_cell`, from a complete
+    and checked config."""
 
     def __init__(self, cfg: CellConfig):
         super().__init__()
-        cfg = cfg.filled()
-        cfg.validate()
-        if cfg.vocab_size is None:
-            raise ValueError("cell.vocab_size must be set (>= 1) to build a cell")
         self.cfg = cfg
         self.K, self.D, self.Z = cfg.mem_tokens, cfg.d_mem, cfg.mem_size
         # learned start memory: a random point where normalised memories live (zeros without norm)
@@ -387,20 +383,25 @@ CELLS: dict[str, type[Cell]] = {
 
 
 def build_cell(cfg: CellConfig) -> Cell:
+    """A cell of config `cfg`, its unset settings at the cell's own defaults (`CellConfig.filled`; a
+    run's resolved config has them already), checked."""
+    cfg = cfg.filled()
     cfg.validate()
+    if cfg.vocab_size is None:
+        raise ValueError("cell.vocab_size must be set (>= 1) to build a cell")
     return CELLS[cfg.kind](cfg)
 
 
 def check_compatible(cell: CellConfig, teacher) -> None:
-    """Raise a clear error if a cell of config `cell` cannot follow the memories of a teacher of
-    config `teacher` (a TeacherConfig): the same memory shape, vocabulary and readout shape."""
-    c = cell.filled()
-    if c.kind in TEXTBOOK_KINDS:
-        raise ValueError(f"cell.kind={c.kind!r} is a textbook baseline for BPTT (no memory normalisation, a linear "
+    """Raise a clear error if a cell of config `cell` (a built cell's: complete) cannot follow the
+    memories of a teacher of config `teacher` (a TeacherConfig): the same memory shape, vocabulary and
+    readout shape. Checked once where the two networks meet: when SMT or DMT is built."""
+    if cell.kind in TEXTBOOK_KINDS:
+        raise ValueError(f"cell.kind={cell.kind!r} is a textbook baseline for BPTT (no memory normalisation, a linear "
                          "readout): it cannot follow a teacher's memories; use mlp, memtok, elman, gru or lstm")
-    pairs = [("mem_tokens", c.mem_tokens, teacher.mem_tokens), ("d_mem", c.d_mem, teacher.d_model),
-             ("vocab_size", c.vocab_size, teacher.vocab_size), ("readout_depth", c.readout_depth, teacher.decoder_depth),
-             ("n_heads", c.n_heads, teacher.n_heads)]
+    pairs = [("mem_tokens", cell.mem_tokens, teacher.mem_tokens), ("d_mem", cell.d_mem, teacher.d_model),
+             ("vocab_size", cell.vocab_size, teacher.vocab_size), ("readout_depth", cell.readout_depth, teacher.decoder_depth),
+             ("n_heads", cell.n_heads, teacher.n_heads)]
     bad = [f"cell.{n}={a} but teacher has {b}" for n, a, b in pairs if a != b]
     if bad:
         raise ValueError("cell and teacher memories do not match: " + "; ".join(bad))

@@ -1,11 +1,6 @@
-"""From a configuration to the objects of a run: settings resolved once, the task, the networks and
-the method, on a device. Training, `memtrain eval` / `sample` (runs.py) and the benchmarks all build
-their networks here.
-
-`resolve` derives what a user leaves unset, without changing the user's configuration: the
-vocabulary sizes from the task, and the cell's memory shape (mem_tokens, d_mem, n_heads,
-readout_depth) from the teacher section, so one set of numbers shapes both (in a BPTT run the
-teacher section only does that).
+"""From a configuration to the objects of a run: the task, the networks and the method, built from
+the run's settings as `config.resolve` derived and checked them, once. Training, `memtrain eval` /
+`sample` (runs.py) and the benchmarks all build their networks here.
 """
 from __future__ import annotations
 
@@ -19,25 +14,12 @@ from ..data.tasks import build_task
 from ..fields import from_dict, to_dict
 from ..io import load_module
 from ..methods import Method, method_class
-from ..models.cells import Cell, build_cell, check_compatible
+from ..methods.rollout import Rollout
+from ..models.cells import Cell, build_cell
 from ..models.teacher import Teacher
 from .checkpoint import META, read_run
-from .config import RunConfig, method_settings, resolve_shapes, upgrade
+from .config import RunConfig, method_settings, resolve, upgrade
 from .resume import config_differences
-
-
-def resolve(cfg: RunConfig, task) -> RunConfig:
-    """Every derived setting filled in (a new config; `cfg` is not changed): shapes as
-    `resolve_shapes`, and vocabularies from the task (a set one must hold the task's token ids)."""
-    r = resolve_shapes(cfg)
-    V = task.vocab_size
-    for part, name in ((r.teacher, "teacher"), (r.cell, "cell")):
-        if part.vocab_size is not None and part.vocab_size < V:
-            raise ValueError(f"{name}.vocab_size={part.vocab_size} but task '{r.task}' uses token ids up to {V - 1} (vocab {V})")
-    chosen = r.teacher.vocab_size or r.cell.vocab_size or V  # unset: as the other one, else the task's
-    r.teacher.vocab_size = r.teacher.vocab_size or chosen
-    r.cell.vocab_size = r.cell.vocab_size or chosen
-    return r
 
 
 def saved_config(meta: dict) -> dict:
@@ -46,6 +28,7 @@ def saved_config(meta: dict) -> dict:
 
 
 def pick_device(name: str) -> torch.device:
+    """The device `train.device` names ("auto": CUDA if there is one, else the CPU), refused if absent."""
     if name == "auto":
         return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -67,32 +50,31 @@ class Parts:
 
 def networks(cfg: RunConfig, with_teacher: bool) -> tuple[Teacher | None, Cell]:
     """The cell and (if asked) the teacher of a resolved configuration, freshly initialised from
-    torch's global generator (the cell first). The cell runs through time as the `rollout` section says."""
+    torch's global generator (the cell first). They are networks only: how the cell runs through time
+    (the `rollout` section) is the method's `Rollout`."""
     cell = build_cell(cfg.cell)
-    if cfg.rollout.solver != "sequential":
-        cell.solver = cfg.rollout
     teacher = Teacher(cfg.teacher) if with_teacher else None
-    if teacher is not None:
-        check_compatible(cell.cfg, teacher.cfg)  # a clear message before any weights are loaded
     return teacher, cell
 
 
+def build_parts(cfg: RunConfig, task) -> Parts:
+    """The parts of a run from its resolved configuration (`resolve(cfg, task)`) and its task, with
+    fresh weights; the method checks that its networks fit together (models.cells.check_compatible)."""
+    cls = method_class(cfg.method)
+    teacher, cell = networks(cfg, cls.needs_teacher)
+    if "smt" in (cls.sections or (cls.name,)):
+        warn_short_future(cfg.smt.future, task)
+    warn_small_data(cfg.task, task, cfg.train)
+    return Parts(cfg, task, teacher, cell, cls(teacher, cell, method_settings(cfg), rollout=Rollout(cfg.rollout)))
+
+
 def assemble(cfg: RunConfig) -> Parts:
-    """Validate everything, resolve the settings, build task, networks and method (fresh weights)."""
-    cfg.validate()
+    """Build the task, resolve the settings (checked once), refuse a device that is not there, and
+    build the networks and the method (fresh weights)."""
     task = build_task(cfg.task, **cfg.task_args)
     rcfg = resolve(cfg, task)
     pick_device(rcfg.train.device)
-    cls = method_class(rcfg.method)
-    settings = method_settings(rcfg)
-    cls.check(settings, task.length)
-    if cls.needs_init and not rcfg.init_from:
-        raise ValueError(f"method {rcfg.method!r} fine-tunes a finished run: set init_from=<run dir>")
-    teacher, cell = networks(rcfg, cls.needs_teacher)
-    if "smt" in (cls.sections or (cls.name,)):
-        warn_short_future(rcfg.smt.future, task)
-    warn_small_data(rcfg.task, task, rcfg.train)
-    return Parts(rcfg, task, teacher, cell, cls(teacher, cell, settings))
+    return build_parts(rcfg, task)
 
 
 class SettingWarning(UserWarning):

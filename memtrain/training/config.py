@@ -124,35 +124,63 @@ class RunConfig:
     out_dir: str | None = control(None)  # where metrics and checkpoints go (None: nothing written)
 
     def validate(self) -> None:
+        """Check every setting as it stands. `resolve` calls it once, on the derived configuration (where
+        the cell's shape is the teacher's); on a configuration as written, unset shapes are not checked."""
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
-        for part in (self.teacher, resolve_shapes(self).cell, self.smt, self.dmt, self.bptt, self.handover, self.rollout,
-                     self.train):
+        for part in (self.teacher, self.cell, self.smt, self.dmt, self.bptt, self.handover, self.rollout, self.train):
             part.validate()
-        if self.method_args and (hasattr(self, self.method) or METHODS[self.method].sections):
-            where = " / ".join(f"{s}.<name>" for s in METHODS[self.method].sections or (self.method,))
+        cls = METHODS[self.method]
+        own_section = bool(cls.sections) or hasattr(self, self.method)
+        if self.method_args and own_section:
+            where = " / ".join(f"{s}.<name>" for s in cls.sections or (self.method,))
             raise ValueError(f"method_args is for registered methods without a section of their own; "
                              f"method {self.method!r} takes its settings as {where}=...")
-        method_settings(self)
+        settings = method_settings(self)
+        if not own_section and hasattr(settings, "validate"):
+            settings.validate()  # a registered method's method_args (its sections were checked above)
 
 
 # cell setting <- teacher setting, where the cell's is unset
 SHAPE_FROM_TEACHER = {"mem_tokens": "mem_tokens", "d_mem": "d_model", "n_heads": "n_heads", "readout_depth": "decoder_depth"}
 
 
-def resolve_shapes(cfg: RunConfig) -> RunConfig:
-    """A copy of `cfg` with the cell's unset memory shape taken from the teacher section and its
-    `residual` at the cell's own default (what `memtrain config` prints; vocabularies stay unset)."""
+def resolve(cfg: RunConfig, task=None) -> RunConfig:
+    """The one place a run's settings are derived and checked: a new configuration (`cfg` is not
+    changed) that everything downstream takes as it is; a run saves it, `memtrain config` prints it.
+
+    Derived where the user left them unset: the cell's memory shape (mem_tokens, d_mem, n_heads,
+    readout_depth) from the teacher section, so one set of numbers shapes both (in a BPTT run the
+    teacher section only does that); the cell's own defaults (`CellConfig.filled`: residual,
+    norm_memory); and, given the run's task, the vocabulary sizes (unset: as the other one, else the
+    task's; a set one must hold the task's token ids). Then every setting is checked once, and with a
+    task also the method's settings against its sequence length. Without a task the vocabularies
+    stay unset (what `memtrain config` shows)."""
     r = copy.deepcopy(cfg)
     for c, t in SHAPE_FROM_TEACHER.items():
         if getattr(r.cell, c) is None:
             setattr(r.cell, c, getattr(r.teacher, t))
-    r.cell = r.cell.filled()  # (the shapes are set: this gives `residual` the cell's own default)
+    r.cell = r.cell.filled()  # (the shapes are set: this gives `residual` and `norm_memory` the cell's own defaults)
+    r.validate()
+    if task is None:
+        return r
+    V = task.vocab_size
+    for part, name in ((r.teacher, "teacher"), (r.cell, "cell")):
+        if part.vocab_size is not None and part.vocab_size < V:
+            raise ValueError(f"{name}.vocab_size={part.vocab_size} but task '{r.task}' uses token ids up to {V - 1} (vocab {V})")
+    chosen = r.teacher.vocab_size or r.cell.vocab_size or V  # unset: as the other one, else the task's
+    r.teacher.vocab_size = r.teacher.vocab_size or chosen
+    r.cell.vocab_size = r.cell.vocab_size or chosen
+    cls = METHODS[r.method]
+    cls.check(method_settings(r), task.length)
+    if cls.needs_init and not r.init_from:
+        raise ValueError(f"method {r.method!r} fine-tunes a finished run: set init_from=<run dir>")
     return r
 
 
 def method_settings(cfg: RunConfig):
-    """The settings of `cfg.method`: its RunConfig section, or `method_args` read as its config class."""
+    """The settings of `cfg.method`: its RunConfig section(s), or `method_args` read as its config
+    class (checked by `RunConfig.validate`)."""
     cls = METHODS[cfg.method]
     if cls.sections:
         return tuple(getattr(cfg, name) for name in cls.sections)
@@ -162,10 +190,7 @@ def method_settings(cfg: RunConfig):
         if cfg.method_args:
             raise ValueError(f"method {cfg.method!r} takes no settings, got method_args={cfg.method_args}")
         return None
-    settings = from_dict(cls.config_class, cfg.method_args, "method_args.")
-    if hasattr(settings, "validate"):
-        settings.validate()
-    return settings
+    return from_dict(cls.config_class, cfg.method_args, "method_args.")
 
 
 def run_control_keys(cls=RunConfig, prefix: str = "") -> set[str]:

@@ -96,7 +96,7 @@ def sum_across(world: World, values: list[float], device) -> list[float]:
 
 
 def share(world: World, obj):
-    """Rank 0's `obj` (anything JSON-like) on every rank; one process: as is."""
+    """Rank 0's `obj` (small and picklable: a method's Decision) on every rank; one process: as is."""
     if not world.distributed:
         return obj
     box = [obj]

@@ -23,16 +23,15 @@ from pathlib import Path
 
 import torch
 
-from ..data.tasks import all_rows, require_rows, sample_eval
+from ..data.tasks import all_rows, build_task, require_rows, sample_eval
 from ..fields import to_dict
 from ..io import load_module, nonfinite_to_null
 from ..methods.evaluate import drift_at, evaluate
-from ..methods.rollout import auto_solver
 from . import distributed
-from .build import (Parts, assemble, autocast_for, compile_networks, configure_precision, load_init_weights,
+from .build import (Parts, autocast_for, build_parts, compile_networks, configure_precision, load_init_weights,
                     pick_device, saved_config)
 from .checkpoint import checkpoint_dir, list_checkpoints, read_run, remove_partial, save_checkpoint, save_run
-from .config import RunConfig
+from .config import RunConfig, resolve
 from .lock import RunLock
 from .monitor import MetricsLog, Progress, TensorBoardLog
 from .resume import RunState, config_differences, find_resume
@@ -129,17 +128,19 @@ class Run:
 def train(cfg: RunConfig, progress: bool = True) -> dict:
     """Train one run, or resume it from out_dir's newest intact checkpoint; returns a summary with the
     final evaluation and timings. A run stopped by SIGINT/SIGTERM returns {'stopped': signal name,
-    'checkpoint': path, ...} after saving. Under torchrun it trains data-parallel (distributed.py)."""
-    cfg.validate()
+    'checkpoint': path, ...} after saving. Under torchrun it trains data-parallel (distributed.py).
+    The settings are derived and checked once, here (`config.resolve`); the rest takes them as they are."""
+    task = build_task(cfg.task, **cfg.task_args)
+    cfg = resolve(cfg, task)
     device = pick_device(cfg.train.device)
     world = distributed.setup(device.type)
     try:
-        return _train(cfg, progress, world, distributed.local_device(world, device))
+        return _train(cfg, task, progress, world, distributed.local_device(world, device))
     finally:
         distributed.teardown(world)
 
 
-def _train(cfg: RunConfig, progress: bool, world: distributed.World, device: torch.device) -> dict:
+def _train(cfg: RunConfig, task, progress: bool, world: distributed.World, device: torch.device) -> dict:
     distributed.check_batch(cfg.train.batch_size, world, cfg.train.grad_accum)
     out = Path(cfg.out_dir) if cfg.out_dir else None
     if out is not None and out.exists() and not out.is_dir():
@@ -147,8 +148,8 @@ def _train(cfg: RunConfig, progress: bool, world: distributed.World, device: tor
     lock = (lambda: RunLock(out, enabled=world.main)) if out is not None else nullcontext
     if out is not None and out.is_dir():  # an existing run: hold it before reading it (a second process stops here)
         with lock():
-            return _run(*_parts(cfg, out, world), world, device, out, progress)
-    parts, resume = _parts(cfg, out, world)  # a new run: every refusal before anything is written
+            return _run(*_parts(cfg, task, out, world), world, device, out, progress)
+    parts, resume = _parts(cfg, task, out, world)  # a new run: every refusal before anything is written
     with lock():
         if out is not None and list_checkpoints(out):
             raise ValueError(f"out_dir={cfg.out_dir!r} was created by another run while this one started; "
@@ -156,10 +157,11 @@ def _train(cfg: RunConfig, progress: bool, world: distributed.World, device: tor
         return _run(parts, resume, world, device, out, progress)
 
 
-def _parts(cfg: RunConfig, out: Path | None, world) -> tuple[Parts, tuple | None]:
-    """The run's parts with their starting weights, and the checkpoint to resume from (or None)."""
+def _parts(cfg: RunConfig, task, out: Path | None, world) -> tuple[Parts, tuple | None]:
+    """The run's parts (from its resolved configuration) with their starting weights, and the
+    checkpoint to resume from (or None)."""
     torch.manual_seed(cfg.train.seed)  # the networks' initial weights (the same on every rank)
-    parts = assemble(cfg)
+    parts = build_parts(cfg, task)
     if cfg.train.eval_rows == "all":
         require_rows(parts.task)  # (a file task has refused rows without a supervised target itself)
     else:
@@ -266,9 +268,10 @@ def _restore(parts: Parts, resume, opt, gen, config: dict, out: Path, world) -> 
         raise ValueError(f"out_dir={cfg.out_dir!r} holds a run with other settings, so it cannot be resumed with "
                          f"these: {'; '.join(diffs[:6])}{' ...' if len(diffs) > 6 else ''}. Use another out_dir "
                          "(init_from=<run> starts a new run from its weights)")
-    if meta.get("version", 1) < 5:  # older checkpoints have no blank-teacher count (smt.BlankTeacher): from zero
-        fresh = {f"method.{k}": v for k, v in parts.method.extra_state().items() if k.startswith("blank_teacher.")}
-        tensors = {**fresh, **tensors}
+    # the method's own tensors in today's names and layout (the method translates an older memtrain's)
+    own = {k[len("method."):]: v for k, v in tensors.items() if k.startswith("method.")}
+    tensors = {**{k: v for k, v in tensors.items() if not k.startswith("method.")},
+               **{f"method.{k}": v for k, v in parts.method.upgrade_state(own, meta.get("version", 1)).items()}}
     for name, module in _modules(parts, with_method=True).items():
         if module is not None:
             load_module(module, tensors, name, where)
@@ -333,7 +336,7 @@ def evaluate_now(run: Run, bar: Progress | None = None) -> tuple[dict, dict]:
     if not run.world.main:
         return {}, {}
     method.eval()
-    ev = evaluate(run.parts.cell, run.parts.teacher, run.x_eval, run.y_eval, chunk=run.tc.eval_batch)
+    ev = evaluate(run.parts.cell, run.parts.teacher, run.x_eval, run.y_eval, chunk=run.tc.eval_batch, how=method.rollout)
     method.train()
     row = {"step": run.state.step, "time": round(run.state.seconds, 2), **_no_drift(ev)}
     if "drift" in ev:
@@ -459,9 +462,9 @@ def _decide(run: Run, ev: dict, bar: Progress) -> bool:
     decision = distributed.share(run.world, method.after_eval(ev, run.state.step, budget_used(run)) if run.world.main else None)
     if not decision:
         return False
-    run.log.write({"step": run.state.step, **decision})
+    run.log.write({"step": run.state.step, **decision.row()})
     if run.world.main:
-        bar.write(f"memtrain: step {run.state.step}: {decision['event']}: {decision.get('why', '')}")
+        bar.write(f"memtrain: step {run.state.step}: {decision.event}: {decision.why}")
     return method.apply(decision, run.state.step)
 
 
@@ -482,7 +485,7 @@ def _finish(run: Run) -> dict:
                "sequential_steps": parts.method.sequential_steps(parts.task.length), **parts.method.report(), **final,
                "drift": ev.get("drift")}
     if parts.cfg.rollout.solver == "auto":  # what it measured and chose
-        summary["rollout_auto"] = auto_solver(parts.cell).choices()
+        summary["rollout_auto"] = parts.method.rollout.choices()
     if run.tc.keep_best and run.out is not None:
         summary["best"] = {"step": st.best_step, "rnn_ce": st.best, "dir": str(run.out / "best")}
     if run.world.distributed:

@@ -36,7 +36,8 @@ def test_the_estimate_is_the_growth_of_the_jacobian_product(kind):
 
 def test_the_sign_predicts_how_newton_converges():
     """A contracting cell (exponent < 0) is solved in a handful of Newton iterations; a chaotic one
-    (exponent > 0: Elman with its weights x 3) needs all T."""
+    (exponent > 0: Elman with its weights x 3) needs nearly all T (59-64 of 64 on the CPUs tried: the
+    last iterations depend on the kernels' rounding, so the bound is three quarters of T)."""
     x = torch.randint(0, V, (4, 64))
     for kind, scale, negative in (("para-gru", 0.1, True), ("elman", 3.0, False)):
         cell = _scaled(kind, scale)
@@ -46,7 +47,7 @@ def test_the_sign_predicts_how_newton_converges():
         if negative:
             assert (lle < -0.3).all() and its <= 4
         else:
-            assert lle.mean() > 0.05 and its >= 60
+            assert lle.mean() > 0.05 and its >= 48
 
 
 def test_bad_burn_in():

@@ -32,14 +32,14 @@ class Regress(Method):
 
     name, config_class = "regress", RegressConfig
 
-    def __init__(self, teacher, cell, cfg: RegressConfig):
-        super().__init__(teacher, cell, cfg)
+    def __init__(self, teacher, cell, cfg: RegressConfig, rollout=None):
+        super().__init__(teacher, cell, cfg, rollout)
         target = cfg.scale * torch.randn(64, cell.Z, generator=torch.Generator().manual_seed(0))
         self.register_buffer("target", target)  # the method's own tensor: saved in training checkpoints
 
     def loss(self, x, y, gen=None):
         B, T = x.shape
-        M = rollout(self.cell, self.cell.init_memory(B), x, grad_horizon=self.cfg.horizon)  # (B, T+1, Z)
+        M = rollout(self.cell, self.cell.init_memory(B), x, self.cfg.horizon, self.rollout)  # (B, T+1, Z)
         loss = F.mse_loss(M[:, 1:], self.target[:T].expand(B, -1, -1))
         return loss, {"loss_regress": loss.detach()}
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from memtrain.methods.rollout import AutoSolver, RolloutConfig, auto_solver, rollout
+from memtrain.methods.rollout import AutoSolver, Rollout, RolloutConfig, rollout
 from tests.conftest import V, tiny_cell
 
 
@@ -58,12 +58,12 @@ def test_bad_horizon():
         rollout(tiny_cell(), torch.zeros(1, 16), torch.zeros(1, 2, dtype=torch.long), grad_horizon=0)
 
 
-SOLVED = RolloutConfig(solver="quasi", atol=1e-12, rtol=0.0, on_fail="raise")
+SOLVED = Rollout(RolloutConfig(solver="quasi", atol=1e-12, rtol=0.0, on_fail="raise"))
 
 
-def _values_and_grads(cell, x, horizon, solver):
+def _values_and_grads(cell, x, horizon, how):
     m0 = cell.init_memory(2).detach().clone().requires_grad_()
-    M = rollout(cell, m0, x, grad_horizon=horizon, solver=solver)
+    M = rollout(cell, m0, x, grad_horizon=horizon, how=how)
     w = torch.randn_like(M, generator=torch.Generator().manual_seed(1))
     grads = torch.autograd.grad((M * w).sum(), [m0, *cell.parameters()], allow_unused=True)
     return M.detach(), grads
@@ -83,20 +83,20 @@ def test_a_solved_rollout_equals_the_stepped_one_in_values_and_gradients(kind, h
             torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-9)
 
 
-def test_the_cells_solver_is_used_unless_one_is_given(monkeypatch):
+def test_the_rollout_given_is_used_and_none_steps(monkeypatch):
     import memtrain.methods.rollout as r
     calls = []
     monkeypatch.setattr(r, "_solved", lambda *a: calls.append(a[-1]["solver"]) or (torch.zeros(1, 3, 16), False))
     cell = tiny_cell("mlp")
     x = torch.zeros(1, 2, dtype=torch.long)
     rollout(cell, cell.init_memory(1), x)
-    assert calls == []  # no solver anywhere: stepped
-    cell.solver = RolloutConfig(solver="newton")
-    rollout(cell, cell.init_memory(1), x)
-    rollout(cell, cell.init_memory(1), x, solver=RolloutConfig(solver="jacobi"))
+    assert calls == []  # no Rollout: stepped
+    rollout(cell, cell.init_memory(1), x, how=Rollout(RolloutConfig(solver="newton")))
+    rollout(cell, cell.init_memory(1), x, how=Rollout(RolloutConfig(solver="jacobi")))
     assert calls == ["newton", "jacobi"]
-    rollout(cell, cell.init_memory(1), x, solver=RolloutConfig())  # an explicit "sequential" wins too
+    rollout(cell, cell.init_memory(1), x, how=Rollout())  # the default settings: stepped
     assert calls == ["newton", "jacobi"]
+    assert not hasattr(cell, "solver") and not hasattr(cell, "_auto_solver"), "the cell carries no run state"
 
 
 @pytest.mark.parametrize("bad, match", [({"solver": "deer"}, "rollout.solver must be one of sequential, jacobi"),
@@ -142,15 +142,16 @@ def test_auto_never_chooses_a_solver_that_fell_back_in_its_trial():
 @pytest.mark.parametrize("horizon", [None, 1])
 def test_auto_rollouts_equal_stepping_in_values_and_gradients_through_trials_and_after(horizon):
     cell = tiny_cell("para-gru").double()
-    cfg = RolloutConfig(solver="auto", atol=1e-12, rtol=0.0)
+    how = Rollout(RolloutConfig(solver="auto", atol=1e-12, rtol=0.0))
+    assert how.choices() == [], "nothing measured yet"
     x = torch.randint(0, V, (2, 9))
     want, want_g = _values_and_grads(cell, x, horizon, None)
     for _ in range(2 * 4 + 2):  # two trials of each of the four candidates, then the choice
-        got, got_g = _values_and_grads(cell, x, horizon, cfg)
+        got, got_g = _values_and_grads(cell, x, horizon, how)
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
         for a, b in zip(got_g, want_g):
             torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-9)
-    (choice,) = auto_solver(cell).choices()
+    (choice,) = how.choices()
     assert choice["chosen"] in ("sequential", "jacobi", "quasi", "block") and choice["grad_horizon"] == horizon
     assert set(choice["seconds"]) | set(choice["failed"]) == {"sequential", "jacobi", "quasi", "block"}
 
@@ -160,11 +161,11 @@ def test_auto_on_a_chaotic_cell_is_exact_and_keeps_stepping():
     with torch.no_grad():
         for p in cell.parameters():
             p.mul_(30.0)  # expanding: jacobi needs about T iterations
-    cfg = RolloutConfig(solver="auto", max_iter=3, atol=1e-12, rtol=0.0)
+    how = Rollout(RolloutConfig(solver="auto", max_iter=3, atol=1e-12, rtol=0.0))
     x = torch.randint(0, V, (2, 12))
     want = rollout(cell, cell.init_memory(2), x).detach()
     with torch.no_grad():
         for _ in range(5):
-            torch.testing.assert_close(rollout(cell, cell.init_memory(2), x, solver=cfg), want, rtol=1e-12, atol=1e-12)
-    (choice,) = auto_solver(cell).choices()
+            torch.testing.assert_close(rollout(cell, cell.init_memory(2), x, how=how), want, rtol=1e-12, atol=1e-12)
+    (choice,) = how.choices()
     assert choice["failed"] == ["jacobi"] and choice["chosen"] == "sequential"

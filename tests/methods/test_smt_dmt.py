@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from memtrain.methods.dmt import DMTConfig
 from memtrain.methods.smt import SMTConfig
-from memtrain.methods.smt_dmt import DMT_PHASE, DONE, SMT_PHASE, SMTDMT, HandoverConfig
+from memtrain.methods.smt_dmt import DMT_PHASE, DONE, SMT_PHASE, SMTDMT, HandoverConfig, Plateau
 from memtrain.presets import preset_config
 from memtrain.training.trainer import train
 from tests.conftest import tiny_cell, tiny_teacher
@@ -32,7 +32,7 @@ def test_hands_over_once_solved_followable_and_smt_no_longer_helps_the_rnn():
     assert m.after_eval(_ev(teacher_acc=0.95, dyn_rel=0.3, rnn_acc=0.3), 40) is None, "1 stale evaluation"
     assert m.after_eval(_ev(teacher_acc=0.95, dyn_rel=0.3, rnn_acc=0.3), 50) is None, "2 stale, but not followable"
     d = m.after_eval(_ev(teacher_acc=0.92, dyn_rel=0.08, rnn_acc=0.301), 60)
-    assert d["event"] == "handover" and "step 20" in d["why"] and "0.301" in d["why"]
+    assert d.event == "handover" and "step 20" in d.why and "0.301" in d.why
     assert m.apply(d, 60) is False and int(m.phase) == DMT_PHASE and m.report() == {"handover_step": 60}
     assert m.lr_scale() == pytest.approx(0.1) and m.sequential_steps(16) == 16
 
@@ -43,7 +43,7 @@ def test_plateaus_count_evaluations_without_improvement():
         assert m.after_eval(_ev(teacher_ce=ce, dyn_rel=dyn), 0) is None
     assert m.after_eval(_ev(teacher_ce=1.6, dyn_rel=0.45), 0) is None  # 2nd: the loss has plateaued, solved
     d = m.after_eval(_ev(teacher_ce=1.6, dyn_rel=0.45), 0)  # dyn_rel plateaued, RNN alone stale once
-    assert d is not None and "no longer improving" in d["why"]
+    assert d is not None and "no longer improving" in d.why
 
 
 def test_dmt_ends_the_run_on_a_plateau_of_accuracy_and_drift():
@@ -54,7 +54,7 @@ def test_dmt_ends_the_run_on_a_plateau_of_accuracy_and_drift():
     assert m.after_eval(_ev(rnn_acc=0.6, drift_end=1.0), 7) is None, "accuracy still improves"
     assert m.after_eval(_ev(rnn_acc=0.601, drift_end=0.99), 8) is None, "1 evaluation without improvement"
     d = m.after_eval(_ev(rnn_acc=0.6, drift_end=0.995), 9)
-    assert d["event"] == "dmt_plateau" and m.apply(d, 9) is True and m.finished() and int(m.phase) == DONE
+    assert d.event == "dmt_plateau" and m.apply(d, 9) is True and m.finished() and int(m.phase) == DONE
 
 
 def test_bad_handover_settings_are_named():
@@ -139,7 +139,7 @@ def test_dmt_target_ends_the_run_at_an_accuracy():
     m.apply(m.after_eval(_ev(teacher_acc=1.0, dyn_rel=0.01), 2), 2)
     assert m.after_eval(_ev(rnn_acc=0.98), 3) is None
     d = m.after_eval(_ev(rnn_acc=0.99), 4)
-    assert d["event"] == "dmt_target" and m.apply(d, 4) is True and m.finished()
+    assert d.event == "dmt_target" and m.apply(d, 4) is True and m.finished()
     with pytest.raises(ValueError, match="handover.dmt_target"):
         HandoverConfig(dmt_target=1.5).validate()
 
@@ -151,15 +151,15 @@ def test_a_teacher_that_has_learned_nothing_neither_solves_nor_is_followed():
     blank = dict(teacher_gain=0.01, target_entropy=2.0, teacher_ce=1.98)
     m = _method(teacher_acc=None, teacher_plateau=1, followable=0.5, smt_patience=1)
     decisions = [m.after_eval({**_ev(dyn_rel=1e-4), **blank}, s, budget_used=s / 8) for s in range(6)]
-    assert [d["event"] if d else None for d in decisions] == [None, None, "warning", None, None, None]
-    assert "learned nothing in 3 evaluations" in decisions[2]["why"] and int(m.solved_step) < 0
+    assert [d.event if d else None for d in decisions] == [None, None, "warning", None, None, None]
+    assert "learned nothing in 3 evaluations" in decisions[2].why and int(m.solved_step) < 0
     assert m.apply(decisions[2], 2) is False and int(m.phase) == SMT_PHASE
     learned = dict(teacher_gain=0.4, target_entropy=2.0, teacher_ce=1.2)
     m = _method(teacher_acc=None, teacher_plateau=1, followable=0.5, smt_patience=1)
     events = [m.after_eval({**_ev(dyn_rel=1e-4), **learned}, s) for s in range(4)]
-    assert [d["event"] if d else None for d in events[:3]] == [None, None, "handover"], "solved at 1 (plateau), over at 2"
+    assert [d.event if d else None for d in events[:3]] == [None, None, "handover"], "solved at 1 (plateau), over at 2"
     off = _method(teacher_acc=None, teacher_plateau=1, followable=0.5, smt_patience=1, teacher_min_gain=None)
-    assert any(d and d["event"] == "handover" for d in (off.after_eval({**_ev(dyn_rel=1e-4), **blank}, s) for s in range(4))), \
+    assert any(d and d.event == "handover" for d in (off.after_eval({**_ev(dyn_rel=1e-4), **blank}, s) for s in range(4))), \
         "teacher_min_gain=null: the old rule"
     with pytest.raises(ValueError, match="handover.teacher_min_gain must be < 1"):
         HandoverConfig(teacher_min_gain=1.0).validate()
@@ -178,7 +178,7 @@ def test_the_blank_teacher_warning_waits_for_a_fair_budget():
     seen = [bt.check(blank, s, s / 3000) for s in range(400, 1100, 50)]
     said = [i for i, d in enumerate(seen) if d is not None]
     assert len(said) == 1 and range(400, 1100, 50)[said[0]] == 750, "named once, at a quarter of the budget"
-    assert "learned nothing in" in seen[said[0]]["why"] and "25% of the run's budget" in seen[said[0]]["why"]
+    assert "learned nothing in" in seen[said[0]].why and "25% of the run's budget" in seen[said[0]].why
     late = BlankTeacher(patience=3)
     assert [late.check(blank, s, 0.9) is not None for s in (1, 2, 3)] == [False, False, True], "still needs patience"
     assert BlankTeacher().check({"rnn_acc": 0.1}, 5, 1.0) is None, "no teacher, nothing to say"
@@ -191,12 +191,34 @@ def test_a_measurement_that_is_not_a_number_is_never_an_improvement():
     m = _method(teacher_acc=0.5, followable=0.1, followable_plateau=2, smt_patience=1, dmt_patience=2)
     for step, dyn in enumerate((None, None, None)):  # no dyn_rel ever: never below 0.1, but a plateau at last
         d = m.after_eval(_ev(teacher_acc=1.0, dyn_rel=dyn), step)
-    assert d is not None and d["event"] == "handover" and d["dyn_rel"] is None and "dyn_rel null (no longer improving)" in d["why"]
+    assert d is not None and d.event == "handover" and d.values["dyn_rel"] is None and "dyn_rel null (no longer improving)" in d.why
     m.apply(d, 2)
     for step, drift in enumerate((float("inf"), float("nan"), float("inf")), 3):  # the RNN diverged, accuracy flat
         d = m.after_eval(_ev(rnn_acc=0.5, drift_end=drift), step)
-    assert d is not None and d["event"] == "dmt_plateau"
-    assert bool(torch.isfinite(m.best).all()), "no inf or nan kept as a best value"
-    fresh = _method()
-    fresh._watch(0, float("nan"), lambda v, b: v < 0.99 * b)
-    assert fresh._watch(0, 5.0, lambda v, b: v < 0.99 * b) == 0, "a first number improves on a first non-number"
+    assert d is not None and d.event == "dmt_plateau"
+    assert all(bool(torch.isfinite(p.best)) for p in (m.teacher_ce, m.dyn_rel, m.rnn_acc, m.drift)), "no inf or nan kept as a best value"
+    fresh = Plateau(lambda v, b: v < 0.99 * b)
+    fresh.watch(float("nan"))
+    assert fresh.watch(5.0) == 0, "a first number improves on a first non-number"
+
+
+def test_a_checkpoint_with_the_older_tracker_slots_loads_into_the_plateaus():
+    """Checkpoints from before the Plateau trackers hold `best` and `since` (4,): they are translated
+    into the four plateaus (teacher_ce, dyn_rel, rnn_acc, drift), so an older smt-dmt run resumes."""
+    from memtrain.methods.smt_dmt import PLATEAUS
+
+    m = _method(teacher_acc=0.9, followable=0.1, followable_plateau=100, smt_patience=2)
+    for step, (acc, dyn) in enumerate(((0.5, 0.3), (0.95, 0.2), (0.95, 0.25))):
+        m.after_eval(_ev(teacher_acc=acc, dyn_rel=dyn, rnn_acc=0.1 * step), step)
+    state = m.extra_state()
+    plateaus = [getattr(m, name) for name in PLATEAUS]
+    old = {k: v for k, v in state.items() if not k.endswith((".best", ".since")) or k.startswith("blank_teacher.")}
+    old["best"], old["since"] = torch.stack([p.best for p in plateaus]), torch.stack([p.since for p in plateaus])
+    assert set(old) - set(state) == {"best", "since"}
+    fresh = _method(teacher_acc=0.9, followable=0.1, followable_plateau=100, smt_patience=2)
+    upgraded = fresh.upgrade_state(old, 6)
+    assert set(upgraded) == set(state) and all(torch.equal(upgraded[k], state[k]) for k in state)
+    fresh.load_extra_state(upgraded)
+    assert [(float(p.best), int(p.since)) for p in (getattr(fresh, n) for n in PLATEAUS)] == \
+        [(float(p.best), int(p.since)) for p in plateaus]
+    assert fresh.upgrade_state(state, 6) == state, "today's keys pass as they are"

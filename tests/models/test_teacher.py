@@ -73,11 +73,16 @@ def test_no_future_leakage(encoder, window, shift):
 
 
 def test_window_encoder_forgets_beyond_window():
-    t = tiny_teacher(encoder="window", window=3).double()
     x = torch.randint(0, V, (2, 10))
     x2 = x.clone()
-    x2[:, :4] = (x2[:, :4] + 1) % V  # change inputs 0..3: memories after 7+ inputs see only 4..
-    torch.testing.assert_close(t.encode(x2)[:, 7:], t.encode(x)[:, 7:], rtol=0, atol=1e-12)
+    x2[:, :4] = (x2[:, :4] + 1) % V  # change inputs 0..3
+    t = tiny_teacher(encoder="window", window=3, token_shift=False).double()
+    torch.testing.assert_close(t.encode(x2)[:, 7:], t.encode(x)[:, 7:], rtol=0, atol=1e-12)  # memories after 7+ see 4..
+    # with token shift (the default) each token also embeds the input before it: one further back
+    t = tiny_teacher(encoder="window", window=3).double()
+    assert t.cfg.token_shift
+    torch.testing.assert_close(t.encode(x2)[:, 8:], t.encode(x)[:, 8:], rtol=0, atol=1e-12)
+    assert not torch.allclose(t.encode(x2)[:, 7], t.encode(x)[:, 7])
 
 
 def test_memories_are_rms_normalised_and_empty_memory_matches():

@@ -21,8 +21,7 @@ from memtrain.io import load_module
 from memtrain.training.checkpoint import FORMAT, META, STATE, VERSION, WEIGHTS, read_run
 from memtrain.fields import from_dict, to_dict
 from memtrain.data.tasks import build_task
-from memtrain.training.build import resolve
-from memtrain.training.config import RunConfig
+from memtrain.training.config import RunConfig, resolve
 from memtrain.presets import preset_config
 from memtrain.runs import evaluate_run, load_run
 from memtrain.training.trainer import train

@@ -9,14 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from memtrain.fields import from_dict, parse_value, to_dict
-from memtrain.training.config import RunConfig, TrainConfig, apply_overrides, resolve_shapes
+from memtrain.training.config import RunConfig, TrainConfig, apply_overrides, resolve
 from memtrain.training.resume import flatten
 from memtrain.presets import PRESETS, preset_config
 
 from helpers import JSON
 
-# validate() checks vocab sizes, which `build` fills in from the task; set them so that a base
-# config is valid and each bad value below is the only problem.
+# resolve() checks every setting once (vocab sizes too, which a run fills in from the task); set them so
+# that a base config is valid and each bad value below is the only problem.
 RESOLVED = ["teacher.vocab_size=9", "cell.vocab_size=9"]
 
 
@@ -52,7 +52,7 @@ def test_every_preset_resolves_and_round_trips():
 
 
 def test_tiny_preset_values():
-    cfg = resolve_shapes(preset_config("tiny"))  # the cell's shape follows the teacher's
+    cfg = resolve(preset_config("tiny"))  # the cell's shape follows the teacher's
     assert (cfg.teacher.d_model, cfg.cell.d_mem, cfg.cell.mem_tokens, cfg.teacher.mem_tokens) == (16, 16, 2, 2)
     assert cfg.task_args == {"length": 12}
     assert cfg.train.steps == 5 and cfg.smt.dec_samples == 4
@@ -164,10 +164,10 @@ def test_from_dict_refuses_unknown_keys_and_wrong_types():
 # ---- validate ------------------------------------------------------------------------------------
 
 def test_resolved_base_and_presets_validate():
-    resolved().validate()
-    resolved("method=dmt", "dmt.start=encoder", "teacher.encoder=window", "teacher.window=4", "cell.kind=lstm").validate()
+    resolve(resolved())
+    resolve(resolved("method=dmt", "dmt.start=encoder", "teacher.encoder=window", "teacher.window=4", "cell.kind=lstm"))
     for name in PRESETS:
-        apply_overrides(preset_config(name), RESOLVED).validate()
+        resolve(apply_overrides(preset_config(name), RESOLVED))
 
 
 @pytest.mark.parametrize("item,key", [
@@ -192,17 +192,17 @@ def test_resolved_base_and_presets_validate():
 def test_validate_names_the_bad_setting(item, key):
     cfg = resolved(item)  # parsing succeeds: the value has the right type
     with pytest.raises(ValueError, match=f"{key}"):
-        cfg.validate()
+        resolve(cfg)
 
 
 def test_validate_window_encoder_needs_window():
     with pytest.raises(ValueError, match="teacher.window"):
-        resolved("teacher.encoder=window").validate()
+        resolve(resolved("teacher.encoder=window"))
 
 
 def test_validate_lstm_needs_even_memory_tokens():
     with pytest.raises(ValueError, match="cell.mem_tokens must be even"):
-        resolved("cell.kind=lstm", "cell.mem_tokens=3").validate()
+        resolve(resolved("cell.kind=lstm", "cell.mem_tokens=3"))
 
 
 @pytest.mark.parametrize("item,key,value", [("out_dir=123", "out_dir", "123"), ("init_from=2024", "init_from", "2024")])
@@ -216,16 +216,16 @@ KEYS = sorted(flatten(to_dict(RunConfig()))) + ["task_args.length", "task_args.n
 
 
 def _valid_or_value_error(cfg: RunConfig) -> None:
-    """A parsed config round-trips through JSON, and validate() either passes or names a setting."""
+    """A parsed config round-trips through JSON, and resolve() either passes or names a setting."""
     assert from_dict(RunConfig, json.loads(json.dumps(to_dict(cfg), allow_nan=False))) == cfg
     try:
-        cfg.validate()
+        resolve(cfg)
     except ValueError as e:
         assert str(e)
 
 
 def _typed_value(default):
-    """Values of the setting's own type (most parse; validate() then judges them), rendered for the CLI."""
+    """Values of the setting's own type (most parse; resolve() then judges them), rendered for the CLI."""
     if isinstance(default, bool):
         return st.booleans().map(json.dumps)
     if isinstance(default, int) or default is None:

@@ -79,16 +79,16 @@ def test_a_diverged_final_evaluation_still_writes_run_json_and_the_summary(tmp_p
 def test_a_cell_that_really_diverges_is_measured_and_trained_on(tmp_path, monkeypatch):
     """No faked evaluation: a residual MLP cell without memory normalisation, its weights x30, blows up
     within 64 steps; the run goes on to its end and writes its model."""
-    real = trainer.assemble
+    real = trainer.build_parts
 
-    def huge_init(cfg):
-        parts = real(cfg)
+    def huge_init(cfg, task):
+        parts = real(cfg, task)
         with torch.no_grad():
             for p in parts.cell.parameters():
                 p.mul_(30.0)
         return parts
 
-    monkeypatch.setattr(trainer, "assemble", huge_init)
+    monkeypatch.setattr(trainer, "build_parts", huge_init)
     summary = train_here(["method=smt", "cell.kind=mlp", "cell.norm_memory=false", 'task_args={"length": 64}',
                           "train.steps=4", "train.eval_every=2", "train.max_bad_steps=100"], tmp_path / "r")
     rows = _evals(tmp_path / "r")

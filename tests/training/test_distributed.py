@@ -108,7 +108,7 @@ def test_bf16_autocast_gradients_reach_every_parameter_and_agree_with_fp32():
     grads = {}
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
-        task, _, _, method = build(preset_config("tiny", [f"train.precision={precision}"]))
+        task, _, _, method = build(preset_config("tiny", ["method=smt", f"train.precision={precision}"]))
         x, y = task.sample(8, torch.Generator().manual_seed(0))
         with autocast_for(torch.device("cpu"), precision):
             loss, _ = method(x, y, torch.Generator().manual_seed(1))
@@ -217,7 +217,8 @@ def test_unused_parameters_are_found_and_ddp_copes(tmp_path, smt_init):
     from memtrain.training.trainer import _has_unused
 
     for settings, unused in ((["method=dmt", f"init_from={smt_init}", "dmt.start=encoder", "dmt.rollout=6"], True),
-                             (["method=dmt", f"init_from={smt_init}"], False), ([], False), (["method=bptt"], False)):
+                             (["method=dmt", f"init_from={smt_init}"], False), (["method=smt"], False), (["method=bptt"], False),
+                             (["method=smt-dmt"], True)):  # (SMT's phase leaves the cell's readout, DMT's, unused)
         task, _, _, method = build(preset_config("tiny", settings))
         assert _has_unused(method, task, method.trainable(), torch.device("cpu"), autocast_for(torch.device("cpu"), "fp32")) is unused
         assert all(p.grad is None for p in method.trainable()), "the probe leaves no gradient behind"

@@ -320,3 +320,75 @@ def test_a_run_with_a_parallel_solver_trains_like_the_stepped_one(smt_runs, tmp_
     stepped = json.loads((tmp_path / "stepped" / "metrics.jsonl").read_text().splitlines()[-1])
     assert solved["rnn_acc"] == stepped["rnn_acc"]
     assert json.loads((tmp_path / "solved" / "run.json").read_text())["config"]["rollout"]["solver"] == solver
+    # a loaded run rolls out with its saved rollout settings: `memtrain eval` and `memtrain sample`
+    from memtrain.runs import evaluate_run
+    from memtrain.sample import sample_run
+
+    solves.clear()
+    evaluate_run(str(tmp_path / "solved"), lengths=[12], batch_size=4)
+    assert solves and set(solves) == {solver}
+    solves.clear()
+    sample_run(str(tmp_path / "solved"), n_tokens=2, prompt="1 2 3")
+    assert solves and set(solves) == {solver}
+
+
+def _counting(monkeypatch, target, name, counts):
+    """Wrap `target.name` so that its calls are counted in counts["<target's last name>.name"]."""
+    real, key = getattr(target, name), f"{target.__name__.rpartition('.')[2]}.{name}"
+
+    def counted(*a, **k):
+        counts[key] = counts.get(key, 0) + 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(target, name, counted)
+
+
+@pytest.mark.parametrize("method", ["smt-dmt", "dmt", "bptt"])
+def test_settings_are_derived_and_checked_once_per_run(smt_runs, tmp_path, monkeypatch, method):
+    """One run resolves and validates its settings once, picks its device once and checks that cell and
+    teacher fit once, however many evaluations it makes; the networks' own checks run once, when built."""
+    import memtrain.methods.dmt as dmt
+    import memtrain.methods.smt as smt
+    import memtrain.training.trainer as trainer
+    from memtrain.models.cells import CellConfig
+    from memtrain.models.teacher import TeacherConfig
+    from memtrain.training.config import RunConfig
+
+    counts = {}
+    for target, name in ((trainer, "resolve"), (trainer, "pick_device"), (RunConfig, "validate"), (smt, "check_compatible"),
+                         (dmt, "check_compatible"), (CellConfig, "validate"), (CellConfig, "filled"), (TeacherConfig, "validate")):
+        _counting(monkeypatch, target, name, counts)
+    init = [f"init_from={smt_runs['mlp'][1]}"] if method == "dmt" else []
+    settings = [f"method={method}", "train.steps=8", "handover.teacher_acc=0.01", "handover.teacher_min_gain=null",
+                "handover.followable=100", "handover.smt_patience=1", "handover.dmt_patience=null", *init]
+    seen = {}
+    for every in (8, 1):  # one evaluation (the final one), then nine
+        counts.clear()
+        train(_cfg(tmp_path, f"every{every}", *settings, f"train.eval_every={every}"), progress=False)
+        seen[every] = dict(counts)
+    rows = [json.loads(l) for l in open(tmp_path / "every1" / "metrics.jsonl")]
+    assert sum("rows" in r for r in rows) == 8 and (method != "smt-dmt" or any(r.get("event") == "handover" for r in rows))
+    assert seen[1] == seen[8], "nothing is derived or checked again per evaluation"
+    assert (seen[1]["trainer.resolve"], seen[1]["trainer.pick_device"], seen[1]["RunConfig.validate"]) == (1, 1, 1)
+    assert seen[1].get("smt.check_compatible", 0) + seen[1].get("dmt.check_compatible", 0) == (0 if method == "bptt" else 1)
+    assert seen[1]["CellConfig.validate"] == 2 and seen[1].get("TeacherConfig.validate", 0) == (1 if method == "bptt" else 2), \
+        "in `resolve`, and by the network when it is built"
+
+
+def test_the_cell_is_a_pure_network_and_the_method_owns_the_rollout():
+    """build stamps nothing on the cell: the run's rollout settings and the auto solver's
+    measurements live in the method's Rollout, which training and evaluation share."""
+    from memtrain.methods.evaluate import evaluate
+    from memtrain.methods.rollout import AutoSolver, Rollout, RolloutConfig
+    from memtrain.training.build import assemble
+
+    parts = assemble(preset_config("tiny", ["method=bptt", "cell.kind=para-gru", "rollout.solver=auto"]))
+    run_state = (Rollout, RolloutConfig, AutoSolver)
+    assert not hasattr(parts.cell, "solver") and not hasattr(parts.cell, "_auto_solver")
+    assert isinstance(parts.method.rollout, Rollout) and parts.method.rollout.cfg == parts.cfg.rollout
+    x, y = parts.task.sample(4, torch.Generator().manual_seed(0))
+    parts.method.loss(x, y)[0].backward()
+    evaluate(parts.cell, None, x, y, how=parts.method.rollout)
+    assert {c["grad"] for c in parts.method.rollout.choices()} == {True, False}, "one Rollout measured both"
+    assert not any(isinstance(v, run_state) for v in vars(parts.cell).values())
+    assert not any(isinstance(v, run_state) for m in parts.cell.modules() for v in vars(m).values())
