@@ -357,6 +357,9 @@ LABELS = {"memtrain": "memtrain SMT -> DMT", "memtrain-fast": "memtrain SMT -> D
 SIDES = {"memtrain": "memtrain", "memtrain-fast": "memtrain", "authors": "authors' code", "bptt-memtok": "BPTT, same cell",
          "bptt-lstm": "BPTT, fused LSTM"}
 SCORES = ("teacher_bits", "rnn_prompted_bits", "rnn_alone_bits")
+COLOURS = {"memtrain": "tab:blue", "memtrain-fast": "tab:purple", "authors": "tab:green", "bptt-memtok": "tab:orange",
+           "bptt-lstm": "tab:red"}
+STYLES = ("-", "--", ":", "-.")
 
 
 def seconds_to(r: dict, key: str, target: float) -> float | None:
@@ -416,6 +419,7 @@ def report(a) -> None:
               "at the first scored point at or under the target, the best over the side's runs.")
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
+    low = 8.0
     for ax, key, title in zip(axes, SCORES, ("teacher", "RNN after a teacher prompt", "RNN alone")):
         for r in found:
             xs, ys, before = [], [], 0.0
@@ -425,11 +429,16 @@ def report(a) -> None:
                         xs.append((before + point["train_seconds"]) / 60)
                         ys.append(point[key])
                 before += s["train_seconds"]
-            if xs:
-                ax.plot(xs, ys, marker=".", label=f"{LABELS[r['lane']]}, lr {_fmt_lr(r.get('lr'))}")
+            if xs:  # a colour per lane, a line style per learning rate
+                low = min(low, *ys)
+                lrs = sorted({x.get("lr") or 0 for x in found if x["lane"] == r["lane"]})
+                ax.plot(xs, ys, marker=".", color=COLOURS[r["lane"]], linestyle=STYLES[lrs.index(r.get("lr") or 0) % len(STYLES)],
+                        label=f"{LABELS[r['lane']]}, lr {_fmt_lr(r.get('lr'))}")
+        for seconds in {r["smt_seconds"] for r in found if "smt" in r["stages"] and "smt_seconds" in r}:
+            ax.axvline(seconds / 60, color="0.6", linewidth=0.8, linestyle=":")  # SMT -> DMT
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("training minutes")
-        ax.set_ylim(top=8)
+    axes[0].set_ylim(low - 0.1, 8)  # (shared; an RNN that has lost its way is far above 8, the scale is for the rest)
     axes[0].set_ylabel("bits per byte (held out)")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=3, fontsize=7)
