@@ -9,7 +9,6 @@ from .training.config import RunConfig, apply_overrides
 # section 1); a residual MLP cell; SMT decoding 8 memories per sequence, 32 outputs ahead, and asking
 # every memory to keep its last input (smt.coef_last_input: makes the memories Markov sooner,
 # EXPERIMENTS.md section 7; 0.938 against 0.215 at T=16). Presets name only what they change.
-_SMALL: list[str] = []
 
 _PAPER = ["method=smt", "teacher.d_model=256", "teacher.mem_tokens=16", "teacher.n_heads=8", "teacher.encoder_depth=8",
           "teacher.decoder_depth=4", "teacher.window=256", "cell.kind=memtok", "cell.depth=8", "smt.future=64",
@@ -18,14 +17,14 @@ _PAPER = ["method=smt", "teacher.d_model=256", "teacher.mem_tokens=16", "teacher
           "train.eval_every=2000"]
 
 PRESETS: dict[str, tuple[str, list[str]]] = {
-    "retrieval-smt": ("SMT on retrieval, T=64, CPU-sized", _SMALL + ["method=smt", "task=retrieval", 'task_args={"length": 64}']),
-    "retrieval-bptt": ("BPTT on retrieval, T=64, same cell", _SMALL + ["method=bptt", "task=retrieval", 'task_args={"length": 64}']),
+    "retrieval-smt": ("SMT on retrieval, T=64, CPU-sized", ["method=smt", "task=retrieval", 'task_args={"length": 64}']),
+    "retrieval-bptt": ("BPTT on retrieval, T=64, same cell", ["method=bptt", "task=retrieval", 'task_args={"length": 64}']),
     # real data: run `memtrain prepare ...` first (docs/guide.md "Real data"); the path can be overridden with
     # task_args.path=...
-    "pixels-cpu": ("SMT on 14x14 binarised MNIST, one image per sequence (T=196), CPU-sized", _SMALL + [
+    "pixels-cpu": ("SMT on 14x14 binarised MNIST, one image per sequence (T=196), CPU-sized", [
         "method=smt", "task=prepared", 'task_args={"path": "data/mnist14b"}', "train.steps=1500", "train.eval_every=250",
         "train.eval_batch=128"]),
-    "text-cpu": ("SMT on byte-level KJV text, T=128, CPU-sized", _SMALL + [
+    "text-cpu": ("SMT on byte-level KJV text, T=128, CPU-sized", [
         "method=smt", "task=prepared", 'task_args={"path": "data/kjv", "length": 128}', "train.steps=1500",
         "train.eval_every=250", "train.eval_batch=128"]),
     # the paper's sizes (a GPU): memory 16 x 256, 8-layer encoder, 4-layer decoder, T=320, Tc=256, Tf=64,
