@@ -109,7 +109,15 @@ def summarise(d: Path) -> dict:
             "teacher_acc": summary.get("teacher_acc"), "seconds": summary["train_seconds"] + s0, "updates": summary["steps"] + u0,
             "handover_step": summary.get("handover_step"),
             "to_target_s": hit[0] if hit else None, "to_target_updates": hit[1] if hit else None,
-            "curve": [(r["step"], r["time"], r["rnn_acc"]) for r in rows if "rnn_acc" in r and "event" not in r]}
+            "curve": [(r["step"], r["time"], r["rnn_acc"]) for r in rows if "rnn_acc" in r and "event" not in r],
+            **contraction_at_end(rows, cfg["task_args"]["length"])}
+
+
+def contraction_at_end(rows: list[dict], T: int) -> dict:
+    """The last evaluation's k-step errors from teacher memories at k = 64 and T and its drift at T
+    (methods/evaluate.py; None for runs without a teacher or from before 0.6)."""
+    last = next((r for r in reversed(rows) if "rnn_acc" in r and "event" not in r), {})
+    return {"kstep64": last.get("kstep@64"), "kstepT": last.get(f"kstep@{T}"), "drift_end": last.get(f"drift@{T}")}
 
 
 def recorded(results: str | None, present: set) -> list[dict]:
@@ -138,16 +146,19 @@ def report(a) -> None:
     fewest = {p: min(r["updates"] for r in found if (r["task"], r["length"]) == p) for p in panels}
     fmt = lambda v, spec: "-" if v is None else format(v, spec)
     table = md_table(["run", "task", "T", "method", "cell", "lr", "seed", "RNN alone", "teacher", "seconds", "updates", "handover at",
-                      f"to {TARGET}: s / updates", "RNN alone at equal updates"],
+                      f"to {TARGET}: s / updates", "RNN alone at equal updates", "k-step error at 64 / T", "drift at T"],
                      [[Path(r["dir"]).name, r["task"], r["length"], r["method"], r["cell"], r["lr"], r["seed"], f"{r['rnn_acc']:.3f}", fmt(r["teacher_acc"], ".3f"),
                        round(r["seconds"]), r["updates"], fmt(r["handover_step"], "d"),
                        "-" if r["to_target_s"] is None else f"{r['to_target_s']:.0f} / {r['to_target_updates']}",
-                       f"{fmt(at_updates(r, fewest[r['task'], r['length']]), '.3f')} at {fewest[r['task'], r['length']]}"]
+                       f"{fmt(at_updates(r, fewest[r['task'], r['length']]), '.3f')} at {fewest[r['task'], r['length']]}",
+                       f"{fmt(r.get('kstep64'), '.3f')} / {fmt(r.get('kstepT'), '.3f')}", fmt(r.get("drift_end"), ".3f")]
                       for r in found])
     table += ("\n\nAccuracy of the RNN running alone from its empty memory on the held-out batch (retrieval: "
               "vocabulary 9, chance 0.125); seconds are training seconds (evaluations excluded), one thread each. The last "
               "column reads every run at the same number of updates per task and length (the fewest any run there made), "
-              "from its own curve.")
+              "from its own curve. The last two columns (runs with a teacher, 0.6 on): the cell started on the teacher's "
+              "memory and run alone 64 and T steps, against the teacher's memory there, and the RNN alone's drift at T "
+              "(MSE per memory value; unrelated memories differ by about 2).")
     write_results("length_sweep", {"runs": found}, table, draw({"runs": found}), a.results)
     print(table)
 

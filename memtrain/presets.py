@@ -19,6 +19,12 @@ _PAPER = ["method=smt", "teacher.d_model=256", "teacher.mem_tokens=16", "teacher
 PRESETS: dict[str, tuple[str, list[str]]] = {
     "retrieval-smt": ("SMT on retrieval, T=64, CPU-sized", ["method=smt", "task=retrieval", 'task_args={"length": 64}']),
     "retrieval-bptt": ("BPTT on retrieval, T=64, same cell", ["method=bptt", "task=retrieval", 'task_args={"length": 64}']),
+    # error-correcting SMT at a length where the plain recipe's RNN loses the needle (EXPERIMENTS.md 12):
+    # every memory is asked for far-away outputs (smt.far_samples) and the cell is also regressed from its
+    # own 1..8-step states (smt.own_steps); 32 sampled transitions keep an update near a second on a CPU core
+    "retrieval-256": ("SMT -> DMT on retrieval at T=256 with error-correcting SMT, 20-30 minutes of one CPU core", [
+        "method=smt-dmt", "task=retrieval", 'task_args={"length": 256}', "smt.transitions=32", "smt.far_samples=8",
+        "smt.own_steps=8", "train.steps=2000", "train.eval_every=100", "train.eval_batch=128"]),
     # real data: run `memtrain prepare ...` first (docs/guide.md "Real data"); the path can be overridden with
     # task_args.path=...
     "pixels-cpu": ("SMT on 14x14 binarised MNIST, one image per sequence (T=196), CPU-sized", [

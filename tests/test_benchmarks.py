@@ -168,7 +168,17 @@ def test_length_sweep_reports_each_task_apart(tmp_path):
     lines = [ln for ln in (tmp_path / "out" / "length_sweep.md").read_text().splitlines() if ln.startswith("| ")][1:]
     cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
     assert [(c[0], c[1]) for c in cells] == [("bptt-lstm-T64-s0", "retrieval"), ("copy-bptt-lstm-T64-s0", "copy")]
-    assert [c[-1] for c in cells] == ["1.000 at 100", "1.000 at 40"]  # each task read at its own fewest updates
+    assert [c[-3] for c in cells] == ["1.000 at 100", "1.000 at 40"]  # each task read at its own fewest updates
+    assert [c[-2:] for c in cells] == [["- / -", "-"]] * 2  # no teacher: no contraction figures
+
+
+def test_length_sweep_row_carries_the_last_contraction_figures():
+    from length_sweep import contraction_at_end
+    rows = [{"step": 1, "rnn_acc": 0.1, "kstep@64": 0.5, "kstep@128": 0.9, "drift@128": 1.0},
+            {"step": 2, "rnn_acc": 0.9, "kstep@64": 0.02, "kstep@128": 0.05, "drift@128": 0.1},
+            {"step": 2, "event": "handover", "rnn_acc": 0.9}]
+    assert contraction_at_end(rows, 128) == {"kstep64": 0.02, "kstepT": 0.05, "drift_end": 0.1}
+    assert contraction_at_end([], 128) == {"kstep64": None, "kstepT": None, "drift_end": None}
 
 
 def _tiny_text_model():

@@ -106,6 +106,7 @@ def evaluate(cell: Cell, teacher: Teacher | None, x: torch.Tensor, y: torch.Tens
         n_first = total["M"].shape[0]
         _ratio(out, "dyn_rel", one_step_error(cell, total["M"], x[:n_first]),
                "the teacher's memories do not change from one step to the next")
+        out.update(contraction(cell, total["M"], x[:n_first]))
     return out
 
 
@@ -144,3 +145,76 @@ def drift_at(drift: list, fractions=(0.25, 0.5, 1.0)) -> dict:
     """Drift at a few horizons (fractions of T), for logs and tables."""
     T = len(drift) - 1
     return {f"drift@{max(1, round(f * T))}": drift[max(1, round(f * T))] for f in fractions}
+
+
+def kstep_errors(cell: Cell, M: torch.Tensor, x: torch.Tensor, n: int = 8, starts: int = 32) -> dict[int, float]:
+    """Contraction onto the teacher: the cell started at the teacher's memory M[:, s] and run alone on
+    x_{s+1}..x_{s+k}, against the teacher's M[:, s+k], as a mean square over the memory (the units of
+    drift: RMS-normalised memories of unrelated sequences differ by about 2), for k = 1, 2, 4, ... and
+    T. `starts` evenly spaced starts in each of the first n sequences, run in one batch (a start
+    leaves it at the sequence's end); the error at k averages the starts with s + k <= T. A cell that
+    contracts keeps these flat in k; one that does not lets them grow to the drift. x (B, T), M (B, S, Z)."""
+    B, T = x.shape
+    Z, n = M.shape[-1], min(B, n)
+    ks = sorted({1 << i for i in range(T.bit_length()) if (1 << i) <= T} | {T})
+    s0 = torch.arange(0, T, max(1, T // starts), device=x.device)  # (P,) ascending
+    m = M[:n, s0].clone()  # (n, P, Z)
+    out: dict[int, float] = {}
+    for k in range(1, T + 1):
+        a = int((s0 + k <= T).sum())  # the starts still inside the sequence: a prefix
+        m = m[:, :a]
+        m = cell.update(m.reshape(-1, Z), x[:n, s0[:a] + k - 1].reshape(-1)).view(n, a, Z)
+        if k in ks:
+            out[k] = (upcast(m) - upcast(M[:n, s0[:a] + k])).pow(2).mean().item()
+    return out
+
+
+def contraction(cell: Cell, M: torch.Tensor, x: torch.Tensor) -> dict:
+    """How the cell treats errors off the teacher's trajectory, for an evaluation row: `kstep@k` (the
+    k-step error from teacher memories, `kstep_errors`), `kstep_growth` (its growth per step over the
+    first 8 steps) and `jac_norm` (the median largest singular value of the cell's Jacobian on teacher
+    memories). Drift at T is where these end up after a whole rollout from m_empty."""
+    errs = kstep_errors(cell, M, x)
+    out = {f"kstep@{k}": round(v, 6) for k, v in errs.items()}
+    g = kstep_growth(errs)
+    out["kstep_growth"] = None if g is None else round(g, 4)
+    out["jac_norm"] = round(jacobian_norm(cell, M, x, gen=torch.Generator().manual_seed(0)), 4)
+    return out
+
+
+def kstep_growth(errs: dict[int, float], k: int = 8) -> float | None:
+    """The k-step error's growth per step over the first k steps, (e_k / e_1)^(1 / (k - 1)) (k: the
+    largest measured k <= 8): below 1 the cell pulls its errors back towards the teacher's memories,
+    above 1 they compound. None where e_1 is ~0 or there is a single k."""
+    ks = [j for j in errs if 1 < j <= k]
+    if not ks or errs.get(1, 0.0) <= TINY:
+        return None
+    j = max(ks)
+    return (errs[j] / errs[1]) ** (1.0 / (j - 1))
+
+
+def jacobian_norm(cell: Cell, M: torch.Tensor, x: torch.Tensor, n: int = 64, iters: int = 8,
+                  gen: torch.Generator | None = None) -> float:
+    """The median over n teacher memories m = M[i, s] of the largest singular value of the cell's
+    Jacobian J = d f(m, x_{s+1}) / d m, by `iters` rounds of power iteration on J^T J (a lower bound,
+    close where the top singular value stands apart). J v is a central difference with step
+    eps^(1/3) (relative error about eps^(2/3)), J^T w a vector-Jacobian product: plain forward and
+    first-order backward passes, which every cell has (attention has no double backward on a CPU)."""
+    B, T = x.shape
+    Z = M.shape[-1]
+    idx = torch.randperm(B * T, generator=gen)[:n].to(x.device)
+    xi = x.reshape(-1)[idx]
+    v = torch.randn((len(idx), Z), generator=gen, dtype=M.dtype).to(M.device)
+    v = v / v.norm(dim=-1, keepdim=True)
+    h = torch.finfo(M.dtype).eps ** (1 / 3)
+    m0 = M[:, :-1].reshape(-1, Z)[idx].detach()
+    sigma = None
+    for _ in range(iters):
+        with torch.no_grad():
+            jv = (cell.update(m0 + h * v, xi) - cell.update(m0 - h * v, xi)) / (2 * h)  # J v
+        with torch.enable_grad():  # a fresh graph each time (a compiled cell's backward may run only once)
+            m = m0.clone().requires_grad_(True)
+            (w,) = torch.autograd.grad(cell.update(m, xi), m, grad_outputs=jv)  # J^T J v
+        sigma = jv.norm(dim=-1)
+        v = w / w.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    return sigma.median().item()

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models.cells import Cell, check_compatible
+from ..models.layers import rms_normalize
 from ..models.teacher import Teacher
 from .base import Decision, Method
 from .evaluate import teacher_learned
@@ -39,6 +40,12 @@ class SMTConfig:
     input_noise: float = 0.0  # std of Gaussian noise on the cell's input memory (denoising dynamics)
     coef_onpolicy: float = 0.0  # the same regression from the cell's OWN rollout states (trains the cell only)
     coef_last_input: float = 0.1  # CE of a linear probe that reads x_t back from m_t (keeps memories Markov; 0: off)
+    own_steps: int = 0  # k: each transition is also regressed from the cell's OWN j-step state, j ~ U{1..k}, run from the encoder memory j steps back (error-correcting SMT; 0: off)
+    own_gain: float = 1.0  # that state's error off the teacher's memory, scaled by this (>1: larger errors of the same shape)
+    far_samples: int = 0  # memories per sequence asked (by a training-time head) for one supervised output beyond the decoder's window, given its offset: memories carry what matters far ahead (0: off)
+    coef_far: float = 1.0  # weight of that head's cross-entropy (with smt.far_samples > 0)
+    slow_tokens: int = 0  # the first k memory tokens are asked to change slowly (coef_slow) and the last-input probe does not read them: a place for what must be held (0: off)
+    coef_slow: float = 1.0  # weight of MSE(M[s+1], M[s]) on the slow tokens (with smt.slow_tokens > 0)
 
     def validate(self) -> None:
         if self.future < 1:
@@ -54,6 +61,18 @@ class SMTConfig:
             raise ValueError(f"smt.coef_last_input must be >= 0, got {self.coef_last_input}")
         if self.coef_onpolicy < 0:
             raise ValueError(f"smt.coef_onpolicy must be >= 0, got {self.coef_onpolicy}")
+        if self.own_steps < 0:
+            raise ValueError(f"smt.own_steps must be >= 0 (0: off), got {self.own_steps}")
+        if self.far_samples < 0:
+            raise ValueError(f"smt.far_samples must be >= 0 (0: off), got {self.far_samples}")
+        if self.coef_far < 0:
+            raise ValueError(f"smt.coef_far must be >= 0, got {self.coef_far}")
+        if self.slow_tokens < 0:
+            raise ValueError(f"smt.slow_tokens must be >= 0 (0: off), got {self.slow_tokens}")
+        if self.coef_slow < 0:
+            raise ValueError(f"smt.coef_slow must be >= 0, got {self.coef_slow}")
+        if self.own_gain <= 0:
+            raise ValueError(f"smt.own_gain must be > 0, got {self.own_gain}")
         if self.input_noise < 0:
             raise ValueError(f"smt.input_noise must be >= 0, got {self.input_noise}")
         if self.unif_samples < 2:
@@ -95,18 +114,75 @@ def sample_positions(y: torch.Tensor, Tf: int, n: int | None, gen: torch.Generat
     return torch.gather(order, 1, slot)
 
 
-def loss_memories(teacher: Teacher, x, dec_pos, dyn_pos):
-    """The memories the SMT loss reads -> (M, m_dec (B, P, Z), m_now, m_next (B, R, Z), x_in (B, R)).
-    dyn_pos None: every memory is computed, M (B, S, Z), and the transitions are all T. Otherwise only
-    M = [M[dec_pos], M[dyn_pos], M[dyn_pos + 1]] (B, P+2R, Z)."""
+def loss_memories(teacher: Teacher, x, dec_pos, dyn_pos, extra=()):
+    """The memories the SMT loss reads -> (M, m_dec (B, P, Z), m_now, m_next (B, R, Z), x_in (B, R),
+    [M at each of `extra`]). dyn_pos None: every memory is computed, M (B, S, Z), and the transitions
+    are all T. Otherwise only M = [M[dec_pos], M[dyn_pos], M[dyn_pos + 1], M[extra[0]], ...] (B, Q, Z).
+    extra: more (B, n) memory positions (own-rollout starts, far-future questions)."""
     P = dec_pos.shape[1]
+    Z = teacher.cfg.mem_size
+
+    def at(M, pos):
+        return torch.gather(M, 1, pos[..., None].expand(-1, -1, Z))
+
     if dyn_pos is None:
         M = teacher.encode(x)  # (B, S, Z)
-        m_dec = torch.gather(M, 1, dec_pos[..., None].expand(-1, -1, M.shape[-1]))  # (B, P, Z)
-        return M, m_dec, M[:, :-1], M[:, 1:], x
+        return M, at(M, dec_pos), M[:, :-1], M[:, 1:], x, [at(M, e) for e in extra]
     R = dyn_pos.shape[1]
-    M = teacher.encode(x, torch.cat([dec_pos, dyn_pos, dyn_pos + 1], dim=1))  # (B, P+2R, Z)
-    return (M, *M.split([P, R, R], dim=1), torch.gather(x, 1, dyn_pos))
+    pos = [dec_pos, dyn_pos, dyn_pos + 1, *extra]
+    M = teacher.encode(x, torch.cat(pos, dim=1))  # (B, Q, Z)
+    parts = M.split([p.shape[1] for p in pos], dim=1)
+    return (M, *parts[:3], torch.gather(x, 1, dyn_pos), list(parts[3:]))
+
+
+def far_positions(y: torch.Tensor, Tf: int, n: int, gen: torch.Generator | None):
+    """Far-future questions for smt.far_samples: n (memory position s, output index u) pairs per
+    sequence (B, n) each, with y[:, u] supervised and beyond the decoder's window from s (u >= s + Tf - 1,
+    offset o = u - s + 1 >= Tf). u is drawn uniformly among such outputs, then s uniformly in 0..u-Tf+1.
+    -> (s, u, ok): ok (B, n) False for rows with no such output (their loss is 0)."""
+    B, T = y.shape
+    sup = (y >= 0) & (torch.arange(T, device=y.device) >= Tf - 1)  # outputs some memory sees only from afar
+    keys = torch.rand(B, n, T, generator=gen).to(y.device)
+    keys = torch.where(sup[:, None, :], keys, keys - 2.0)
+    u = keys.argmax(-1)  # (B, n): a random eligible output (any, where none is)
+    ok = sup.any(1)[:, None].expand(B, n)
+    frac = torch.rand(B, n, generator=gen).to(y.device)
+    s = (frac * (u - Tf + 2).clamp_min(1)).long().clamp(max=T)  # uniform in 0..u-Tf+1
+    return s, u, ok
+
+
+class FarHead(nn.Module):
+    """A training-time head (not part of the teacher or the RNN): logits for the output `o` steps after a
+    memory's first prediction, from the memory (B, Z) and a learned embedding of o's log2 bucket."""
+
+    BUCKETS = 64  # quarter-octave buckets: offsets up to 2^16
+
+    def __init__(self, mem_size: int, vocab_size: int, width: int = 256):
+        super().__init__()
+        self.offset = nn.Embedding(self.BUCKETS, width)
+        self.fc = nn.Linear(mem_size, width)
+        self.out = nn.Linear(width, vocab_size)
+
+    def forward(self, m: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        bucket = (4 * torch.log2(o.clamp_min(1).to(m.dtype))).long().clamp(0, self.BUCKETS - 1)
+        return self.out(F.gelu(self.fc(m) + self.offset(bucket)))
+
+
+@torch.no_grad()
+def own_states(cell: Cell, m0, x, start, stop):
+    """The cell's own states: from memories m0 (B, R, Z) at positions `start` (B, R), run alone on the
+    inputs up to position `stop` (B, R) (M[s+1] = f(M[s], x[:, s])), each row for its own stop - start
+    steps, all rows in one batch per step. -> (B, R, Z), no graph."""
+    B, R, Z = m0.shape
+    m = m0.reshape(-1, Z)
+    start, stop = start.reshape(-1), stop.reshape(-1)
+    xs = x.repeat_interleave(R, dim=0)  # (B*R, T): row b*R + r reads sequence b
+    rows = torch.arange(B * R, device=x.device)
+    for i in range(int((stop - start).max()) if len(start) else 0):
+        p = start + i
+        go = p < stop
+        m = torch.where(go[:, None], cell.update(m, xs[rows, p.clamp(max=x.shape[1] - 1)]), m)
+    return m.view(B, R, Z)
 
 
 def onpolicy_loss(teacher: Teacher, cell: Cell, M, x, dyn_pos, x_in, m_next, how: Rollout | None = None):
@@ -124,8 +200,27 @@ def onpolicy_loss(teacher: Teacher, cell: Cell, M, x, dyn_pos, x_in, m_next, how
     return F.mse_loss(upcast(pred_own), upcast(m_next.detach().reshape(-1, Z)))
 
 
+def own_state_loss(cell: Cell, m_own0, own_pos, now_pos, m_now, m_next, x, x_in, gain: float = 1.0):
+    """Error-correcting SMT: the regression of the cell from its OWN state onto the teacher's next
+    memory, for every transition at once. The input is the cell run alone from the encoder memory
+    m_own0 at own_pos to now_pos (B, R): its error off the teacher's m_now is shaped like the errors its
+    rollouts make and sized like them (times `gain`, then renormalised where the cell normalises). The
+    cell learns to pull such errors back towards the teacher's trajectory: a time-parallel DAgger,
+    as DART does for imitation. Trains the cell only (input and target detached: a moving target lets
+    the teacher shrink its memories until everything is "followed"). -> (loss, its input's error)."""
+    Z = m_now.shape[-1]
+    m_own = own_states(cell, m_own0.detach(), x, own_pos, now_pos)  # (B, R, Z)
+    base = m_now.detach()
+    m_in = base + gain * (m_own - base)
+    if gain != 1.0 and cell.cfg.norm_memory:
+        m_in = rms_normalize(m_in, cell.D)
+    pred = cell.update(m_in.reshape(-1, Z), x_in.reshape(-1))
+    loss = F.mse_loss(upcast(pred), upcast(m_next.detach().reshape(-1, Z)))
+    return loss, F.mse_loss(upcast(m_own), upcast(base)).detach()
+
+
 def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_pos, unif_idx, last_input_head=None,
-             how: Rollout | None = None):
+             how: Rollout | None = None, own_pos=None, far=None, far_head=None):
     """The SMT objective for given sample positions (pure; `SMT.loss` draws the positions).
 
     dec_pos (B, P) memory positions for the decoder; dyn_pos (B, R) transition starts in 0..T-1, or
@@ -133,9 +228,19 @@ def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_po
     only the P + 2R memories the loss reads, M = [M[dec_pos], M[dyn_pos], M[dyn_pos + 1]] (B, Q, Z),
     so its register work is O(Q*K*T) instead of O(S*K*T). unif_idx (U,) indexes the B*Q*K memory
     tokens of that M. last_input_head: a Linear Z -> V (needed when cfg.coef_last_input > 0). how: the
-    run's Rollout for the on-policy term's rollout (cfg.coef_onpolicy > 0; None: stepped)."""
+    run's Rollout for the on-policy term's rollout (cfg.coef_onpolicy > 0; None: stepped). own_pos
+    (B, R), or (B, T) with dyn_pos None: where each transition's own-state rollout starts (<= its
+    position; cfg.own_steps > 0). far: (s, u, ok) from `far_positions` and far_head a `FarHead`
+    (cfg.far_samples > 0)."""
     D, Tf = teacher.cfg.d_model, cfg.future
-    M, m_dec, m_now, m_next, x_in = loss_memories(teacher, x, dec_pos, dyn_pos)
+    if cfg.own_steps > 0 and own_pos is None:
+        raise ValueError("smt.own_steps > 0 needs own_pos, where each transition's own rollout starts (SMT.loss draws it)")
+    own = cfg.own_steps > 0
+    if cfg.far_samples > 0 and (far is None or far_head is None):
+        raise ValueError("smt.far_samples > 0 needs the far-future questions and head (SMT draws and builds them)")
+    extra = ([own_pos] if own else []) + ([far[0]] if cfg.far_samples > 0 else [])
+    M, m_dec, m_now, m_next, x_in, m_extra = loss_memories(teacher, x, dec_pos, dyn_pos, extra)
+    m_own0 = m_extra[0] if own else None
     Z = M.shape[-1]
 
     # predictive state: decode the future from sampled memories
@@ -146,7 +251,7 @@ def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_po
     loss_dec0 = masked_ce(logits[:, 0], y_fut.reshape(-1, Tf)[:, 0])  # what the RNN's readout will see
 
     # dynamics: one step of the cell from every (sampled) encoder memory
-    m_after = m_next  # the memories after input x_in, with their graph (for the last-input probe)
+    m_before, m_after = m_now, m_next  # the memories around input x_in, with their graph (last-input probe, slow tokens)
     if not cfg.dyn_trains_teacher:
         m_now, m_next = m_now.detach(), m_next.detach()
     m_in = m_now.reshape(-1, Z)
@@ -167,17 +272,46 @@ def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_po
         # the previous one (token shift) or through previous-token heads, so nothing else makes it
         # keep x_t; without it the cell cannot compute m_{t+1} from (m_t, x_{t+1}) where x_t matters
         # (retrieval: the symbol after the marker), and the memories are not Markov (EXPERIMENTS.md 7)
-        loss_last = F.cross_entropy(upcast(last_input_head(m_after.reshape(-1, Z))), x_in.reshape(-1))
+        probe_in = m_after.reshape(-1, Z)
+        if cfg.slow_tokens > 0:  # the probe reads the fast tokens only: x_t is not asked of the slow ones
+            probe_in = torch.cat([torch.zeros_like(probe_in[:, : cfg.slow_tokens * D]), probe_in[:, cfg.slow_tokens * D:]], dim=1)
+        loss_last = F.cross_entropy(upcast(last_input_head(probe_in)), x_in.reshape(-1))
         loss = loss + cfg.coef_last_input * loss_last
+    if cfg.far_samples > 0:
+        # far-future questions: the memory at s must tell the supervised output u, o = u - s + 1 steps
+        # ahead of its first prediction (beyond the decoder's window), without the inputs in between
+        s_far, u_far, ok = far
+        logits_far = far_head(m_extra[-1].reshape(-1, Z), (u_far - s_far + 1).reshape(-1))
+        y_far = torch.where(ok, torch.gather(y, 1, u_far), -1)
+        loss_far = masked_ce(logits_far, y_far.reshape(-1))
+        loss = loss + cfg.coef_far * loss_far
+    if cfg.slow_tokens > 0:
+        # the slow tokens: their step is penalised, so what they hold stays put and the cell can keep it
+        # by leaving them alone (the per-token normalisation no longer couples it to the recent inputs)
+        w = cfg.slow_tokens * D
+        loss_slow = F.mse_loss(upcast(m_after.reshape(-1, Z)[:, :w]), upcast(m_before.reshape(-1, Z)[:, :w]))
+        loss = loss + cfg.coef_slow * loss_slow
     metrics = {k: v.detach() for k, v in (("loss_dec", loss_dec), ("loss_dec0", loss_dec0), ("loss_dyn", loss_dyn), ("loss_unif", loss_unif))}
     if cfg.coef_last_input > 0:
         metrics["loss_last_input"] = loss_last.detach()
+    if cfg.slow_tokens > 0:
+        metrics["loss_slow"] = loss_slow.detach()
+    if cfg.far_samples > 0:
+        metrics["loss_far"] = loss_far.detach()
     # followability: the cell's one-step error relative to how far the teacher's memory moves per
     # step. Near 1 the cell has not learned the transitions (DMT cannot help yet); well below 1 the
     # memories are predictable from (m_t, x_{t+1}) and DMT can remove the drift (EXPERIMENTS.md 5).
     with torch.no_grad():
         step = F.mse_loss(upcast(m_now.reshape(-1, Z)), upcast(m_next.reshape(-1, Z)))
         metrics["dyn_rel"] = loss_dyn.detach() / step.clamp_min(1e-12)
+
+    if cfg.own_steps > 0:
+        now_pos = torch.arange(x.shape[1], device=x.device).expand_as(own_pos) if dyn_pos is None else dyn_pos
+        loss_corr, own_err = own_state_loss(cell, m_own0, own_pos, now_pos, m_now, m_next, x, x_in, cfg.own_gain)
+        loss = loss + cfg.coef_dyn * loss_corr
+        metrics["loss_own"], metrics["own_err"] = loss_corr.detach(), own_err
+        with torch.no_grad():
+            metrics["own_rel"] = loss_corr.detach() / step.clamp_min(1e-12)
 
     if cfg.coef_onpolicy > 0:
         loss_own = onpolicy_loss(teacher, cell, M, x, dyn_pos, x_in, m_next, how)
@@ -196,12 +330,13 @@ class SMT(Method):
         check_compatible(cell.cfg, teacher.cfg)
         # a training-time probe, not part of the teacher or the RNN (not saved with the run)
         self.last_input_head = nn.Linear(teacher.cfg.mem_size, teacher.cfg.vocab_size) if cfg.coef_last_input > 0 else None
+        self.far_head = FarHead(teacher.cfg.mem_size, teacher.cfg.vocab_size) if cfg.far_samples > 0 else None
         self.blank_teacher = BlankTeacher()  # says when the teacher has learned nothing
 
     def trainable(self):
         # the cell's readout head and start memory are copies of the teacher's (see `before_eval`)
         skip = {id(p) for p in self.cell.head.parameters()} | {id(self.cell.m_init)}
-        probe = list(self.last_input_head.parameters()) if self.last_input_head is not None else []
+        probe = [p for h in (self.last_input_head, self.far_head) if h is not None for p in h.parameters()]
         return list(self.teacher.parameters()) + [p for p in self.cell.parameters() if id(p) not in skip] + probe
 
     def loss(self, x, y, gen=None):
@@ -212,10 +347,18 @@ class SMT(Method):
         if cfg.transitions is not None and cfg.transitions < T:
             r = torch.rand(B, T, generator=gen).argsort(dim=1)[:, : cfg.transitions]
             dyn_pos = r.to(x.device)
-        Q = T + 1 if dyn_pos is None else dec_pos.shape[1] + 2 * dyn_pos.shape[1]  # memories the encoder computes
+        Q = T + 1 if dyn_pos is None else (dec_pos.shape[1] + (3 if cfg.own_steps > 0 else 2) * dyn_pos.shape[1]
+                                           + cfg.far_samples)  # memories the encoder computes
         n_tok = B * Q * self.teacher.cfg.mem_tokens
         unif_idx = torch.randperm(n_tok, generator=gen)[: cfg.unif_samples].to(x.device)
-        return smt_loss(self.teacher, self.cell, x, y, cfg, dec_pos, dyn_pos, unif_idx, self.last_input_head, self.rollout)
+        own_pos = None
+        if cfg.own_steps > 0:  # each transition's own rollout starts j ~ U{1..k} steps back (at 0 at the latest)
+            now = torch.arange(T).expand(B, T) if dyn_pos is None else dyn_pos.cpu()
+            j = torch.randint(1, cfg.own_steps + 1, now.shape, generator=gen)
+            own_pos = (now - j).clamp_min(0).to(x.device)
+        far = far_positions(y, cfg.future, cfg.far_samples, gen) if cfg.far_samples > 0 else None
+        return smt_loss(self.teacher, self.cell, x, y, cfg, dec_pos, dyn_pos, unif_idx, self.last_input_head, self.rollout,
+                        own_pos, far, self.far_head)
 
     def before_eval(self):
         """Before the cell runs alone: give it the teacher's readout and m_empty."""

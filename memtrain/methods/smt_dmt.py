@@ -117,6 +117,7 @@ class SMTDMT(Method):
         smt = SMT(teacher, cell, self.smt_cfg, self.rollout)  # (checks that the cell can follow the teacher)
         object.__setattr__(self, "_smt", smt)  # not a submodule: its teacher and cell are ours already
         self.last_input_head = smt.last_input_head  # the probe is trained and saved with the run
+        self.far_head = smt.far_head  # (so is the far-future head)
         self.blank_teacher = smt.blank_teacher  # (its count is saved with the run too)
         self.register_buffer("phase", torch.tensor(SMT_PHASE))
         self.register_buffer("handover_step", torch.tensor(-1))

@@ -31,6 +31,8 @@ RENAMED = {"bptt.truncate": "bptt.grad_horizon", "task_args.eval_path": "task_ar
            "smt.dyn_samples": "smt.transitions"}
 # defaults before memtrain 0.5 made the recommended recipe (the demo's) the default
 OLD_DEFAULTS = {"method": "smt", "teacher.token_shift": False, "smt.dec_samples": 32, "smt.coef_last_input": 0.0}
+# settings added in format 7 (memtrain 0.6), off at their defaults: a run saved before them trained without them
+ADDED_IN_7 = ("own_steps", "own_gain", "far_samples", "coef_far", "slow_tokens", "coef_slow")
 
 
 def control(default):
@@ -130,6 +132,9 @@ class RunConfig:
             raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
         for part in (self.teacher, self.cell, self.smt, self.dmt, self.bptt, self.handover, self.rollout, self.train):
             part.validate()
+        if self.smt.slow_tokens >= self.teacher.mem_tokens:
+            raise ValueError(f"smt.slow_tokens={self.smt.slow_tokens} must leave at least one of teacher.mem_tokens="
+                             f"{self.teacher.mem_tokens} memory tokens fast (for the recent inputs)")
         cls = METHODS[self.method]
         own_section = bool(cls.sections) or hasattr(self, self.method)
         if self.method_args and own_section:
@@ -206,10 +211,10 @@ def run_control_keys(cls=RunConfig, prefix: str = "") -> set[str]:
 
 
 def upgrade(config: dict, version: int) -> dict:
-    """A configuration saved by format `version` (1, 2: memtrain 0.1; 3: 0.2; 4: 0.3; 5: 0.4) in today's names and
+    """A configuration saved by format `version` (1, 2: memtrain 0.1; 3: 0.2; 4: 0.3; 5: 0.4; 6: 0.5) in today's names and
     values: renamed settings, sections added since (at their defaults, which is how the run behaved);
     before 3 also None instead of 0 or "" for "not set" and `residual` only on cells that have one."""
-    if version >= 6:
+    if version >= 7:
         return config
     if not isinstance(config, dict):
         return config  # from_dict refuses it with the reason
@@ -235,6 +240,10 @@ def upgrade(config: dict, version: int) -> dict:
     # 6 (0.5): the rollout section, at its defaults (before, every rollout was stepped)
     if isinstance(c.get("rollout", {}), dict):
         c["rollout"] = {**to_dict(RolloutConfig()), **c.get("rollout", {})}
+    # 7 (0.6): smt's error-correcting settings, at their defaults (off: how every older run trained)
+    if isinstance(c.get("smt", {}), dict):
+        for name in ADDED_IN_7:
+            c.setdefault("smt", {}).setdefault(name, getattr(SMTConfig(), name))
     if version >= 3:
         return c
     train, cell, args = section("train"), section("cell"), section("task_args")

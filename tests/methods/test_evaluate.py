@@ -108,3 +108,48 @@ def test_nothing_supervised_is_refused():
     x, _ = _batch(n=5, T=7)
     with pytest.raises(ValueError, match="the 5 sequences of length 7 have no supervised position"):
         evaluate(cell, teacher, x, torch.full_like(x, -1))
+
+
+def test_kstep_errors_match_a_plain_loop_in_float64():
+    from memtrain.methods.evaluate import kstep_errors, kstep_growth
+    teacher, cell = tiny_teacher().double().eval(), tiny_cell("mlp").double().eval()
+    x, _ = _batch(n=3, T=9)
+    with torch.no_grad():
+        M = teacher.encode(x)
+        errs = kstep_errors(cell, M, x, n=3, starts=9)  # every start
+        assert sorted(errs) == [1, 2, 4, 8, 9]
+        for k, e in errs.items():
+            sq = []
+            for b in range(3):
+                for s in range(0, 9 - k + 1):
+                    m = M[b, s]
+                    for t in range(s, s + k):
+                        m = cell.update(m[None], x[b, t][None])[0]
+                    sq.append((m - M[b, s + k]).pow(2).mean())
+            assert e == pytest.approx(torch.stack(sq).mean().item(), rel=1e-9), k
+    assert kstep_growth(errs) == pytest.approx((errs[8] / errs[1]) ** (1 / 7))
+    assert kstep_growth({1: 0.0, 2: 1.0}) is None and kstep_growth({1: 1.0}) is None
+
+
+def test_jacobian_norm_is_the_largest_singular_value():
+    from memtrain.methods.evaluate import jacobian_norm
+    # (a residual cell at its start has a near-identity Jacobian whose top singular values are nearly
+    # equal, where power iteration converges slowly: the non-residual form separates them)
+    teacher, cell = tiny_teacher().double().eval(), tiny_cell("mlp", residual=False).double().eval()
+    x, _ = _batch(n=2, T=3)
+    M = teacher.encode(x).detach()
+    got = jacobian_norm(cell, M, x, n=6, iters=200, gen=torch.Generator().manual_seed(0))
+    sig = []
+    for b in range(2):
+        for s in range(3):
+            J = torch.autograd.functional.jacobian(lambda m: cell.update(m[None], x[b, s][None])[0], M[b, s])
+            sig.append(torch.linalg.matrix_norm(J, ord=2))
+    assert got == pytest.approx(torch.stack(sig).median().item(), rel=1e-6)
+
+
+def test_evaluation_reports_contraction():
+    teacher, cell = tiny_teacher().eval(), tiny_cell("mlp").eval()
+    x, y = _batch(n=4, T=8)
+    ev = evaluate(cell, teacher, x, y)
+    assert [k for k in ev if k.startswith("kstep@")] == ["kstep@1", "kstep@2", "kstep@4", "kstep@8"]
+    assert ev["kstep@1"] > 0 and ev["jac_norm"] > 0 and ev["kstep_growth"] > 0

@@ -7,7 +7,7 @@ from memtrain.models.cells import CELLS, TEXTBOOK_KINDS
 from memtrain.methods.smt import adopt_teacher
 from memtrain.methods.smt import SMT, SMTConfig, sample_positions, smt_loss
 from memtrain.models.teacher import encode_reference
-from tests.conftest import V, tiny_cell, tiny_teacher
+from tests.conftest import K, V, tiny_cell, tiny_teacher
 
 
 def loop_smt_loss(teacher, cell, x, y, cfg, dec_pos, dyn_pos, unif_idx):
@@ -251,3 +251,162 @@ def test_a_future_beyond_the_sequence_is_the_future_to_its_end():
         loss, m = smt_loss(teacher, cell, x, y, SMTConfig(future=future, coef_last_input=0), pos, None, idx)
         torch.testing.assert_close(loss, end[0], rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(m["loss_dec"], end[1]["loss_dec"], rtol=1e-12, atol=1e-12)
+
+
+def loop_own_state_loss(teacher, cell, x, own_pos, now_pos, gain):
+    """Plain reference for error-correcting SMT: for each transition (b, s) run the cell alone from the
+    teacher's M[b, own] for s - own steps, scale its error off M[b, s] by gain (renormalised), step
+    once more and compare with M[b, s+1]."""
+    M = encode_reference(teacher, x).detach()
+    errs = []
+    for b in range(x.shape[0]):
+        for r in range(own_pos.shape[1]):
+            o, s = int(own_pos[b, r]), int(now_pos[b, r])
+            m = M[b, o]
+            with torch.no_grad():
+                for t in range(o, s):
+                    m = cell.update(m[None], x[b, t][None])[0]
+            m_in = M[b, s] + gain * (m - M[b, s])
+            if gain != 1.0:
+                tok = m_in.view(cell.K, cell.D)
+                m_in = (tok / tok.pow(2).mean(-1, keepdim=True).add(torch.finfo(tok.dtype).eps).sqrt()).reshape(-1)
+            pred = cell.update(m_in[None], x[b, s][None])[0]
+            errs.append((pred - M[b, s + 1]).pow(2).mean())
+    return torch.stack(errs).mean()
+
+
+@pytest.mark.parametrize("dyn_sampled,gain", [(False, 1.0), (True, 1.0), (True, 2.5)])
+def test_own_state_loss_matches_a_per_transition_loop_in_float64(dyn_sampled, gain):
+    """smt.own_steps: the loss with the error-correcting term minus the loss without it equals
+    coef_dyn times the plain per-transition reference, and so do its gradients."""
+    teacher, cell = tiny_teacher().double(), tiny_cell("mlp").double()
+    g = torch.Generator().manual_seed(3)
+    B, T = 2, 9
+    x = torch.randint(0, V, (B, T), generator=g)
+    y = torch.where(torch.rand(B, T, generator=g) < 0.4, x.roll(1, 1), -1)
+    dec_pos = sample_positions(y, 4, 3, g)
+    dyn_pos = torch.rand(B, T, generator=g).argsort(1)[:, :4] if dyn_sampled else None
+    now = torch.arange(T).expand(B, T) if dyn_pos is None else dyn_pos
+    own_pos = (now - torch.randint(1, 4, now.shape, generator=g)).clamp_min(0)
+    assert bool((own_pos < now).any()) and bool((own_pos <= now).all())
+    unif_idx = torch.randperm(B * 4 * K, generator=g)[:6]
+    on = SMTConfig(future=4, coef_last_input=0, coef_dyn=0.3, own_steps=3, own_gain=gain)
+    off = SMTConfig(future=4, coef_last_input=0, coef_dyn=0.3)
+    # the encoder computes M[own_pos] too, so the uniformity sample differs: leave it out here
+    on.coef_unif = off.coef_unif = 0.0
+    with_own, metrics = smt_loss(teacher, cell, x, y, on, dec_pos, dyn_pos, unif_idx, own_pos=own_pos)
+    without, _ = smt_loss(teacher, cell, x, y, off, dec_pos, dyn_pos, unif_idx)
+    ref = loop_own_state_loss(teacher, cell, x, own_pos, now, gain)
+    torch.testing.assert_close(with_own - without, 0.3 * ref, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(metrics["loss_own"], ref.detach(), rtol=1e-9, atol=1e-12)
+    params = list(cell.parameters())
+    g_fast = torch.autograd.grad(with_own - without, params, allow_unused=True)
+    g_ref = torch.autograd.grad(0.3 * ref, params, allow_unused=True)
+    for a, b in zip(g_fast, g_ref):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12)
+
+
+def test_own_steps_trains_the_cell_only():
+    """The error-correcting term moves the cell, never the teacher (input and target detached), and
+    with smt.own_steps=0 there is no such term."""
+    teacher, cell = tiny_teacher().double(), tiny_cell("mlp").double()
+    x, y = torch.randint(0, V, (2, 8)), torch.randint(0, V, (2, 8))
+    for transitions in (None, 3):
+        cfg = SMTConfig(future=3, coef_dec=0.0, coef_unif=0.0, coef_last_input=0, dyn_trains_teacher=False,
+                        own_steps=4, transitions=transitions)
+        smt = SMT(teacher, cell, cfg)
+        loss, metrics = smt.loss(x, y, torch.Generator().manual_seed(0))
+        assert _grads(loss, cell) > 0 and _grads(loss, teacher) == 0
+        assert metrics["own_err"] > 0 and metrics["loss_own"] > 0
+        cfg.own_steps = 0
+        _, metrics = SMT(teacher, cell, cfg).loss(x, y, torch.Generator().manual_seed(0))
+        assert "loss_own" not in metrics
+
+
+def test_own_state_settings_are_checked():
+    with pytest.raises(ValueError, match="smt.own_steps"):
+        SMTConfig(own_steps=-1).validate()
+    with pytest.raises(ValueError, match="smt.own_gain"):
+        SMTConfig(own_gain=0.0).validate()
+
+
+def test_slow_tokens_loss_is_the_step_of_the_first_tokens_and_hides_them_from_the_probe():
+    """smt.slow_tokens=1: loss_slow = mean (M[s+1] - M[s])^2 over the first token's D values of every
+    transition (float64, written out); the term trains the teacher only; the last-input probe gets
+    no gradient from the slow token's values."""
+    teacher, cell = tiny_teacher().double(), tiny_cell("mlp").double()
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(0, V, (2, 6), generator=g)
+    y = torch.randint(0, V, (2, 6), generator=g)
+    cfg = SMTConfig(future=3, coef_dec=0.0, coef_dyn=0.0, coef_unif=0.0, coef_last_input=0.0, slow_tokens=1, coef_slow=2.0)
+    dec_pos = sample_positions(y, 3, 2, g)
+    loss, metrics = smt_loss(teacher, cell, x, y, cfg, dec_pos, None, torch.arange(4))
+    M = encode_reference(teacher, x)
+    D = teacher.cfg.d_model
+    ref = torch.stack([(M[b, s + 1, :D] - M[b, s, :D]).pow(2).mean() for b in range(2) for s in range(6)]).mean()
+    torch.testing.assert_close(metrics["loss_slow"], ref.detach(), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(loss, 2.0 * ref, rtol=1e-9, atol=1e-12)
+    assert _grads(loss, teacher) > 0 and _grads(loss, cell) == 0
+    # the probe: its weights on the slow token get no gradient, those on the fast ones do
+    cfg = SMTConfig(future=3, coef_dec=0.0, coef_dyn=0.0, coef_unif=0.0, coef_last_input=1.0, slow_tokens=1, coef_slow=0.0)
+    head = torch.nn.Linear(teacher.cfg.mem_size, V).double()
+    loss, _ = smt_loss(teacher, cell, x, y, cfg, dec_pos, None, torch.arange(4), head)
+    (gw,) = torch.autograd.grad(loss, [head.weight])
+    assert float(gw[:, :D].abs().max()) == 0.0 and float(gw[:, D:].abs().max()) > 0
+
+
+def test_slow_tokens_must_leave_a_fast_one():
+    from memtrain.training.config import RunConfig, resolve
+    cfg = RunConfig()
+    cfg.smt.slow_tokens = cfg.teacher.mem_tokens
+    with pytest.raises(ValueError, match="smt.slow_tokens"):
+        resolve(cfg)
+    with pytest.raises(ValueError, match="smt.coef_slow"):
+        SMTConfig(coef_slow=-1.0).validate()
+
+
+def test_far_positions_ask_only_for_supervised_outputs_beyond_the_window():
+    from memtrain.methods.smt import far_positions
+    g = torch.Generator().manual_seed(0)
+    y = torch.full((3, 20), -1)
+    y[0, -1] = 2  # one far output
+    y[1, [3, 12, 19]] = 1  # 3 is inside every window of Tf=5 (u < Tf - 1 = 4 would not be; 3 < 4)
+    s, u, ok = far_positions(y, 5, 50, g)
+    assert ok[:2].all() and not ok[2].any()  # the last row has no supervised output
+    assert bool((u[0] == 19).all()) and set(u[1].tolist()) == {12, 19}
+    assert bool((u[:2] >= s[:2] + 5 - 1).all()) and bool((s >= 0).all())
+    assert set(s[0].tolist()) == set(range(0, 19 - 5 + 2))  # every memory that sees y_19 only from afar
+
+
+def test_far_head_loss_matches_a_plain_loop_and_trains_teacher_and_head_only():
+    """smt.far_samples: the loss is coef_far * the mean CE of FarHead(M[s], u - s + 1) against y[u]
+    (float64, memories from the plain encoder); its gradient reaches the encoder and the head, never the cell."""
+    from memtrain.methods.smt import FarHead, far_positions
+    teacher, cell = tiny_teacher().double(), tiny_cell("mlp").double()
+    g = torch.Generator().manual_seed(2)
+    B, T = 2, 12
+    x = torch.randint(0, V, (B, T), generator=g)
+    y = torch.full((B, T), -1)
+    y[:, -1] = x[:, 1]
+    cfg = SMTConfig(future=3, coef_dec=0.0, coef_dyn=0.0, coef_unif=0.0, coef_last_input=0.0, far_samples=4, coef_far=0.7)
+    head = FarHead(teacher.cfg.mem_size, V, width=16).double()
+    far = far_positions(y, 3, 4, g)
+    dec_pos = sample_positions(y, 3, 2, g)
+    for dyn_pos in (None, torch.tensor([[0, 5], [3, 9]])):
+        loss, metrics = smt_loss(teacher, cell, x, y, cfg, dec_pos, dyn_pos, torch.arange(4), far=far, far_head=head)
+        M = encode_reference(teacher, x)
+        s, u, _ = far
+        ce = [F.cross_entropy(head(M[b, s[b, i]][None], (u[b, i] - s[b, i] + 1)[None])[0], y[b, u[b, i]])
+              for b in range(B) for i in range(4)]
+        ref = torch.stack(ce).mean()
+        torch.testing.assert_close(loss, 0.7 * ref, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(metrics["loss_far"], ref.detach(), rtol=1e-9, atol=1e-12)
+        assert _grads(loss, teacher) > 0 and _grads(loss, head) > 0 and _grads(loss, cell) == 0
+    # SMT builds the head, trains it, and without far_samples has none
+    smt = SMT(teacher, cell, SMTConfig(future=3, far_samples=2))
+    assert {id(p) for p in smt.far_head.parameters()} <= {id(p) for p in smt.trainable()}
+    assert SMT(teacher, cell, SMTConfig(future=3)).far_head is None
+    with pytest.raises(ValueError, match="smt.far_samples"):
+        SMTConfig(far_samples=-1).validate()

@@ -17,7 +17,7 @@ from memtrain.methods.evaluate import evaluate
 from memtrain.presets import preset_config
 from memtrain.runs import evaluate_run, load_run
 from memtrain.training.checkpoint import VERSION, read_run
-from memtrain.training.config import RENAMED, RunConfig, upgrade
+from memtrain.training.config import ADDED_IN_7, RENAMED, RunConfig, upgrade
 from memtrain.training.trainer import train
 
 OLD = Path(__file__).resolve().parents[1] / "data" / "format2_runs"
@@ -92,7 +92,8 @@ def test_upgrade_translates_names_and_unset_values():
     assert v5["rollout"]["solver"] == "sequential" and v5["handover"]["teacher_acc"] == 0.9, \
         "format 5 (0.4): stepped rollouts, as those runs had"
     v3 = upgrade({"smt": {"dyn_samples": 8}, "train": {"threads": 0}, "cell": {"norm_memory": True}}, 3)
-    assert v3["smt"] == {"transitions": 8, "dec_samples": 32, "coef_last_input": 0.0} and v3["train"] == {"threads": 0}, \
+    assert {k: v for k, v in v3["smt"].items() if k not in ADDED_IN_7} == {"transitions": 8, "dec_samples": 32, "coef_last_input": 0.0} \
+        and v3["train"] == {"threads": 0}, \
         "format 3 (0.2): renames, and the defaults of its time where it has no value"
     assert v3["cell"] == {"norm_memory": True} and v3["handover"]["teacher_acc"] == 0.95, "and what 0.3 added"
     # 0.5 made the recommended recipe the default: a run saved before, lacking a setting, behaved with
@@ -120,3 +121,15 @@ def test_memtrain_eval_reads_an_old_run(capsys):
     assert main(["eval", str(OLD / "smt"), "--batch", "8", "--lengths", "12"]) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["length"] == 12 and "teacher_acc" in row
+
+
+def test_a_format_6_run_reads_the_error_correcting_settings_as_off():
+    """A run saved by 0.5 (format 6) has no smt.own_steps, far_samples, slow_tokens...: it trained without
+    them, so they read as off; and a run of today's format is read as it is."""
+    from memtrain.training.config import ADDED_IN_7, upgrade
+    from memtrain.methods.smt import SMTConfig
+    saved = {"smt": {"future": 12}, "rollout": {}}
+    got = upgrade(saved, 6)
+    assert {k: got["smt"][k] for k in ADDED_IN_7} == {k: getattr(SMTConfig(), k) for k in ADDED_IN_7}
+    assert got["smt"]["own_steps"] == 0 and got["smt"]["far_samples"] == 0 and got["smt"]["slow_tokens"] == 0
+    assert "own_steps" not in saved["smt"], "the saved dict is not changed"

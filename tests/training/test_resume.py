@@ -61,9 +61,14 @@ def smt_init(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("method", ["smt", "dmt", "bptt"])
+# error-correcting SMT: own-state rollouts, far-future questions (a head of SMT's own) and slow tokens
+EC = ["smt.own_steps=2", "smt.far_samples=2", "smt.slow_tokens=1"]
+
+
+@pytest.mark.parametrize("method", ["smt", "dmt", "bptt", "smt-ec"])
 def test_stop_and_resume_gives_the_straight_trace(method, smt_init, tmp_path, monkeypatch):
-    extra = [f"init_from={smt_init}"] if method == "dmt" else []
+    extra = [f"init_from={smt_init}"] if method == "dmt" else EC if method == "smt-ec" else []
+    method = "smt" if method == "smt-ec" else method
     args = [f"method={method}", *extra, "train.steps=14", "train.eval_every=4", "train.log_every=1",
             "train.ckpt_every=5", "train.warmup=3", "train.schedule=cosine",
             "smt.coef_last_input=0.1"]  # SMT then trains a probe of its own, outside cell and teacher
