@@ -168,6 +168,15 @@ class FarHead(nn.Module):
         return self.out(F.gelu(self.fc(m) + self.offset(bucket)))
 
 
+def far_question_loss(far_head: FarHead, m_far, y, far) -> torch.Tensor:
+    """Far-future questions: the memory at s (m_far (B, n, Z)) must tell the supervised output u,
+    o = u - s + 1 steps ahead of its first prediction (beyond the decoder's window), without the inputs
+    in between. far = (s, u, ok) from `far_positions`; rows with ok False are unsupervised."""
+    s_far, u_far, ok = far
+    logits = far_head(m_far.reshape(-1, m_far.shape[-1]), (u_far - s_far + 1).reshape(-1))
+    return masked_ce(logits, torch.where(ok, torch.gather(y, 1, u_far), -1).reshape(-1))
+
+
 @torch.no_grad()
 def own_states(cell: Cell, m0, x, start, stop):
     """The cell's own states: from memories m0 (B, R, Z) at positions `start` (B, R), run alone on the
@@ -278,12 +287,7 @@ def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_po
         loss_last = F.cross_entropy(upcast(last_input_head(probe_in)), x_in.reshape(-1))
         loss = loss + cfg.coef_last_input * loss_last
     if cfg.far_samples > 0:
-        # far-future questions: the memory at s must tell the supervised output u, o = u - s + 1 steps
-        # ahead of its first prediction (beyond the decoder's window), without the inputs in between
-        s_far, u_far, ok = far
-        logits_far = far_head(m_extra[-1].reshape(-1, Z), (u_far - s_far + 1).reshape(-1))
-        y_far = torch.where(ok, torch.gather(y, 1, u_far), -1)
-        loss_far = masked_ce(logits_far, y_far.reshape(-1))
+        loss_far = far_question_loss(far_head, m_extra[-1], y, far)
         loss = loss + cfg.coef_far * loss_far
     if cfg.slow_tokens > 0:
         # the slow tokens: their step is penalised, so what they hold stays put and the cell can keep it
