@@ -185,12 +185,12 @@ def own_states(cell: Cell, m0, x, start, stop):
     B, R, Z = m0.shape
     m = m0.reshape(-1, Z)
     start, stop = start.reshape(-1), stop.reshape(-1)
-    xs = x.repeat_interleave(R, dim=0)  # (B*R, T): row b*R + r reads sequence b
-    rows = torch.arange(B * R, device=x.device)
-    for i in range(int((stop - start).max()) if len(start) else 0):
-        p = start + i
-        go = p < stop
-        m = torch.where(go[:, None], cell.update(m, xs[rows, p.clamp(max=x.shape[1] - 1)]), m)
+    seq = torch.arange(B, device=x.device).repeat_interleave(R)  # row b*R + r reads sequence b
+    n = stop - start
+    m = m.clone()
+    for i in range(int(n.max()) if len(n) else 0):
+        go = (n > i).nonzero().squeeze(1)  # only the rows still running: sum(n) row-steps, not R*max(n)
+        m[go] = cell.update(m[go], x[seq[go], start[go] + i])
     return m.view(B, R, Z)
 
 

@@ -12,9 +12,10 @@ Two encoders, one interface (`Teacher.encode(x) -> (B, T+1, Z)`):
 - "causal" (default): ONE pass over the sequence. The T tokens form a causal stream; T+1 groups of
   K register queries sit beside it. Group s sits at rotary position s, attends to tokens j < s and to
   the K registers of its own group, and is never attended to by tokens. This equals encoding every
-  prefix separately with the same masks (`encode_reference`) at O(T^2 + T*K*T) attention cost, and no
-  (T*K)^2 mask is ever built. With a window Tc, tokens and registers see only the last Tc tokens in
-  each layer, so the receptive field of m_t is depth*(Tc-1)+1 tokens, not Tc.
+  prefix separately with the same masks (`encode_reference`) at O(T^2 + T*K*T) attention cost; the
+  register groups attend in chunks (`register_chunk`), so no (T*K)^2 mask is built. With a window Tc,
+  tokens and registers see only the last Tc tokens in each layer, so the receptive field of m_t is
+  depth*(Tc-1)+1 tokens, not Tc.
 - "window": the authors' fidelity option. Each memory encodes exactly its last Tc inputs in a fresh
   bidirectional pass over [window tokens, K registers]: S separate passes of length Tc+K, slower.
 """
@@ -71,23 +72,52 @@ class TeacherConfig:
             raise ValueError(f"teacher.d_model={self.d_model} must split into teacher.n_heads={self.n_heads} heads of even width")
 
 
-def register_attention(q_r, k_r, v_r, k_t, v_t, allowed, K):
+def register_chunk(Q: int, K: int, T: int) -> int:
+    """How many register groups share one attention call over the shared tokens (`register_attention`).
+    All Q groups in one call read Q*K register keys each, of which only their own K are unmasked: the
+    wasted part grows as (Q*K)^2. Chunks of c groups read T + c*K keys, but each chunk copies the T
+    token keys. The per-query cost ~ T + c*K + a*T/(c*K) is least near c*K = sqrt(a*T); a ~ 40 fits the
+    measured CPU times (benchmarks/encoder_chunks.py). Returns Q (one call) where chunks would not pay."""
+    n = round(Q * K / (40 * max(T, 1)) ** 0.5)
+    return Q if n < 2 else -(-Q // n)
+
+
+def register_attention(q_r, k_r, v_r, k_t, v_t, allowed, K, chunk: int | None = None):
     """Attention of register queries to (allowed) tokens and to their own group, with one softmax.
 
     q_r, k_r, v_r: (B, H, Q*K, Dh), Q groups of K registers. Tokens either shared by every group,
     k_t, v_t (B, H, T, Dh) with allowed (B, Q, T), or a band gathered per group, k_t, v_t
-    (B, H, Q, W, Dh) with allowed (B, Q, W). Returns (B, H, Q*K, Dh). One fused attention call:
-    shared tokens and all registers as one key sequence with a (Q*K, T + Q*K) mask (a group's own
-    registers on the diagonal blocks), or per group over [its band, its registers] (written out:
-    torch's fused kernel is slower on these 5-d shapes).
+    (B, H, Q, W, Dh) with allowed (B, Q, W). Returns (B, H, Q*K, Dh).
+    Shared tokens: fused attention calls over chunks of `chunk` groups (None: `register_chunk`), each
+    chunk's queries reading [all tokens, the chunk's registers] with a (c*K, T + c*K) mask (a group's own
+    registers on the diagonal blocks); the chunks ride in the batch dimension of one call. A band: per
+    group over [its band, its registers], written out (torch's fused kernel is slower on these 5-d shapes).
     """
     B, H, QK, Dh = q_r.shape
     Q = QK // K
     if k_t.dim() == 4:
-        group = torch.arange(Q, device=q_r.device).repeat_interleave(K)  # (Q*K,)
-        own = (group[:, None] == group[None, :]).expand(B, QK, QK)
-        mask = torch.cat([allowed.repeat_interleave(K, dim=1), own], dim=2)[:, None]  # (B, 1, Q*K, T + Q*K)
-        return F.scaled_dot_product_attention(q_r, torch.cat([k_t, k_r], 2), torch.cat([v_t, v_r], 2), attn_mask=mask)
+        T = k_t.shape[2]
+        c = min(Q, chunk or register_chunk(Q, K, T))
+        n = -(-Q // c)
+        if n * c > Q:  # pad with groups that read nothing but their own (zero) registers; dropped below
+            z = q_r.new_zeros(B, H, (n * c - Q) * K, Dh)
+            q_r, k_r, v_r = (torch.cat([a, z], 2) for a in (q_r, k_r, v_r))
+            allowed = F.pad(allowed, (0, 0, 0, n * c - Q))
+        cK = c * K
+
+        def chunks(a):  # (B, H, n*c*K, Dh) -> (B*n, H, c*K, Dh)
+            return a.view(B, H, n, cK, Dh).transpose(1, 2).reshape(B * n, H, cK, Dh)
+
+        def tokens(a):  # (B, H, T, Dh) -> (B*n, H, T, Dh), a copy per chunk
+            return a[:, None].expand(B, n, H, T, Dh).reshape(B * n, H, T, Dh)
+
+        group = torch.arange(c, device=q_r.device).repeat_interleave(K)  # (c*K,)
+        own = (group[:, None] == group[None, :]).expand(B * n, cK, cK)
+        reads = allowed.reshape(B, n, c, T).repeat_interleave(K, dim=2).reshape(B * n, cK, T)
+        mask = torch.cat([reads, own], dim=2)[:, None]  # (B*n, 1, c*K, T + c*K)
+        k, v = torch.cat([tokens(k_t), chunks(k_r)], 2), torch.cat([tokens(v_t), chunks(v_r)], 2)
+        o = F.scaled_dot_product_attention(chunks(q_r), k, v, attn_mask=mask)  # (B*n, H, c*K, Dh)
+        return o.view(B, n, H, cK, Dh).transpose(1, 2).reshape(B, H, n * cK, Dh)[:, :, :QK]
     qg, kg, vg = (a.view(B, H, Q, K, Dh) for a in (q_r * Dh ** -0.5, k_r, v_r))
     s_tok = (qg @ k_t.transpose(-1, -2)).masked_fill(~allowed[:, None, :, None, :], float("-inf"))  # (B, H, Q, K, W)
     p = torch.cat([s_tok, qg @ kg.transpose(-1, -2)], dim=-1).softmax(dim=-1)  # (B, H, Q, K, W+K)

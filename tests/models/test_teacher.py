@@ -130,3 +130,42 @@ def test_token_shift_flag_gradient(shift):
         assert float(g[V].abs().sum()) > 0  # the "no previous input" row, used by x_0
     else:
         assert t.prev_embed is None
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, None])
+def test_register_attention_in_chunks_equals_one_call(chunk):
+    """Chunked register attention (padding included: 5 groups in chunks of 2 or 3) gives the one-call
+    values and gradients in float64; a group with no readable token reads its own registers only."""
+    from memtrain.models.teacher import register_attention
+    g = torch.Generator().manual_seed(0)
+    B, H, Q, K, T, Dh = 2, 2, 5, 3, 7, 4
+    leaf = [torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)
+            for s in [(B, H, Q * K, Dh)] * 3 + [(B, H, T, Dh)] * 2]
+    pos = torch.randint(0, T + 1, (B, Q), generator=g)
+    pos[0, 0] = 0
+    allowed = torch.arange(T) < pos[..., None]
+    w = torch.randn(B, H, Q * K, Dh, generator=g, dtype=torch.float64)
+    outs, grads = [], []
+    for c in (Q, chunk):
+        o = register_attention(*leaf, allowed, K, chunk=c)
+        outs.append(o)
+        grads.append(torch.autograd.grad((o * w).sum(), leaf))
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=1e-12)
+    for a, b in zip(grads[1], grads[0]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    # the one-call result is plain softmax attention over [allowed tokens, own registers]
+    q, k_r, v_r, k_t, v_t = (a.detach() for a in leaf)
+    b, h, grp = 1, 1, 2
+    rows = slice(grp * K, grp * K + K)
+    keys = torch.cat([k_t[b, h][allowed[b, grp]], k_r[b, h, rows]])
+    vals = torch.cat([v_t[b, h][allowed[b, grp]], v_r[b, h, rows]])
+    ref = ((q[b, h, rows] @ keys.T) / Dh ** 0.5).softmax(-1) @ vals
+    torch.testing.assert_close(outs[0][b, h, rows].detach(), ref, rtol=0, atol=1e-12)
+
+
+def test_register_chunk_splits_only_where_it_pays():
+    from memtrain.models.teacher import register_chunk
+    assert register_chunk(5, 2, 11) == 5  # tiny: one call
+    assert register_chunk(112, 4, 256) == 28  # the retrieval-256 loss: 4 chunks
+    assert register_chunk(257, 4, 256) < 257  # every memory of T=256
+    assert register_chunk(112, 4, 4096) == 112
