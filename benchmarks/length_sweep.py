@@ -14,6 +14,12 @@ SMT -> DMT the handover step. The equal-updates view comes from the same runs' c
     python benchmarks/length_sweep.py run --methods bptt-lstm bptt-mlp --lengths 64 128 256 --seconds 1800
     python benchmarks/length_sweep.py run --task kv --methods smt-dmt bptt-lstm --lengths 128 --seconds 1200 task_args.n_keys=64
     python benchmarks/length_sweep.py report
+    python benchmarks/length_sweep.py report --root runs/ec --lines "SMT->DMT=smt-dmt-T*-far8own8" "LSTM lr 3e-3=bptt-lstm-T*-lr3e-3"
+
+`--lines NAME=GLOB ...` also draws the claim at a glance (length_claim.png): RNN-alone accuracy against
+T, one line per NAME (the runs whose folder names match GLOB, any seed), at equal training seconds (each
+run's end) and at equal updates (every run of a length read at the fewest updates any line's run made
+there). Lines join the seeds' mean; each seed is a dot.
 
 A length curriculum, offered to every method alike: `--curriculum 32` trains each method at T=32
 first (at most --stage1-seconds, kept once per method and seed), then BPTT on the same cell at each
@@ -25,10 +31,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from fnmatch import fnmatch
 from pathlib import Path
 
 import torch
-from common import RESULTS, grid, legend_below, md_table, styles, write_results
+from common import RESULTS, grid, legend_below, md_table, pyplot, styles, write_results
 
 from memtrain.demo import first_reaching
 from memtrain.presets import preset_config
@@ -161,11 +168,76 @@ def report(a) -> None:
               "(MSE per memory value; unrelated memories differ by about 2).")
     write_results("length_sweep", {"runs": found}, table, draw({"runs": found}), a.results)
     print(table)
+    if getattr(a, "lines", None):
+        claim = claim_lines(found, a.lines)
+        write_results("length_claim", claim, claim_table(claim), draw_claim(claim), a.results)
+        print(claim_table(claim))
+
+
+def claim_lines(found: list[dict], lines: list[str]) -> dict:
+    """--lines NAME=GLOB: per line and length, each matching run's RNN-alone accuracy at its end (equal
+    seconds) and at the fewest updates any chosen run of that length made (equal updates)."""
+    chosen = {}
+    for spec in lines:
+        name, sep, pattern = spec.partition("=")
+        if not sep or not name or not pattern:
+            raise SystemExit(f"--lines wants NAME=GLOB, got {spec!r}")
+        runs = [r for r in found if fnmatch(Path(r["dir"]).name, pattern)]
+        if not runs:
+            raise SystemExit(f"--lines {spec!r}: no finished run's folder matches {pattern!r}")
+        chosen[name] = runs
+    lengths = sorted({r["length"] for runs in chosen.values() for r in runs})
+    fewest = {T: min(r["updates"] for runs in chosen.values() for r in runs if r["length"] == T) for T in lengths}
+    out = {"fewest_updates": fewest, "lines": {}}
+    for name, runs in chosen.items():
+        out["lines"][name] = [{"dir": r["dir"], "T": r["length"], "seed": r["seed"], "seconds": r["seconds"], "updates": r["updates"],
+                               "at_end": r["rnn_acc"], "at_equal_updates": at_updates(r, fewest[r["length"]])} for r in runs]
+    return out
+
+
+def claim_table(claim: dict) -> str:
+    rows = []
+    for name, runs in claim["lines"].items():
+        for T in sorted({r["T"] for r in runs}):
+            here = sorted((r for r in runs if r["T"] == T), key=lambda r: r["seed"])
+            fmt = lambda k: " / ".join("-" if r[k] is None else f"{r[k]:.3f}" for r in here)
+            rows.append([name, T, " ".join(str(r["seed"]) for r in here), round(max(r["seconds"] for r in here)), fmt("at_end"),
+                         claim["fewest_updates"][T], fmt("at_equal_updates")])
+    return (md_table(["line", "T", "seeds", "seconds (at most)", "RNN alone at the end", "equal updates", "RNN alone there"], rows)
+            + "\n\nPer seed, in the seeds' order. Equal updates: every run of that length read at its last evaluation at "
+              "or before the fewest updates any chosen run of that length made.")
+
+
+def draw_claim(claim: dict):
+    """Two panels: RNN-alone accuracy against T at equal seconds and at equal updates."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.6), sharey=True)
+    names = list(claim["lines"])
+    for (name, runs), style in zip(claim["lines"].items(), styles(len(names))):
+        for ax, key in zip(axes, ("at_end", "at_equal_updates")):
+            pts = [(r["T"], r[key]) for r in runs if r[key] is not None]
+            Ts = sorted({T for T, _ in pts})
+            mean = [sum(v for t, v in pts if t == T) / sum(1 for t, _ in pts if t == T) for T in Ts]
+            ax.plot(Ts, mean, marker="o", lw=1.4, label=name, **style)
+            ax.scatter([T for T, _ in pts], [v for _, v in pts], s=12, color=style["color"], alpha=0.5)
+    for ax, title in zip(axes, ("equal training seconds (each run's end)", "equal updates")):
+        ax.axhline(0.125, color="grey", lw=0.8, ls=":")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("sequence length T")
+        ax.set_title(title, fontsize=9)
+        ax.set_ylim(0, 1.05)
+    axes[0].set_ylabel("RNN alone accuracy (retrieval)")
+    axes[1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
 
 
 def draw(data: dict):
     """One panel per (task, length), four a row, in the table's order; each (method, cell, lr) has
-    one colour in every panel and one entry in the legend below them."""
+    one colour in every panel and one entry in the legend below them. (Claim data, from --lines: its
+    two panels, draw_claim.)"""
+    if "lines" in data:
+        return draw_claim(data)
     runs = [{"task": "retrieval", **r} for r in data["runs"]]
     panels = list(dict.fromkeys((r["task"], r["length"]) for r in runs))
     labels = list(dict.fromkeys(f"{r['method']} {r['cell']} lr {r['lr']}" for r in runs))
@@ -203,7 +275,10 @@ def main() -> None:
     r.add_argument("--stage1-seconds", type=float, default=400, help="with --curriculum: at most this long at L0")
     r.add_argument("--stage2-lr", type=float, default=1e-4, help="with --curriculum: the BPTT stage's learning rate")
     r.add_argument("overrides", nargs="*", help="key=value settings on top of the retrieval-smt preset")
-    for s in (r, sub.add_parser("report")):
+    rep = sub.add_parser("report")
+    rep.add_argument("--lines", nargs="+", default=[], metavar="NAME=GLOB",
+                     help="also draw length_claim.png: accuracy against T, one line per NAME (run folders matching GLOB)")
+    for s in (r, rep):
         s.add_argument("--root", default=ROOT)
         s.add_argument("--results", default=None)
     a = p.parse_args()

@@ -406,3 +406,33 @@ def test_gpu_check_refuses_without_cuda(tmp_path):
     assert p.returncode == 2 and p.stdout == ""
     assert len(p.stderr.strip().splitlines()) == 1 and "no CUDA device" in p.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_length_claim_reads_each_line_at_the_end_and_at_equal_updates(tmp_path):
+    """--lines NAME=GLOB: each line's runs (any seed) at their end and at the fewest updates any
+    chosen run of that length made; a pattern that matches nothing is an error naming it."""
+    from length_sweep import claim_lines, claim_table, draw
+
+    def row(name, T, seed, updates, curve):
+        return {"dir": f"runs/{name}", "length": T, "seed": seed, "seconds": 100.0, "updates": updates,
+                "rnn_acc": curve[-1][2], "curve": curve}
+
+    found = [row("smt-dmt-T64-s0-x", 64, 0, 300, [(100, 10.0, 0.2), (300, 30.0, 1.0)]),
+             row("smt-dmt-T64-s1-x", 64, 1, 300, [(100, 10.0, 0.4), (300, 30.0, 0.8)]),
+             row("bptt-lstm-T64-s0", 64, 0, 900, [(100, 3.0, 0.1), (900, 30.0, 0.3)]),
+             row("bptt-lstm-T128-s0", 128, 0, 500, [(500, 30.0, 0.15)])]
+    claim = claim_lines(found, ["SMT=smt-dmt-T*-x", "LSTM=bptt-lstm-*"])
+    assert claim["fewest_updates"] == {64: 300, 128: 500}
+    smt = claim["lines"]["SMT"]
+    assert [(r["seed"], r["at_end"], r["at_equal_updates"]) for r in smt] == [(0, 1.0, 1.0), (1, 0.8, 0.8)]
+    lstm = {r["T"]: r for r in claim["lines"]["LSTM"]}
+    assert lstm[64]["at_end"] == 0.3 and lstm[64]["at_equal_updates"] == 0.1  # read at 300 updates, not its 900
+    assert "| SMT | 64 | 0 1 |" in claim_table(claim)
+    assert draw(claim) is not None
+    with pytest.raises(SystemExit, match="gru"):
+        claim_lines(found, ["GRU=bptt-gru-*"])
+    with pytest.raises(SystemExit, match="NAME=GLOB"):
+        claim_lines(found, ["no-equals-sign"])
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
