@@ -38,7 +38,7 @@ def attention_case(T: int, Q: int, K: int = 4, B: int = 32, H: int = 4, Dh: int 
     return {k: run(c) for k, c in sizes.items()}
 
 
-def smt_update(one_call: bool, threads: int):
+def smt_update(one_call: bool):
     cfg = preset_config("retrieval-256", ["train.seed=0"])
     task, teacher, cell, method = build(cfg)
     x, y = task.sample(cfg.train.batch_size, torch.Generator().manual_seed(0))
@@ -72,7 +72,7 @@ def main():
         for k, v in med.items():
             rows.append([f"T={T}, Q={Q}", k, 1e3 * v, base / v])
         data["attention"].append({"T": T, "Q": Q, "ms": {k: 1e3 * v for k, v in med.items()}})
-    fns = {"one call": smt_update(True, a.threads), "chunks": smt_update(False, a.threads)}
+    fns = {"one call": smt_update(True), "chunks": smt_update(False)}
     for f in fns.values():
         f()
     med = {k: median(v) for k, v in interleaved(fns, a.repeats, rotate=True).items()}

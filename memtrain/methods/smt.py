@@ -54,27 +54,15 @@ class SMTConfig:
             v = getattr(self, n)
             if v is not None and v < 1:
                 raise ValueError(f"smt.{n} must be >= 1 or None, got {v}")
-        for n in ("coef_dec", "coef_dyn", "coef_unif"):
+        for n in ("coef_dec", "coef_dyn", "coef_unif", "coef_last_input", "coef_onpolicy", "coef_far", "coef_slow",
+                  "input_noise"):
             if getattr(self, n) < 0:
                 raise ValueError(f"smt.{n} must be >= 0, got {getattr(self, n)}")
-        if self.coef_last_input < 0:
-            raise ValueError(f"smt.coef_last_input must be >= 0, got {self.coef_last_input}")
-        if self.coef_onpolicy < 0:
-            raise ValueError(f"smt.coef_onpolicy must be >= 0, got {self.coef_onpolicy}")
-        if self.own_steps < 0:
-            raise ValueError(f"smt.own_steps must be >= 0 (0: off), got {self.own_steps}")
-        if self.far_samples < 0:
-            raise ValueError(f"smt.far_samples must be >= 0 (0: off), got {self.far_samples}")
-        if self.coef_far < 0:
-            raise ValueError(f"smt.coef_far must be >= 0, got {self.coef_far}")
-        if self.slow_tokens < 0:
-            raise ValueError(f"smt.slow_tokens must be >= 0 (0: off), got {self.slow_tokens}")
-        if self.coef_slow < 0:
-            raise ValueError(f"smt.coef_slow must be >= 0, got {self.coef_slow}")
+        for n in ("own_steps", "far_samples", "slow_tokens"):
+            if getattr(self, n) < 0:
+                raise ValueError(f"smt.{n} must be >= 0 (0: off), got {getattr(self, n)}")
         if self.own_gain <= 0:
             raise ValueError(f"smt.own_gain must be > 0, got {self.own_gain}")
-        if self.input_noise < 0:
-            raise ValueError(f"smt.input_noise must be >= 0, got {self.input_noise}")
         if self.unif_samples < 2:
             raise ValueError(f"smt.unif_samples must be >= 2, got {self.unif_samples}")
         if not 0 < self.gamma <= 1:
