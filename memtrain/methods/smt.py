@@ -3,6 +3,7 @@ timestep of every sequence, in one parallel pass; the cell is never unrolled.
 
     loss = coef_dec * CE(decoder(M[:, s], x_s..) , y_{s-1}..y_{s+Tf-2})        predictive state
          + coef_dyn * MSE(cell.update(M[:, s], x_s), M[:, s+1])               one-step dynamics
+                      (on the teacher's side weighed coef_dyn_teacher, where that is set)
          + coef_unif * uniformity(memory tokens)                              against collapse
 
 Legend: B batch, T time, S = T+1 memories, K tokens, D width, Z = K*D, V vocab, Tf future,
@@ -32,6 +33,7 @@ class SMTConfig:
     gamma: float = 1.0  # weight gamma^i on the i-th future output
     coef_dec: float = 1.0  # weight of the decoder's cross-entropy (predictive memories)
     coef_dyn: float = 0.1  # weight of the cell's one-step regression onto the teacher's next memory
+    coef_dyn_teacher: float | None = None  # that regression's weight on the teacher's side: its pull towards memories the cell can follow (None: coef_dyn; the cell's side is always coef_dyn)
     coef_unif: float = 1e-3  # weight of the uniformity loss against memory collapse
     dec_samples: int | None = 8  # memories per sequence sent to the decoder (None: every one)
     transitions: int | None = None  # R transitions per sequence in the dynamics loss (None: all T); set, the encoder computes only the memories the loss reads
@@ -61,6 +63,13 @@ class SMTConfig:
         for n in ("own_steps", "far_samples", "slow_tokens"):
             if getattr(self, n) < 0:
                 raise ValueError(f"smt.{n} must be >= 0 (0: off), got {getattr(self, n)}")
+        if self.coef_dyn_teacher is not None:
+            if self.coef_dyn_teacher < 0:
+                raise ValueError(f"smt.coef_dyn_teacher must be >= 0 or null, got {self.coef_dyn_teacher}")
+            if self.coef_dyn <= 0 or not self.dyn_trains_teacher:
+                raise ValueError("smt.coef_dyn_teacher weighs the dynamics loss on the teacher: it needs smt.coef_dyn > 0 "
+                                 f"and smt.dyn_trains_teacher=true (got coef_dyn={self.coef_dyn}, "
+                                 f"dyn_trains_teacher={self.dyn_trains_teacher})")
         if self.own_gain <= 0:
             raise ValueError(f"smt.own_gain must be > 0, got {self.own_gain}")
         if self.unif_samples < 2:
@@ -121,6 +130,11 @@ def loss_memories(teacher: Teacher, x, dec_pos, dyn_pos, extra=()):
     M = teacher.encode(x, torch.cat(pos, dim=1))  # (B, Q, Z)
     parts = M.split([p.shape[1] for p in pos], dim=1)
     return (M, *parts[:3], torch.gather(x, 1, dyn_pos), list(parts[3:]))
+
+
+def scale_grad(t: torch.Tensor, a: float) -> torch.Tensor:
+    """t itself, with its gradient multiplied by a on the way back."""
+    return t if a == 1.0 else a * t + (1.0 - a) * t.detach()
 
 
 def far_positions(y: torch.Tensor, Tf: int, n: int, gen: torch.Generator | None):
@@ -251,6 +265,8 @@ def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_po
     m_before, m_after = m_now, m_next  # the memories around input x_in, with their graph (last-input probe, slow tokens)
     if not cfg.dyn_trains_teacher:
         m_now, m_next = m_now.detach(), m_next.detach()
+    elif cfg.coef_dyn_teacher is not None:  # the teacher's side weighs coef_dyn_teacher, the cell's coef_dyn
+        m_now, m_next = (scale_grad(m, cfg.coef_dyn_teacher / cfg.coef_dyn) for m in (m_now, m_next))
     m_in = m_now.reshape(-1, Z)
     if cfg.input_noise > 0:  # the cell must map a neighbourhood of m_t onto m_{t+1}: errors shrink
         m_in = m_in + cfg.input_noise * torch.randn_like(m_in)
@@ -331,9 +347,11 @@ class SMT(Method):
         probe = [p for h in (self.last_input_head, self.far_head) if h is not None for p in h.parameters()]
         return list(self.teacher.parameters()) + [p for p in self.cell.parameters() if id(p) not in skip] + probe
 
-    def loss(self, x, y, gen=None):
+    def loss(self, x, y, gen=None, cfg: SMTConfig | None = None):
+        """The SMT loss at positions drawn with `gen`, under the run's settings or `cfg` (smt-dmt
+        changes smt.coef_dyn_teacher once the teacher has solved the task)."""
         B, T = x.shape
-        cfg = self.cfg
+        cfg = cfg or self.cfg
         dec_pos = sample_positions(y, cfg.future, cfg.dec_samples, gen)
         dyn_pos = None
         if cfg.transitions is not None and cfg.transitions < T:

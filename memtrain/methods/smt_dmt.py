@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -82,6 +82,7 @@ class HandoverConfig:
     followable: float = 0.1  # and its memories are followable at this dyn_rel (cell's one-step error / teacher's step)
     followable_plateau: int = 3  # ...or once dyn_rel has not improved by 1% for this many evaluations
     smt_patience: int = 3  # and SMT has not improved the RNN alone (accuracy +0.005, final drift -2%) for this many evaluations since the teacher solved the task
+    solved_coef_dyn_teacher: float | None = None  # once the teacher has solved the task, smt.coef_dyn_teacher becomes this: a stronger pull towards memories the cell can follow, after (not before) the teacher has found what to remember (None: unchanged)
     dmt_lr_scale: float = 0.1  # DMT's learning rate as a fraction of the schedule's (train.lr)
     dmt_target: float | None = None  # also end the run once the RNN alone reaches this held-out accuracy (None: only on the plateau)
     dmt_patience: int | None = 5  # end the run after this many evaluations with neither RNN accuracy (+0.005) nor final drift (-2%) improving (None: train to train.steps)
@@ -97,6 +98,8 @@ class HandoverConfig:
                 raise ValueError(f"handover.{n} must be >= 1{' or null' if n in ('teacher_plateau', 'dmt_patience') else ''}, got {v}")
         if self.teacher_min_gain is not None and not self.teacher_min_gain < 1:
             raise ValueError(f"handover.teacher_min_gain must be < 1 or null, got {self.teacher_min_gain}")
+        if self.solved_coef_dyn_teacher is not None and self.solved_coef_dyn_teacher < 0:
+            raise ValueError(f"handover.solved_coef_dyn_teacher must be >= 0 or null, got {self.solved_coef_dyn_teacher}")
         if self.followable <= 0:
             raise ValueError(f"handover.followable must be > 0, got {self.followable}")
         if self.dmt_target is not None and not 0 < self.dmt_target <= 1:
@@ -114,6 +117,9 @@ class SMTDMT(Method):
     def __init__(self, teacher, cell, cfg: tuple[SMTConfig, DMTConfig, HandoverConfig], rollout: Rollout | None = None):
         super().__init__(teacher, cell, cfg, rollout)
         self.smt_cfg, self.dmt_cfg, self.ho = cfg
+        # the SMT settings once the teacher has solved the task (derived once; chosen by `solved_step`)
+        self.solved_smt_cfg = (self.smt_cfg if self.ho.solved_coef_dyn_teacher is None
+                               else replace(self.smt_cfg, coef_dyn_teacher=self.ho.solved_coef_dyn_teacher))
         smt = SMT(teacher, cell, self.smt_cfg, self.rollout)  # (checks that the cell can follow the teacher)
         object.__setattr__(self, "_smt", smt)  # not a submodule: its teacher and cell are ours already
         self.last_input_head = smt.last_input_head  # the probe is trained and saved with the run
@@ -121,7 +127,7 @@ class SMTDMT(Method):
         self.blank_teacher = smt.blank_teacher  # (its count is saved with the run too)
         self.register_buffer("phase", torch.tensor(SMT_PHASE))
         self.register_buffer("handover_step", torch.tensor(-1))
-        self.register_buffer("solved_step", torch.tensor(-1))  # the evaluation at which the teacher first solved the task
+        self.register_buffer("solved_step", torch.tensor(-1))  # the evaluation at which the teacher first solved the task (set on the main process; DDP broadcasts buffers before each forward)
         self.teacher_ce = Plateau(lambda v, b: v < 0.99 * b)  # the teacher's loss, 1% better
         self.dyn_rel = Plateau(lambda v, b: v < 0.99 * b)  # followability, 1% better
         self.rnn_acc = Plateau(lambda v, b: v > b + 0.005)  # the RNN alone's accuracy, +0.005
@@ -131,6 +137,11 @@ class SMTDMT(Method):
     def check(cls, cfg, T: int) -> None:
         SMT.check(cfg[0], T)
         DMT.check(cfg[1], T)
+        smt, ho = cfg[0], cfg[2]
+        if ho.solved_coef_dyn_teacher is not None and (smt.coef_dyn <= 0 or not smt.dyn_trains_teacher):
+            raise ValueError("handover.solved_coef_dyn_teacher weighs the dynamics loss on the teacher: it needs "
+                             f"smt.coef_dyn > 0 and smt.dyn_trains_teacher=true (got coef_dyn={smt.coef_dyn}, "
+                             f"dyn_trains_teacher={smt.dyn_trains_teacher})")
 
     def trainable(self):
         # SMT's (teacher, cell without the copied readout, probe) and the cell's readout and start for
@@ -144,7 +155,7 @@ class SMTDMT(Method):
 
     def loss(self, x, y, gen=None):
         if int(self.phase) == SMT_PHASE:
-            return self._smt.loss(x, y, gen)
+            return self._smt.loss(x, y, gen, self.solved_smt_cfg if int(self.solved_step) >= 0 else self.smt_cfg)
         return dmt_loss(self.teacher, self.cell, x, y, self.dmt_cfg, rollout_starts(self.dmt_cfg, x, gen), self.rollout)
 
     def before_eval(self):

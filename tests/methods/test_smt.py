@@ -410,3 +410,35 @@ def test_far_head_loss_matches_a_plain_loop_and_trains_teacher_and_head_only():
     assert SMT(teacher, cell, SMTConfig(future=3)).far_head is None
     with pytest.raises(ValueError, match="smt.far_samples"):
         SMTConfig(far_samples=-1).validate()
+
+
+@pytest.mark.parametrize("teacher_weight", [0.0, 0.1, 0.7])
+def test_coef_dyn_teacher_weighs_the_teacher_side_only(teacher_weight):
+    """smt.coef_dyn_teacher (float64, dynamics loss only): the cell's gradient and the loss's value are
+    those of coef_dyn; the teacher's gradient is coef_dyn_teacher / coef_dyn times coef_dyn's."""
+    torch.manual_seed(0)
+    teacher, cell = tiny_teacher().double(), tiny_cell("mlp").double()
+    x, y = torch.randint(0, V, (2, 6)), torch.randint(0, V, (2, 6))
+    base = dict(future=3, coef_dec=0.0, coef_unif=0.0, coef_last_input=0, coef_dyn=0.2)
+    out = {}
+    for name, cfg in (("plain", SMTConfig(**base)), ("weighed", SMTConfig(**base, coef_dyn_teacher=teacher_weight))):
+        loss, _ = SMT(teacher, cell, cfg).loss(x, y, torch.Generator().manual_seed(3))
+        params = list(teacher.parameters()) + list(cell.parameters())
+        gs = torch.autograd.grad(loss, params, allow_unused=True)
+        n_t = len(list(teacher.parameters()))
+        flat = lambda g_list, ps: torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(g_list, ps)])
+        out[name] = (loss.detach(), flat(gs[:n_t], params[:n_t]), flat(gs[n_t:], params[n_t:]))
+    (l0, t0, c0), (l1, t1, c1) = out["plain"], out["weighed"]
+    torch.testing.assert_close(l1, l0)
+    torch.testing.assert_close(c1, c0)
+    assert t0.abs().sum() > 0
+    torch.testing.assert_close(t1, t0 * (teacher_weight / 0.2))
+
+
+def test_coef_dyn_teacher_needs_a_dynamics_loss_that_trains_the_teacher():
+    with pytest.raises(ValueError, match="smt.coef_dyn_teacher must be >= 0"):
+        SMTConfig(coef_dyn_teacher=-1.0).validate()
+    with pytest.raises(ValueError, match="needs smt.coef_dyn > 0 and smt.dyn_trains_teacher=true"):
+        SMTConfig(coef_dyn_teacher=1.0, coef_dyn=0.0).validate()
+    with pytest.raises(ValueError, match="dyn_trains_teacher=False"):
+        SMTConfig(coef_dyn_teacher=1.0, dyn_trains_teacher=False).validate()

@@ -222,3 +222,37 @@ def test_a_checkpoint_with_the_older_tracker_slots_loads_into_the_plateaus():
     assert [(float(p.best), int(p.since)) for p in (getattr(fresh, n) for n in PLATEAUS)] == \
         [(float(p.best), int(p.since)) for p in plateaus]
     assert fresh.upgrade_state(state, 6) == state, "today's keys pass as they are"
+
+
+def test_solved_coef_dyn_teacher_applies_from_the_solving_evaluation_and_survives_a_state_round_trip():
+    """handover.solved_coef_dyn_teacher: before the teacher solves the task the SMT phase's gradients are
+    smt's own; from the evaluation where it does, those of smt.coef_dyn_teacher = that value (the same
+    draw, float64), and a method rebuilt from the saved state (a resume) keeps them."""
+    torch.manual_seed(0)
+    teacher, cell = tiny_teacher().double(), tiny_cell("mlp").double()
+    smt = SMTConfig(future=4, coef_dyn=0.1)
+    m = SMTDMT(teacher, cell, (smt, DMTConfig(), HandoverConfig(teacher_acc=0.9, solved_coef_dyn_teacher=2.0))).double()
+    x = torch.randint(0, 5, (3, 10))
+    y = x.roll(1, 1)
+
+    def grads(method, cfg=None):
+        loss = method.loss(x, y, torch.Generator().manual_seed(1)) if cfg is None else \
+            method._smt.loss(x, y, torch.Generator().manual_seed(1), cfg)
+        return torch.cat([g.flatten() for g in torch.autograd.grad(loss[0], list(teacher.parameters()))])
+
+    torch.testing.assert_close(grads(m), grads(m, smt))
+    m.after_eval(_ev(teacher_acc=0.95), 10)
+    assert int(m.solved_step) == 10
+    solved = grads(m)
+    torch.testing.assert_close(solved, grads(m, SMTConfig(future=4, coef_dyn=0.1, coef_dyn_teacher=2.0)))
+    assert not torch.allclose(solved, grads(m, smt))
+    again = SMTDMT(teacher, cell, (smt, DMTConfig(), HandoverConfig(teacher_acc=0.9, solved_coef_dyn_teacher=2.0))).double()
+    again.load_extra_state(m.extra_state())
+    torch.testing.assert_close(grads(again), solved)
+
+
+def test_solved_coef_dyn_teacher_is_refused_without_a_dynamics_loss_on_the_teacher():
+    with pytest.raises(ValueError, match="handover.solved_coef_dyn_teacher must be >= 0"):
+        HandoverConfig(solved_coef_dyn_teacher=-0.5).validate()
+    with pytest.raises(ValueError, match="handover.solved_coef_dyn_teacher weighs"):
+        SMTDMT.check((SMTConfig(future=4, dyn_trains_teacher=False), DMTConfig(), HandoverConfig(solved_coef_dyn_teacher=1.0)), 16)
