@@ -33,6 +33,7 @@ RENAMED = {"bptt.truncate": "bptt.grad_horizon", "task_args.eval_path": "task_ar
 OLD_DEFAULTS = {"method": "smt", "teacher.token_shift": False, "smt.dec_samples": 32, "smt.coef_last_input": 0.0}
 # settings added in format 7 (memtrain 0.6), off at their defaults: a run saved before them trained without them
 ADDED_IN_7 = ("own_steps", "own_gain", "far_samples", "coef_far", "slow_tokens", "coef_slow")
+ADDED_IN_8 = ("coef_dyn_teacher",)  # smt settings added in format 8 (handover's are all filled in below)
 
 
 def control(default):
@@ -211,10 +212,10 @@ def run_control_keys(cls=RunConfig, prefix: str = "") -> set[str]:
 
 
 def upgrade(config: dict, version: int) -> dict:
-    """A configuration saved by format `version` (1, 2: memtrain 0.1; 3: 0.2; 4: 0.3; 5: 0.4; 6: 0.5) in today's names and
+    """A configuration saved by format `version` (1, 2: memtrain 0.1; 3: 0.2; 4: 0.3; 5: 0.4; 6: 0.5; 7: 0.6-0.7) in today's names and
     values: renamed settings, sections added since (at their defaults, which is how the run behaved);
     before 3 also None instead of 0 or "" for "not set" and `residual` only on cells that have one."""
-    if version >= 7:
+    if version >= 8:
         return config
     if not isinstance(config, dict):
         return config  # from_dict refuses it with the reason
@@ -224,7 +225,7 @@ def upgrade(config: dict, version: int) -> dict:
         (sec, o), (_, n) = old.split("."), new.split(".")
         if o in section(sec):
             c[sec][n] = c[sec].pop(o)
-    # format 4 (0.3): the smt-dmt method's section; 5 (0.4): handover.teacher_min_gain, at its default
+    # format 4 (0.3): the smt-dmt method's section; 5 (0.4): handover.teacher_min_gain; 8 (0.8): handover.solved_coef_dyn_teacher; at their defaults
     # (an smt-dmt run of 0.3 resumed today no longer counts a teacher that has learned nothing as solved)
     handover = c.setdefault("handover", {}) if isinstance(c.get("handover", {}), dict) else {}
     for key, value in to_dict(HandoverConfig()).items():
@@ -240,9 +241,10 @@ def upgrade(config: dict, version: int) -> dict:
     # 6 (0.5): the rollout section, at its defaults (before, every rollout was stepped)
     if isinstance(c.get("rollout", {}), dict):
         c["rollout"] = {**to_dict(RolloutConfig()), **c.get("rollout", {})}
-    # 7 (0.6): smt's error-correcting settings, at their defaults (off: how every older run trained)
+    # 7 (0.6): smt's error-correcting settings; 8 (0.8): smt.coef_dyn_teacher (and
+    # handover.solved_coef_dyn_teacher, above); all at their defaults (off: how every older run trained)
     if isinstance(c.get("smt", {}), dict):
-        for name in ADDED_IN_7:
+        for name in ADDED_IN_7 + ADDED_IN_8:
             c.setdefault("smt", {}).setdefault(name, getattr(SMTConfig(), name))
     if version >= 3:
         return c

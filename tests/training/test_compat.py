@@ -17,7 +17,7 @@ from memtrain.methods.evaluate import evaluate
 from memtrain.presets import preset_config
 from memtrain.runs import evaluate_run, load_run
 from memtrain.training.checkpoint import VERSION, read_run
-from memtrain.training.config import ADDED_IN_7, RENAMED, RunConfig, upgrade
+from memtrain.training.config import ADDED_IN_7, ADDED_IN_8, RENAMED, RunConfig, upgrade
 from memtrain.training.trainer import train
 
 OLD = Path(__file__).resolve().parents[1] / "data" / "format2_runs"
@@ -92,7 +92,7 @@ def test_upgrade_translates_names_and_unset_values():
     assert v5["rollout"]["solver"] == "sequential" and v5["handover"]["teacher_acc"] == 0.9, \
         "format 5 (0.4): stepped rollouts, as those runs had"
     v3 = upgrade({"smt": {"dyn_samples": 8}, "train": {"threads": 0}, "cell": {"norm_memory": True}}, 3)
-    assert {k: v for k, v in v3["smt"].items() if k not in ADDED_IN_7} == {"transitions": 8, "dec_samples": 32, "coef_last_input": 0.0} \
+    assert {k: v for k, v in v3["smt"].items() if k not in ADDED_IN_7 + ADDED_IN_8} == {"transitions": 8, "dec_samples": 32, "coef_last_input": 0.0} \
         and v3["train"] == {"threads": 0}, \
         "format 3 (0.2): renames, and the defaults of its time where it has no value"
     assert v3["cell"] == {"norm_memory": True} and v3["handover"]["teacher_acc"] == 0.95, "and what 0.3 added"
@@ -133,3 +133,14 @@ def test_a_format_6_run_reads_the_error_correcting_settings_as_off():
     assert {k: got["smt"][k] for k in ADDED_IN_7} == {k: getattr(SMTConfig(), k) for k in ADDED_IN_7}
     assert got["smt"]["own_steps"] == 0 and got["smt"]["far_samples"] == 0 and got["smt"]["slow_tokens"] == 0
     assert "own_steps" not in saved["smt"], "the saved dict is not changed"
+
+
+def test_a_format_7_run_reads_the_teacher_side_dynamics_weight_as_off():
+    """A run saved by 0.6-0.7 (format 7) has no smt.coef_dyn_teacher or handover.solved_coef_dyn_teacher:
+    it trained with the dynamics loss weighed alike on both sides, so both read as null (off)."""
+    saved = {"smt": {"future": 12, "own_steps": 8}, "handover": {"smt_patience": 20}, "rollout": {}}
+    got = upgrade(saved, 7)
+    assert got["smt"]["coef_dyn_teacher"] is None and got["handover"]["solved_coef_dyn_teacher"] is None
+    assert got["smt"]["own_steps"] == 8 and got["handover"]["smt_patience"] == 20, "what it saved is kept"
+    assert "coef_dyn_teacher" not in saved["smt"], "the saved dict is not changed"
+    assert ADDED_IN_8 == ("coef_dyn_teacher",)

@@ -216,8 +216,8 @@ def _poison(monkeypatch, steps: set, kind: str):
     real = SMT.loss
     count = {"n": 0}
 
-    def loss(self, x, y, gen=None):
-        value, metrics = real(self, x, y, gen)
+    def loss(self, x, y, gen=None, cfg=None):
+        value, metrics = real(self, x, y, gen, cfg)
         s = count["n"]
         count["n"] += 1
         if s in steps:
