@@ -227,8 +227,7 @@ def draw_claim(claim: dict):
         ax.set_title(title, fontsize=9)
         ax.set_ylim(0, 1.05)
     axes[0].set_ylabel("RNN alone accuracy (retrieval)")
-    axes[1].legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    legend_below(fig, list(axes), ncol=min(len(names), 4), fontsize=8)  # below the panels: it covers no point
     return fig
 
 

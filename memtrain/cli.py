@@ -57,7 +57,7 @@ def cmd_lyapunov(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from .demo import compare, format_table, verdict
+    from .demo import WHY_THIS_LENGTH, compare, format_table, verdict
 
     overrides = [f'task_args={{"length": {args.length}}}', f"smt.future={min(32, args.length)}",
                  f"cell.kind={args.cell}", f"train.seed={args.seed}"]
@@ -75,6 +75,7 @@ def cmd_demo(args) -> None:
     print(f"retrieval, T={args.length}, cell={args.cell}: accuracy of the RNN running alone from its initial memory")
     print(format_table(rows))
     print(verdict(rows, args.length))
+    print(WHY_THIS_LENGTH)
     print(f"runs and metrics in {args.out}/")
 
 

@@ -58,7 +58,9 @@ def test_demo_cli(tmp_path, capsys):
     assert rc == 0
     cap = capsys.readouterr()
     assert "retrieval, T=12" in cap.out and "| BPTT, same cell |" in cap.out and "| BPTT, torch LSTM |" in cap.out
-    assert cap.out.splitlines()[-2].startswith("At T=12 "), "the table is read in one sentence"
+    assert cap.out.splitlines()[-3].startswith("At T=12 "), "the table is read in one sentence"
+    assert cap.out.splitlines()[-2].startswith("Why T=32") and "RESULTS.md" in cap.out.splitlines()[-2], \
+        "and the choice of the demo's length is explained, with where it was measured"
     assert "warning" not in cap.err.lower(), cap.err
 
 
