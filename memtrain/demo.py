@@ -117,8 +117,9 @@ SMT_DMT, LSTM, HANDOVER = "SMT -> DMT", "BPTT, torch LSTM", "SMT (RNN at the han
 # Why the demo runs at T=32: measured in RESULTS.md section 1 (0.7, 0.8), not by the demo's own run
 WHY_THIS_LENGTH = ("Why T=32 (measured in RESULTS.md section 1, not by this run): no length was found where SMT -> DMT "
                    "beats every baseline within about 10 minutes of a 2-core CPU; at T=32 the fused LSTM is as good and "
-                   "faster, and at T=256, where the LSTM stays at chance, SMT -> DMT reaches 0.95 in 16-20 minutes "
-                   "(2 of 3 seeds) and torch's GRU with a decaying learning rate in 10-14 (2 of 2).")
+                   "about as fast (first to 0.95 in some demo runs, second in others), and at T=256, where the LSTM stays at "
+                   "chance, SMT -> DMT reaches 0.95 in 16-20 minutes (2 of 3 seeds) and torch's GRU with a decaying "
+                   "learning rate in 10-14 (2 of 2).")
 
 
 def verdict(rows: list[dict], length: int, target: float = 0.95) -> str:
