@@ -49,6 +49,12 @@ class SMTConfig:
     slow_tokens: int = 0  # the first k memory tokens are asked to change slowly (coef_slow) and the last-input probe does not read them: a place for what must be held (0: off)
     coef_slow: float = 1.0  # weight of MSE(M[s+1], M[s]) on the slow tokens (with smt.slow_tokens > 0)
 
+    def require_dyn_on_teacher(self, setting: str) -> None:
+        """Refuse `setting`, a teacher-side weight of the dynamics loss, where that loss does not reach the teacher."""
+        if self.coef_dyn <= 0 or not self.dyn_trains_teacher:
+            raise ValueError(f"{setting} weighs the dynamics loss on the teacher: it needs smt.coef_dyn > 0 and "
+                             f"smt.dyn_trains_teacher=true (got coef_dyn={self.coef_dyn}, dyn_trains_teacher={self.dyn_trains_teacher})")
+
     def validate(self) -> None:
         if self.future < 1:
             raise ValueError(f"smt.future must be >= 1, got {self.future}")
@@ -66,10 +72,7 @@ class SMTConfig:
         if self.coef_dyn_teacher is not None:
             if self.coef_dyn_teacher < 0:
                 raise ValueError(f"smt.coef_dyn_teacher must be >= 0 or null, got {self.coef_dyn_teacher}")
-            if self.coef_dyn <= 0 or not self.dyn_trains_teacher:
-                raise ValueError("smt.coef_dyn_teacher weighs the dynamics loss on the teacher: it needs smt.coef_dyn > 0 "
-                                 f"and smt.dyn_trains_teacher=true (got coef_dyn={self.coef_dyn}, "
-                                 f"dyn_trains_teacher={self.dyn_trains_teacher})")
+            self.require_dyn_on_teacher("smt.coef_dyn_teacher")
         if self.own_gain <= 0:
             raise ValueError(f"smt.own_gain must be > 0, got {self.own_gain}")
         if self.unif_samples < 2:
@@ -351,7 +354,7 @@ class SMT(Method):
         """The SMT loss at positions drawn with `gen`, under the run's settings or `cfg` (smt-dmt
         changes smt.coef_dyn_teacher once the teacher has solved the task)."""
         B, T = x.shape
-        cfg = cfg or self.cfg
+        cfg = self.cfg if cfg is None else cfg
         dec_pos = sample_positions(y, cfg.future, cfg.dec_samples, gen)
         dyn_pos = None
         if cfg.transitions is not None and cfg.transitions < T:

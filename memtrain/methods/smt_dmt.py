@@ -137,11 +137,8 @@ class SMTDMT(Method):
     def check(cls, cfg, T: int) -> None:
         SMT.check(cfg[0], T)
         DMT.check(cfg[1], T)
-        smt, ho = cfg[0], cfg[2]
-        if ho.solved_coef_dyn_teacher is not None and (smt.coef_dyn <= 0 or not smt.dyn_trains_teacher):
-            raise ValueError("handover.solved_coef_dyn_teacher weighs the dynamics loss on the teacher: it needs "
-                             f"smt.coef_dyn > 0 and smt.dyn_trains_teacher=true (got coef_dyn={smt.coef_dyn}, "
-                             f"dyn_trains_teacher={smt.dyn_trains_teacher})")
+        if cfg[2].solved_coef_dyn_teacher is not None:
+            cfg[0].require_dyn_on_teacher("handover.solved_coef_dyn_teacher")
 
     def trainable(self):
         # SMT's (teacher, cell without the copied readout, probe) and the cell's readout and start for
