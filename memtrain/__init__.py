@@ -12,6 +12,7 @@ from .models.cells import CELLS, Cell, CellConfig, build_cell
 from .models.teacher import Teacher, TeacherConfig
 from .runs import evaluate_run, load_run
 from .sample import generate, sample_run, start_memory
+from .stream import Stream
 from .training.build import build
 from .training.config import RunConfig, TrainConfig, apply_overrides
 from .training.trainer import TrainingError, train
@@ -20,4 +21,4 @@ __version__ = "0.8.0"
 __all__ = ["BPTT", "BPTTConfig", "CELLS", "Cell", "CellConfig", "adopt_teacher", "build_cell", "RunConfig",
            "TrainConfig", "apply_overrides", "DMT", "DMTConfig", "evaluate", "rollout", "Rollout", "SMT", "SMTConfig",
            "TASKS", "build_task", "Teacher", "TeacherConfig", "build", "train", "TrainingError", "prepare", "load_prepared", "generate",
-           "sample_run", "start_memory", "METHODS", "Method", "register", "load_run", "evaluate_run"]
+           "sample_run", "start_memory", "METHODS", "Method", "register", "load_run", "evaluate_run", "Stream"]

@@ -436,3 +436,17 @@ def test_length_claim_reads_each_line_at_the_end_and_at_equal_updates(tmp_path):
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+def test_stream_benchmark_measures_each_checkpoint_from_the_steps_before_it():
+    from stream import checkpoints, measure
+
+    from conftest import tiny_cell
+
+    assert checkpoints(100_000) == [10, 100, 1_000, 10_000, 100_000]
+    assert checkpoints(250) == [10, 100, 250]
+    res = measure(tiny_cell(), 120)
+    assert [r["steps"] for r in res["rows"]] == [10, 100, 120]
+    assert all(r["median_ms"] > 0 for r in res["rows"])
+    assert all(r["resident_mib"] is None or r["resident_mib"] > 1 for r in res["rows"])
+    assert res["memory_floats"] == tiny_cell().Z

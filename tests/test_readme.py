@@ -64,3 +64,6 @@ def test_the_python_snippet_runs_as_written(tmp_path, monkeypatch):
     assert (out / "run.json").is_file() and (out / "model.safetensors").is_file()
     assert scope["cell"] is not None and scope["teacher"] is not None
     assert scope["row"]["length"] == 32 and math.isfinite(scope["row"]["rnn_bits"])
+    stream, logits = scope["stream"], scope["logits"]
+    assert logits.shape == (2, scope["cell"].cfg.vocab_size) and stream.steps.tolist() == [0, 1]
+    assert scope["saved"]["steps"].tolist() == [1, 1] and not scope["saved"]["memory"].equal(stream.memory)
