@@ -233,6 +233,46 @@ def own_state_loss(cell: Cell, m_own0, own_pos, now_pos, m_now, m_next, x, x_in,
     return loss, F.mse_loss(upcast(m_own), upcast(base)).detach()
 
 
+def decoder_loss(teacher: Teacher, x, y, dec_pos, m_dec, cfg: SMTConfig):
+    """Predictive state: the decoder reads the memories at dec_pos (m_dec (B, P, Z)) and predicts the
+    next Tf outputs -> (loss weighted by gamma^k, the first output's loss: what the RNN's readout sees)."""
+    Tf, Z = cfg.future, m_dec.shape[-1]
+    x_fut, y_fut = future_targets(x, y, dec_pos, Tf)  # (B, P, Tf-1), (B, P, Tf)
+    logits = teacher.decode(m_dec.reshape(-1, Z), x_fut.reshape(-1, Tf - 1))  # (B*P, Tf, V)
+    w = cfg.gamma ** torch.arange(Tf, device=x.device, dtype=logits.dtype)
+    y_fut = y_fut.reshape(-1, Tf)
+    return masked_ce(logits, y_fut, w.expand(logits.shape[0], Tf)), masked_ce(logits[:, 0], y_fut[:, 0])
+
+
+def dynamics_loss(cell: Cell, m_now, m_next, x_in, cfg: SMTConfig):
+    """One step of the cell from every (sampled) encoder memory m_now (B, R, Z) onto m_next. The
+    teacher's side gets the gradient coef_dyn_teacher / coef_dyn of the cell's where that is set, none
+    without dyn_trains_teacher. -> (loss, m_now, m_next as the loss read them)."""
+    Z = m_now.shape[-1]
+    if not cfg.dyn_trains_teacher:
+        m_now, m_next = m_now.detach(), m_next.detach()
+    elif cfg.coef_dyn_teacher is not None:
+        m_now, m_next = (scale_grad(m, cfg.coef_dyn_teacher / cfg.coef_dyn) for m in (m_now, m_next))
+    m_in = m_now.reshape(-1, Z)
+    if cfg.input_noise > 0:  # the cell must map a neighbourhood of m_t onto m_{t+1}: errors shrink
+        m_in = m_in + cfg.input_noise * torch.randn_like(m_in)
+    pred = cell.update(m_in, x_in.reshape(-1))  # (B*R, Z)
+    return F.mse_loss(upcast(pred), upcast(m_next.reshape(-1, Z))), m_now, m_next
+
+
+def last_input_loss(last_input_head: nn.Module, m_after, x_in, cfg: SMTConfig, D: int):
+    """Every memory m_t must tell its last input x_t. The teacher reads each token together with the
+    previous one (token shift) or through previous-token heads, so nothing else makes it keep x_t;
+    without it the cell cannot compute m_{t+1} from (m_t, x_{t+1}) where x_t matters (retrieval: the
+    symbol after the marker), and the memories are not Markov (EXPERIMENTS.md 7). With slow tokens the
+    probe reads the fast ones only."""
+    Z = m_after.shape[-1]
+    probe_in = m_after.reshape(-1, Z)
+    if cfg.slow_tokens > 0:
+        probe_in = torch.cat([torch.zeros_like(probe_in[:, : cfg.slow_tokens * D]), probe_in[:, cfg.slow_tokens * D:]], dim=1)
+    return F.cross_entropy(upcast(last_input_head(probe_in)), x_in.reshape(-1))
+
+
 def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_pos, unif_idx, last_input_head=None,
              how: Rollout | None = None, own_pos=None, far=None, far_head=None):
     """The SMT objective for given sample positions (pure; `SMT.loss` draws the positions).
@@ -245,89 +285,52 @@ def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_po
     run's Rollout for the on-policy term's rollout (cfg.coef_onpolicy > 0; None: stepped). own_pos
     (B, R), or (B, T) with dyn_pos None: where each transition's own-state rollout starts (<= its
     position; cfg.own_steps > 0). far: (s, u, ok) from `far_positions` and far_head a `FarHead`
-    (cfg.far_samples > 0)."""
-    D, Tf = teacher.cfg.d_model, cfg.future
-    if cfg.own_steps > 0 and own_pos is None:
-        raise ValueError("smt.own_steps > 0 needs own_pos, where each transition's own rollout starts (SMT.loss draws it)")
+    (cfg.far_samples > 0). -> (loss, {"loss_<term>": each term unweighted, "dyn_rel", ...})."""
+    D = teacher.cfg.d_model
     own = cfg.own_steps > 0
+    if own and own_pos is None:
+        raise ValueError("smt.own_steps > 0 needs own_pos, where each transition's own rollout starts (SMT.loss draws it)")
     if cfg.far_samples > 0 and (far is None or far_head is None):
         raise ValueError("smt.far_samples > 0 needs the far-future questions and head (SMT draws and builds them)")
+    if cfg.coef_last_input > 0 and last_input_head is None:
+        raise ValueError("smt.coef_last_input > 0 needs the last-input probe (SMT builds it): pass last_input_head, "
+                         "or set smt.coef_last_input=0")
     extra = ([own_pos] if own else []) + ([far[0]] if cfg.far_samples > 0 else [])
-    M, m_dec, m_now, m_next, x_in, m_extra = loss_memories(teacher, x, dec_pos, dyn_pos, extra)
-    m_own0 = m_extra[0] if own else None
+    M, m_dec, m_before, m_after, x_in, m_extra = loss_memories(teacher, x, dec_pos, dyn_pos, extra)
     Z = M.shape[-1]
 
-    # predictive state: decode the future from sampled memories
-    x_fut, y_fut = future_targets(x, y, dec_pos, Tf)  # (B, P, Tf-1), (B, P, Tf)
-    logits = teacher.decode(m_dec.reshape(-1, Z), x_fut.reshape(-1, Tf - 1))  # (B*P, Tf, V)
-    w = cfg.gamma ** torch.arange(Tf, device=x.device, dtype=logits.dtype)
-    loss_dec = masked_ce(logits, y_fut.reshape(-1, Tf), w.expand(logits.shape[0], Tf))
-    loss_dec0 = masked_ce(logits[:, 0], y_fut.reshape(-1, Tf)[:, 0])  # what the RNN's readout will see
-
-    # dynamics: one step of the cell from every (sampled) encoder memory
-    m_before, m_after = m_now, m_next  # the memories around input x_in, with their graph (last-input probe, slow tokens)
-    if not cfg.dyn_trains_teacher:
-        m_now, m_next = m_now.detach(), m_next.detach()
-    elif cfg.coef_dyn_teacher is not None:  # the teacher's side weighs coef_dyn_teacher, the cell's coef_dyn
-        m_now, m_next = (scale_grad(m, cfg.coef_dyn_teacher / cfg.coef_dyn) for m in (m_now, m_next))
-    m_in = m_now.reshape(-1, Z)
-    if cfg.input_noise > 0:  # the cell must map a neighbourhood of m_t onto m_{t+1}: errors shrink
-        m_in = m_in + cfg.input_noise * torch.randn_like(m_in)
-    pred = cell.update(m_in, x_in.reshape(-1))  # (B*R, Z)
-    loss_dyn = F.mse_loss(upcast(pred), upcast(m_next.reshape(-1, Z)))
-
-    # uniformity over sampled memory tokens
-    loss_unif = uniformity(M.reshape(-1, D)[unif_idx])
-
-    loss = cfg.coef_dec * loss_dec + cfg.coef_dyn * loss_dyn + cfg.coef_unif * loss_unif
+    # each term: (its weight, its value); the metrics log every value unweighted as loss_<name>
+    terms = {}
+    loss_dec, loss_dec0 = decoder_loss(teacher, x, y, dec_pos, m_dec, cfg)
+    terms["dec"] = (cfg.coef_dec, loss_dec)
+    loss_dyn, m_now, m_next = dynamics_loss(cell, m_before, m_after, x_in, cfg)
+    terms["dyn"] = (cfg.coef_dyn, loss_dyn)
+    terms["unif"] = (cfg.coef_unif, uniformity(M.reshape(-1, D)[unif_idx]))  # over sampled memory tokens
     if cfg.coef_last_input > 0:
-        if last_input_head is None:
-            raise ValueError("smt.coef_last_input > 0 needs the last-input probe (SMT builds it): pass last_input_head, "
-                             "or set smt.coef_last_input=0")
-        # every memory m_t must tell its last input x_t. The teacher reads each token together with
-        # the previous one (token shift) or through previous-token heads, so nothing else makes it
-        # keep x_t; without it the cell cannot compute m_{t+1} from (m_t, x_{t+1}) where x_t matters
-        # (retrieval: the symbol after the marker), and the memories are not Markov (EXPERIMENTS.md 7)
-        probe_in = m_after.reshape(-1, Z)
-        if cfg.slow_tokens > 0:  # the probe reads the fast tokens only: x_t is not asked of the slow ones
-            probe_in = torch.cat([torch.zeros_like(probe_in[:, : cfg.slow_tokens * D]), probe_in[:, cfg.slow_tokens * D:]], dim=1)
-        loss_last = F.cross_entropy(upcast(last_input_head(probe_in)), x_in.reshape(-1))
-        loss = loss + cfg.coef_last_input * loss_last
+        terms["last_input"] = (cfg.coef_last_input, last_input_loss(last_input_head, m_after, x_in, cfg, D))
     if cfg.far_samples > 0:
-        loss_far = far_question_loss(far_head, m_extra[-1], y, far)
-        loss = loss + cfg.coef_far * loss_far
+        terms["far"] = (cfg.coef_far, far_question_loss(far_head, m_extra[-1], y, far))
     if cfg.slow_tokens > 0:
         # the slow tokens: their step is penalised, so what they hold stays put and the cell can keep it
         # by leaving them alone (the per-token normalisation no longer couples it to the recent inputs)
         w = cfg.slow_tokens * D
-        loss_slow = F.mse_loss(upcast(m_after.reshape(-1, Z)[:, :w]), upcast(m_before.reshape(-1, Z)[:, :w]))
-        loss = loss + cfg.coef_slow * loss_slow
-    metrics = {k: v.detach() for k, v in (("loss_dec", loss_dec), ("loss_dec0", loss_dec0), ("loss_dyn", loss_dyn), ("loss_unif", loss_unif))}
-    if cfg.coef_last_input > 0:
-        metrics["loss_last_input"] = loss_last.detach()
-    if cfg.slow_tokens > 0:
-        metrics["loss_slow"] = loss_slow.detach()
-    if cfg.far_samples > 0:
-        metrics["loss_far"] = loss_far.detach()
+        terms["slow"] = (cfg.coef_slow, F.mse_loss(upcast(m_after.reshape(-1, Z)[:, :w]), upcast(m_before.reshape(-1, Z)[:, :w])))
+    metrics = {"loss_dec0": loss_dec0.detach()}
     # followability: the cell's one-step error relative to how far the teacher's memory moves per
     # step. Near 1 the cell has not learned the transitions (DMT cannot help yet); well below 1 the
     # memories are predictable from (m_t, x_{t+1}) and DMT can remove the drift (EXPERIMENTS.md 5).
     with torch.no_grad():
-        step = F.mse_loss(upcast(m_now.reshape(-1, Z)), upcast(m_next.reshape(-1, Z)))
-        metrics["dyn_rel"] = loss_dyn.detach() / step.clamp_min(1e-12)
-
-    if cfg.own_steps > 0:
+        step = F.mse_loss(upcast(m_now.reshape(-1, Z)), upcast(m_next.reshape(-1, Z))).clamp_min(1e-12)
+    metrics["dyn_rel"] = loss_dyn.detach() / step
+    if own:
         now_pos = torch.arange(x.shape[1], device=x.device).expand_as(own_pos) if dyn_pos is None else dyn_pos
-        loss_corr, own_err = own_state_loss(cell, m_own0, own_pos, now_pos, m_now, m_next, x, x_in, cfg.own_gain)
-        loss = loss + cfg.coef_dyn * loss_corr
-        metrics["loss_own"], metrics["own_err"] = loss_corr.detach(), own_err
-        with torch.no_grad():
-            metrics["own_rel"] = loss_corr.detach() / step.clamp_min(1e-12)
-
+        loss_own, metrics["own_err"] = own_state_loss(cell, m_extra[0], own_pos, now_pos, m_now, m_next, x, x_in, cfg.own_gain)
+        terms["own"] = (cfg.coef_dyn, loss_own)
+        metrics["own_rel"] = loss_own.detach() / step
     if cfg.coef_onpolicy > 0:
-        loss_own = onpolicy_loss(teacher, cell, M, x, dyn_pos, x_in, m_next, how)
-        loss = loss + cfg.coef_onpolicy * loss_own
-        metrics["loss_onpolicy"] = loss_own.detach()
+        terms["onpolicy"] = (cfg.coef_onpolicy, onpolicy_loss(teacher, cell, M, x, dyn_pos, x_in, m_next, how))
+    loss = sum(coef * value for coef, value in terms.values())
+    metrics.update({f"loss_{name}": value.detach() for name, (_, value) in terms.items()})
     return loss, metrics
 
 
