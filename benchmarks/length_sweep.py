@@ -59,6 +59,10 @@ def _train(settings: list[str], out: Path, a, seconds: float, length: int, seed:
                 f"train.eval_every={a.eval_every}", f"train.eval_batch={a.eval_batch}", "train.steps=100000000",
                 f"train.time_limit={seconds}", f"out_dir={out}", *a.overrides]
     s = train(preset_config("retrieval-smt", settings), progress=False)
+    if "stopped" in s:  # SIGINT / SIGTERM: the run saved a checkpoint; the sweep stops with it
+        print(f"{out.name}: stopped by {s['stopped']} after {s['steps']} updates, {s['train_seconds']:.0f} s; "
+              "the same command resumes it", flush=True)
+        raise SystemExit(0)
     print(f"{out.name}: RNN alone {s['rnn_acc']:.3f} after {s['steps']} updates, {s['train_seconds']:.0f} s", flush=True)
     return s
 

@@ -450,3 +450,20 @@ def test_stream_benchmark_measures_each_checkpoint_from_the_steps_before_it():
     assert all(r["median_ms"] > 0 for r in res["rows"])
     assert all(r["resident_mib"] is None or r["resident_mib"] > 1 for r in res["rows"])
     assert res["memory_floats"] == tiny_cell().Z
+
+
+def test_length_sweep_ends_quietly_when_a_run_is_stopped_by_a_signal(tmp_path, monkeypatch, capsys):
+    """A SIGTERM stops the current run (which saves a checkpoint): the sweep says so and exits 0
+    instead of failing on the missing evaluation or starting the next run."""
+    import argparse
+
+    import length_sweep
+
+    stopped = {"method": "smt-dmt", "steps": 890, "train_seconds": 950.2, "eval_seconds": 3.0, "stopped": "SIGTERM",
+               "checkpoint": "x"}
+    monkeypatch.setattr(length_sweep, "train", lambda cfg, progress: stopped)
+    a = argparse.Namespace(task="retrieval", threads=1, eval_every=100, eval_batch=16, overrides=[])
+    with pytest.raises(SystemExit) as e:
+        length_sweep._train(["method=smt-dmt"], tmp_path / "r", a, 60, 16, 0)
+    assert e.value.code == 0
+    assert "stopped by SIGTERM after 890 updates, 950 s; the same command resumes it" in capsys.readouterr().out
