@@ -57,12 +57,23 @@ def smape(forecast: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 200 * _nanmean(torch.where(torch.isnan(target), target, term), -1)
 
 
+def pinball_per_level(q: torch.Tensor, levels: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Quantile loss of predicted quantiles q (..., L) at `levels` (L,) for y (...), per level (..., L):
+    max(a_l (y - q_l), (a_l - 1)(y - q_l))."""
+    e = y.unsqueeze(-1) - q
+    return torch.maximum(levels * e, (levels - 1) * e)
+
+
+def pinball(q: torch.Tensor, levels: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The quantile loss summed over the levels, elementwise over y (...)."""
+    return pinball_per_level(q, levels, y).sum(-1)
+
+
 def weighted_quantile_loss(q: torch.Tensor, levels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The mean over levels of 2 sum_t pinball_a(y_t, q_t) / sum_t |y_t| (GluonTS's mean_wQuantileLoss),
     over everything given: q (..., L), target (...) -> scalar."""
     ok = ~torch.isnan(target)
-    e = (target.unsqueeze(-1) - q)[ok]  # (n, L)
-    loss = torch.maximum(levels * e, (levels - 1) * e).sum(0)  # (L,)
+    loss = pinball_per_level(q[ok], levels, target[ok]).sum(0)  # (L,)
     return (2 * loss / target[ok].abs().sum()).mean()
 
 

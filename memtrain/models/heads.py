@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..metrics import pinball
+
 OUTPUT_KINDS = ("gaussian", "student-t", "quantile")
 DEFAULT_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -43,13 +45,6 @@ def student_t_nll(mu: torch.Tensor, sigma: torch.Tensor, nu: torch.Tensor, y: to
     z = (y - mu) / sigma
     return (-torch.lgamma((nu + 1) / 2) + torch.lgamma(nu / 2) + 0.5 * torch.log(nu * math.pi) + torch.log(sigma)
             + (nu + 1) / 2 * torch.log1p(z * z / nu))
-
-
-def pinball(q: torch.Tensor, levels: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Quantile loss of predicted quantiles q (..., L) at `levels` (L,) for y (...), summed over the
-    levels, elementwise over y: sum_l max(a_l (y - q_l), (a_l - 1)(y - q_l))."""
-    e = y.unsqueeze(-1) - q
-    return torch.maximum(levels * e, (levels - 1) * e).sum(-1)
 
 
 class OutputHead(nn.Module):

@@ -3,8 +3,8 @@ import pytest
 import torch
 from scipy import stats
 
-from memtrain.models.heads import (OutputHead, gaussian_nll, masked_mean, pinball, quantile_function,
-                                   student_t_nll)
+from memtrain.metrics import pinball
+from memtrain.models.heads import OutputHead, gaussian_nll, masked_mean, quantile_function, student_t_nll
 
 G64 = torch.Generator().manual_seed(0)
 
