@@ -6,6 +6,7 @@ import torch
 from .data.tasks import all_rows, build_task, sample_eval
 from .fields import from_dict
 from .io import load_module
+from .lengths import mask_targets, unpack
 from .methods.dynamics import largest_lyapunov
 from .methods.evaluate import evaluate
 from .methods.rollout import Rollout
@@ -47,26 +48,26 @@ def evaluate_run(run_dir: str, lengths=None, batch_size: int = 256, seed: int = 
     if data is not None or every_row:
         rows = []
         for L in lengths or [None]:  # None: the file's own length (the split's: the run's T)
-            x, y = all_rows(task, "val", length=L, path=data)
-            if not bool((y >= 0).any()):
+            x, y, rows_end = unpack(all_rows(task, "val", length=L, path=data))
+            if not bool((mask_targets(y, rows_end) >= 0).any()):
                 cut = f" (--length {L} cut them: leave it out to evaluate at the file's own length)" if L and data else ""
                 raise ValueError(f"{'data ' + repr(data) if data else 'the held-out split'} has no supervised position "
                                  f"in its {len(x)} sequences of length {x.shape[1]}: every target is -1{cut}")
             rows.append({"length": x.shape[1], **({"data": data} if data else {}),
-                         **evaluate(cell, teacher, x, y, chunk=batch_size, how=how)})
+                         **evaluate(cell, teacher, x, y, chunk=batch_size, how=how, lengths=rows_end)})
         return rows
     rows = []
     for L in lengths or [T, 2 * T, 4 * T]:
         try:
-            x, y = sample_eval(task, batch_size, torch.Generator().manual_seed(seed), length=L)
-            if not bool((y >= 0).any()):
+            x, y, rows_end = unpack(sample_eval(task, batch_size, torch.Generator().manual_seed(seed), length=L))
+            if not bool((mask_targets(y, rows_end) >= 0).any()):
                 raise ValueError(f"the {batch_size} held-out sequences drawn at length {L} have no supervised position")
         except ValueError as e:  # e.g. kv cannot make that many distinct keys
             if lengths:
                 raise
             rows.append({"length": L, "skipped": str(e)})
             continue
-        rows.append({"length": L, **evaluate(cell, teacher, x, y, how=how)})
+        rows.append({"length": L, **evaluate(cell, teacher, x, y, how=how, lengths=rows_end)})
     return rows
 
 
@@ -82,7 +83,10 @@ def lyapunov_run(run_dir: str, lengths=None, batch_size: int = 32, seed: int = 1
     for L in lengths or [task.length]:
         if L < 2:
             raise ValueError(f"lengths must be >= 2 for a Lyapunov exponent, got {L}")
-        x, _ = sample_eval(task, batch_size, torch.Generator().manual_seed(seed), length=L)
+        x, _, rows_end = unpack(sample_eval(task, batch_size, torch.Generator().manual_seed(seed), length=L))
+        if rows_end is not None and int(rows_end.min()) < L:
+            raise ValueError(f"lengths: the Lyapunov exponent follows whole trajectories of length {L}; the held-out "
+                             f"sequences are as short as {int(rows_end.min())} (ask for a length they all reach)")
         b = L // 4 if burn_in is None else burn_in
         lle = largest_lyapunov(cell, cell.init_memory(batch_size), x, burn_in=b, gen=torch.Generator().manual_seed(seed))
         rows.append({"length": L, "burn_in": b, "sequences": batch_size, "cell": cfg.cell.kind, "lle_mean": lle.mean().item(),

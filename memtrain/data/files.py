@@ -41,6 +41,13 @@ def _stream_rows(data, T: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(arr[:-1].reshape(n, T).copy()), torch.from_numpy(arr[1:].reshape(n, T).copy())
 
 
+def _cut(x, y, lengths, T: int):
+    """The first T steps of rows -> (x, y), or (x, y, lengths) for rows of different lengths."""
+    if lengths is None:
+        return x[:, :T], y[:, :T]
+    return x[:, :T], y[:, :T], lengths.clamp(max=T)
+
+
 def _check_supervised(what: str, y: torch.Tensor, T: int, purpose: str) -> None:
     """Refuse sequences without a single supervised target (y >= 0) in their first T steps."""
     if not bool((y[:, :T] >= 0).any()):
@@ -125,8 +132,11 @@ class TokenFile:
 @dataclass
 class NpzTask:
     """Bring your own data: an .npz with integer arrays x and y of shape (N, T); y = -1 or -100 where
-    unsupervised. Rows are drawn at random; `val_path` (optional) is used for evaluation."""
-    path: str | None = None  # an .npz with integer arrays x and y of shape (N, T)
+    unsupervised. Sequences of different lengths: right-padded to T, with an integer array `lengths`
+    (N,) saying where each ends (anything after it is ignored; `memtrain.lengths.pad` makes such
+    arrays); batches are then (x, y, lengths). Rows are drawn at random; `val_path` (optional) is used
+    for evaluation."""
+    path: str | None = None  # an .npz with integer arrays x and y of shape (N, T) (and lengths (N,) for sequences of different lengths)
     val_path: str | None = None  # another such file for evaluation (None: the training rows)
     vocab: int | None = None  # None: max token id + 1 of the training x
     length: int | None = None  # None: the arrays' T; smaller values take the first `length` steps
@@ -137,11 +147,14 @@ class NpzTask:
         _check_at_least("npz", vocab=(self.vocab or 1, 1), length=(self.length or 1, 1))
         self._train = self._load(self.path, "path")
         self._val = self._load(self.val_path, "val_path") if self.val_path else self._train
+        if (self._train[2] is None) != (self._val[2] is None):
+            raise ValueError("task 'npz': path and val_path must both have `lengths` or both not (sequences of "
+                             "different lengths, or all of one length)")
         if self.vocab is None:
             self.vocab = int(self._train[0].max()) + 1
         if self.length is None:
             self.length = self._train[0].shape[1]
-        for name, (x, y), purpose in (("path", self._train, "train on"), ("val_path", self._val, "evaluate on")):
+        for name, (x, y, lengths), purpose in (("path", self._train, "train on"), ("val_path", self._val, "evaluate on")):
             self._check_fits(f"task 'npz': {name}", x, y, self.length)
             if name == "path" or self.val_path:
                 _check_supervised(f"task 'npz': {name}={getattr(self, name)!r}", y, self.length, purpose)
@@ -167,9 +180,14 @@ class NpzTask:
                 if "x" not in f or "y" not in f:
                     raise ValueError(f"task 'npz': {name}={path!r} must hold arrays 'x' and 'y', has {sorted(f.keys())}")
                 x, y = f["x"], f["y"]
+                lengths = f["lengths"] if "lengths" in f else None
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
             if "task 'npz'" in str(e):
                 raise
+            if "Object arrays" in str(e):
+                raise ValueError(f"task 'npz': {name}={path!r} holds object arrays (ragged sequences?), which would need "
+                                 "pickle to load: store x and y right-padded to (N, T) with an integer array 'lengths' (N,) "
+                                 "(memtrain.lengths.pad)") from None
             raise ValueError(f"task 'npz': {name}={path!r} is not a readable .npz file ({e})") from None
         if x.ndim != 2 or x.shape != y.shape:
             raise ValueError(f"task 'npz': {name} needs x and y of the same shape (N, T), got {x.shape} and {y.shape}")
@@ -177,12 +195,23 @@ class NpzTask:
             raise ValueError(f"task 'npz': {name} arrays must be integers, got {x.dtype} and {y.dtype}")
         if len(x) == 0 or x.shape[1] == 0:
             raise ValueError(f"task 'npz': {name} holds no sequences")
+        L = None
+        if lengths is not None:
+            if lengths.shape != (len(x),) or not np.issubdtype(lengths.dtype, np.integer):
+                raise ValueError(f"task 'npz': {name} needs 'lengths' of {len(x)} integers (one per sequence), got "
+                                 f"{lengths.dtype} {lengths.shape}")
+            if lengths.min() < 1 or lengths.max() > x.shape[1]:
+                raise ValueError(f"task 'npz': {name} has lengths in [{int(lengths.min())}, {int(lengths.max())}]; each must "
+                                 f"lie in 1..{x.shape[1]} (the padded length)")
+            L = torch.from_numpy(lengths.astype(np.int64))
+            inside = np.arange(x.shape[1])[None, :] < lengths[:, None]
+            x, y = np.where(inside, x, 0), np.where(inside, y, -1)  # the padding: token 0, unsupervised
         if x.min() < 0:
             raise ValueError(f"task 'npz': {name} has negative token id {int(x.min())}")
         y = np.where(y < 0, -1, y)
         if y.min() < -1:
             raise ValueError(f"task 'npz': {name} has target {int(y.min())}")
-        return torch.from_numpy(x.astype(np.int64)), torch.from_numpy(y.astype(np.int64))
+        return torch.from_numpy(x.astype(np.int64)), torch.from_numpy(y.astype(np.int64)), L
 
     @property
     def vocab_size(self) -> int:
@@ -190,19 +219,19 @@ class NpzTask:
 
     def sample(self, batch_size, gen=None, length=None, split="train"):
         T = self.length if length is None else length
-        x, y = _split(self, split)
+        x, y, lengths = _split(self, split)
         if T > x.shape[1]:
             raise ValueError(f"task 'npz': asked for length {T} but sequences have T={x.shape[1]}")
         rows = _rand_ints(0, len(x), (batch_size,), gen)
-        return x[rows, :T], y[rows, :T]
+        return _cut(x[rows], y[rows], None if lengths is None else lengths[rows], T)
 
     def rows(self, split="val", length=None, path=None):
         """Every held-out sequence once (its first `length` steps); `path`: another .npz instead, at
         its own length unless `length` cuts it (the RNN and the teacher run at any length)."""
-        x, y = _split(self, split) if path is None else self._load(path, "data")
+        x, y, lengths = _split(self, split) if path is None else self._load(path, "data")
         T = length if length is not None else (self.length if path is None else x.shape[1])
         self._check_fits(f"task 'npz': {'the ' + split + ' rows' if path is None else repr(path)}", x, y, T)
-        return x[:, :T], y[:, :T]
+        return _cut(x, y, lengths, T)
 
     def n_sequences(self, split="train", length=None) -> int:
         """The rows of a split (each is one sequence, whatever the length)."""

@@ -67,12 +67,15 @@ class Method(nn.Module):
         """The parameters the optimizer updates (default: the cell's)."""
         return list(self.cell.parameters())
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator | None = None):
-        """x, y (B, T) -> (scalar loss, {name: detached scalar} metrics); `gen` draws any randomness."""
+    def loss(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator | None = None,
+             lengths: torch.Tensor | None = None):
+        """x, y (B, T) -> (scalar loss, {name: detached scalar} metrics); `gen` draws any randomness.
+        `lengths` (B,): where each row ends (lengths.py; None: every row is T long); nothing past a
+        row's end may reach the loss or move a memory."""
         raise NotImplementedError
 
-    def forward(self, x, y, gen=None):  # what DistributedDataParallel calls
-        return self.loss(x, y, gen)
+    def forward(self, x, y, gen=None, lengths=None):  # what DistributedDataParallel calls
+        return self.loss(x, y, gen) if lengths is None else self.loss(x, y, gen, lengths=lengths)
 
     def before_eval(self) -> None:
         """Run before the cell is evaluated alone (SMT hands it the teacher's readout and m_empty)."""
@@ -93,9 +96,10 @@ class Method(nn.Module):
         """Carry out a decision of `after_eval`; -> True when the run should end here."""
         return False
 
-    def lr_scale(self) -> float:
-        """A factor on the learning-rate schedule (a later phase may train more gently)."""
-        return 1.0
+    def lr(self, scheduled: float, peak: float) -> float:
+        """The learning rate of the next update, given the schedule's rate now and its peak (train.lr);
+        default: the schedule's (a later phase may train more gently, or leave the schedule)."""
+        return scheduled
 
     def finished(self) -> bool:
         """True once the method has ended the run by itself (a resumed run then trains no further)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..lengths import mask_targets
 from .base import Method
 from .losses import readout_ce
 from .rollout import rollout
@@ -25,8 +26,8 @@ class BPTTConfig:
 class BPTT(Method):
     name, config_class = "bptt", BPTTConfig
 
-    def loss(self, x, y, gen=None):
+    def loss(self, x, y, gen=None, lengths=None):
         B, T = x.shape
-        M = rollout(self.cell, self.cell.init_memory(B), x, self.cfg.grad_horizon, self.rollout)  # (B, T+1, Z)
-        loss = readout_ce(self.cell.readout, M[:, 1:], y)  # readout of m_t predicts y_t
+        M = rollout(self.cell, self.cell.init_memory(B), x, self.cfg.grad_horizon, self.rollout, lengths)  # (B, T+1, Z)
+        loss = readout_ce(self.cell.readout, M[:, 1:], mask_targets(y, lengths))  # readout of m_t predicts y_t
         return loss, {"loss_readout": loss.detach()}

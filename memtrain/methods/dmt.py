@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..lengths import mask_targets
 from ..models.cells import Cell, check_compatible
 from ..models.teacher import Teacher
 from .base import Method
@@ -46,10 +47,14 @@ class DMTConfig:
             raise ValueError(f"dmt.grad_horizon must be >= 1 or None, got {self.grad_horizon}")
 
 
-def dmt_loss(teacher: Teacher, cell: Cell, x, y, cfg: DMTConfig, s0: torch.Tensor, how: Rollout | None = None):
+def dmt_loss(teacher: Teacher, cell: Cell, x, y, cfg: DMTConfig, s0: torch.Tensor, how: Rollout | None = None,
+             lengths: torch.Tensor | None = None):
     """DMT objective for rollouts starting at memory positions s0 (B,) (all 0 for start='empty'); the
-    cell runs through time as `how` says (the run's Rollout; None: stepped)."""
+    cell runs through time as `how` says (the run's Rollout; None: stepped). With `lengths` (B,) a
+    rollout stops moving at its row's end and only memories up to the end are regressed (each
+    regressed memory weighs the same, whichever row it is in)."""
     B, T = x.shape
+    y = mask_targets(y, lengths)
     Td = T - int(s0.max()) if cfg.rollout is None else cfg.rollout
     sel = torch.arange(cfg.every, Td + 1, cfg.every, device=x.device)  # regressed rollout steps
     if len(sel) == 0:
@@ -62,36 +67,51 @@ def dmt_loss(teacher: Teacher, cell: Cell, x, y, cfg: DMTConfig, s0: torch.Tenso
     x_roll = torch.gather(x, 1, idx[:, :-1])  # (B, Td) inputs x_{s0} .. x_{s0+Td-1}
     y_roll = torch.gather(F.pad(y, (1, 0), value=-1), 1, idx[:, 1:])  # (B, Td): y_{s-1} for s = s0+1..
     m0 = cell.init_memory(B) if cfg.start == "empty" else M_tgt[:, 0]
+    # each row's real steps within the rollout (padding past its end never moves the cell's memory)
+    real = None if lengths is None else (lengths.to(x.device) - s0).clamp(0, Td)
     if cfg.grad_horizon == 1:
         # one-step gradients: a forward-only rollout, then one batched update from its states at the
         # steps the loss reads (the regressed ones; every step when the readout's loss also trains
         # the memory path): the rollout's values, each with its one-step graph
-        m_own = onpolicy_states(cell, m0, x_roll, how)  # (B, Td+1, Z)
+        m_own = onpolicy_states(cell, m0, x_roll, how, real)  # (B, Td+1, Z)
         m_in = torch.cat([m0[:, None], m_own[:, 1:-1]], dim=1)  # (B, Td, Z), keeping m0's own graph
         steps = sel - 1 if cfg.readout_on_detached else torch.arange(Td, device=x.device)
         m_next = cell.update(m_in[:, steps].reshape(-1, Z), x_roll[:, steps].reshape(-1)).view(B, -1, Z)
         m_reg, m_read = (m_next, m_own[:, 1:]) if cfg.readout_on_detached else (m_next[:, sel - 1], m_next)
     else:
-        m_hat = rollout(cell, m0, x_roll, cfg.grad_horizon, how)  # (B, Td+1, Z)
+        m_hat = rollout(cell, m0, x_roll, cfg.grad_horizon, how, real)  # (B, Td+1, Z)
         m_reg, m_read = m_hat[:, sel], m_hat[:, 1:].detach() if cfg.readout_on_detached else m_hat[:, 1:]
     drift = (upcast(m_reg) - upcast(M_tgt[:, 1:])).pow(2).mean(-1)  # (B, n)
-    loss_dyn = drift.mean()
+    if real is None:
+        loss_dyn, drift_end = drift.mean(), drift[:, -1].mean()
+    else:  # the regressed memories inside each row, and each row's last one
+        inside = sel[None, :] <= real[:, None]  # (B, n)
+        loss_dyn = (drift * inside).sum() / inside.sum().clamp_min(1)
+        last = (inside.sum(1) - 1).clamp_min(0)  # (B,)
+        has = inside.any(1)
+        drift_end = (drift.gather(1, last[:, None])[:, 0] * has).sum() / has.sum().clamp_min(1)
     loss_readout = readout_ce(cell.readout, m_read, y_roll)
     loss = cfg.coef_dyn * loss_dyn + cfg.coef_readout * loss_readout
-    return loss, {"loss_dyn": loss_dyn.detach(), "loss_readout": loss_readout.detach(),
-                  "drift_end": drift[:, -1].mean().detach()}
+    return loss, {"loss_dyn": loss_dyn.detach(), "loss_readout": loss_readout.detach(), "drift_end": drift_end.detach()}
 
 
-def rollout_starts(cfg: DMTConfig, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+def rollout_starts(cfg: DMTConfig, x: torch.Tensor, gen: torch.Generator | None,
+                   lengths: torch.Tensor | None = None) -> torch.Tensor:
     """Where each sequence's rollout starts (B,): memory 0 for start='empty', else a random position
-    that leaves room for the rollout."""
+    that leaves room for the rollout (within each row's length, with `lengths`; a row shorter than
+    the rollout starts at 0 and its rollout stops at its end)."""
     B, T = x.shape
     if cfg.rollout is not None and cfg.rollout > T:
         raise ValueError(f"dmt.rollout={cfg.rollout} is longer than the sequences (T={T})")
     if cfg.start == "empty":
         return torch.zeros(B, dtype=torch.long, device=x.device)
-    span = T - (cfg.rollout or T // 2)
-    return torch.randint(0, span + 1, (B,), generator=gen).to(x.device)
+    if lengths is None:
+        span = T - (cfg.rollout or T // 2)
+        return torch.randint(0, span + 1, (B,), generator=gen).to(x.device)
+    L = lengths.cpu().long()
+    span = (L - (cfg.rollout if cfg.rollout is not None else L // 2)).clamp_min(0)  # (B,)
+    u = torch.rand(B, generator=gen)
+    return (u * (span + 1)).long().clamp(max=span).to(x.device)
 
 
 class DMT(Method):
@@ -111,8 +131,8 @@ class DMT(Method):
         if cfg.every > (cfg.rollout or T):
             raise ValueError(f"dmt.every={cfg.every} is longer than the rollout ({cfg.rollout or T} steps)")
 
-    def loss(self, x, y, gen=None):
-        return dmt_loss(self.teacher, self.cell, x, y, self.cfg, rollout_starts(self.cfg, x, gen), self.rollout)
+    def loss(self, x, y, gen=None, lengths=None):
+        return dmt_loss(self.teacher, self.cell, x, y, self.cfg, rollout_starts(self.cfg, x, gen, lengths), self.rollout, lengths)
 
     def sequential_steps(self, T: int) -> int:
         return self.cfg.rollout or T

@@ -9,6 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..lengths import hold_after_end, mask_targets
 from ..models.cells import Cell
 from ..models.teacher import Teacher
 from .losses import upcast
@@ -23,13 +24,17 @@ MIN_TEACHER_GAIN = 0.05
 TINY = 1e-9
 
 
-def _sums(cell: Cell, teacher: Teacher | None, x: torch.Tensor, y: torch.Tensor, how: Rollout | None) -> dict:
+def _sums(cell: Cell, teacher: Teacher | None, x: torch.Tensor, y: torch.Tensor, how: Rollout | None,
+          lengths: torch.Tensor | None = None) -> dict:
     """Additive statistics of one batch: supervised tokens, correct predictions and summed
     cross-entropy of the RNN alone and the teacher, target counts, summed drift per position, and the
-    teacher's final memories' first two moments."""
+    teacher's final memories' first two moments. With `lengths` both memories are held after each
+    row's end (lengths.py): drift at s past a row's end is its drift at the end, and the final
+    memory is the memory at the end."""
     B = x.shape[0]
+    y = mask_targets(y, lengths)
     mask = y >= 0
-    M_hat = rollout(cell, cell.init_memory(B), x, how=how)  # (B, S, Z)
+    M_hat = rollout(cell, cell.init_memory(B), x, how=how, lengths=lengths)  # (B, S, Z)
     out = {"rows": B, "n": mask.sum().item(), "counts": torch.bincount(y[mask].cpu(), minlength=1).double()}
 
     def add(prefix, logits):
@@ -38,12 +43,12 @@ def _sums(cell: Cell, teacher: Teacher | None, x: torch.Tensor, y: torch.Tensor,
 
     add("rnn", cell.readout(M_hat[:, 1:][mask]))
     if teacher is not None:
-        M = teacher.encode(x)  # (B, S, Z)
+        M = hold_after_end(teacher.encode(x), lengths)  # (B, S, Z)
         add("teacher", teacher.readout(M[:, 1:][mask]))
         out["drift"] = (upcast(M_hat) - upcast(M)).pow(2).mean(-1).double().sum(0)  # (S,)
         last = M[:, -1].double()
         out["m_sum"], out["m_sq"] = last.sum(0), last.pow(2).sum(0)
-        out["M"] = M
+        out["M"], out["L"] = M, lengths
     return out
 
 
@@ -53,7 +58,7 @@ def _add(a: dict, b: dict) -> dict:
         if k == "counts":  # bincounts of different lengths
             n = max(len(a[k]), len(v))
             out[k] = F.pad(a[k], (0, n - len(a[k]))) + F.pad(v, (0, n - len(v)))
-        elif k != "M":  # (the first batch's memories are kept for the one-step error)
+        elif k not in ("M", "L"):  # (the first batch's memories and lengths are kept for the one-step error)
             out[k] = a[k] + v
     return out
 
@@ -67,7 +72,7 @@ def target_entropy(counts: torch.Tensor) -> float:
 
 @torch.no_grad()
 def evaluate(cell: Cell, teacher: Teacher | None, x: torch.Tensor, y: torch.Tensor, chunk: int | None = None,
-             how: Rollout | None = None) -> dict:
+             how: Rollout | None = None, lengths: torch.Tensor | None = None) -> dict:
     """Accuracy and cross-entropy on supervised positions for the cell alone (from init_memory, never
     seeing a teacher memory) and the teacher; drift[s] = MSE(m^_s, M[:, s]) for s = 0..T. Every row
     of x once, `chunk` rows at a time (None: all at once); `rows` says how many were used.
@@ -75,14 +80,17 @@ def evaluate(cell: Cell, teacher: Teacher | None, x: torch.Tensor, y: torch.Tens
     target_entropy (0: the teacher has learned nothing); `rel_drift` = drift at T / spread. A ratio
     over a denominator ~0 (one target token; identical or unmoving teacher memories) is None, with
     `<name>_why` saying why. Rows without a single supervised target are refused (ValueError). The
-    cell runs through time as `how` says (the run's Rollout; None: stepped)."""
+    cell runs through time as `how` says (the run's Rollout; None: stepped). `lengths` (B,): rows of
+    different lengths (lengths.py): nothing past a row's end is scored, and the drift at T and the
+    spread are each row's at its end."""
+    y = mask_targets(y, lengths)
     if not bool((y >= 0).any()):
         raise ValueError(f"nothing to evaluate: the {len(y)} sequences of length {y.shape[1]} have no supervised "
                          "position (every target is -1)")
     chunk = chunk or len(x)
     total = None
     for i in range(0, len(x), chunk):
-        part = _sums(cell, teacher, x[i:i + chunk], y[i:i + chunk], how)
+        part = _sums(cell, teacher, x[i:i + chunk], y[i:i + chunk], how, None if lengths is None else lengths[i:i + chunk])
         total = part if total is None else _add(total, part)
     N, n = total["rows"], max(total["n"], 1)
     out = {"rows": N}
@@ -104,9 +112,9 @@ def evaluate(cell: Cell, teacher: Teacher | None, x: torch.Tensor, y: torch.Tens
         _ratio(out, "rel_drift", None if zero else out["drift"][-1] / spread,
                f"spread {spread:.1e} ~0: the teacher's final memories are the same for every sequence")
         n_first = total["M"].shape[0]
-        _ratio(out, "dyn_rel", one_step_error(cell, total["M"], x[:n_first]),
+        _ratio(out, "dyn_rel", one_step_error(cell, total["M"], x[:n_first], lengths=total["L"]),
                "the teacher's memories do not change from one step to the next")
-        out.update(contraction(cell, total["M"], x[:n_first]))
+        out.update(contraction(cell, total["M"], x[:n_first], total["L"]))
     return out
 
 
@@ -126,19 +134,26 @@ def teacher_learned(ev: dict, min_gain: float = MIN_TEACHER_GAIN) -> bool:
     return gain is None or gain >= min_gain
 
 
-def one_step_error(cell: Cell, M: torch.Tensor, x: torch.Tensor, budget: int = 2048) -> float | None:
+def one_step_error(cell: Cell, M: torch.Tensor, x: torch.Tensor, budget: int = 2048,
+                   lengths: torch.Tensor | None = None) -> float | None:
     """Followability: MSE(cell.update(M[:, s], x_s), M[:, s+1]) / MSE(M[:, s], M[:, s+1]) over the
-    first sequences' transitions (about `budget` of them, one batched call). Near 1 the cell cannot
-    compute the teacher's transitions; well below 1 DMT can make it follow (EXPERIMENTS.md 5).
-    None where the teacher's memories do not move (their step ~0: the ratio is undefined)."""
+    first sequences' transitions (about `budget` of them, one batched call; with `lengths` only those
+    inside their rows). Near 1 the cell cannot compute the teacher's transitions; well below 1 DMT
+    can make it follow (EXPERIMENTS.md 5). None where the teacher's memories do not move (their
+    step ~0: the ratio is undefined)."""
     B, T = x.shape
     n = min(B, max(1, budget // max(T, 1)))
     m, m_next, Z = M[:n, :-1].float(), M[:n, 1:].float(), M.shape[-1]
-    step = (m - m_next).pow(2).mean().item()
-    if step <= TINY * m_next.pow(2).mean().item():
+    w = (torch.ones(n, T, device=x.device) if lengths is None
+         else (torch.arange(T, device=x.device)[None, :] < lengths[:n].to(x.device)[:, None]).float())
+
+    def mean(e):  # (n, T, Z) -> the mean square over the transitions inside their rows
+        return (e.pow(2).mean(-1) * w).sum().item() / max(w.sum().item(), 1.0)
+    step = mean(m - m_next)
+    if step <= TINY * mean(m_next):
         return None
     pred = cell.update(M[:n, :-1].reshape(-1, Z), x[:n].reshape(-1)).float().view_as(m)
-    return (pred - m_next).pow(2).mean().item() / step
+    return mean(pred - m_next) / step
 
 
 def drift_at(drift: list, fractions=(0.25, 0.5, 1.0)) -> dict:
@@ -147,13 +162,15 @@ def drift_at(drift: list, fractions=(0.25, 0.5, 1.0)) -> dict:
     return {f"drift@{max(1, round(f * T))}": drift[max(1, round(f * T))] for f in fractions}
 
 
-def kstep_errors(cell: Cell, M: torch.Tensor, x: torch.Tensor, n: int = 8, starts: int = 32) -> dict[int, float]:
+def kstep_errors(cell: Cell, M: torch.Tensor, x: torch.Tensor, n: int = 8, starts: int = 32,
+                 lengths: torch.Tensor | None = None) -> dict[int, float]:
     """Contraction onto the teacher: the cell started at the teacher's memory M[:, s] and run alone on
     x_{s+1}..x_{s+k}, against the teacher's M[:, s+k], as a mean square over the memory (the units of
     drift: RMS-normalised memories of unrelated sequences differ by about 2), for k = 1, 2, 4, ... and
     T. `starts` evenly spaced starts in each of the first n sequences, run in one batch (a start
     leaves it at the sequence's end); the error at k averages the starts with s + k <= T. A cell that
-    contracts keeps these flat in k; one that does not lets them grow to the drift. x (B, T), M (B, S, Z)."""
+    contracts keeps these flat in k; one that does not lets them grow to the drift. x (B, T), M (B, S, Z).
+    With `lengths` a start counts at k only where s + k is inside its row (a k no row reaches is left out)."""
     B, T = x.shape
     Z, n = M.shape[-1], min(B, n)
     ks = sorted({1 << i for i in range(T.bit_length()) if (1 << i) <= T} | {T})
@@ -165,20 +182,27 @@ def kstep_errors(cell: Cell, M: torch.Tensor, x: torch.Tensor, n: int = 8, start
         m = m[:, :a]
         m = cell.update(m.reshape(-1, Z), x[:n, s0[:a] + k - 1].reshape(-1)).view(n, a, Z)
         if k in ks:
-            out[k] = (upcast(m) - upcast(M[:n, s0[:a] + k])).pow(2).mean().item()
+            err = (upcast(m) - upcast(M[:n, s0[:a] + k])).pow(2).mean(-1)  # (n, a)
+            if lengths is None:
+                out[k] = err.mean().item()
+            else:
+                inside = s0[None, :a] + k <= lengths[:n].to(x.device)[:, None]
+                if bool(inside.any()):
+                    out[k] = torch.where(inside, err, torch.zeros_like(err)).sum().item() / int(inside.sum())
     return out
 
 
-def contraction(cell: Cell, M: torch.Tensor, x: torch.Tensor) -> dict:
+def contraction(cell: Cell, M: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor | None = None) -> dict:
     """How the cell treats errors off the teacher's trajectory, for an evaluation row: `kstep@k` (the
     k-step error from teacher memories, `kstep_errors`), `kstep_growth` (its growth per step over the
     first 8 steps) and `jac_norm` (the median largest singular value of the cell's Jacobian on teacher
-    memories). Drift at T is where these end up after a whole rollout from m_empty."""
-    errs = kstep_errors(cell, M, x)
+    memories). Drift at T is where these end up after a whole rollout from m_empty. `lengths`: only
+    steps inside their rows."""
+    errs = kstep_errors(cell, M, x, lengths=lengths)
     out = {f"kstep@{k}": round(v, 6) for k, v in errs.items()}
     g = kstep_growth(errs)
     out["kstep_growth"] = None if g is None else round(g, 4)
-    out["jac_norm"] = round(jacobian_norm(cell, M, x, gen=torch.Generator().manual_seed(0)), 4)
+    out["jac_norm"] = round(jacobian_norm(cell, M, x, gen=torch.Generator().manual_seed(0), lengths=lengths), 4)
     return out
 
 
@@ -194,15 +218,20 @@ def kstep_growth(errs: dict[int, float], k: int = 8) -> float | None:
 
 
 def jacobian_norm(cell: Cell, M: torch.Tensor, x: torch.Tensor, n: int = 64, iters: int = 8,
-                  gen: torch.Generator | None = None) -> float:
+                  gen: torch.Generator | None = None, lengths: torch.Tensor | None = None) -> float:
     """The median over n teacher memories m = M[i, s] of the largest singular value of the cell's
     Jacobian J = d f(m, x_{s+1}) / d m, by `iters` rounds of power iteration on J^T J (a lower bound,
     close where the top singular value stands apart). J v is a central difference with step
     eps^(1/3) (relative error about eps^(2/3)), J^T w a vector-Jacobian product: plain forward and
-    first-order backward passes, which every cell has (attention has no double backward on a CPU)."""
+    first-order backward passes, which every cell has (attention has no double backward on a CPU).
+    With `lengths` the memories are drawn among those inside their rows."""
     B, T = x.shape
     Z = M.shape[-1]
-    idx = torch.randperm(B * T, generator=gen)[:n].to(x.device)
+    idx = torch.randperm(B * T, generator=gen)
+    if lengths is not None:
+        inside = (torch.arange(T)[None, :] < lengths.cpu()[:, None]).reshape(-1)
+        idx = idx[inside[idx]]
+    idx = idx[:n].to(x.device)
     xi = x.reshape(-1)[idx]
     v = torch.randn((len(idx), Z), generator=gen, dtype=M.dtype).to(M.device)
     v = v / v.norm(dim=-1, keepdim=True)

@@ -20,6 +20,15 @@ def masked_ce(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None
     return (ce * mask.reshape(-1)).sum() / mask.sum().clamp(min=1e-12)
 
 
+def mse_rows(pred: torch.Tensor, target: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean square error of rows (N, Z); with weights w (N,) (0: padding) the weighted mean of the
+    rows' mean squares (without: F.mse_loss, the same value when every row counts)."""
+    if w is None:
+        return F.mse_loss(upcast(pred), upcast(target))
+    err = (upcast(pred) - upcast(target)).pow(2).mean(-1)
+    return (err * w.reshape(-1)).sum() / w.sum().clamp_min(1e-12)
+
+
 def uniformity(tokens: torch.Tensor, t: float = 2.0) -> torch.Tensor:
     """Wang & Isola (2020): log mean_{a != b} exp(-t ||a - b||^2) over unit-normalised rows (N, D)."""
     z = F.normalize(upcast(tokens), dim=-1)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..lengths import hold_after_end
 from ..models.cells import Cell
 from .solve import SOLVERS, check_solver, closed_form, parallel_rollout, solve_rollout, step_all
 
@@ -65,9 +66,10 @@ class Rollout:
 
 
 def rollout(cell: Cell, m0: torch.Tensor, x: torch.Tensor, grad_horizon: int | None = None,
-            how: Rollout | None = None) -> torch.Tensor:
+            how: Rollout | None = None, lengths: torch.Tensor | None = None) -> torch.Tensor:
     """Run m_{s+1} = cell.update(m_s, x_s) from m0 (B, Z) over x (B, T) -> memories (B, T+1, Z),
-    memories[:, 0] = m0.
+    memories[:, 0] = m0. With `lengths` (B,) the memory after a row's last real input is its memory
+    from there on: padding never moves it (lengths.py).
 
     grad_horizon: None keeps the whole graph (full BPTT); h cuts it every h steps, so a loss on the
     memory after step s reaches back at most h updates (h = 1: one-step gradients, as in DMT;
@@ -79,10 +81,12 @@ def rollout(cell: Cell, m0: torch.Tensor, x: torch.Tensor, grad_horizon: int | N
         raise ValueError(f"grad_horizon must be >= 1 or None, got {grad_horizon}")
     solver = how.cfg.solver if how is not None else "sequential"
     if solver == "auto" and x.shape[1] > 0:
-        return _auto(cell, m0, x, grad_horizon, how)
-    if solver != "sequential" and x.shape[1] > 0:
-        return _solved(cell, m0, x, grad_horizon, how.cfg.settings())[0]
-    return _stepped(cell, m0, x, grad_horizon)
+        M = _auto(cell, m0, x, grad_horizon, how)
+    elif solver != "sequential" and x.shape[1] > 0:
+        M = _solved(cell, m0, x, grad_horizon, how.cfg.settings())[0]
+    else:
+        M = _stepped(cell, m0, x, grad_horizon)
+    return hold_after_end(M, lengths)
 
 
 def _stepped(cell: Cell, m0: torch.Tensor, x: torch.Tensor, grad_horizon: int | None) -> torch.Tensor:
@@ -188,11 +192,13 @@ def _auto(cell: Cell, m0: torch.Tensor, x: torch.Tensor, grad_horizon: int | Non
 
 
 @torch.no_grad()
-def onpolicy_states(cell: Cell, m0: torch.Tensor, x: torch.Tensor, how: Rollout | None = None) -> torch.Tensor:
-    """The cell's own memories (B, T+1, Z) without a graph (run as `how` says). With them, the one-step
-    (grad_horizon=1) regression of every step is one batched `cell.update` call: the same gradient as
-    stepping with the state detached, but the backward pass runs in parallel over time."""
-    return rollout(cell, m0, x, how=how)
+def onpolicy_states(cell: Cell, m0: torch.Tensor, x: torch.Tensor, how: Rollout | None = None,
+                    lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """The cell's own memories (B, T+1, Z) without a graph (run as `how` says; held after each row's
+    end with `lengths`). With them, the one-step (grad_horizon=1) regression of every step is one
+    batched `cell.update` call: the same gradient as stepping with the state detached, but the
+    backward pass runs in parallel over time."""
+    return rollout(cell, m0, x, how=how, lengths=lengths)
 
 
 def _rollout_chunks(cell: Cell, m0: torch.Tensor, x: torch.Tensor, h: int) -> torch.Tensor:

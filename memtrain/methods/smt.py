@@ -17,12 +17,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..lengths import mask_targets
 from ..models.cells import Cell, check_compatible
 from ..models.layers import rms_normalize
 from ..models.teacher import Teacher
 from .base import Decision, Method
 from .evaluate import teacher_learned
-from .losses import masked_ce, uniformity, upcast
+from .losses import masked_ce, mse_rows, uniformity, upcast
 from .rollout import Rollout, onpolicy_states
 
 
@@ -94,15 +95,22 @@ def future_targets(x: torch.Tensor, y: torch.Tensor, pos: torch.Tensor, Tf: int)
     return x_fut, y_fut
 
 
-def sample_positions(y: torch.Tensor, Tf: int, n: int | None, gen: torch.Generator | None) -> torch.Tensor:
+def sample_positions(y: torch.Tensor, Tf: int, n: int | None, gen: torch.Generator | None,
+                     lengths: torch.Tensor | None = None) -> torch.Tensor:
     """Memory positions s (B, P) for the decoder: only memories with a supervised output among their
     next Tf (others carry no decoder loss), n of them per sequence without replacement (all if n is
-    None or larger; rows with fewer repeat positions, which only reweights them)."""
+    None or larger; rows with fewer repeat positions, which only reweights them). A row with nothing
+    supervised takes any position (inside its length, with `lengths`; its loss is 0)."""
     B, T = y.shape
     sup = F.pad((y >= 0).float(), (1, Tf), value=0.0)  # (B, 1+T+Tf), sup[s] = y_{s-1} supervised
     counts = sup.unfold(1, Tf, 1)[:, : T + 1].sum(-1)  # (B, S): supervised outputs in each window
     weight = (counts > 0).float()
-    weight[weight.sum(1) == 0] = 1.0  # nothing supervised: any position (loss will be 0)
+    none = weight.sum(1) == 0
+    if lengths is None:
+        weight[none] = 1.0  # nothing supervised: any position (loss will be 0)
+    else:
+        inside = (torch.arange(T + 1, device=y.device)[None, :] <= lengths.to(y.device)[:, None]).float()
+        weight[none] = inside[none]
     if n is None:
         return torch.arange(T + 1, device=y.device).expand(B, T + 1)
     P = min(n, T + 1)
@@ -112,6 +120,30 @@ def sample_positions(y: torch.Tensor, Tf: int, n: int | None, gen: torch.Generat
     n_ok = weight.sum(1, keepdim=True).long()  # (B, 1)
     slot = torch.arange(P, device=y.device)[None, :] % n_ok  # reuse eligible ones if too few
     return torch.gather(order, 1, slot)
+
+
+def sample_transitions(lengths: torch.Tensor, T: int, n: int | None, gen: torch.Generator | None):
+    """For rows of different lengths: n transitions per row (all T if n is None or larger), drawn
+    without replacement among the row's real ones (t < lengths[b]) -> (positions (B, R), weights (B, R)):
+    a row with fewer than R real transitions fills its other slots with position 0 at weight 0."""
+    B = lengths.shape[0]
+    R = T if n is None or n >= T else n
+    keys = torch.rand(B, T, generator=gen).to(lengths.device)
+    real = torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
+    order = torch.where(real, keys, keys + 2.0).argsort(dim=1)[:, :R]  # real transitions first, in random order
+    w = order < lengths[:, None]
+    return torch.where(w, order, torch.zeros_like(order)), w.float()
+
+
+def draw_inside(real_dec: torch.Tensor, K: int, Q: int, n: int, gen: torch.Generator | None) -> torch.Tensor:
+    """Indices of n memory tokens (of the B*Q*K the SMT loss computes: the decoder's P memories first,
+    then the transitions', all inside their rows) drawn without replacement among the memories inside
+    their rows; real_dec (B, P) says which decoder memories are."""
+    B, P = real_dec.shape
+    real = torch.cat([real_dec, real_dec.new_ones(B, Q - P)], dim=1).repeat_interleave(K, dim=1).reshape(-1)
+    keys = torch.rand(real.shape[0], generator=gen).to(real.device)
+    order = torch.where(real, keys, keys + 2.0).argsort()
+    return order[: min(n, int(real.sum()))]
 
 
 def loss_memories(teacher: Teacher, x, dec_pos, dyn_pos, extra=()):
@@ -199,29 +231,32 @@ def own_states(cell: Cell, m0, x, start, stop):
     return m.view(B, R, Z)
 
 
-def onpolicy_loss(teacher: Teacher, cell: Cell, M, x, dyn_pos, x_in, m_next, how: Rollout | None = None):
+def onpolicy_loss(teacher: Teacher, cell: Cell, M, x, dyn_pos, x_in, m_next, how: Rollout | None = None,
+                  lengths=None, w=None):
     """The regression of the cell from its OWN states (a forward-only rollout from m_empty) onto the
     encoder's next memories, at the loss's transitions, in one batched call (DMT's one-step gradient,
     while the teacher is still training). The target is detached: letting it move would let the
     teacher shrink its memories' spread until everything is trivially "tracked" (EXPERIMENTS.md). The
-    rollout runs as `how` says (the run's Rollout; None: stepped)."""
+    rollout runs as `how` says (the run's Rollout; None: stepped); w (B, R): the transitions' weights
+    (0: padding; None: all count)."""
     B, Z = x.shape[0], M.shape[-1]
     m0 = M[:, 0].detach() if dyn_pos is None else teacher.empty_memory(1).detach().expand(B, -1)
-    m_own = onpolicy_states(cell, m0, x, how)[:, :-1]  # (B, T, Z), no graph
+    m_own = onpolicy_states(cell, m0, x, how, lengths)[:, :-1]  # (B, T, Z), no graph
     if dyn_pos is not None:
         m_own = torch.gather(m_own, 1, dyn_pos[..., None].expand(-1, -1, Z))
     pred_own = cell.update(m_own.reshape(-1, Z), x_in.reshape(-1))
-    return F.mse_loss(upcast(pred_own), upcast(m_next.detach().reshape(-1, Z)))
+    return mse_rows(pred_own, m_next.detach().reshape(-1, Z), w)
 
 
-def own_state_loss(cell: Cell, m_own0, own_pos, now_pos, m_now, m_next, x, x_in, gain: float = 1.0):
+def own_state_loss(cell: Cell, m_own0, own_pos, now_pos, m_now, m_next, x, x_in, gain: float = 1.0, w=None):
     """Error-correcting SMT: the regression of the cell from its OWN state onto the teacher's next
     memory, for every transition at once. The input is the cell run alone from the encoder memory
     m_own0 at own_pos to now_pos (B, R): its error off the teacher's m_now is shaped like the errors its
     rollouts make and sized like them (times `gain`, then renormalised where the cell normalises). The
     cell learns to pull such errors back towards the teacher's trajectory: a time-parallel DAgger,
     as DART does for imitation. Trains the cell only (input and target detached: a moving target lets
-    the teacher shrink its memories until everything is "followed"). -> (loss, its input's error)."""
+    the teacher shrink its memories until everything is "followed"). w (B, R): the transitions' weights
+    (0: padding; None: all count). -> (loss, its input's error)."""
     Z = m_now.shape[-1]
     m_own = own_states(cell, m_own0.detach(), x, own_pos, now_pos)  # (B, R, Z)
     base = m_now.detach()
@@ -229,8 +264,8 @@ def own_state_loss(cell: Cell, m_own0, own_pos, now_pos, m_now, m_next, x, x_in,
     if gain != 1.0 and cell.cfg.norm_memory:
         m_in = rms_normalize(m_in, cell.D)
     pred = cell.update(m_in.reshape(-1, Z), x_in.reshape(-1))
-    loss = F.mse_loss(upcast(pred), upcast(m_next.detach().reshape(-1, Z)))
-    return loss, F.mse_loss(upcast(m_own), upcast(base)).detach()
+    loss = mse_rows(pred, m_next.detach().reshape(-1, Z), w)
+    return loss, mse_rows(m_own.reshape(-1, Z), base.reshape(-1, Z), w).detach()
 
 
 def decoder_loss(teacher: Teacher, x, y, dec_pos, m_dec, cfg: SMTConfig):
@@ -244,10 +279,11 @@ def decoder_loss(teacher: Teacher, x, y, dec_pos, m_dec, cfg: SMTConfig):
     return masked_ce(logits, y_fut, w.expand(logits.shape[0], Tf)), masked_ce(logits[:, 0], y_fut[:, 0])
 
 
-def dynamics_loss(cell: Cell, m_now, m_next, x_in, cfg: SMTConfig):
+def dynamics_loss(cell: Cell, m_now, m_next, x_in, cfg: SMTConfig, w=None):
     """One step of the cell from every (sampled) encoder memory m_now (B, R, Z) onto m_next. The
     teacher's side gets the gradient coef_dyn_teacher / coef_dyn of the cell's where that is set, none
-    without dyn_trains_teacher. -> (loss, m_now, m_next as the loss read them)."""
+    without dyn_trains_teacher. w (B, R): the transitions' weights (0: padding; None: all count).
+    -> (loss, m_now, m_next as the loss read them)."""
     Z = m_now.shape[-1]
     if not cfg.dyn_trains_teacher:
         m_now, m_next = m_now.detach(), m_next.detach()
@@ -257,24 +293,26 @@ def dynamics_loss(cell: Cell, m_now, m_next, x_in, cfg: SMTConfig):
     if cfg.input_noise > 0:  # the cell must map a neighbourhood of m_t onto m_{t+1}: errors shrink
         m_in = m_in + cfg.input_noise * torch.randn_like(m_in)
     pred = cell.update(m_in, x_in.reshape(-1))  # (B*R, Z)
-    return F.mse_loss(upcast(pred), upcast(m_next.reshape(-1, Z))), m_now, m_next
+    return mse_rows(pred, m_next.reshape(-1, Z), w), m_now, m_next
 
 
-def last_input_loss(last_input_head: nn.Module, m_after, x_in, cfg: SMTConfig, D: int):
+def last_input_loss(last_input_head: nn.Module, m_after, x_in, cfg: SMTConfig, D: int, w=None):
     """Every memory m_t must tell its last input x_t. The teacher reads each token together with the
     previous one (token shift) or through previous-token heads, so nothing else makes it keep x_t;
     without it the cell cannot compute m_{t+1} from (m_t, x_{t+1}) where x_t matters (retrieval: the
     symbol after the marker), and the memories are not Markov (EXPERIMENTS.md 7). With slow tokens the
-    probe reads the fast ones only."""
+    probe reads the fast ones only. w (B, R): the transitions' weights (0: padding; None: all count)."""
     Z = m_after.shape[-1]
     probe_in = m_after.reshape(-1, Z)
     if cfg.slow_tokens > 0:
         probe_in = torch.cat([torch.zeros_like(probe_in[:, : cfg.slow_tokens * D]), probe_in[:, cfg.slow_tokens * D:]], dim=1)
+    if w is not None:
+        return masked_ce(last_input_head(probe_in), x_in.reshape(-1), w.reshape(-1).to(probe_in.dtype))
     return F.cross_entropy(upcast(last_input_head(probe_in)), x_in.reshape(-1))
 
 
 def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_pos, unif_idx, last_input_head=None,
-             how: Rollout | None = None, own_pos=None, far=None, far_head=None):
+             how: Rollout | None = None, own_pos=None, far=None, far_head=None, w_dyn=None, lengths=None):
     """The SMT objective for given sample positions (pure; `SMT.loss` draws the positions).
 
     dec_pos (B, P) memory positions for the decoder; dyn_pos (B, R) transition starts in 0..T-1, or
@@ -285,7 +323,10 @@ def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_po
     run's Rollout for the on-policy term's rollout (cfg.coef_onpolicy > 0; None: stepped). own_pos
     (B, R), or (B, T) with dyn_pos None: where each transition's own-state rollout starts (<= its
     position; cfg.own_steps > 0). far: (s, u, ok) from `far_positions` and far_head a `FarHead`
-    (cfg.far_samples > 0). -> (loss, {"loss_<term>": each term unweighted, "dyn_rel", ...})."""
+    (cfg.far_samples > 0). Sequences of different lengths: y is -1 past each row's end, `w_dyn` (B, R)
+    (or (B, T) with dyn_pos None) weighs each transition (1 inside its row, 0 past its end), unif_idx
+    picks memories inside their rows, and `lengths` (B,) stops the on-policy rollout at each end.
+    -> (loss, {"loss_<term>": each term unweighted, "dyn_rel", ...})."""
     D = teacher.cfg.d_model
     own = cfg.own_steps > 0
     if own and own_pos is None:
@@ -303,32 +344,33 @@ def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_po
     terms = {}
     loss_dec, loss_dec0 = decoder_loss(teacher, x, y, dec_pos, m_dec, cfg)
     terms["dec"] = (cfg.coef_dec, loss_dec)
-    loss_dyn, m_now, m_next = dynamics_loss(cell, m_before, m_after, x_in, cfg)
+    loss_dyn, m_now, m_next = dynamics_loss(cell, m_before, m_after, x_in, cfg, w_dyn)
     terms["dyn"] = (cfg.coef_dyn, loss_dyn)
     terms["unif"] = (cfg.coef_unif, uniformity(M.reshape(-1, D)[unif_idx]))  # over sampled memory tokens
     if cfg.coef_last_input > 0:
-        terms["last_input"] = (cfg.coef_last_input, last_input_loss(last_input_head, m_after, x_in, cfg, D))
+        terms["last_input"] = (cfg.coef_last_input, last_input_loss(last_input_head, m_after, x_in, cfg, D, w_dyn))
     if cfg.far_samples > 0:
         terms["far"] = (cfg.coef_far, far_question_loss(far_head, m_extra[-1], y, far))
     if cfg.slow_tokens > 0:
         # the slow tokens: their step is penalised, so what they hold stays put and the cell can keep it
         # by leaving them alone (the per-token normalisation no longer couples it to the recent inputs)
         w = cfg.slow_tokens * D
-        terms["slow"] = (cfg.coef_slow, F.mse_loss(upcast(m_after.reshape(-1, Z)[:, :w]), upcast(m_before.reshape(-1, Z)[:, :w])))
+        terms["slow"] = (cfg.coef_slow, mse_rows(m_after.reshape(-1, Z)[:, :w], m_before.reshape(-1, Z)[:, :w], w_dyn))
     metrics = {"loss_dec0": loss_dec0.detach()}
     # followability: the cell's one-step error relative to how far the teacher's memory moves per
     # step. Near 1 the cell has not learned the transitions (DMT cannot help yet); well below 1 the
     # memories are predictable from (m_t, x_{t+1}) and DMT can remove the drift (EXPERIMENTS.md 5).
     with torch.no_grad():
-        step = F.mse_loss(upcast(m_now.reshape(-1, Z)), upcast(m_next.reshape(-1, Z))).clamp_min(1e-12)
+        step = mse_rows(m_now.reshape(-1, Z), m_next.reshape(-1, Z), w_dyn).clamp_min(1e-12)
     metrics["dyn_rel"] = loss_dyn.detach() / step
     if own:
         now_pos = torch.arange(x.shape[1], device=x.device).expand_as(own_pos) if dyn_pos is None else dyn_pos
-        loss_own, metrics["own_err"] = own_state_loss(cell, m_extra[0], own_pos, now_pos, m_now, m_next, x, x_in, cfg.own_gain)
+        loss_own, metrics["own_err"] = own_state_loss(cell, m_extra[0], own_pos, now_pos, m_now, m_next, x, x_in, cfg.own_gain,
+                                                      w_dyn)
         terms["own"] = (cfg.coef_dyn, loss_own)
         metrics["own_rel"] = loss_own.detach() / step
     if cfg.coef_onpolicy > 0:
-        terms["onpolicy"] = (cfg.coef_onpolicy, onpolicy_loss(teacher, cell, M, x, dyn_pos, x_in, m_next, how))
+        terms["onpolicy"] = (cfg.coef_onpolicy, onpolicy_loss(teacher, cell, M, x, dyn_pos, x_in, m_next, how, lengths, w_dyn))
     loss = sum(coef * value for coef, value in terms.values())
     metrics.update({f"loss_{name}": value.detach() for name, (_, value) in terms.items()})
     return loss, metrics
@@ -353,20 +395,27 @@ class SMT(Method):
         probe = [p for h in (self.last_input_head, self.far_head) if h is not None for p in h.parameters()]
         return list(self.teacher.parameters()) + [p for p in self.cell.parameters() if id(p) not in skip] + probe
 
-    def loss(self, x, y, gen=None, cfg: SMTConfig | None = None):
+    def loss(self, x, y, gen=None, cfg: SMTConfig | None = None, lengths=None):
         """The SMT loss at positions drawn with `gen`, under the run's settings or `cfg` (smt-dmt
-        changes smt.coef_dyn_teacher once the teacher has solved the task)."""
+        changes smt.coef_dyn_teacher once the teacher has solved the task). With `lengths` (B,)
+        every position is drawn inside its row (lengths.py)."""
         B, T = x.shape
         cfg = self.cfg if cfg is None else cfg
-        dec_pos = sample_positions(y, cfg.future, cfg.dec_samples, gen)
-        dyn_pos = None
-        if cfg.transitions is not None and cfg.transitions < T:
+        y = mask_targets(y, lengths)
+        dec_pos = sample_positions(y, cfg.future, cfg.dec_samples, gen, lengths)
+        dyn_pos, w_dyn = None, None
+        if lengths is not None:
+            dyn_pos, w_dyn = sample_transitions(lengths.to(x.device), T, cfg.transitions, gen)
+        elif cfg.transitions is not None and cfg.transitions < T:
             r = torch.rand(B, T, generator=gen).argsort(dim=1)[:, : cfg.transitions]
             dyn_pos = r.to(x.device)
         Q = T + 1 if dyn_pos is None else (dec_pos.shape[1] + (3 if cfg.own_steps > 0 else 2) * dyn_pos.shape[1]
                                            + cfg.far_samples)  # memories the encoder computes
-        n_tok = B * Q * self.teacher.cfg.mem_tokens
-        unif_idx = torch.randperm(n_tok, generator=gen)[: cfg.unif_samples].to(x.device)
+        if lengths is None:
+            n_tok = B * Q * self.teacher.cfg.mem_tokens
+            unif_idx = torch.randperm(n_tok, generator=gen)[: cfg.unif_samples].to(x.device)
+        else:  # only memories inside their rows (a transition past the end points at memory 0)
+            unif_idx = draw_inside(dec_pos <= lengths.to(x.device)[:, None], self.teacher.cfg.mem_tokens, Q, cfg.unif_samples, gen)
         own_pos = None
         if cfg.own_steps > 0:  # each transition's own rollout starts j ~ U{1..k} steps back (at 0 at the latest)
             now = torch.arange(T).expand(B, T) if dyn_pos is None else dyn_pos.cpu()
@@ -374,7 +423,7 @@ class SMT(Method):
             own_pos = (now - j).clamp_min(0).to(x.device)
         far = far_positions(y, cfg.future, cfg.far_samples, gen) if cfg.far_samples > 0 else None
         return smt_loss(self.teacher, self.cell, x, y, cfg, dec_pos, dyn_pos, unif_idx, self.last_input_head, self.rollout,
-                        own_pos, far, self.far_head)
+                        own_pos, far, self.far_head, w_dyn, lengths)
 
     def before_eval(self):
         """Before the cell runs alone: give it the teacher's readout and m_empty."""

@@ -8,19 +8,28 @@
                 its final drift better for handover.smt_patience evaluations): the memories settle
                 into a followable (Markov) form only as joint training goes on, and a handover at the
                 moment the teacher solves the task left DMT at chance (EXPERIMENTS.md section 8)
+                (or, with handover.smt_steps, once SMT has had that many updates and the teacher has
+                solved the task: the hand-over at the stall, for a cell that SMT alone never makes follow)
     DMT phase   the teacher frozen, the cell rolled out on its own memories (methods/dmt.py) at
-                handover.dmt_lr_scale x the learning rate, until neither the RNN-alone accuracy nor the
-                drift at the last step has improved for handover.dmt_patience evaluations, or the RNN
-                alone has reached handover.dmt_target
+                handover.dmt_lr_scale x the learning rate (the schedule's, or with
+                handover.dmt_schedule="constant" its peak, train.lr), until neither the RNN-alone
+                accuracy nor the drift at the last step has improved for handover.dmt_patience
+                evaluations, or the RNN alone has reached handover.dmt_target. With handover.dmt_grow
+                the rollouts start at dmt.rollout steps and grow by that factor, up to the whole
+                sequence, each time DMT stops improving at their length (neither the cell's k-step
+                error at k = the rollout, `kstep@k`, nor the RNN alone for handover.dmt_patience
+                evaluations): a rollout short enough to keep the information gives targets the cell
+                can reach, and whole-sequence DMT straight after SMT pulled a cell that loses the
+                needle towards an average (EXPERIMENTS.md section 15)
 
 A teacher that has learned nothing (held-out loss within handover.teacher_min_gain = 5% of the
 targets' entropy, methods/evaluate.py) never counts as solved, by its plateau or otherwise, and its tiny `dyn_rel` never
 counts as followable; SMT warns once when that lasts three evaluations.
 
 Decisions are taken at evaluations (train.eval_every), from the held-out batch, as `Decision`s logged
-as rows {"event": "handover" | "dmt_plateau" | "dmt_target" | "warning", ...} in metrics.jsonl. The
-phase and the plateau trackers (`Plateau`, one per watched quantity) are buffers, so a resumed run
-continues in the phase it stopped in.
+as rows {"event": "handover" | "dmt_grow" | "dmt_plateau" | "dmt_target" | "warning", ...} in metrics.jsonl. The
+phase, the rollout length and the plateau trackers (`Plateau`, one per watched quantity) are buffers,
+so a resumed run continues in the phase and at the rollout length it stopped at.
 """
 from __future__ import annotations
 
@@ -38,6 +47,7 @@ from .rollout import Rollout
 from .smt import SMT, SMTConfig
 
 SMT_PHASE, DMT_PHASE, DONE = 0, 1, 2
+DMT_SCHEDULES = ("follow", "constant")
 PLATEAUS = ("teacher_ce", "dyn_rel", "rnn_acc", "drift")  # the watched quantities, in the order of older checkpoints' slots
 
 
@@ -83,7 +93,10 @@ class HandoverConfig:
     followable_plateau: int = 3  # ...or once dyn_rel has not improved by 1% for this many evaluations
     smt_patience: int = 3  # and SMT has not improved the RNN alone (accuracy +0.005, final drift -2%) for this many evaluations since the teacher solved the task
     solved_coef_dyn_teacher: float | None = None  # once the teacher has solved the task, smt.coef_dyn_teacher becomes this: a stronger pull towards memories the cell can follow, after (not before) the teacher has found what to remember (None: unchanged)
+    smt_steps: int | None = None  # ...or hand over after this many SMT updates once the teacher has solved the task, whatever the RNN alone does (None: only on the criteria above)
     dmt_lr_scale: float = 0.1  # DMT's learning rate as a fraction of the schedule's (train.lr)
+    dmt_schedule: str = "follow"  # DMT's rate is dmt_lr_scale x: "follow": the schedule's rate at each update | "constant": its peak, train.lr
+    dmt_grow: int | None = None  # DMT's rollouts start at dmt.rollout steps and grow by this factor (up to the sequence) each time DMT stops improving at their length (None: fixed)
     dmt_target: float | None = None  # also end the run once the RNN alone reaches this held-out accuracy (None: only on the plateau)
     dmt_patience: int | None = 5  # end the run after this many evaluations with neither RNN accuracy (+0.005) nor final drift (-2%) improving (None: train to train.steps)
 
@@ -92,10 +105,10 @@ class HandoverConfig:
             raise ValueError("handover.teacher_acc and handover.teacher_plateau are both null: SMT would never hand over")
         if self.teacher_acc is not None and not 0 < self.teacher_acc <= 1:
             raise ValueError(f"handover.teacher_acc must be in (0, 1] or null, got {self.teacher_acc}")
-        for n in ("teacher_plateau", "followable_plateau", "smt_patience", "dmt_patience"):
+        for n in ("teacher_plateau", "followable_plateau", "smt_patience", "dmt_patience", "smt_steps"):
             v = getattr(self, n)
             if v is not None and v < 1:
-                raise ValueError(f"handover.{n} must be >= 1{' or null' if n in ('teacher_plateau', 'dmt_patience') else ''}, got {v}")
+                raise ValueError(f"handover.{n} must be >= 1{' or null' if n in ('teacher_plateau', 'dmt_patience', 'smt_steps') else ''}, got {v}")
         if self.teacher_min_gain is not None and not self.teacher_min_gain < 1:
             raise ValueError(f"handover.teacher_min_gain must be < 1 or null, got {self.teacher_min_gain}")
         if self.solved_coef_dyn_teacher is not None and self.solved_coef_dyn_teacher < 0:
@@ -106,6 +119,22 @@ class HandoverConfig:
             raise ValueError(f"handover.dmt_target must be in (0, 1] or null, got {self.dmt_target}")
         if not 0 < self.dmt_lr_scale <= 1:
             raise ValueError(f"handover.dmt_lr_scale must be in (0, 1], got {self.dmt_lr_scale}")
+        if self.dmt_schedule not in DMT_SCHEDULES:
+            raise ValueError(f"handover.dmt_schedule must be one of {DMT_SCHEDULES}, got {self.dmt_schedule!r}")
+        if self.dmt_grow is not None:
+            if self.dmt_grow < 2:
+                raise ValueError(f"handover.dmt_grow must be >= 2 or null, got {self.dmt_grow}")
+            if self.dmt_patience is None:
+                raise ValueError("handover.dmt_grow needs handover.dmt_patience: rollouts grow when DMT has not improved "
+                                 "for that many evaluations")
+
+
+def kstep_at(ev: dict, n: int) -> float | None:
+    """The evaluation's k-step error (`kstep@k`, methods/evaluate.py) at the largest measured k <= n
+    (measured: powers of 2 and T); None where there is none."""
+    ks = [int(key.split("@")[1]) for key in ev if key.startswith("kstep@")]
+    ks = [k for k in ks if k <= n]
+    return ev[f"kstep@{max(ks)}"] if ks else None
 
 
 class SMTDMT(Method):
@@ -132,6 +161,8 @@ class SMTDMT(Method):
         self.dyn_rel = Plateau(lambda v, b: v < 0.99 * b)  # followability, 1% better
         self.rnn_acc = Plateau(lambda v, b: v > b + 0.005)  # the RNN alone's accuracy, +0.005
         self.drift = Plateau(lambda v, b: v < 0.98 * b)  # the RNN alone's final drift, 2% lower
+        self.register_buffer("rollout_len", torch.tensor(self.dmt_cfg.rollout or 0))  # DMT's rollout now (0: whole sequences)
+        self.stage_err = Plateau(lambda v, b: v < 0.98 * b)  # the cell's k-step error at k = the rollout, 2% lower
 
     @classmethod
     def check(cls, cfg, T: int) -> None:
@@ -139,6 +170,9 @@ class SMTDMT(Method):
         DMT.check(cfg[1], T)
         if cfg[2].solved_coef_dyn_teacher is not None:
             cfg[0].require_dyn_on_teacher("handover.solved_coef_dyn_teacher")
+        if cfg[2].dmt_grow is not None and not (cfg[1].rollout is not None and cfg[1].rollout < T):
+            raise ValueError(f"handover.dmt_grow grows DMT's rollouts from dmt.rollout: set dmt.rollout below the "
+                             f"sequence length ({T}), got {cfg[1].rollout}")
 
     def trainable(self):
         # SMT's (teacher, cell without the copied readout, probe) and the cell's readout and start for
@@ -150,31 +184,45 @@ class SMTDMT(Method):
                 out.append(p)
         return out
 
-    def loss(self, x, y, gen=None):
+    def loss(self, x, y, gen=None, lengths=None):
         if int(self.phase) == SMT_PHASE:
-            return self._smt.loss(x, y, gen, self.solved_smt_cfg if int(self.solved_step) >= 0 else self.smt_cfg)
-        return dmt_loss(self.teacher, self.cell, x, y, self.dmt_cfg, rollout_starts(self.dmt_cfg, x, gen), self.rollout)
+            return self._smt.loss(x, y, gen, self.solved_smt_cfg if int(self.solved_step) >= 0 else self.smt_cfg, lengths)
+        cfg = self.dmt_now()
+        return dmt_loss(self.teacher, self.cell, x, y, cfg, rollout_starts(cfg, x, gen, lengths), self.rollout, lengths)
+
+    def dmt_now(self) -> DMTConfig:
+        """DMT's settings at the current rollout length (which handover.dmt_grow changes)."""
+        n = int(self.rollout_len) or None
+        return self.dmt_cfg if n == self.dmt_cfg.rollout else replace(self.dmt_cfg, rollout=n)
 
     def before_eval(self):
         if int(self.phase) == SMT_PHASE:
             self._smt.before_eval()  # the cell runs alone with the teacher's readout and m_empty
 
     def sequential_steps(self, T: int) -> int:
-        return 1 if int(self.phase) == SMT_PHASE else (self.dmt_cfg.rollout or T)
+        return 1 if int(self.phase) == SMT_PHASE else (int(self.rollout_len) or T)
 
-    def lr_scale(self) -> float:
-        return 1.0 if int(self.phase) == SMT_PHASE else self.ho.dmt_lr_scale
+    def lr(self, scheduled: float, peak: float) -> float:
+        if int(self.phase) == SMT_PHASE:
+            return scheduled
+        return self.ho.dmt_lr_scale * (peak if self.ho.dmt_schedule == "constant" else scheduled)
 
     def finished(self) -> bool:
         return int(self.phase) == DONE
 
     def report(self) -> dict:
-        return {"handover_step": int(self.handover_step) if int(self.handover_step) >= 0 else None}
+        return {"handover_step": int(self.handover_step) if int(self.handover_step) >= 0 else None,
+                "dmt_rollout": int(self.rollout_len) or None}
 
     def upgrade_state(self, tensors: dict, version: int) -> dict:
         """Checkpoints from before the `Plateau` trackers keep them as slots of two buffers, `best` and
-        `since` (4,), in PLATEAUS order; and before format 5 have no blank-teacher count (SMT's)."""
+        `since` (4,), in PLATEAUS order; before format 5 have no blank-teacher count (SMT's); before
+        format 9 no rollout length (dmt.rollout's) or stage tracker (unused)."""
         tensors = self._smt.upgrade_state(tensors, version)
+        if version < 9:  # before growing rollouts: DMT at dmt.rollout, nothing watched at a stage
+            tensors.setdefault("rollout_len", torch.tensor(self.dmt_cfg.rollout or 0))
+            tensors.setdefault("stage_err.best", torch.tensor(0.0, dtype=torch.float64))
+            tensors.setdefault("stage_err.since", torch.tensor(-1))
         if "best" in tensors and "since" in tensors:
             best, since = tensors["best"], tensors["since"]
             tensors = {k: v for k, v in tensors.items() if k not in ("best", "since")}
@@ -190,6 +238,7 @@ class SMTDMT(Method):
     def _restart_rnn_watch(self) -> None:
         self.rnn_acc.restart()
         self.drift.restart()
+        self.stage_err.restart()
 
     def after_eval(self, ev: dict, step: int, budget_used: float = 0.0) -> Decision | None:
         if int(self.phase) == SMT_PHASE:
@@ -199,10 +248,25 @@ class SMTDMT(Method):
         if self.ho.dmt_target is not None and ev["rnn_acc"] >= self.ho.dmt_target:
             return Decision("dmt_target", f"the RNN alone reached {ev['rnn_acc']:.3f} >= handover.dmt_target={self.ho.dmt_target}",
                             {"rnn_acc": ev["rnn_acc"], "drift_end": ev["drift"][-1]})
+        T, n = len(ev["drift"]) - 1, int(self.rollout_len)
+        if self.ho.dmt_grow is not None and 0 < n < T:
+            return self._grow(ev, n, T)
         if self.ho.dmt_patience is not None and self._rnn_stale(ev) >= self.ho.dmt_patience:
             return Decision("dmt_plateau", f"no better RNN accuracy or final drift in {self.ho.dmt_patience} evaluations",
                             {"rnn_acc": ev["rnn_acc"], "drift_end": ev["drift"][-1]})
         return None
+
+    def _grow(self, ev: dict, n: int, T: int) -> Decision | None:
+        """At rollouts of n < T steps: longer ones (x handover.dmt_grow, at most T) once neither the
+        k-step error at k = n nor the RNN alone has improved for handover.dmt_patience evaluations."""
+        err = kstep_at(ev, n)
+        stale = min(self.stage_err.watch(err), self.rnn_acc.watch(ev["rnn_acc"]))
+        if stale < self.ho.dmt_patience:
+            return None
+        longer = min(T, n * self.ho.dmt_grow)
+        return Decision("dmt_grow", f"no better kstep@{n} or RNN accuracy in {self.ho.dmt_patience} evaluations at "
+                        f"{n}-step rollouts: {longer}-step rollouts from here",
+                        {"rollout": longer, f"kstep@{n}": err, "rnn_acc": ev["rnn_acc"], "drift_end": ev["drift"][-1]})
 
     def _smt_decision(self, ev: dict, step: int, budget_used: float) -> Decision | None:
         warning = self.blank_teacher.check(ev, step, budget_used)  # said once, when the teacher stays blank
@@ -223,7 +287,13 @@ class SMTDMT(Method):
                 return None
         dyn = ev["dyn_rel"]  # None where the teacher's memories do not move (evaluate.py)
         low = dyn is not None and dyn <= ho.followable
-        if self._rnn_stale(ev) < ho.smt_patience or not (low or stale_dyn >= ho.followable_plateau):
+        stale_rnn = self._rnn_stale(ev)
+        if ho.smt_steps is not None and step >= ho.smt_steps:
+            return Decision("handover",
+                            (f"teacher solved the task at step {int(self.solved_step)} (acc {ev['teacher_acc']:.3f}); SMT "
+                             f"has had handover.smt_steps={ho.smt_steps} updates (RNN alone {ev['rnn_acc']:.3f})"),
+                            {"teacher_acc": ev["teacher_acc"], "dyn_rel": dyn, "rnn_acc": ev["rnn_acc"]})
+        if stale_rnn < ho.smt_patience or not (low or stale_dyn >= ho.followable_plateau):
             return None
         return Decision("handover",
                         (f"teacher solved the task at step {int(self.solved_step)} (acc {ev['teacher_acc']:.3f}); dyn_rel "
@@ -240,6 +310,10 @@ class SMTDMT(Method):
             self.phase.fill_(DMT_PHASE)
             self.handover_step.fill_(step)
             self._restart_rnn_watch()  # DMT's plateau is counted from the handover
+            return False
+        if decision.event == "dmt_grow":
+            self.rollout_len.fill_(int(decision.values["rollout"]))
+            self._restart_rnn_watch()  # the next length's plateau is counted from here
             return False
         self.phase.fill_(DONE)
         return True

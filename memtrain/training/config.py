@@ -34,6 +34,8 @@ OLD_DEFAULTS = {"method": "smt", "teacher.token_shift": False, "smt.dec_samples"
 # settings added in format 7 (memtrain 0.6), off at their defaults: a run saved before them trained without them
 ADDED_IN_7 = ("own_steps", "own_gain", "far_samples", "coef_far", "slow_tokens", "coef_slow")
 ADDED_IN_8 = ("coef_dyn_teacher",)  # smt settings added in format 8 (handover's are all filled in below)
+# format 9 (0.10): the cosine schedule's own length; handover.smt_steps / dmt_schedule / dmt_grow are filled in below
+ADDED_IN_9 = {"train.schedule_steps": None}
 
 
 def control(default):
@@ -51,7 +53,8 @@ class TrainConfig:
     weight_decay: float = 0.01  # AdamW weight decay
     clip: float | None = 1.0  # gradient-norm clip (None: off)
     warmup: int = 50  # linear learning-rate warmup, in updates
-    schedule: str = "constant"  # "constant" | "cosine" (after warmup, down to 0 at `steps`)
+    schedule: str = "constant"  # "constant" | "cosine" (after warmup, down to 0 at `schedule_steps`)
+    schedule_steps: int | None = None  # the cosine schedule's length in updates, after which the rate stays at 0 (None: train.steps); lets a time-limited run end its schedule where it chooses
     eval_every: int = control(100)  # evaluate the RNN alone every this many updates
     eval_batch: int = control(256)  # held-out sequences per evaluation
     seed: int = 0  # the data stream, the networks' initial weights and the loss randomness
@@ -90,6 +93,8 @@ class TrainConfig:
             raise ValueError(f"train.time_limit must be > 0 seconds or null, got {self.time_limit}")
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"train.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.schedule_steps is not None and self.schedule_steps <= self.warmup:
+            raise ValueError(f"train.schedule_steps must be > train.warmup={self.warmup} or null (train.steps), got {self.schedule_steps}")
         if self.seed >= 2**63:
             raise ValueError(f"train.seed must be < 2**63, got {self.seed}")
         if not all(0 <= b < 1 for b in self.betas):
@@ -212,10 +217,10 @@ def run_control_keys(cls=RunConfig, prefix: str = "") -> set[str]:
 
 
 def upgrade(config: dict, version: int) -> dict:
-    """A configuration saved by format `version` (1, 2: memtrain 0.1; 3: 0.2; 4: 0.3; 5: 0.4; 6: 0.5; 7: 0.6-0.7) in today's names and
+    """A configuration saved by format `version` (1, 2: memtrain 0.1; 3: 0.2; 4: 0.3; 5: 0.4; 6: 0.5; 7: 0.6-0.7; 8: 0.8-0.9) in today's names and
     values: renamed settings, sections added since (at their defaults, which is how the run behaved);
     before 3 also None instead of 0 or "" for "not set" and `residual` only on cells that have one."""
-    if version >= 8:
+    if version >= 9:
         return config
     if not isinstance(config, dict):
         return config  # from_dict refuses it with the reason
@@ -225,7 +230,8 @@ def upgrade(config: dict, version: int) -> dict:
         (sec, o), (_, n) = old.split("."), new.split(".")
         if o in section(sec):
             c[sec][n] = c[sec].pop(o)
-    # format 4 (0.3): the smt-dmt method's section; 5 (0.4): handover.teacher_min_gain; 8 (0.8): handover.solved_coef_dyn_teacher; at their defaults
+    # format 4 (0.3): the smt-dmt method's section; 5 (0.4): handover.teacher_min_gain; 8 (0.8): handover.solved_coef_dyn_teacher;
+    # 9 (0.10): handover.smt_steps, dmt_schedule, dmt_grow; at their defaults
     # (an smt-dmt run of 0.3 resumed today no longer counts a teacher that has learned nothing as solved)
     handover = c.setdefault("handover", {}) if isinstance(c.get("handover", {}), dict) else {}
     for key, value in to_dict(HandoverConfig()).items():
@@ -246,6 +252,11 @@ def upgrade(config: dict, version: int) -> dict:
     if isinstance(c.get("smt", {}), dict):
         for name in ADDED_IN_7 + ADDED_IN_8:
             c.setdefault("smt", {}).setdefault(name, getattr(SMTConfig(), name))
+    # 9 (0.10): train.schedule_steps, at its default (the schedule spanned train.steps)
+    for key, value in ADDED_IN_9.items():
+        sec, _, name = key.partition(".")
+        if isinstance(c.get(sec, {}), dict):
+            c.setdefault(sec, {}).setdefault(name, value)
     if version >= 3:
         return c
     train, cell, args = section("train"), section("cell"), section("task_args")

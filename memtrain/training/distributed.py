@@ -110,10 +110,11 @@ def loss_generator(seed: int, rank: int, step: int, micro: int) -> torch.Generat
     return torch.Generator().manual_seed(mixed)
 
 
-def rows_of(world: World, x: torch.Tensor, y: torch.Tensor, batch_size: int):
-    """This rank's rows of the global batch."""
+def rows_of(world: World, x: torch.Tensor, y: torch.Tensor, batch_size: int, lengths: torch.Tensor | None = None):
+    """This rank's rows of the global batch: (x, y), or (x, y, lengths) where rows have lengths."""
     n = batch_size // world.size
-    return x[world.rank * n: (world.rank + 1) * n], y[world.rank * n: (world.rank + 1) * n]
+    rows = slice(world.rank * n, (world.rank + 1) * n)
+    return (x[rows], y[rows]) if lengths is None else (x[rows], y[rows], lengths[rows])
 
 
 def check_batch(batch_size: int, world: World, grad_accum: int) -> None:

@@ -12,6 +12,7 @@ run: the second is refused while the first holds `out_dir/.lock` (lock.py).
 """
 from __future__ import annotations
 
+import inspect
 import math
 import signal
 import sys
@@ -26,6 +27,7 @@ import torch
 from ..data.tasks import all_rows, build_task, require_rows, sample_eval
 from ..fields import to_dict
 from ..io import load_module, nonfinite_to_null
+from ..lengths import mask_targets, unpack
 from ..methods.evaluate import drift_at, evaluate
 from . import distributed
 from .build import (Parts, autocast_for, build_parts, compile_networks, configure_precision, load_init_weights,
@@ -45,7 +47,7 @@ def lr_at(step: int, cfg) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     if cfg.schedule == "cosine":
-        frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        frac = (step - cfg.warmup) / max(1, (cfg.schedule_steps or cfg.steps) - cfg.warmup)
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
     return cfg.lr
 
@@ -87,9 +89,9 @@ def _has_unused(method, task, params, device, autocast) -> bool:
     """Does a loss leave some trainable parameter without a gradient (e.g. DMT from encoder memories
     never uses m_empty)? One forward and backward on two sequences, drawn from a generator of its own;
     DDP then searches for unused parameters every step only where there are some."""
-    x, y = task.sample(2, torch.Generator().manual_seed(0))
+    x, y, lengths = unpack(task.sample(2, torch.Generator().manual_seed(0)))
     with autocast:
-        loss, _ = method(x.to(device), y.to(device), torch.Generator().manual_seed(0))
+        loss, _ = method(x.to(device), y.to(device), torch.Generator().manual_seed(0), _to(lengths, device))
     loss.backward()
     unused = any(p.grad is None for p in params)
     for p in params:
@@ -110,6 +112,7 @@ class Run:
     gen: torch.Generator  # the data stream: the same on every rank
     x_eval: torch.Tensor
     y_eval: torch.Tensor
+    lengths_eval: torch.Tensor | None  # where each held-out row ends (None: every row is full length)
     autocast: object
     state: RunState
     log: MetricsLog
@@ -174,20 +177,27 @@ def _parts(cfg: RunConfig, task, out: Path | None, world) -> tuple[Parts, tuple 
     return parts, resume
 
 
-def _held_out(parts: Parts) -> tuple[torch.Tensor, torch.Tensor]:
+def _held_out(parts: Parts) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The rows every evaluation of the run uses: every held-out row (train.eval_rows=all), or
-    train.eval_batch of them drawn once from a generator of their own."""
+    train.eval_batch of them drawn once from a generator of their own -> (x, y, lengths or None)."""
     tc = parts.cfg.train
     if tc.eval_rows == "all":
-        return all_rows(parts.task, "val")
-    return sample_eval(parts.task, tc.eval_batch, torch.Generator().manual_seed(tc.seed + 10_000))
+        return unpack(all_rows(parts.task, "val"))
+    return unpack(sample_eval(parts.task, tc.eval_batch, torch.Generator().manual_seed(tc.seed + 10_000)))
+
+
+def _to(t: torch.Tensor | None, device) -> torch.Tensor | None:
+    return None if t is None else t.to(device)
 
 
 def _check_held_out(parts: Parts) -> None:
     """Refuse (before anything is written) a held-out batch without a single supervised target: every
     evaluation of the run would have nothing to score."""
-    _, y = _held_out(parts)
-    if not bool((y >= 0).any()):
+    _, y, lengths = _held_out(parts)
+    if lengths is not None and "lengths" not in inspect.signature(parts.method.loss).parameters:
+        raise ValueError(f"task {parts.cfg.task!r} has sequences of different lengths, and method {parts.cfg.method!r} "
+                         "takes none: its loss needs a `lengths` argument (methods/base.py)")
+    if not bool((mask_targets(y, lengths) >= 0).any()):
         tc = parts.cfg.train
         raise ValueError(f"train.eval_batch={tc.eval_batch}: the held-out sequences drawn for evaluation (task "
                          f"{parts.cfg.task!r}) have no supervised position (every target is -1); raise "
@@ -214,7 +224,7 @@ def _start(parts: Parts, world, device, out: Path | None, resume) -> Run | dict:
         torch.set_num_threads(tc.threads)
     configure_precision(device, tc.tf32)
     gen = torch.Generator().manual_seed(tc.seed)
-    x_eval, y_eval = _held_out(parts)  # (all: evaluated eval_batch rows at a time)
+    x_eval, y_eval, lengths_eval = _held_out(parts)  # (all: evaluated eval_batch rows at a time)
     method = parts.method.to(device)
     params = method.trainable()
     opt = torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
@@ -236,7 +246,7 @@ def _start(parts: Parts, world, device, out: Path | None, resume) -> Run | dict:
         tensorboard = TensorBoardLog(out, state.step if resume is not None else None)
     log = MetricsLog(out, state.metrics_bytes if resume is not None else None, enabled=world.main, tensorboard=tensorboard)
     distributed.barrier(world)  # nobody starts before rank 0 has cleaned up out_dir
-    return Run(parts, world, device, out, model, params, opt, gen, x_eval.to(device), y_eval.to(device), autocast,
+    return Run(parts, world, device, out, model, params, opt, gen, x_eval.to(device), y_eval.to(device), _to(lengths_eval, device), autocast,
                state, log, config)
 
 
@@ -302,20 +312,24 @@ def one_update(run: Run, stop: StopSignals) -> tuple[distributed.Agreement, floa
     agree on (mean loss and metrics, flags, seconds) and the gradient norm. The optimizer does not step."""
     tc, world, device = run.tc, run.world, run.device
     t0 = time.perf_counter()
-    x_all, y_all = run.parts.task.sample(tc.batch_size, run.gen)
-    x_all, y_all = distributed.rows_of(world, x_all, y_all, tc.batch_size)
+    x_all, y_all, lengths_all = unpack(run.parts.task.sample(tc.batch_size, run.gen))
+    if lengths_all is not None:
+        x_all, y_all, lengths_all = distributed.rows_of(world, x_all, y_all, tc.batch_size, lengths_all)
+    else:
+        x_all, y_all = distributed.rows_of(world, x_all, y_all, tc.batch_size)
     n = x_all.shape[0] // tc.grad_accum
     loss_sum, metric_sums = 0.0, {}
     run.opt.zero_grad(set_to_none=True)
     for k in range(tc.grad_accum):
         x, y = x_all[k * n:(k + 1) * n], y_all[k * n:(k + 1) * n]
+        lengths = None if lengths_all is None else lengths_all[k * n:(k + 1) * n].to(device)
         if device.type == "cuda":
             x, y = x.pin_memory(), y.pin_memory()
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         last_micro = k == tc.grad_accum - 1
         with nullcontext() if last_micro or not world.distributed else run.model.no_sync():
             with run.autocast:
-                loss, metrics = run.model(x, y, distributed.loss_generator(tc.seed, world.rank, run.state.step, k))
+                loss, metrics = run.model(x, y, distributed.loss_generator(tc.seed, world.rank, run.state.step, k), lengths)
             (loss / tc.grad_accum).backward()
         loss_sum += loss.item() / tc.grad_accum
         for key, v in metrics.items():
@@ -336,7 +350,8 @@ def evaluate_now(run: Run, bar: Progress | None = None) -> tuple[dict, dict]:
     if not run.world.main:
         return {}, {}
     method.eval()
-    ev = evaluate(run.parts.cell, run.parts.teacher, run.x_eval, run.y_eval, chunk=run.tc.eval_batch, how=method.rollout)
+    ev = evaluate(run.parts.cell, run.parts.teacher, run.x_eval, run.y_eval, chunk=run.tc.eval_batch, how=method.rollout,
+                  lengths=run.lengths_eval)
     method.train()
     row = {"step": run.state.step, "time": round(run.state.seconds, 2), **_no_drift(ev)}
     if "drift" in ev:
@@ -411,7 +426,7 @@ def _loop(run: Run, progress: bool) -> dict:
     try:
         with StopSignals() as stop:
             while st.step < tc.steps and not (tc.time_limit is not None and st.seconds >= tc.time_limit):
-                lr = lr_at(st.step, tc) * run.parts.method.lr_scale()
+                lr = run.parts.method.lr(lr_at(st.step, tc), tc.lr)
                 for group in run.opt.param_groups:
                     group["lr"] = lr
                 agreed, gnorm = one_update(run, stop)

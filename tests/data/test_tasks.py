@@ -488,9 +488,40 @@ def test_npz_random_bytes_is_not_readable(tmp_path):
 
 
 def test_npz_object_arrays_are_refused_without_unpickling(tmp_path):
+    """A ragged file (object arrays, which need pickle) is refused with what to store instead."""
     p = _npz(tmp_path / "obj.npz", x=np.array([[1, 2]], dtype=object), y=np.array([[1, 2]], dtype=object))
-    with pytest.raises(ValueError, match="not a readable .npz"):
+    with pytest.raises(ValueError, match=r"holds object arrays \(ragged sequences\?\).*'lengths'"):
         build_task("npz", path=p)
+    ragged = np.empty(2, dtype=object)
+    ragged[0], ragged[1] = np.array([1, 2, 3]), np.array([4])
+    p = _npz(tmp_path / "ragged.npz", x=ragged, y=ragged)
+    with pytest.raises(ValueError, match="right-padded to \\(N, T\\) with an integer array 'lengths'"):
+        build_task("npz", path=p)
+
+
+def test_npz_sequences_of_different_lengths(tmp_path):
+    """Padded x, y with `lengths`: batches are (x, y, lengths), padding reads as token 0 and -1."""
+    from memtrain.lengths import pad
+    rows = [np.arange(1, 8), np.arange(2, 5), np.arange(3, 9)]
+    x, L = pad(rows, pad_value=5)  # (junk in the padding: it is ignored)
+    y, _ = pad([r + 1 for r in rows], pad_value=5)
+    task = build_task("npz", path=_npz(tmp_path / "r.npz", x=x, y=y, lengths=L), vocab=10)
+    assert task.length == 7 and task.vocab == 10
+    bx, by, bl = task.sample(64, torch.Generator().manual_seed(0))
+    assert bx.shape == by.shape == (64, 7) and set(bl.tolist()) == {7, 3, 6}
+    for b in range(64):
+        n = int(bl[b])
+        assert (by[b, n:] == -1).all() and (bx[b, n:] == 0).all() and (by[b, :n] == bx[b, :n] + 1).all()
+    cx, cy, cl = task.sample(8, torch.Generator().manual_seed(0), length=4)
+    assert cx.shape == (8, 4) and int(cl.max()) <= 4 and int(cl.min()) >= 3
+    rx, ry, rl = task.rows("val")
+    assert rl.tolist() == [7, 3, 6] and ry[1].tolist() == [3, 4, 5, -1, -1, -1, -1]
+    with pytest.raises(ValueError, match=r"lengths in \[0, 7\]; each must lie in 1\.\.7"):
+        build_task("npz", path=_npz(tmp_path / "bad.npz", x=x, y=y, lengths=np.array([7, 0, 6])), vocab=10)
+    with pytest.raises(ValueError, match="needs 'lengths' of 3 integers"):
+        build_task("npz", path=_npz(tmp_path / "bad2.npz", x=x, y=y, lengths=np.array([7.0, 3.0, 6.0])), vocab=10)
+    with pytest.raises(ValueError, match="must both have `lengths` or both not"):
+        build_task("npz", path=str(tmp_path / "r.npz"), val_path=_npz(tmp_path / "v.npz", x=x, y=y), vocab=10)
 
 
 def test_npz_truncated_file_is_a_value_error(tmp_path):

@@ -8,19 +8,26 @@ from safetensors.torch import load_file
 
 from memtrain.methods.dmt import DMTConfig
 from memtrain.methods.smt import SMTConfig
-from memtrain.methods.smt_dmt import DMT_PHASE, DONE, SMT_PHASE, SMTDMT, HandoverConfig, Plateau
+from memtrain.methods.smt_dmt import DMT_PHASE, DONE, SMT_PHASE, SMTDMT, HandoverConfig, Plateau, kstep_at
 from memtrain.presets import preset_config
 from memtrain.training.trainer import train
 from tests.conftest import tiny_cell, tiny_teacher
 
 
-def _method(**handover):
-    return SMTDMT(tiny_teacher(), tiny_cell("mlp"), (SMTConfig(future=4), DMTConfig(), HandoverConfig(**handover)))
+def _method(dmt=None, **handover):
+    return SMTDMT(tiny_teacher(), tiny_cell("mlp"), (SMTConfig(future=4), dmt or DMTConfig(), HandoverConfig(**handover)))
 
 
-def _ev(teacher_acc=0.5, teacher_ce=1.0, dyn_rel=0.5, rnn_acc=0.1, drift_end=1.0):
+def _ev(teacher_acc=0.5, teacher_ce=1.0, dyn_rel=0.5, rnn_acc=0.1, drift_end=1.0, T=1, **kstep):
     return {"teacher_acc": teacher_acc, "teacher_ce": teacher_ce, "dyn_rel": dyn_rel, "rnn_acc": rnn_acc,
-            "drift": [0.0, drift_end]}
+            "drift": [0.0] * T + [drift_end], **{k.replace("k", "kstep@"): v for k, v in kstep.items()}}
+
+
+def _to_dmt(m):
+    """Hand `m` (teacher_acc=0.5, followable=1.0, smt_patience=1) over to DMT."""
+    assert m.after_eval(_ev(teacher_acc=1.0, dyn_rel=0.01), 1) is None
+    m.apply(m.after_eval(_ev(teacher_acc=1.0, dyn_rel=0.01), 2), 2)
+    assert int(m.phase) == DMT_PHASE
 
 
 def test_hands_over_once_solved_followable_and_smt_no_longer_helps_the_rnn():
@@ -33,8 +40,8 @@ def test_hands_over_once_solved_followable_and_smt_no_longer_helps_the_rnn():
     assert m.after_eval(_ev(teacher_acc=0.95, dyn_rel=0.3, rnn_acc=0.3), 50) is None, "2 stale, but not followable"
     d = m.after_eval(_ev(teacher_acc=0.92, dyn_rel=0.08, rnn_acc=0.301), 60)
     assert d.event == "handover" and "step 20" in d.why and "0.301" in d.why
-    assert m.apply(d, 60) is False and int(m.phase) == DMT_PHASE and m.report() == {"handover_step": 60}
-    assert m.lr_scale() == pytest.approx(0.1) and m.sequential_steps(16) == 16
+    assert m.apply(d, 60) is False and int(m.phase) == DMT_PHASE and m.report() == {"handover_step": 60, "dmt_rollout": None}
+    assert m.lr(2e-3, 3e-3) == pytest.approx(2e-4) and m.sequential_steps(16) == 16
 
 
 def test_plateaus_count_evaluations_without_improvement():
@@ -212,7 +219,8 @@ def test_a_checkpoint_with_the_older_tracker_slots_loads_into_the_plateaus():
         m.after_eval(_ev(teacher_acc=acc, dyn_rel=dyn, rnn_acc=0.1 * step), step)
     state = m.extra_state()
     plateaus = [getattr(m, name) for name in PLATEAUS]
-    old = {k: v for k, v in state.items() if not k.endswith((".best", ".since")) or k.startswith("blank_teacher.")}
+    old = {k: v for k, v in state.items() if (not k.endswith((".best", ".since")) or k.startswith("blank_teacher."))
+           and k != "rollout_len"}  # (format 9 added the rollout length and the stage tracker)
     old["best"], old["since"] = torch.stack([p.best for p in plateaus]), torch.stack([p.since for p in plateaus])
     assert set(old) - set(state) == {"best", "since"}
     fresh = _method(teacher_acc=0.9, followable=0.1, followable_plateau=100, smt_patience=2)
@@ -221,7 +229,7 @@ def test_a_checkpoint_with_the_older_tracker_slots_loads_into_the_plateaus():
     fresh.load_extra_state(upgraded)
     assert [(float(p.best), int(p.since)) for p in (getattr(fresh, n) for n in PLATEAUS)] == \
         [(float(p.best), int(p.since)) for p in plateaus]
-    assert fresh.upgrade_state(state, 6) == state, "today's keys pass as they are"
+    assert fresh.upgrade_state(state, 9) == state, "today's keys pass as they are"
 
 
 def test_solved_coef_dyn_teacher_applies_from_the_solving_evaluation_and_survives_a_state_round_trip():
@@ -256,3 +264,120 @@ def test_solved_coef_dyn_teacher_is_refused_without_a_dynamics_loss_on_the_teach
         HandoverConfig(solved_coef_dyn_teacher=-0.5).validate()
     with pytest.raises(ValueError, match="handover.solved_coef_dyn_teacher weighs"):
         SMTDMT.check((SMTConfig(future=4, dyn_trains_teacher=False), DMTConfig(), HandoverConfig(solved_coef_dyn_teacher=1.0)), 16)
+
+
+def test_smt_steps_hands_over_at_the_stall_once_the_teacher_has_solved_the_task():
+    m = _method(teacher_acc=0.9, followable=1e-6, followable_plateau=100, smt_patience=100, smt_steps=50)
+    assert m.after_eval(_ev(teacher_acc=0.5, rnn_acc=0.1), 60) is None, "past smt_steps, but the teacher has not solved it"
+    d = m.after_eval(_ev(teacher_acc=0.95, rnn_acc=0.3), 70)  # solved now; not followable by the other criteria
+    assert d.event == "handover" and "handover.smt_steps=50" in d.why and d.values["rnn_acc"] == 0.3
+    early = _method(teacher_acc=0.9, followable=1e-6, followable_plateau=100, smt_patience=100, smt_steps=50)
+    for step, acc in ((10, 0.95), (40, 0.95), (45, 0.96)):
+        assert early.after_eval(_ev(teacher_acc=0.95, rnn_acc=acc), step) is None, "solved, SMT still within its updates"
+    assert early.after_eval(_ev(teacher_acc=0.95, rnn_acc=0.97), 50).event == "handover"
+
+
+def test_dmt_rate_follows_the_schedule_or_stays_at_its_peak():
+    for schedule, want in (("follow", 0.1 * 1e-4), ("constant", 0.1 * 3e-3)):
+        m = _method(teacher_acc=0.5, followable=1.0, smt_patience=1, dmt_schedule=schedule)
+        assert m.lr(1e-4, 3e-3) == 1e-4, "SMT: the schedule's rate"
+        _to_dmt(m)
+        assert m.lr(1e-4, 3e-3) == pytest.approx(want)
+
+
+def test_kstep_at_reads_the_largest_measured_k_within_the_rollout():
+    ev = {"kstep@1": 0.1, "kstep@2": 0.2, "kstep@4": 0.4, "kstep@8": 0.8, "kstep_growth": 2.0}
+    assert (kstep_at(ev, 4), kstep_at(ev, 6), kstep_at(ev, 100), kstep_at(ev, 1)) == (0.4, 0.4, 0.8, 0.1)
+    assert kstep_at({"rnn_acc": 1.0}, 4) is None
+
+
+def test_dmt_rollouts_grow_when_dmt_stops_improving_at_their_length():
+    m = _method(DMTConfig(rollout=4, start="encoder"), teacher_acc=0.5, followable=1.0, smt_patience=1,
+                dmt_grow=2, dmt_patience=2)
+    assert m.dmt_now().rollout == 4 and m.sequential_steps(16) == 1, "SMT steps once"
+    _to_dmt(m)
+    assert m.sequential_steps(16) == 4
+    assert m.after_eval(_ev(T=16, rnn_acc=0.2, k4=1.0, k8=2.0), 3) is None
+    assert m.after_eval(_ev(T=16, rnn_acc=0.2, k4=0.5, k8=2.0), 4) is None, "kstep@4 improves"
+    assert m.after_eval(_ev(T=16, rnn_acc=0.3, k4=0.5, k8=2.0), 5) is None, "the RNN alone improves"
+    assert m.after_eval(_ev(T=16, rnn_acc=0.3, k4=0.495, k8=2.0, drift_end=0.1), 6) is None, "stale once (1% is no gain)"
+    d = m.after_eval(_ev(T=16, rnn_acc=0.3, k4=0.5, k8=1.0), 7)
+    assert d.event == "dmt_grow" and d.values["rollout"] == 8 and d.values["kstep@4"] == 0.5
+    assert m.apply(d, 7) is False and m.dmt_now().rollout == 8 and m.sequential_steps(16) == 8
+    assert m.report()["dmt_rollout"] == 8 and m.dmt_cfg.rollout == 4, "the settings as written are kept"
+    for step in (8, 9):  # watched afresh at 8 steps: kstep@8 is now the measure
+        assert m.after_eval(_ev(T=16, rnn_acc=0.3, k4=0.5, k8=1.0), step) is None
+    m.apply(m.after_eval(_ev(T=16, rnn_acc=0.3, k4=0.5, k8=1.0), 10), 10)
+    assert m.dmt_now().rollout == 16, "8 x 2, the whole sequence"
+    # at full length the plateau of accuracy and final drift ends the run, as without growth
+    for step in (11, 12):
+        assert m.after_eval(_ev(T=16, rnn_acc=0.3, drift_end=1.0), step) is None
+    d = m.after_eval(_ev(T=16, rnn_acc=0.3, drift_end=1.0), 13)
+    assert d.event == "dmt_plateau" and m.apply(d, 13) is True
+
+
+def test_growth_stops_at_the_sequence_length():
+    m = _method(DMTConfig(rollout=5), teacher_acc=0.5, followable=1.0, smt_patience=1, dmt_grow=4, dmt_patience=1)
+    _to_dmt(m)
+    m.after_eval(_ev(T=12, k4=1.0), 3)
+    d = m.after_eval(_ev(T=12, k4=1.0), 4)
+    assert d.values["rollout"] == 12 and "kstep@5" in d.why
+
+
+def test_growing_rollouts_change_the_dmt_loss_they_train():
+    """The loss after a growth step is DMT's loss at the new rollout length (same draws), not the old one's."""
+    from memtrain.methods.dmt import dmt_loss, rollout_starts
+    m = _method(DMTConfig(rollout=2, start="encoder"), teacher_acc=0.5, followable=1.0, smt_patience=1, dmt_grow=3, dmt_patience=1)
+    _to_dmt(m)
+    x = torch.randint(0, 5, (3, 10))
+    y = x.roll(1, 1)
+    assert m.after_eval(_ev(T=10, k2=1.0), 3) is None
+    m.apply(m.after_eval(_ev(T=10, k2=1.0), 4), 4)
+    assert int(m.rollout_len) == 6
+    got, _ = m.loss(x, y, torch.Generator().manual_seed(3))
+    cfg6 = DMTConfig(rollout=6, start="encoder")
+    want, _ = dmt_loss(m.teacher, m.cell, x, y, cfg6, rollout_starts(cfg6, x, torch.Generator().manual_seed(3)))
+    assert torch.equal(got, want)
+    got.backward()
+    assert all(p.grad is None for p in m.teacher.parameters()) and m.cell.head.head.weight.grad is not None
+
+
+def test_bad_growth_settings_are_named():
+    with pytest.raises(ValueError, match="handover.dmt_grow must be >= 2"):
+        HandoverConfig(dmt_grow=1).validate()
+    with pytest.raises(ValueError, match="handover.dmt_grow needs handover.dmt_patience"):
+        HandoverConfig(dmt_grow=2, dmt_patience=None).validate()
+    with pytest.raises(ValueError, match="handover.dmt_schedule must be one of"):
+        HandoverConfig(dmt_schedule="cosine").validate()
+    with pytest.raises(ValueError, match="handover.smt_steps must be >= 1 or null, got 0"):
+        HandoverConfig(smt_steps=0).validate()
+    for rollout in (None, 16):
+        with pytest.raises(ValueError, match="handover.dmt_grow grows DMT's rollouts from dmt.rollout"):
+            SMTDMT.check((SMTConfig(future=4), DMTConfig(rollout=rollout), HandoverConfig(dmt_grow=2)), 16)
+    SMTDMT.check((SMTConfig(future=4), DMTConfig(rollout=4), HandoverConfig(dmt_grow=2)), 16)
+
+
+def test_a_growing_run_resumes_at_the_rollout_length_it_stopped_at(tmp_path):
+    """Stopped after a growth step, the run resumes at the grown length with its trackers: the same
+    losses and decisions as a run straight through."""
+    over = ["train.steps=30", "handover.teacher_acc=0.01", "handover.followable=100", "dmt.rollout=3", "dmt.start=encoder",
+            "handover.dmt_grow=2", "handover.dmt_patience=1", "handover.dmt_schedule=constant", "train.ckpt_every=3",
+            "train.schedule=cosine", "train.schedule_steps=8", "handover.smt_steps=4"]
+
+    def trace(d):
+        return [(r["step"], r.get("loss"), r.get("event"), r.get("rollout"), r.get("lr"))
+                for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "loss" in r or "event" in r]
+    straight = train(_cfg(tmp_path / "straight", *over), progress=False)
+    t = trace(tmp_path / "straight")
+    grows = [e for e in t if e[2] == "dmt_grow"]
+    assert [g[3] for g in grows] == [6, 12], "3 -> 6 -> 12 (the tiny preset's T)"
+    handover = next(e[0] for e in t if e[2] == "handover")
+    assert all(e[4] == pytest.approx(0.1 * 1e-3) for e in t if e[1] is not None and e[0] >= handover), "constant DMT rate"
+    assert straight["dmt_rollout"] == 12
+    split = tmp_path / "split"
+    stop = grows[0][0] + 1
+    train(_cfg(split, *[o if not o.startswith("train.steps=") else f"train.steps={stop}" for o in over]), progress=False)
+    train(_cfg(split, *over), progress=False)
+    assert trace(tmp_path / "straight") == trace(split)
+    a, b = load_file(str(tmp_path / "straight" / "model.safetensors")), load_file(str(split / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

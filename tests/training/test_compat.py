@@ -93,7 +93,7 @@ def test_upgrade_translates_names_and_unset_values():
         "format 5 (0.4): stepped rollouts, as those runs had"
     v3 = upgrade({"smt": {"dyn_samples": 8}, "train": {"threads": 0}, "cell": {"norm_memory": True}}, 3)
     assert {k: v for k, v in v3["smt"].items() if k not in ADDED_IN_7 + ADDED_IN_8} == {"transitions": 8, "dec_samples": 32, "coef_last_input": 0.0} \
-        and v3["train"] == {"threads": 0}, \
+        and v3["train"] == {"threads": 0, "schedule_steps": None}, \
         "format 3 (0.2): renames, and the defaults of its time where it has no value"
     assert v3["cell"] == {"norm_memory": True} and v3["handover"]["teacher_acc"] == 0.95, "and what 0.3 added"
     # 0.5 made the recommended recipe the default: a run saved before, lacking a setting, behaved with
@@ -144,3 +144,14 @@ def test_a_format_7_run_reads_the_teacher_side_dynamics_weight_as_off():
     assert got["smt"]["own_steps"] == 8 and got["handover"]["smt_patience"] == 20, "what it saved is kept"
     assert "coef_dyn_teacher" not in saved["smt"], "the saved dict is not changed"
     assert ADDED_IN_8 == ("coef_dyn_teacher",)
+
+
+def test_a_format_8_run_reads_the_schedule_length_and_dmt_stages_as_off():
+    """A run saved by 0.8-0.9 (format 8) has no train.schedule_steps nor handover.smt_steps, dmt_schedule,
+    dmt_grow: its schedule spanned train.steps, DMT followed the schedule at fixed rollouts."""
+    saved = {"smt": {"future": 12}, "handover": {"smt_patience": 20}, "train": {"steps": 300}, "rollout": {}}
+    got = upgrade(saved, 8)
+    assert got["train"]["schedule_steps"] is None and got["train"]["steps"] == 300
+    assert (got["handover"]["smt_steps"], got["handover"]["dmt_schedule"], got["handover"]["dmt_grow"]) == (None, "follow", None)
+    assert got["handover"]["smt_patience"] == 20 and "schedule_steps" not in saved["train"]
+    assert upgrade(got, 9) is got, "today's format is read as it is"

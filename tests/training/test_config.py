@@ -182,6 +182,7 @@ def test_resolved_base_and_presets_validate():
     ("dmt.rollout=0", "dmt.rollout"),
     ("bptt.grad_horizon=0", "bptt.grad_horizon"),
     ("train.schedule=linear", "train.schedule"),
+    ("train.schedule_steps=50", "train.schedule_steps must be > train.warmup=50"),
     ("train.device=tpu", "train.device"),
     ("train.lr=0", "train.lr"),
     ("train.steps=0", "train.steps"),

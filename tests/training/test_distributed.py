@@ -57,6 +57,10 @@ def test_rows_split_the_global_batch_without_overlap():
     x = torch.arange(24).reshape(12, 2)
     parts = [distributed.rows_of(World(rank=r, size=3), x, x + 100, 12) for r in range(3)]
     assert torch.equal(torch.cat([p[0] for p in parts]), x) and torch.equal(torch.cat([p[1] for p in parts]), x + 100)
+    L = torch.arange(12) + 1
+    ragged = [distributed.rows_of(World(rank=r, size=3), x, x + 100, 12, L) for r in range(3)]
+    assert all(torch.equal(p[2], L[4 * r: 4 * r + 4]) and torch.equal(p[0], x[4 * r: 4 * r + 4]) for r, p in enumerate(ragged)), \
+        "each rank's lengths go with its rows"
     with pytest.raises(ValueError, match=r"train.batch_size=10 must split evenly over 3 process\(es\) x train.grad_accum=1"):
         distributed.check_batch(10, World(size=3), 1)
     with pytest.raises(ValueError, match="train.grad_accum=4"):

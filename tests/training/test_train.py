@@ -4,6 +4,7 @@ import io
 import json
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -392,3 +393,73 @@ def test_the_cell_is_a_pure_network_and_the_method_owns_the_rollout():
     assert {c["grad"] for c in parts.method.rollout.choices()} == {True, False}, "one Rollout measured both"
     assert not any(isinstance(v, run_state) for v in vars(parts.cell).values())
     assert not any(isinstance(v, run_state) for m in parts.cell.modules() for v in vars(m).values())
+
+
+def test_the_cosine_schedule_ends_at_schedule_steps_and_stays_at_zero():
+    """Written out: lr (1 + cos(pi (s - warmup) / (S - warmup))) / 2 after the warmup, S = schedule_steps
+    (unset: train.steps), and 0 past S."""
+    import math
+    from memtrain.training.config import TrainConfig
+    from memtrain.training.trainer import lr_at
+    tc = TrainConfig(lr=2e-3, warmup=4, steps=1000, schedule="cosine", schedule_steps=20)
+    want = [2e-3 * (s + 1) / 4 for s in range(4)] + [1e-3 * (1 + math.cos(math.pi * (s - 4) / 16)) for s in range(4, 21)]
+    assert [lr_at(s, tc) for s in range(21)] == pytest.approx(want, abs=1e-15)
+    assert lr_at(20, tc) == pytest.approx(0.0, abs=1e-15) and all(lr_at(s, tc) == pytest.approx(0.0, abs=1e-15) for s in (21, 500, 999))
+    spanning = TrainConfig(lr=2e-3, warmup=4, steps=20, schedule="cosine")
+    assert [lr_at(s, spanning) for s in range(21)] == [lr_at(s, tc) for s in range(21)], "unset: train.steps"
+    assert lr_at(500, TrainConfig(lr=2e-3, schedule="constant", schedule_steps=20)) == 2e-3
+
+
+def _ragged_npz(path, n=40, T=12, seed=0):
+    """Retrieval-like rows of lengths 4..T: the first token is to be recalled at the row's last step."""
+    import numpy as np
+    from memtrain.lengths import pad
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for _ in range(n):
+        L = int(rng.integers(4, T + 1))
+        x = rng.integers(1, 7, L)
+        y = np.full(L, -1)
+        y[-1] = x[0]
+        xs.append(x)
+        ys.append(y)
+    x, lengths = pad(xs, pad_value=3)
+    y, _ = pad(ys, pad_value=2)
+    np.savez(path, x=x, y=y, lengths=lengths)
+    return str(path)
+
+
+@pytest.mark.parametrize("method", ["smt-dmt", "smt", "bptt"])
+def test_every_method_trains_on_sequences_of_different_lengths(tmp_path, method):
+    data = _ragged_npz(tmp_path / "ragged.npz")
+    over = [f"method={method}", "task=npz", f'task_args={{"path": "{data}", "vocab": 7}}', "train.steps=6", "train.eval_every=3", "train.log_every=1",
+            f"out_dir={tmp_path / 'run'}"]
+    if method == "smt-dmt":  # hand over at the first evaluation, so both phases train on the ragged rows
+        over += ["handover.teacher_acc=0.01", "handover.teacher_min_gain=null", "handover.smt_steps=1",
+                 "handover.dmt_patience=null"]
+    summary = train(preset_config("tiny", over), progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 6 and all(np.isfinite(losses)), "every update of the ragged batches is finite"
+    assert 0 <= summary["rnn_acc"] <= 1 and summary["steps"] == 6
+    if method == "smt-dmt":
+        assert summary["handover_step"] == 3 and any("loss_readout" in r for r in rows if r.get("step", 0) >= 3)
+    if method != "bptt":
+        ev = [r for r in rows if "rows" in r]  # the evaluation rows
+        assert all(r["kstep@1"] is not None and r["kstep@8"] is not None for r in ev) and "kstep@16" not in ev[-1]
+    from memtrain.runs import evaluate_run
+    every = evaluate_run(str(tmp_path / "run"), data=data)  # `memtrain eval --data` on the ragged file
+    assert every[0]["length"] == 12 and every[0]["rows"] == 40 and 0 <= every[0]["rnn_acc"] <= 1
+
+
+def test_a_method_that_takes_no_lengths_is_refused_on_rows_of_different_lengths(tmp_path, monkeypatch):
+    from memtrain.methods.bptt import BPTT
+    data = _ragged_npz(tmp_path / "ragged.npz")
+
+    def loss(self, x, y, gen=None):  # a method written before rows had lengths
+        raise AssertionError("never called")
+    monkeypatch.setattr(BPTT, "loss", loss)
+    cfg = preset_config("tiny", ["method=bptt", "task=npz", f'task_args={{"path": "{data}", "vocab": 7}}', f"out_dir={tmp_path / 'run'}"])
+    with pytest.raises(ValueError, match="different lengths, and method 'bptt' takes none"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "run").exists(), "nothing written"
