@@ -51,6 +51,26 @@ def test_rollout_of_a_padded_batch_is_each_row_alone_then_held(kind):
         assert torch.equal(M[b, LENGTHS[b]:], M[b, LENGTHS[b]].expand(T + 1 - LENGTHS[b], -1)), "held after the end"
 
 
+@pytest.mark.parametrize("solver", ["jacobi", "newton"])
+def test_a_parallel_solve_of_a_padded_batch_holds_too(solver):
+    """The solvers run over the padding too, but what they find there never reaches a real memory or
+    its gradient: memories and gradients as stepping each row alone."""
+    from memtrain.methods.rollout import Rollout, RolloutConfig
+    _, cell = _nets("mlp")
+    x, _, L, alone = _batch()
+    how = Rollout(RolloutConfig(solver=solver, atol=1e-12, rtol=0.0))
+    M = rollout(cell, cell.init_memory(3), x, how=how, lengths=L)
+    params = list(cell.parameters())
+    g = [torch.zeros_like(p) if gi is None else gi for p, gi in zip(params, _grads(params, M.pow(2).sum()))]
+    want = [torch.zeros_like(p) for p in params]
+    for b, (xb, _) in enumerate(alone):
+        Mb = rollout(cell, cell.init_memory(1), xb)
+        assert torch.allclose(M[b, : LENGTHS[b] + 1], Mb[0], rtol=0, atol=1e-10)
+        held = Mb.pow(2).sum() + (T - LENGTHS[b]) * Mb[0, -1].pow(2).sum()  # the held copies count at the end
+        want = [w if gi is None else w + gi for w, gi in zip(want, _grads(params, held))]
+    assert all(torch.allclose(a, b_, rtol=1e-8, atol=1e-10) for a, b_ in zip(g, want)) and any(bool(w.abs().sum() > 0) for w in want)
+
+
 def test_bptt_on_a_padded_batch_is_the_token_weighted_mean_of_each_alone():
     _, cell = _nets()
     m = BPTT(None, cell, BPTTConfig())
