@@ -8,6 +8,8 @@ Legend: B batch, T time, Z memory size.
 """
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -121,3 +123,35 @@ class Method(nn.Module):
         """The method's own tensors from a training checkpoint of format `version` (as `extra_state`
         names them) in today's names and layout, before they are loaded (default: as they are)."""
         return tensors
+
+
+class Plateau(nn.Module):
+    """One watched quantity: its best value so far and the evaluations since it last improved, as
+    buffers (saved with the run's method state, so a resumed run goes on counting). `better(value,
+    best)` says what counts as an improvement."""
+
+    def __init__(self, better):
+        super().__init__()
+        self.better = better
+        self.register_buffer("best", torch.tensor(0.0, dtype=torch.float64))
+        self.register_buffer("since", torch.tensor(-1))  # -1: nothing recorded yet
+
+    def watch(self, value: float | None) -> int:
+        """Record `value`; -> evaluations since it last improved. A value that is not a number (None:
+        an undefined ratio; inf or nan: a diverged RNN) is no improvement; as the first one it records
+        the worst value there is (finite: a checkpoint holds no inf), which any measurement improves on."""
+        measured = value is not None and math.isfinite(value)
+        if int(self.since) < 0:
+            worst = sys.float_info.max if self.better(0.0, sys.float_info.max) else -sys.float_info.max
+            self.best.fill_(value if measured else worst)
+            self.since.fill_(0)
+        elif measured and self.better(value, float(self.best)):
+            self.best.fill_(value)
+            self.since.fill_(0)
+        else:
+            self.since += 1
+        return int(self.since)
+
+    def restart(self) -> None:
+        """Forget what was recorded: the next value is the first."""
+        self.since.fill_(-1)

@@ -7,15 +7,16 @@ Legend: B batch, T time, Td rollout steps, Z memory size. M[:, s] = memory after
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from ..lengths import mask_targets
 from ..models.cells import Cell, check_compatible
 from ..models.teacher import Teacher
-from .base import Method
+from .base import Decision, Method, Plateau
 from .losses import readout_ce, upcast
 from .rollout import Rollout, onpolicy_states, rollout
 
@@ -32,6 +33,8 @@ class DMTConfig:
     coef_dyn: float = 1.0  # weight of the regression of the cell's rollout onto the teacher's memories
     coef_readout: float = 1.0  # weight of the readout's cross-entropy on the rolled-out memories
     readout_on_detached: bool = True  # readout CE trains the head only, never the memory path
+    grow: int | None = None  # rollouts start at dmt.rollout steps and grow by this factor (up to the sequence) each time DMT stops improving at their length (None: fixed)
+    grow_patience: int = 5  # ...that is, after this many evaluations without a 2% lower kstep@rollout or a better RNN-alone accuracy (+0.005)
 
     def validate(self) -> None:
         if self.start not in STARTS:
@@ -45,6 +48,16 @@ class DMTConfig:
             raise ValueError(f"dmt.rollout must be >= 1 or None, got {self.rollout}")
         if self.grad_horizon is not None and self.grad_horizon < 1:
             raise ValueError(f"dmt.grad_horizon must be >= 1 or None, got {self.grad_horizon}")
+        if self.grow is not None and self.grow < 2:
+            raise ValueError(f"dmt.grow must be >= 2 or null, got {self.grow}")
+        if self.grow_patience < 1:
+            raise ValueError(f"dmt.grow_patience must be >= 1, got {self.grow_patience}")
+
+    def check_growth(self, T: int) -> None:
+        """dmt.grow needs a first rollout shorter than the sequences."""
+        if self.grow is not None and not (self.rollout is not None and self.rollout < T):
+            raise ValueError(f"dmt.grow grows DMT's rollouts from dmt.rollout: set dmt.rollout below the sequence "
+                             f"length ({T}), got {self.rollout}")
 
 
 def dmt_loss(teacher: Teacher, cell: Cell, x, y, cfg: DMTConfig, s0: torch.Tensor, how: Rollout | None = None,
@@ -114,6 +127,59 @@ def rollout_starts(cfg: DMTConfig, x: torch.Tensor, gen: torch.Generator | None,
     return (u * (span + 1)).long().clamp(max=span).to(x.device)
 
 
+class RolloutGrowth(nn.Module):
+    """dmt.grow: DMT's rollouts start at dmt.rollout steps and grow by that factor, up to the whole
+    sequence, each time DMT stops improving at their length: neither the cell's k-step error at k = the
+    rollout (`kstep@k` of the evaluation, 2% lower) nor the RNN alone's accuracy (+0.005) better for
+    dmt.grow_patience evaluations. A rollout short enough to keep what must be remembered gives
+    targets the cell can reach; whole-sequence DMT straight after SMT pulled a cell that loses the
+    needle towards an average (EXPERIMENTS.md section 15). The length now and the trackers are buffers,
+    so a resumed run goes on at the length it stopped at. Without dmt.grow: dmt.rollout throughout."""
+
+    def __init__(self, cfg: DMTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("length", torch.tensor(cfg.rollout or 0))  # the rollout now (0: whole sequences)
+        self.err = Plateau(lambda v, b: v < 0.98 * b)
+        self.acc = Plateau(lambda v, b: v > b + 0.005)
+
+    def now(self) -> DMTConfig:
+        """DMT's settings at the rollout length now."""
+        n = int(self.length) or None
+        return self.cfg if n == self.cfg.rollout else replace(self.cfg, rollout=n)
+
+    def steps(self, T: int) -> int:
+        return int(self.length) or T
+
+    def growing(self, T: int) -> bool:
+        """Still below the whole sequence, with dmt.grow."""
+        return self.cfg.grow is not None and 0 < int(self.length) < T
+
+    def decide(self, ev: dict) -> Decision | None:
+        """After an evaluation, while `growing`: a "dmt_grow" decision once DMT has stopped improving."""
+        T, n = len(ev["drift"]) - 1, int(self.length)
+        err = kstep_at(ev, n)
+        stale = min(self.err.watch(err), self.acc.watch(ev["rnn_acc"]))
+        if stale < self.cfg.grow_patience:
+            return None
+        longer = min(T, n * self.cfg.grow)
+        return Decision("dmt_grow", f"no better kstep@{n} or RNN accuracy in {self.cfg.grow_patience} evaluations at "
+                        f"{n}-step rollouts: {longer}-step rollouts from here",
+                        {"rollout": longer, f"kstep@{n}": err, "rnn_acc": ev["rnn_acc"], "drift_end": ev["drift"][-1]})
+
+    def apply(self, decision: Decision) -> None:
+        self.length.fill_(int(decision.values["rollout"]))
+        self.err.restart()
+        self.acc.restart()
+
+    @staticmethod
+    def fresh_state(cfg: DMTConfig, prefix: str = "growth.") -> dict[str, torch.Tensor]:
+        """The buffers of a run saved before rollouts could grow (format < 9): dmt.rollout, nothing watched."""
+        return {f"{prefix}length": torch.tensor(cfg.rollout or 0),
+                **{f"{prefix}{p}.{k}": v for p in ("err", "acc")
+                   for k, v in (("best", torch.tensor(0.0, dtype=torch.float64)), ("since", torch.tensor(-1)))}}
+
+
 class DMT(Method):
     """Fine-tunes the cell of a finished SMT run (`init_from=`) against its frozen teacher."""
 
@@ -123,6 +189,7 @@ class DMT(Method):
         super().__init__(teacher, cell, cfg, rollout)
         check_compatible(cell.cfg, teacher.cfg)
         self.teacher.requires_grad_(False)
+        self.growth = RolloutGrowth(cfg)
 
     @classmethod
     def check(cls, cfg: DMTConfig, T: int) -> None:
@@ -130,9 +197,33 @@ class DMT(Method):
             raise ValueError(f"dmt.rollout={cfg.rollout} needs sequences at least that long; task length is {T}")
         if cfg.every > (cfg.rollout or T):
             raise ValueError(f"dmt.every={cfg.every} is longer than the rollout ({cfg.rollout or T} steps)")
+        cfg.check_growth(T)
 
     def loss(self, x, y, gen=None, lengths=None):
-        return dmt_loss(self.teacher, self.cell, x, y, self.cfg, rollout_starts(self.cfg, x, gen, lengths), self.rollout, lengths)
+        cfg = self.growth.now()
+        return dmt_loss(self.teacher, self.cell, x, y, cfg, rollout_starts(cfg, x, gen, lengths), self.rollout, lengths)
 
     def sequential_steps(self, T: int) -> int:
-        return self.cfg.rollout or T
+        return self.growth.steps(T)
+
+    def after_eval(self, ev: dict, step: int, budget_used: float = 0.0) -> Decision | None:
+        return self.growth.decide(ev) if self.growth.growing(len(ev["drift"]) - 1) else None
+
+    def apply(self, decision: Decision, step: int) -> bool:
+        self.growth.apply(decision)
+        return False
+
+    def report(self) -> dict:
+        return {"dmt_rollout": int(self.growth.length) or None}
+
+    def upgrade_state(self, tensors: dict, version: int) -> dict:
+        """Runs saved before format 9 have no growth buffers: dmt.rollout, nothing watched."""
+        return {**RolloutGrowth.fresh_state(self.cfg), **tensors} if version < 9 else tensors
+
+
+def kstep_at(ev: dict, n: int) -> float | None:
+    """The evaluation's k-step error (`kstep@k`, methods/evaluate.py) at the largest measured k <= n
+    (measured: powers of 2 and T); None where there is none."""
+    ks = [int(key.split("@")[1]) for key in ev if key.startswith("kstep@")]
+    ks = [k for k in ks if k <= n]
+    return ev[f"kstep@{max(ks)}"] if ks else None

@@ -14,13 +14,9 @@
                 handover.dmt_lr_scale x the learning rate (the schedule's, or with
                 handover.dmt_schedule="constant" its peak, train.lr), until neither the RNN-alone
                 accuracy nor the drift at the last step has improved for handover.dmt_patience
-                evaluations, or the RNN alone has reached handover.dmt_target. With handover.dmt_grow
-                the rollouts start at dmt.rollout steps and grow by that factor, up to the whole
-                sequence, each time DMT stops improving at their length (neither the cell's k-step
-                error at k = the rollout, `kstep@k`, nor the RNN alone for handover.dmt_patience
-                evaluations): a rollout short enough to keep the information gives targets the cell
-                can reach, and whole-sequence DMT straight after SMT pulled a cell that loses the
-                needle towards an average (EXPERIMENTS.md section 15)
+                evaluations at full length, or the RNN alone has reached handover.dmt_target. With
+                dmt.grow the rollouts start at dmt.rollout steps and grow, up to the whole sequence,
+                each time DMT stops improving at their length (`RolloutGrowth`, methods/dmt.py)
 
 A teacher that has learned nothing (held-out loss within handover.teacher_min_gain = 5% of the
 targets' entropy, methods/evaluate.py) never counts as solved, by its plateau or otherwise, and its tiny `dyn_rel` never
@@ -33,15 +29,13 @@ so a resumed run continues in the phase and at the rollout length it stopped at.
 """
 from __future__ import annotations
 
-import math
-import sys
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
 
-from .base import Decision, Method
-from .dmt import DMT, DMTConfig, dmt_loss, rollout_starts
+from .base import Decision, Method, Plateau
+from .dmt import DMT, DMTConfig, RolloutGrowth, dmt_loss, rollout_starts
 from .evaluate import teacher_learned
 from .rollout import Rollout
 from .smt import SMT, SMTConfig
@@ -49,38 +43,6 @@ from .smt import SMT, SMTConfig
 SMT_PHASE, DMT_PHASE, DONE = 0, 1, 2
 DMT_SCHEDULES = ("follow", "constant")
 PLATEAUS = ("teacher_ce", "dyn_rel", "rnn_acc", "drift")  # the watched quantities, in the order of older checkpoints' slots
-
-
-class Plateau(nn.Module):
-    """One watched quantity: its best value so far and the evaluations since it last improved, as
-    buffers (saved with the run's method state, so a resumed run goes on counting). `better(value,
-    best)` says what counts as an improvement."""
-
-    def __init__(self, better):
-        super().__init__()
-        self.better = better
-        self.register_buffer("best", torch.tensor(0.0, dtype=torch.float64))
-        self.register_buffer("since", torch.tensor(-1))  # -1: nothing recorded yet
-
-    def watch(self, value: float | None) -> int:
-        """Record `value`; -> evaluations since it last improved. A value that is not a number (None:
-        an undefined ratio; inf or nan: a diverged RNN) is no improvement; as the first one it records
-        the worst value there is (finite: a checkpoint holds no inf), which any measurement improves on."""
-        measured = value is not None and math.isfinite(value)
-        if int(self.since) < 0:
-            worst = sys.float_info.max if self.better(0.0, sys.float_info.max) else -sys.float_info.max
-            self.best.fill_(value if measured else worst)
-            self.since.fill_(0)
-        elif measured and self.better(value, float(self.best)):
-            self.best.fill_(value)
-            self.since.fill_(0)
-        else:
-            self.since += 1
-        return int(self.since)
-
-    def restart(self) -> None:
-        """Forget what was recorded: the next value is the first."""
-        self.since.fill_(-1)
 
 
 @dataclass
@@ -96,7 +58,6 @@ class HandoverConfig:
     smt_steps: int | None = None  # ...or hand over after this many SMT updates once the teacher has solved the task, whatever the RNN alone does (None: only on the criteria above)
     dmt_lr_scale: float = 0.1  # DMT's learning rate as a fraction of the schedule's (train.lr)
     dmt_schedule: str = "follow"  # DMT's rate is dmt_lr_scale x: "follow": the schedule's rate at each update | "constant": its peak, train.lr
-    dmt_grow: int | None = None  # DMT's rollouts start at dmt.rollout steps and grow by this factor (up to the sequence) each time DMT stops improving at their length (None: fixed)
     dmt_target: float | None = None  # also end the run once the RNN alone reaches this held-out accuracy (None: only on the plateau)
     dmt_patience: int | None = 5  # end the run after this many evaluations with neither RNN accuracy (+0.005) nor final drift (-2%) improving (None: train to train.steps)
 
@@ -121,20 +82,6 @@ class HandoverConfig:
             raise ValueError(f"handover.dmt_lr_scale must be in (0, 1], got {self.dmt_lr_scale}")
         if self.dmt_schedule not in DMT_SCHEDULES:
             raise ValueError(f"handover.dmt_schedule must be one of {DMT_SCHEDULES}, got {self.dmt_schedule!r}")
-        if self.dmt_grow is not None:
-            if self.dmt_grow < 2:
-                raise ValueError(f"handover.dmt_grow must be >= 2 or null, got {self.dmt_grow}")
-            if self.dmt_patience is None:
-                raise ValueError("handover.dmt_grow needs handover.dmt_patience: rollouts grow when DMT has not improved "
-                                 "for that many evaluations")
-
-
-def kstep_at(ev: dict, n: int) -> float | None:
-    """The evaluation's k-step error (`kstep@k`, methods/evaluate.py) at the largest measured k <= n
-    (measured: powers of 2 and T); None where there is none."""
-    ks = [int(key.split("@")[1]) for key in ev if key.startswith("kstep@")]
-    ks = [k for k in ks if k <= n]
-    return ev[f"kstep@{max(ks)}"] if ks else None
 
 
 class SMTDMT(Method):
@@ -161,8 +108,7 @@ class SMTDMT(Method):
         self.dyn_rel = Plateau(lambda v, b: v < 0.99 * b)  # followability, 1% better
         self.rnn_acc = Plateau(lambda v, b: v > b + 0.005)  # the RNN alone's accuracy, +0.005
         self.drift = Plateau(lambda v, b: v < 0.98 * b)  # the RNN alone's final drift, 2% lower
-        self.register_buffer("rollout_len", torch.tensor(self.dmt_cfg.rollout or 0))  # DMT's rollout now (0: whole sequences)
-        self.stage_err = Plateau(lambda v, b: v < 0.98 * b)  # the cell's k-step error at k = the rollout, 2% lower
+        self.growth = RolloutGrowth(self.dmt_cfg)  # DMT's rollout length now (dmt.grow)
 
     @classmethod
     def check(cls, cfg, T: int) -> None:
@@ -170,9 +116,6 @@ class SMTDMT(Method):
         DMT.check(cfg[1], T)
         if cfg[2].solved_coef_dyn_teacher is not None:
             cfg[0].require_dyn_on_teacher("handover.solved_coef_dyn_teacher")
-        if cfg[2].dmt_grow is not None and not (cfg[1].rollout is not None and cfg[1].rollout < T):
-            raise ValueError(f"handover.dmt_grow grows DMT's rollouts from dmt.rollout: set dmt.rollout below the "
-                             f"sequence length ({T}), got {cfg[1].rollout}")
 
     def trainable(self):
         # SMT's (teacher, cell without the copied readout, probe) and the cell's readout and start for
@@ -187,20 +130,15 @@ class SMTDMT(Method):
     def loss(self, x, y, gen=None, lengths=None):
         if int(self.phase) == SMT_PHASE:
             return self._smt.loss(x, y, gen, self.solved_smt_cfg if int(self.solved_step) >= 0 else self.smt_cfg, lengths)
-        cfg = self.dmt_now()
+        cfg = self.growth.now()
         return dmt_loss(self.teacher, self.cell, x, y, cfg, rollout_starts(cfg, x, gen, lengths), self.rollout, lengths)
-
-    def dmt_now(self) -> DMTConfig:
-        """DMT's settings at the current rollout length (which handover.dmt_grow changes)."""
-        n = int(self.rollout_len) or None
-        return self.dmt_cfg if n == self.dmt_cfg.rollout else replace(self.dmt_cfg, rollout=n)
 
     def before_eval(self):
         if int(self.phase) == SMT_PHASE:
             self._smt.before_eval()  # the cell runs alone with the teacher's readout and m_empty
 
     def sequential_steps(self, T: int) -> int:
-        return 1 if int(self.phase) == SMT_PHASE else (int(self.rollout_len) or T)
+        return 1 if int(self.phase) == SMT_PHASE else self.growth.steps(T)
 
     def lr(self, scheduled: float, peak: float) -> float:
         if int(self.phase) == SMT_PHASE:
@@ -212,17 +150,15 @@ class SMTDMT(Method):
 
     def report(self) -> dict:
         return {"handover_step": int(self.handover_step) if int(self.handover_step) >= 0 else None,
-                "dmt_rollout": int(self.rollout_len) or None}
+                "dmt_rollout": int(self.growth.length) or None}
 
     def upgrade_state(self, tensors: dict, version: int) -> dict:
         """Checkpoints from before the `Plateau` trackers keep them as slots of two buffers, `best` and
         `since` (4,), in PLATEAUS order; before format 5 have no blank-teacher count (SMT's); before
         format 9 no rollout length (dmt.rollout's) or stage tracker (unused)."""
         tensors = self._smt.upgrade_state(tensors, version)
-        if version < 9:  # before growing rollouts: DMT at dmt.rollout, nothing watched at a stage
-            tensors.setdefault("rollout_len", torch.tensor(self.dmt_cfg.rollout or 0))
-            tensors.setdefault("stage_err.best", torch.tensor(0.0, dtype=torch.float64))
-            tensors.setdefault("stage_err.since", torch.tensor(-1))
+        if version < 9:  # before growing rollouts: DMT at dmt.rollout, nothing watched
+            tensors = {**RolloutGrowth.fresh_state(self.dmt_cfg), **tensors}
         if "best" in tensors and "since" in tensors:
             best, since = tensors["best"], tensors["since"]
             tensors = {k: v for k, v in tensors.items() if k not in ("best", "since")}
@@ -238,7 +174,6 @@ class SMTDMT(Method):
     def _restart_rnn_watch(self) -> None:
         self.rnn_acc.restart()
         self.drift.restart()
-        self.stage_err.restart()
 
     def after_eval(self, ev: dict, step: int, budget_used: float = 0.0) -> Decision | None:
         if int(self.phase) == SMT_PHASE:
@@ -248,25 +183,12 @@ class SMTDMT(Method):
         if self.ho.dmt_target is not None and ev["rnn_acc"] >= self.ho.dmt_target:
             return Decision("dmt_target", f"the RNN alone reached {ev['rnn_acc']:.3f} >= handover.dmt_target={self.ho.dmt_target}",
                             {"rnn_acc": ev["rnn_acc"], "drift_end": ev["drift"][-1]})
-        T, n = len(ev["drift"]) - 1, int(self.rollout_len)
-        if self.ho.dmt_grow is not None and 0 < n < T:
-            return self._grow(ev, n, T)
+        if self.growth.growing(len(ev["drift"]) - 1):
+            return self.growth.decide(ev)
         if self.ho.dmt_patience is not None and self._rnn_stale(ev) >= self.ho.dmt_patience:
             return Decision("dmt_plateau", f"no better RNN accuracy or final drift in {self.ho.dmt_patience} evaluations",
                             {"rnn_acc": ev["rnn_acc"], "drift_end": ev["drift"][-1]})
         return None
-
-    def _grow(self, ev: dict, n: int, T: int) -> Decision | None:
-        """At rollouts of n < T steps: longer ones (x handover.dmt_grow, at most T) once neither the
-        k-step error at k = n nor the RNN alone has improved for handover.dmt_patience evaluations."""
-        err = kstep_at(ev, n)
-        stale = min(self.stage_err.watch(err), self.rnn_acc.watch(ev["rnn_acc"]))
-        if stale < self.ho.dmt_patience:
-            return None
-        longer = min(T, n * self.ho.dmt_grow)
-        return Decision("dmt_grow", f"no better kstep@{n} or RNN accuracy in {self.ho.dmt_patience} evaluations at "
-                        f"{n}-step rollouts: {longer}-step rollouts from here",
-                        {"rollout": longer, f"kstep@{n}": err, "rnn_acc": ev["rnn_acc"], "drift_end": ev["drift"][-1]})
 
     def _smt_decision(self, ev: dict, step: int, budget_used: float) -> Decision | None:
         warning = self.blank_teacher.check(ev, step, budget_used)  # said once, when the teacher stays blank
@@ -312,8 +234,7 @@ class SMTDMT(Method):
             self._restart_rnn_watch()  # DMT's plateau is counted from the handover
             return False
         if decision.event == "dmt_grow":
-            self.rollout_len.fill_(int(decision.values["rollout"]))
-            self._restart_rnn_watch()  # the next length's plateau is counted from here
+            self.growth.apply(decision)
             return False
         self.phase.fill_(DONE)
         return True

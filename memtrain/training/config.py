@@ -34,8 +34,8 @@ OLD_DEFAULTS = {"method": "smt", "teacher.token_shift": False, "smt.dec_samples"
 # settings added in format 7 (memtrain 0.6), off at their defaults: a run saved before them trained without them
 ADDED_IN_7 = ("own_steps", "own_gain", "far_samples", "coef_far", "slow_tokens", "coef_slow")
 ADDED_IN_8 = ("coef_dyn_teacher",)  # smt settings added in format 8 (handover's are all filled in below)
-# format 9 (0.10): the cosine schedule's own length; handover.smt_steps / dmt_schedule / dmt_grow are filled in below
-ADDED_IN_9 = {"train.schedule_steps": None}
+# format 9 (0.10): the cosine schedule's own length, DMT's growing rollouts (handover.smt_steps / dmt_schedule are filled in below)
+ADDED_IN_9 = {"train.schedule_steps": None, "dmt.grow": None, "dmt.grow_patience": 5}
 
 
 def control(default):
@@ -231,7 +231,7 @@ def upgrade(config: dict, version: int) -> dict:
         if o in section(sec):
             c[sec][n] = c[sec].pop(o)
     # format 4 (0.3): the smt-dmt method's section; 5 (0.4): handover.teacher_min_gain; 8 (0.8): handover.solved_coef_dyn_teacher;
-    # 9 (0.10): handover.smt_steps, dmt_schedule, dmt_grow; at their defaults
+    # 9 (0.10): handover.smt_steps, dmt_schedule; at their defaults
     # (an smt-dmt run of 0.3 resumed today no longer counts a teacher that has learned nothing as solved)
     handover = c.setdefault("handover", {}) if isinstance(c.get("handover", {}), dict) else {}
     for key, value in to_dict(HandoverConfig()).items():
@@ -252,7 +252,7 @@ def upgrade(config: dict, version: int) -> dict:
     if isinstance(c.get("smt", {}), dict):
         for name in ADDED_IN_7 + ADDED_IN_8:
             c.setdefault("smt", {}).setdefault(name, getattr(SMTConfig(), name))
-    # 9 (0.10): train.schedule_steps, at its default (the schedule spanned train.steps)
+    # 9 (0.10): train.schedule_steps and dmt.grow, at their defaults (the schedule spanned train.steps, rollouts were fixed)
     for key, value in ADDED_IN_9.items():
         sec, _, name = key.partition(".")
         if isinstance(c.get(sec, {}), dict):

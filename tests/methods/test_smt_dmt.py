@@ -6,9 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from memtrain.methods.dmt import DMTConfig
+from memtrain.methods.dmt import DMT, DMTConfig
 from memtrain.methods.smt import SMTConfig
-from memtrain.methods.smt_dmt import DMT_PHASE, DONE, SMT_PHASE, SMTDMT, HandoverConfig, Plateau, kstep_at
+from memtrain.methods.dmt import kstep_at
+from memtrain.methods.smt_dmt import DMT_PHASE, DONE, SMT_PHASE, SMTDMT, HandoverConfig, Plateau
 from memtrain.presets import preset_config
 from memtrain.training.trainer import train
 from tests.conftest import tiny_cell, tiny_teacher
@@ -220,7 +221,7 @@ def test_a_checkpoint_with_the_older_tracker_slots_loads_into_the_plateaus():
     state = m.extra_state()
     plateaus = [getattr(m, name) for name in PLATEAUS]
     old = {k: v for k, v in state.items() if (not k.endswith((".best", ".since")) or k.startswith("blank_teacher."))
-           and k != "rollout_len"}  # (format 9 added the rollout length and the stage tracker)
+           and not k.startswith("growth.")}  # (format 9 added the growth buffers)
     old["best"], old["since"] = torch.stack([p.best for p in plateaus]), torch.stack([p.since for p in plateaus])
     assert set(old) - set(state) == {"best", "since"}
     fresh = _method(teacher_acc=0.9, followable=0.1, followable_plateau=100, smt_patience=2)
@@ -292,9 +293,9 @@ def test_kstep_at_reads_the_largest_measured_k_within_the_rollout():
 
 
 def test_dmt_rollouts_grow_when_dmt_stops_improving_at_their_length():
-    m = _method(DMTConfig(rollout=4, start="encoder"), teacher_acc=0.5, followable=1.0, smt_patience=1,
-                dmt_grow=2, dmt_patience=2)
-    assert m.dmt_now().rollout == 4 and m.sequential_steps(16) == 1, "SMT steps once"
+    m = _method(DMTConfig(rollout=4, start="encoder", grow=2, grow_patience=2), teacher_acc=0.5, followable=1.0, smt_patience=1,
+                dmt_patience=2)
+    assert m.growth.now().rollout == 4 and m.sequential_steps(16) == 1, "SMT steps once"
     _to_dmt(m)
     assert m.sequential_steps(16) == 4
     assert m.after_eval(_ev(T=16, rnn_acc=0.2, k4=1.0, k8=2.0), 3) is None
@@ -303,12 +304,12 @@ def test_dmt_rollouts_grow_when_dmt_stops_improving_at_their_length():
     assert m.after_eval(_ev(T=16, rnn_acc=0.3, k4=0.495, k8=2.0, drift_end=0.1), 6) is None, "stale once (1% is no gain)"
     d = m.after_eval(_ev(T=16, rnn_acc=0.3, k4=0.5, k8=1.0), 7)
     assert d.event == "dmt_grow" and d.values["rollout"] == 8 and d.values["kstep@4"] == 0.5
-    assert m.apply(d, 7) is False and m.dmt_now().rollout == 8 and m.sequential_steps(16) == 8
+    assert m.apply(d, 7) is False and m.growth.now().rollout == 8 and m.sequential_steps(16) == 8
     assert m.report()["dmt_rollout"] == 8 and m.dmt_cfg.rollout == 4, "the settings as written are kept"
     for step in (8, 9):  # watched afresh at 8 steps: kstep@8 is now the measure
         assert m.after_eval(_ev(T=16, rnn_acc=0.3, k4=0.5, k8=1.0), step) is None
     m.apply(m.after_eval(_ev(T=16, rnn_acc=0.3, k4=0.5, k8=1.0), 10), 10)
-    assert m.dmt_now().rollout == 16, "8 x 2, the whole sequence"
+    assert m.growth.now().rollout == 16, "8 x 2, the whole sequence"
     # at full length the plateau of accuracy and final drift ends the run, as without growth
     for step in (11, 12):
         assert m.after_eval(_ev(T=16, rnn_acc=0.3, drift_end=1.0), step) is None
@@ -317,7 +318,7 @@ def test_dmt_rollouts_grow_when_dmt_stops_improving_at_their_length():
 
 
 def test_growth_stops_at_the_sequence_length():
-    m = _method(DMTConfig(rollout=5), teacher_acc=0.5, followable=1.0, smt_patience=1, dmt_grow=4, dmt_patience=1)
+    m = _method(DMTConfig(rollout=5, grow=4, grow_patience=1), teacher_acc=0.5, followable=1.0, smt_patience=1)
     _to_dmt(m)
     m.after_eval(_ev(T=12, k4=1.0), 3)
     d = m.after_eval(_ev(T=12, k4=1.0), 4)
@@ -327,13 +328,13 @@ def test_growth_stops_at_the_sequence_length():
 def test_growing_rollouts_change_the_dmt_loss_they_train():
     """The loss after a growth step is DMT's loss at the new rollout length (same draws), not the old one's."""
     from memtrain.methods.dmt import dmt_loss, rollout_starts
-    m = _method(DMTConfig(rollout=2, start="encoder"), teacher_acc=0.5, followable=1.0, smt_patience=1, dmt_grow=3, dmt_patience=1)
+    m = _method(DMTConfig(rollout=2, start="encoder", grow=3, grow_patience=1), teacher_acc=0.5, followable=1.0, smt_patience=1)
     _to_dmt(m)
     x = torch.randint(0, 5, (3, 10))
     y = x.roll(1, 1)
     assert m.after_eval(_ev(T=10, k2=1.0), 3) is None
     m.apply(m.after_eval(_ev(T=10, k2=1.0), 4), 4)
-    assert int(m.rollout_len) == 6
+    assert int(m.growth.length) == 6
     got, _ = m.loss(x, y, torch.Generator().manual_seed(3))
     cfg6 = DMTConfig(rollout=6, start="encoder")
     want, _ = dmt_loss(m.teacher, m.cell, x, y, cfg6, rollout_starts(cfg6, x, torch.Generator().manual_seed(3)))
@@ -343,25 +344,27 @@ def test_growing_rollouts_change_the_dmt_loss_they_train():
 
 
 def test_bad_growth_settings_are_named():
-    with pytest.raises(ValueError, match="handover.dmt_grow must be >= 2"):
-        HandoverConfig(dmt_grow=1).validate()
-    with pytest.raises(ValueError, match="handover.dmt_grow needs handover.dmt_patience"):
-        HandoverConfig(dmt_grow=2, dmt_patience=None).validate()
+    with pytest.raises(ValueError, match="dmt.grow must be >= 2"):
+        DMTConfig(grow=1).validate()
+    with pytest.raises(ValueError, match="dmt.grow_patience must be >= 1"):
+        DMTConfig(grow=2, grow_patience=0).validate()
     with pytest.raises(ValueError, match="handover.dmt_schedule must be one of"):
         HandoverConfig(dmt_schedule="cosine").validate()
     with pytest.raises(ValueError, match="handover.smt_steps must be >= 1 or null, got 0"):
         HandoverConfig(smt_steps=0).validate()
     for rollout in (None, 16):
-        with pytest.raises(ValueError, match="handover.dmt_grow grows DMT's rollouts from dmt.rollout"):
-            SMTDMT.check((SMTConfig(future=4), DMTConfig(rollout=rollout), HandoverConfig(dmt_grow=2)), 16)
-    SMTDMT.check((SMTConfig(future=4), DMTConfig(rollout=4), HandoverConfig(dmt_grow=2)), 16)
+        with pytest.raises(ValueError, match="dmt.grow grows DMT's rollouts from dmt.rollout"):
+            SMTDMT.check((SMTConfig(future=4), DMTConfig(rollout=rollout, grow=2), HandoverConfig()), 16)
+        with pytest.raises(ValueError, match="dmt.grow grows DMT's rollouts from dmt.rollout"):
+            DMT.check(DMTConfig(rollout=rollout, grow=2), 16)
+    SMTDMT.check((SMTConfig(future=4), DMTConfig(rollout=4, grow=2), HandoverConfig()), 16)
 
 
 def test_a_growing_run_resumes_at_the_rollout_length_it_stopped_at(tmp_path):
     """Stopped after a growth step, the run resumes at the grown length with its trackers: the same
     losses and decisions as a run straight through."""
     over = ["train.steps=30", "handover.teacher_acc=0.01", "handover.followable=100", "dmt.rollout=3", "dmt.start=encoder",
-            "handover.dmt_grow=2", "handover.dmt_patience=1", "handover.dmt_schedule=constant", "train.ckpt_every=3",
+            "dmt.grow=2", "dmt.grow_patience=1", "handover.dmt_patience=1", "handover.dmt_schedule=constant", "train.ckpt_every=3",
             "train.schedule=cosine", "train.schedule_steps=8", "handover.smt_steps=4"]
 
     def trace(d):
@@ -381,3 +384,19 @@ def test_a_growing_run_resumes_at_the_rollout_length_it_stopped_at(tmp_path):
     assert trace(tmp_path / "straight") == trace(split)
     a, b = load_file(str(tmp_path / "straight" / "model.safetensors")), load_file(str(split / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_dmt_alone_grows_its_rollouts_by_the_same_rule_and_reads_older_runs():
+    from memtrain.methods.dmt import DMT
+    m = DMT(tiny_teacher(), tiny_cell("mlp"), DMTConfig(rollout=4, start="encoder", grow=2, grow_patience=1))
+    assert m.sequential_steps(16) == 4 and m.report() == {"dmt_rollout": 4}
+    assert m.after_eval(_ev(T=16, k4=1.0), 1) is None
+    d = m.after_eval(_ev(T=16, k4=1.0), 2)
+    assert d.event == "dmt_grow" and m.apply(d, 2) is False and m.sequential_steps(16) == 8
+    assert m.after_eval(_ev(T=16, k8=1.0), 3) is None, "watched afresh at 8 steps"
+    m.apply(m.after_eval(_ev(T=16, k8=1.0), 4), 4)
+    assert m.sequential_steps(16) == 16 and m.after_eval(_ev(T=16), 5) is None, "at full length: trains on"
+    fixed = DMT(tiny_teacher(), tiny_cell("mlp"), DMTConfig(rollout=4))
+    assert all(fixed.after_eval(_ev(T=16, k4=1.0), s) is None for s in range(5)) and fixed.sequential_steps(16) == 4
+    old = {k: v for k, v in fixed.extra_state().items() if not k.startswith("growth.")}
+    assert fixed.upgrade_state(old, 8).keys() == fixed.extra_state().keys(), "a format-8 DMT run resumes"

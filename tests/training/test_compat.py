@@ -147,11 +147,12 @@ def test_a_format_7_run_reads_the_teacher_side_dynamics_weight_as_off():
 
 
 def test_a_format_8_run_reads_the_schedule_length_and_dmt_stages_as_off():
-    """A run saved by 0.8-0.9 (format 8) has no train.schedule_steps nor handover.smt_steps, dmt_schedule,
-    dmt_grow: its schedule spanned train.steps, DMT followed the schedule at fixed rollouts."""
-    saved = {"smt": {"future": 12}, "handover": {"smt_patience": 20}, "train": {"steps": 300}, "rollout": {}}
+    """A run saved by 0.8-0.9 (format 8) has no train.schedule_steps, handover.smt_steps, dmt_schedule nor
+    dmt.grow: its schedule spanned train.steps, DMT followed the schedule at fixed rollouts."""
+    saved = {"smt": {"future": 12}, "handover": {"smt_patience": 20}, "train": {"steps": 300}, "dmt": {"rollout": 8}, "rollout": {}}
     got = upgrade(saved, 8)
     assert got["train"]["schedule_steps"] is None and got["train"]["steps"] == 300
-    assert (got["handover"]["smt_steps"], got["handover"]["dmt_schedule"], got["handover"]["dmt_grow"]) == (None, "follow", None)
+    assert (got["handover"]["smt_steps"], got["handover"]["dmt_schedule"]) == (None, "follow")
+    assert got["dmt"] == {"rollout": 8, "grow": None, "grow_patience": 5}
     assert got["handover"]["smt_patience"] == 20 and "schedule_steps" not in saved["train"]
     assert upgrade(got, 9) is got, "today's format is read as it is"
