@@ -42,7 +42,7 @@ TEXT_SOURCE_OPTIONS = {
                     "separator": (str, STORY_SEPARATOR), "cache_dir": (str | None, None)},
 }
 SERIES_SOURCE_OPTIONS = {
-    "elecdemand": {},
+    "elecdemand": {"root": (str | None, None)},
     "statsmodels": {"root": (str | None, None)},
     "csv": {"path": (str, ""), "target": (str, ""), "covariates": (str, ""), "series": (str, ""), "freq": (str, ""),
             "seasonality": (str, "")},

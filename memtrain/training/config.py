@@ -35,7 +35,9 @@ OLD_DEFAULTS = {"method": "smt", "teacher.token_shift": False, "smt.dec_samples"
 ADDED_IN_7 = ("own_steps", "own_gain", "far_samples", "coef_far", "slow_tokens", "coef_slow")
 ADDED_IN_8 = ("coef_dyn_teacher",)  # smt settings added in format 8 (handover's are all filled in below)
 # format 9 (0.10): the cosine schedule's own length, DMT's growing rollouts (handover.smt_steps / dmt_schedule are filled in below)
-ADDED_IN_9 = {"train.schedule_steps": None, "dmt.grow": None, "dmt.grow_patience": 5}
+ADDED_IN_9 = {"train.schedule_steps": None, "dmt.grow": None, "dmt.grow_patience": 5, "teacher.features": None,
+              "teacher.output": "categorical", "teacher.targets": None, "cell.features": None, "cell.output": "categorical",
+              "cell.targets": None}
 
 
 def control(default):
@@ -153,7 +155,8 @@ class RunConfig:
 
 
 # cell setting <- teacher setting, where the cell's is unset
-SHAPE_FROM_TEACHER = {"mem_tokens": "mem_tokens", "d_mem": "d_model", "n_heads": "n_heads", "readout_depth": "decoder_depth"}
+SHAPE_FROM_TEACHER = {"mem_tokens": "mem_tokens", "d_mem": "d_model", "n_heads": "n_heads", "readout_depth": "decoder_depth",
+                      "features": "features", "output": "output", "targets": "targets"}
 
 
 def resolve(cfg: RunConfig, task=None) -> RunConfig:

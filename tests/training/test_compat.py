@@ -95,7 +95,8 @@ def test_upgrade_translates_names_and_unset_values():
     assert {k: v for k, v in v3["smt"].items() if k not in ADDED_IN_7 + ADDED_IN_8} == {"transitions": 8, "dec_samples": 32, "coef_last_input": 0.0} \
         and v3["train"] == {"threads": 0, "schedule_steps": None}, \
         "format 3 (0.2): renames, and the defaults of its time where it has no value"
-    assert v3["cell"] == {"norm_memory": True} and v3["handover"]["teacher_acc"] == 0.95, "and what 0.3 added"
+    assert v3["cell"] == {"norm_memory": True, "features": None, "output": "categorical", "targets": None} \
+        and v3["handover"]["teacher_acc"] == 0.95, "and what 0.3 and 0.10 added"
     # 0.5 made the recommended recipe the default: a run saved before, lacking a setting, behaved with
     # the default of its time; what it saved is kept
     assert (v5["method"], v5["teacher"]["token_shift"], v5["smt"]["coef_last_input"], v5["smt"]["dec_samples"]) == \
