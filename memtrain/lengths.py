@@ -29,11 +29,21 @@ def step_mask(lengths: torch.Tensor | None, B: int, T: int, device=None) -> torc
     return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def supervised(y: torch.Tensor) -> torch.Tensor:
+    """(B, T) True at the steps with a target: token targets y (B, T) >= 0; real ones y (B, T, G) with a
+    value that is not NaN."""
+    return ~torch.isnan(y).all(-1) if y.is_floating_point() else y >= 0
+
+
 def mask_targets(y: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-    """y (B, T) with every padding step unsupervised (-1); y itself where there are no lengths."""
+    """y (B, T) or (B, T, G) with every padding step unsupervised (-1, or NaN for real targets); y
+    itself where there are no lengths."""
     if lengths is None:
         return y
-    return torch.where(step_mask(lengths, *y.shape[:2]), y, torch.full_like(y, -1))
+    inside = step_mask(lengths, *y.shape[:2])
+    if y.is_floating_point():
+        return torch.where(inside[..., None], y, torch.full_like(y, float("nan")))
+    return torch.where(inside, y, torch.full_like(y, -1))
 
 
 def last_index(lengths: torch.Tensor | None, B: int, T: int, device=None) -> torch.Tensor:

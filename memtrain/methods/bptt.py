@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from ..lengths import mask_targets
 from .base import Method
-from .losses import readout_ce
+from .losses import readout_loss
 from .rollout import rollout
 
 
@@ -27,7 +27,7 @@ class BPTT(Method):
     name, config_class = "bptt", BPTTConfig
 
     def loss(self, x, y, gen=None, lengths=None):
-        B, T = x.shape
+        B, T = x.shape[:2]
         M = rollout(self.cell, self.cell.init_memory(B), x, self.cfg.grad_horizon, self.rollout, lengths)  # (B, T+1, Z)
-        loss = readout_ce(self.cell.readout, M[:, 1:], mask_targets(y, lengths))  # readout of m_t predicts y_t
+        loss = readout_loss(self.cell.output, self.cell.readout, M[:, 1:], mask_targets(y, lengths))  # readout of m_t predicts y_t
         return loss, {"loss_readout": loss.detach()}

@@ -15,9 +15,10 @@ import torch.nn.functional as F
 
 from ..lengths import mask_targets
 from ..models.cells import Cell, check_compatible
+from ..models.inputs import flat, take
 from ..models.teacher import Teacher
 from .base import Decision, Method, Plateau
-from .losses import readout_ce, upcast
+from .losses import readout_loss, shift_targets, upcast
 from .rollout import Rollout, onpolicy_states, rollout
 
 STARTS = ("empty", "encoder")
@@ -66,7 +67,7 @@ def dmt_loss(teacher: Teacher, cell: Cell, x, y, cfg: DMTConfig, s0: torch.Tenso
     cell runs through time as `how` says (the run's Rollout; None: stepped). With `lengths` (B,) a
     rollout stops moving at its row's end and only memories up to the end are regressed (each
     regressed memory weighs the same, whichever row it is in)."""
-    B, T = x.shape
+    B, T = x.shape[:2]
     y = mask_targets(y, lengths)
     Td = T - int(s0.max()) if cfg.rollout is None else cfg.rollout
     sel = torch.arange(cfg.every, Td + 1, cfg.every, device=x.device)  # regressed rollout steps
@@ -77,8 +78,8 @@ def dmt_loss(teacher: Teacher, cell: Cell, x, y, cfg: DMTConfig, s0: torch.Tenso
         M_tgt = teacher.encode(x, None if need.shape[1] == T + 1 else need)  # (B, 1+n, Z)
     Z = M_tgt.shape[-1]
     idx = s0[:, None] + torch.arange(Td + 1, device=x.device)  # (B, Td+1) memory positions
-    x_roll = torch.gather(x, 1, idx[:, :-1])  # (B, Td) inputs x_{s0} .. x_{s0+Td-1}
-    y_roll = torch.gather(F.pad(y, (1, 0), value=-1), 1, idx[:, 1:])  # (B, Td): y_{s-1} for s = s0+1..
+    x_roll = take(x, idx[:, :-1])  # (B, Td[, F]) inputs x_{s0} .. x_{s0+Td-1}
+    y_roll = take(shift_targets(y), idx[:, 1:])  # (B, Td[, G]): y_{s-1} for s = s0+1..
     m0 = cell.init_memory(B) if cfg.start == "empty" else M_tgt[:, 0]
     # each row's real steps within the rollout (padding past its end never moves the cell's memory)
     real = None if lengths is None else (lengths.to(x.device) - s0).clamp(0, Td)
@@ -89,7 +90,7 @@ def dmt_loss(teacher: Teacher, cell: Cell, x, y, cfg: DMTConfig, s0: torch.Tenso
         m_own = onpolicy_states(cell, m0, x_roll, how, real)  # (B, Td+1, Z)
         m_in = torch.cat([m0[:, None], m_own[:, 1:-1]], dim=1)  # (B, Td, Z), keeping m0's own graph
         steps = sel - 1 if cfg.readout_on_detached else torch.arange(Td, device=x.device)
-        m_next = cell.update(m_in[:, steps].reshape(-1, Z), x_roll[:, steps].reshape(-1)).view(B, -1, Z)
+        m_next = cell.update(m_in[:, steps].reshape(-1, Z), flat(x_roll[:, steps])).view(B, -1, Z)
         m_reg, m_read = (m_next, m_own[:, 1:]) if cfg.readout_on_detached else (m_next[:, sel - 1], m_next)
     else:
         m_hat = rollout(cell, m0, x_roll, cfg.grad_horizon, how, real)  # (B, Td+1, Z)
@@ -103,7 +104,7 @@ def dmt_loss(teacher: Teacher, cell: Cell, x, y, cfg: DMTConfig, s0: torch.Tenso
         last = (inside.sum(1) - 1).clamp_min(0)  # (B,)
         has = inside.any(1)
         drift_end = (drift.gather(1, last[:, None])[:, 0] * has).sum() / has.sum().clamp_min(1)
-    loss_readout = readout_ce(cell.readout, m_read, y_roll)
+    loss_readout = readout_loss(cell.output, cell.readout, m_read, y_roll)
     loss = cfg.coef_dyn * loss_dyn + cfg.coef_readout * loss_readout
     return loss, {"loss_dyn": loss_dyn.detach(), "loss_readout": loss_readout.detach(), "drift_end": drift_end.detach()}
 
@@ -113,7 +114,7 @@ def rollout_starts(cfg: DMTConfig, x: torch.Tensor, gen: torch.Generator | None,
     """Where each sequence's rollout starts (B,): memory 0 for start='empty', else a random position
     that leaves room for the rollout (within each row's length, with `lengths`; a row shorter than
     the rollout starts at 0 and its rollout stops at its end)."""
-    B, T = x.shape
+    B, T = x.shape[:2]
     if cfg.rollout is not None and cfg.rollout > T:
         raise ValueError(f"dmt.rollout={cfg.rollout} is longer than the sequences (T={T})")
     if cfg.start == "empty":
@@ -159,7 +160,7 @@ class RolloutGrowth(nn.Module):
         """After an evaluation, while `growing`: a "dmt_grow" decision once DMT has stopped improving."""
         T, n = len(ev["drift"]) - 1, int(self.length)
         err = kstep_at(ev, n)
-        stale = min(self.err.watch(err), self.acc.watch(ev["rnn_acc"]))
+        stale = min(self.err.watch(err), self.acc.watch(rnn_score(ev)))
         if stale < self.cfg.grow_patience:
             return None
         longer = min(T, n * self.cfg.grow)
@@ -227,3 +228,11 @@ def kstep_at(ev: dict, n: int) -> float | None:
     ks = [int(key.split("@")[1]) for key in ev if key.startswith("kstep@")]
     ks = [k for k in ks if k <= n]
     return ev[f"kstep@{max(ks)}"] if ks else None
+
+
+def rnn_score(ev: dict) -> float | None:
+    """What "the RNN alone got better" watches in an evaluation: its accuracy on token targets, minus its
+    loss per value on real-valued ones (which have no accuracy)."""
+    if ev.get("rnn_acc") is not None:
+        return ev["rnn_acc"]
+    return None if ev.get("rnn_ce") is None else -ev["rnn_ce"]

@@ -9,8 +9,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..lengths import hold_after_end, mask_targets
+from ..lengths import hold_after_end, mask_targets, supervised
 from ..models.cells import Cell
+from ..models.inputs import flat
 from ..models.teacher import Teacher
 from .losses import upcast
 from .rollout import Rollout, rollout
@@ -33,13 +34,26 @@ def _sums(cell: Cell, teacher: Teacher | None, x: torch.Tensor, y: torch.Tensor,
     memory is the memory at the end."""
     B = x.shape[0]
     y = mask_targets(y, lengths)
-    mask = y >= 0
+    mask = supervised(y)
     M_hat = rollout(cell, cell.init_memory(B), x, how=how, lengths=lengths)  # (B, S, Z)
-    out = {"rows": B, "n": mask.sum().item(), "counts": torch.bincount(y[mask].cpu(), minlength=1).double()}
+    real = cell.output.kind != "categorical"
+    if real:  # real-valued targets: summed loss (NLL; pinball for quantiles) and squared error per value
+        ok = ~torch.isnan(y[mask])
+        out = {"rows": B, "n": ok.sum().item()}
+    else:
+        out = {"rows": B, "n": mask.sum().item(), "counts": torch.bincount(y[mask].cpu(), minlength=1).double()}
 
-    def add(prefix, logits):
-        out[f"{prefix}_correct"] = (logits.argmax(-1) == y[mask]).sum().item()
-        out[f"{prefix}_ce"] = F.cross_entropy(upcast(logits), y[mask], reduction="sum").item()
+    def add(prefix, raw):
+        if real:
+            target = y[mask]
+            p = cell.output.params(upcast(raw))
+            el = cell.output.elementwise_loss(p, target)
+            out[f"{prefix}_ce"] = torch.where(ok, el, torch.zeros_like(el)).sum().item()
+            err = cell.output.mean(upcast(raw)) - torch.nan_to_num(target)
+            out[f"{prefix}_se"] = torch.where(ok, err * err, torch.zeros_like(err)).sum().item()
+            return
+        out[f"{prefix}_correct"] = (raw.argmax(-1) == y[mask]).sum().item()
+        out[f"{prefix}_ce"] = F.cross_entropy(upcast(raw), y[mask], reduction="sum").item()
 
     add("rnn", cell.readout(M_hat[:, 1:][mask]))
     if teacher is not None:
@@ -58,7 +72,7 @@ def _add(a: dict, b: dict) -> dict:
         if k == "counts":  # bincounts of different lengths
             n = max(len(a[k]), len(v))
             out[k] = F.pad(a[k], (0, n - len(a[k]))) + F.pad(v, (0, n - len(v)))
-        elif k not in ("M", "L"):  # (the first batch's memories and lengths are kept for the one-step error)
+        elif k not in ("M", "L") and v is not None:  # (the first batch's memories and lengths are kept for the one-step error)
             out[k] = a[k] + v
     return out
 
@@ -82,11 +96,14 @@ def evaluate(cell: Cell, teacher: Teacher | None, x: torch.Tensor, y: torch.Tens
     `<name>_why` saying why. Rows without a single supervised target are refused (ValueError). The
     cell runs through time as `how` says (the run's Rollout; None: stepped). `lengths` (B,): rows of
     different lengths (lengths.py): nothing past a row's end is scored, and the drift at T and the
-    spread are each row's at its end."""
+    spread are each row's at its end. Real-valued targets (cell.output not categorical): `rnn_ce` is the
+    output's loss per supervised value (the negative log-likelihood; the pinball loss for quantiles),
+    `rnn_mse` the point forecast's mean square error, and there is no accuracy (None) and no
+    target_entropy (None)."""
     y = mask_targets(y, lengths)
-    if not bool((y >= 0).any()):
+    if not bool(supervised(y).any()):
         raise ValueError(f"nothing to evaluate: the {len(y)} sequences of length {y.shape[1]} have no supervised "
-                         "position (every target is -1)")
+                         "position (every target is -1 or NaN)")
     chunk = chunk or len(x)
     total = None
     for i in range(0, len(x), chunk):
@@ -97,12 +114,18 @@ def evaluate(cell: Cell, teacher: Teacher | None, x: torch.Tensor, y: torch.Tens
     for who in ("rnn", "teacher"):
         if f"{who}_ce" in total:
             ce = total[f"{who}_ce"] / n  # nats per supervised token; bits: bits per byte on byte-level text
-            out.update({f"{who}_acc": total[f"{who}_correct"] / n, f"{who}_ce": ce, f"{who}_bits": ce / math.log(2)})
-    out["target_entropy"] = target_entropy(total["counts"])
+            if "counts" in total:
+                out.update({f"{who}_acc": total[f"{who}_correct"] / n, f"{who}_ce": ce, f"{who}_bits": ce / math.log(2)})
+            else:
+                out.update({f"{who}_acc": None, f"{who}_ce": ce, f"{who}_mse": total[f"{who}_se"] / n})
+    out["target_entropy"] = target_entropy(total["counts"]) if "counts" in total else None
     if teacher is not None:
         H = out["target_entropy"]
-        _ratio(out, "teacher_gain", 1 - out["teacher_ce"] / H if H > TINY else None,
-               "target_entropy ~0: every target is the same token, so ignoring the past is already perfect")
+        if H is None:
+            _ratio(out, "teacher_gain", None, "real-valued targets: no marginal entropy to measure the teacher against")
+        else:
+            _ratio(out, "teacher_gain", 1 - out["teacher_ce"] / H if H > TINY else None,
+                   "target_entropy ~0: every target is the same token, so ignoring the past is already perfect")
         out["drift"] = [round(v, 6) for v in (total["drift"] / N).tolist()]
         # how much the teacher's final memories differ between sequences: drift is small only
         # relative to this (a collapsed memory space makes any drift look small)
@@ -141,7 +164,7 @@ def one_step_error(cell: Cell, M: torch.Tensor, x: torch.Tensor, budget: int = 2
     inside their rows). Near 1 the cell cannot compute the teacher's transitions; well below 1 DMT
     can make it follow (EXPERIMENTS.md 5). None where the teacher's memories do not move (their
     step ~0: the ratio is undefined)."""
-    B, T = x.shape
+    B, T = x.shape[:2]
     n = min(B, max(1, budget // max(T, 1)))
     m, m_next, Z = M[:n, :-1].float(), M[:n, 1:].float(), M.shape[-1]
     w = (torch.ones(n, T, device=x.device) if lengths is None
@@ -152,7 +175,7 @@ def one_step_error(cell: Cell, M: torch.Tensor, x: torch.Tensor, budget: int = 2
     step = mean(m - m_next)
     if step <= TINY * mean(m_next):
         return None
-    pred = cell.update(M[:n, :-1].reshape(-1, Z), x[:n].reshape(-1)).float().view_as(m)
+    pred = cell.update(M[:n, :-1].reshape(-1, Z), flat(x[:n])).float().view_as(m)
     return mean(pred - m_next) / step
 
 
@@ -171,7 +194,7 @@ def kstep_errors(cell: Cell, M: torch.Tensor, x: torch.Tensor, n: int = 8, start
     leaves it at the sequence's end); the error at k averages the starts with s + k <= T. A cell that
     contracts keeps these flat in k; one that does not lets them grow to the drift. x (B, T), M (B, S, Z).
     With `lengths` a start counts at k only where s + k is inside its row (a k no row reaches is left out)."""
-    B, T = x.shape
+    B, T = x.shape[:2]
     Z, n = M.shape[-1], min(B, n)
     ks = sorted({1 << i for i in range(T.bit_length()) if (1 << i) <= T} | {T})
     s0 = torch.arange(0, T, max(1, T // starts), device=x.device)  # (P,) ascending
@@ -180,7 +203,7 @@ def kstep_errors(cell: Cell, M: torch.Tensor, x: torch.Tensor, n: int = 8, start
     for k in range(1, T + 1):
         a = int((s0 + k <= T).sum())  # the starts still inside the sequence: a prefix
         m = m[:, :a]
-        m = cell.update(m.reshape(-1, Z), x[:n, s0[:a] + k - 1].reshape(-1)).view(n, a, Z)
+        m = cell.update(m.reshape(-1, Z), flat(x[:n, s0[:a] + k - 1])).view(n, a, Z)
         if k in ks:
             err = (upcast(m) - upcast(M[:n, s0[:a] + k])).pow(2).mean(-1)  # (n, a)
             if lengths is None:
@@ -225,14 +248,14 @@ def jacobian_norm(cell: Cell, M: torch.Tensor, x: torch.Tensor, n: int = 64, ite
     eps^(1/3) (relative error about eps^(2/3)), J^T w a vector-Jacobian product: plain forward and
     first-order backward passes, which every cell has (attention has no double backward on a CPU).
     With `lengths` the memories are drawn among those inside their rows."""
-    B, T = x.shape
+    B, T = x.shape[:2]
     Z = M.shape[-1]
     idx = torch.randperm(B * T, generator=gen)
     if lengths is not None:
         inside = (torch.arange(T)[None, :] < lengths.cpu()[:, None]).reshape(-1)
         idx = idx[inside[idx]]
     idx = idx[:n].to(x.device)
-    xi = x.reshape(-1)[idx]
+    xi = flat(x)[idx]
     v = torch.randn((len(idx), Z), generator=gen, dtype=M.dtype).to(M.device)
     v = v / v.norm(dim=-1, keepdim=True)
     h = torch.finfo(M.dtype).eps ** (1 / 3)

@@ -1,8 +1,10 @@
-"""Loss pieces shared by the training methods. Targets use -1 for "unsupervised"."""
+"""Loss pieces shared by the training methods. Token targets use -1 for "unsupervised", real ones NaN."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from ..lengths import supervised
 
 
 def upcast(t: torch.Tensor) -> torch.Tensor:
@@ -35,10 +37,28 @@ def uniformity(tokens: torch.Tensor, t: float = 2.0) -> torch.Tensor:
     return torch.pdist(z).pow(2).mul(-t).exp().mean().log()
 
 
-def readout_ce(readout, memories: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of readout(memories) against y, evaluated only where y >= 0 (the readout is a
-    Transformer layer; most positions of most tasks are unsupervised). memories (B, T, Z), y (B, T)."""
-    mask = y >= 0
+def target_loss(output, raw: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The loss of raw predictions (..., output.dim) against targets y: masked cross-entropy for token
+    ids (-1: unsupervised), the output's own loss for real values (NaN: unsupervised); `weight` per step."""
+    if output.kind == "categorical":
+        return masked_ce(raw, y, weight)
+    return output.loss(upcast(raw), y, weight)
+
+
+def readout_loss(output, readout, memories: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The loss of readout(memories) against y, evaluated only at supervised steps (the readout is a
+    Transformer layer; most positions of most tasks are unsupervised): cross-entropy for token ids,
+    the output's loss for real values. memories (B, T, Z), y (B, T) or (B, T, G)."""
+    mask = supervised(y)
     if not bool(mask.any()):
         return memories.sum() * 0.0
-    return F.cross_entropy(upcast(readout(memories[mask])), y[mask])
+    if output.kind == "categorical":
+        return F.cross_entropy(upcast(readout(memories[mask])), y[mask])
+    return output.loss(upcast(readout(memories[mask])), y[mask])
+
+
+def shift_targets(y: torch.Tensor) -> torch.Tensor:
+    """y with one unsupervised step in front (B, 1+T[, G]): out[:, s] = y_{s-1}, what memory s predicts."""
+    if y.is_floating_point():
+        return F.pad(y, (0, 0, 1, 0), value=float("nan"))
+    return F.pad(y, (1, 0), value=-1)

@@ -17,13 +17,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..lengths import mask_targets
+from ..lengths import mask_targets, supervised
 from ..models.cells import Cell, check_compatible
+from ..models.inputs import flat, take
 from ..models.layers import rms_normalize
 from ..models.teacher import Teacher
 from .base import Decision, Method
 from .evaluate import teacher_learned
-from .losses import masked_ce, mse_rows, uniformity, upcast
+from .losses import masked_ce, mse_rows, shift_targets, target_loss, uniformity, upcast
 from .rollout import Rollout, onpolicy_states
 
 
@@ -83,15 +84,18 @@ class SMTConfig:
 
 
 def future_targets(x: torch.Tensor, y: torch.Tensor, pos: torch.Tensor, Tf: int):
-    """For memories at positions pos (B, P): future inputs x_s..x_{s+Tf-2} (B, P, Tf-1) and targets
-    y_{s-1}..y_{s+Tf-2} (B, P, Tf), -1 past the end of the sequence (inputs there are 0)."""
-    B, T = x.shape
-    x_pad = F.pad(x, (0, Tf), value=0)  # (B, T+Tf)
-    y_pad = F.pad(F.pad(y, (1, 0), value=-1), (0, Tf), value=-1)  # (B, 1+T+Tf): y_pad[s] = y_{s-1}
+    """For memories at positions pos (B, P): future inputs x_s..x_{s+Tf-2} (B, P, Tf-1[, F]) and targets
+    y_{s-1}..y_{s+Tf-2} (B, P, Tf[, G]), unsupervised past the end of the sequence (inputs there are 0)."""
+    B = x.shape[0]
+    tail = x.shape[2:]
+    x_pad = F.pad(x, (0, 0) * len(tail) + (0, Tf), value=0)  # (B, T+Tf[, F])
+    y1 = shift_targets(y)  # (B, 1+T[, G]): y1[s] = y_{s-1}
+    fill = float("nan") if y.is_floating_point() else -1
+    y_pad = torch.cat([y1, y1.new_full((B, Tf, *y.shape[2:]), fill)], dim=1)  # (B, 1+T+Tf[, G])
     off = torch.arange(Tf, device=x.device)
     idx = pos[..., None] + off  # (B, P, Tf)
-    x_fut = torch.gather(x_pad, 1, idx[..., : Tf - 1].reshape(B, -1)).view(B, -1, Tf - 1)
-    y_fut = torch.gather(y_pad, 1, idx.reshape(B, -1)).view(B, -1, Tf)
+    x_fut = take(x_pad, idx[..., : Tf - 1].reshape(B, -1)).view(B, -1, Tf - 1, *tail)
+    y_fut = take(y_pad, idx.reshape(B, -1)).view(B, -1, Tf, *y.shape[2:])
     return x_fut, y_fut
 
 
@@ -101,8 +105,8 @@ def sample_positions(y: torch.Tensor, Tf: int, n: int | None, gen: torch.Generat
     next Tf (others carry no decoder loss), n of them per sequence without replacement (all if n is
     None or larger; rows with fewer repeat positions, which only reweights them). A row with nothing
     supervised takes any position (inside its length, with `lengths`; its loss is 0)."""
-    B, T = y.shape
-    sup = F.pad((y >= 0).float(), (1, Tf), value=0.0)  # (B, 1+T+Tf), sup[s] = y_{s-1} supervised
+    B, T = y.shape[:2]
+    sup = F.pad(supervised(y).float(), (1, Tf), value=0.0)  # (B, 1+T+Tf), sup[s] = y_{s-1} supervised
     counts = sup.unfold(1, Tf, 1)[:, : T + 1].sum(-1)  # (B, S): supervised outputs in each window
     weight = (counts > 0).float()
     none = weight.sum(1) == 0
@@ -164,7 +168,7 @@ def loss_memories(teacher: Teacher, x, dec_pos, dyn_pos, extra=()):
     pos = [dec_pos, dyn_pos, dyn_pos + 1, *extra]
     M = teacher.encode(x, torch.cat(pos, dim=1))  # (B, Q, Z)
     parts = M.split([p.shape[1] for p in pos], dim=1)
-    return (M, *parts[:3], torch.gather(x, 1, dyn_pos), list(parts[3:]))
+    return (M, *parts[:3], take(x, dyn_pos), list(parts[3:]))
 
 
 def scale_grad(t: torch.Tensor, a: float) -> torch.Tensor:
@@ -177,8 +181,8 @@ def far_positions(y: torch.Tensor, Tf: int, n: int, gen: torch.Generator | None)
     sequence (B, n) each, with y[:, u] supervised and beyond the decoder's window from s (u >= s + Tf - 1,
     offset o = u - s + 1 >= Tf). u is drawn uniformly among such outputs, then s uniformly in 0..u-Tf+1.
     -> (s, u, ok): ok (B, n) False for rows with no such output (their loss is 0)."""
-    B, T = y.shape
-    sup = (y >= 0) & (torch.arange(T, device=y.device) >= Tf - 1)  # outputs some memory sees only from afar
+    B, T = y.shape[:2]
+    sup = supervised(y) & (torch.arange(T, device=y.device) >= Tf - 1)  # outputs some memory sees only from afar
     keys = torch.rand(B, n, T, generator=gen).to(y.device)
     keys = torch.where(sup[:, None, :], keys, keys - 2.0)
     u = keys.argmax(-1)  # (B, n): a random eligible output (any, where none is)
@@ -194,24 +198,29 @@ class FarHead(nn.Module):
 
     BUCKETS = 64  # quarter-octave buckets: offsets up to 2^16
 
-    def __init__(self, mem_size: int, vocab_size: int, width: int = 256):
+    def __init__(self, mem_size: int, out_dim: int, width: int = 256):
         super().__init__()
         self.offset = nn.Embedding(self.BUCKETS, width)
         self.fc = nn.Linear(mem_size, width)
-        self.out = nn.Linear(width, vocab_size)
+        self.out = nn.Linear(width, out_dim)
 
     def forward(self, m: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         bucket = (4 * torch.log2(o.clamp_min(1).to(m.dtype))).long().clamp(0, self.BUCKETS - 1)
         return self.out(F.gelu(self.fc(m) + self.offset(bucket)))
 
 
-def far_question_loss(far_head: FarHead, m_far, y, far) -> torch.Tensor:
+def far_question_loss(far_head: FarHead, m_far, y, far, output=None) -> torch.Tensor:
     """Far-future questions: the memory at s (m_far (B, n, Z)) must tell the supervised output u,
     o = u - s + 1 steps ahead of its first prediction (beyond the decoder's window), without the inputs
-    in between. far = (s, u, ok) from `far_positions`; rows with ok False are unsupervised."""
+    in between. far = (s, u, ok) from `far_positions`; rows with ok False are unsupervised. `output`:
+    how the head's outputs are read (the teacher's; None: token ids)."""
     s_far, u_far, ok = far
-    logits = far_head(m_far.reshape(-1, m_far.shape[-1]), (u_far - s_far + 1).reshape(-1))
-    return masked_ce(logits, torch.where(ok, torch.gather(y, 1, u_far), -1).reshape(-1))
+    raw = far_head(m_far.reshape(-1, m_far.shape[-1]), (u_far - s_far + 1).reshape(-1))
+    if output is None or output.kind == "categorical":
+        return masked_ce(raw, torch.where(ok, torch.gather(y, 1, u_far), -1).reshape(-1))
+    y_far = take(y, u_far)  # (B, n, G)
+    y_far = torch.where(ok[..., None], y_far, torch.full_like(y_far, float("nan")))
+    return target_loss(output, raw, y_far.reshape(-1, y.shape[-1]))
 
 
 @torch.no_grad()
@@ -244,7 +253,7 @@ def onpolicy_loss(teacher: Teacher, cell: Cell, M, x, dyn_pos, x_in, m_next, how
     m_own = onpolicy_states(cell, m0, x, how, lengths)[:, :-1]  # (B, T, Z), no graph
     if dyn_pos is not None:
         m_own = torch.gather(m_own, 1, dyn_pos[..., None].expand(-1, -1, Z))
-    pred_own = cell.update(m_own.reshape(-1, Z), x_in.reshape(-1))
+    pred_own = cell.update(m_own.reshape(-1, Z), flat(x_in))
     return mse_rows(pred_own, m_next.detach().reshape(-1, Z), w)
 
 
@@ -263,7 +272,7 @@ def own_state_loss(cell: Cell, m_own0, own_pos, now_pos, m_now, m_next, x, x_in,
     m_in = base + gain * (m_own - base)
     if gain != 1.0 and cell.cfg.norm_memory:
         m_in = rms_normalize(m_in, cell.D)
-    pred = cell.update(m_in.reshape(-1, Z), x_in.reshape(-1))
+    pred = cell.update(m_in.reshape(-1, Z), flat(x_in))
     loss = mse_rows(pred, m_next.detach().reshape(-1, Z), w)
     return loss, mse_rows(m_own.reshape(-1, Z), base.reshape(-1, Z), w).detach()
 
@@ -272,11 +281,12 @@ def decoder_loss(teacher: Teacher, x, y, dec_pos, m_dec, cfg: SMTConfig):
     """Predictive state: the decoder reads the memories at dec_pos (m_dec (B, P, Z)) and predicts the
     next Tf outputs -> (loss weighted by gamma^k, the first output's loss: what the RNN's readout sees)."""
     Tf, Z = cfg.future, m_dec.shape[-1]
-    x_fut, y_fut = future_targets(x, y, dec_pos, Tf)  # (B, P, Tf-1), (B, P, Tf)
-    logits = teacher.decode(m_dec.reshape(-1, Z), x_fut.reshape(-1, Tf - 1))  # (B*P, Tf, V)
-    w = cfg.gamma ** torch.arange(Tf, device=x.device, dtype=logits.dtype)
-    y_fut = y_fut.reshape(-1, Tf)
-    return masked_ce(logits, y_fut, w.expand(logits.shape[0], Tf)), masked_ce(logits[:, 0], y_fut[:, 0])
+    x_fut, y_fut = future_targets(x, y, dec_pos, Tf)  # (B, P, Tf-1[, F]), (B, P, Tf[, G])
+    raw = teacher.decode(m_dec.reshape(-1, Z), x_fut.reshape(-1, Tf - 1, *x.shape[2:]))  # (B*P, Tf, output.dim)
+    w = cfg.gamma ** torch.arange(Tf, device=x.device, dtype=raw.dtype)
+    y_fut = y_fut.reshape(-1, Tf, *y.shape[2:])
+    out = teacher.output
+    return target_loss(out, raw, y_fut, w.expand(raw.shape[0], Tf)), target_loss(out, raw[:, 0], y_fut[:, 0])
 
 
 def dynamics_loss(cell: Cell, m_now, m_next, x_in, cfg: SMTConfig, w=None):
@@ -292,7 +302,7 @@ def dynamics_loss(cell: Cell, m_now, m_next, x_in, cfg: SMTConfig, w=None):
     m_in = m_now.reshape(-1, Z)
     if cfg.input_noise > 0:  # the cell must map a neighbourhood of m_t onto m_{t+1}: errors shrink
         m_in = m_in + cfg.input_noise * torch.randn_like(m_in)
-    pred = cell.update(m_in, x_in.reshape(-1))  # (B*R, Z)
+    pred = cell.update(m_in, flat(x_in))  # (B*R, Z)
     return mse_rows(pred, m_next.reshape(-1, Z), w), m_now, m_next
 
 
@@ -306,6 +316,12 @@ def last_input_loss(last_input_head: nn.Module, m_after, x_in, cfg: SMTConfig, D
     probe_in = m_after.reshape(-1, Z)
     if cfg.slow_tokens > 0:
         probe_in = torch.cat([torch.zeros_like(probe_in[:, : cfg.slow_tokens * D]), probe_in[:, cfg.slow_tokens * D:]], dim=1)
+    if x_in.is_floating_point():  # real inputs: the probe regresses the last input's features (NaN: missing)
+        target = flat(x_in)
+        ok = ~torch.isnan(target)
+        err = torch.where(ok, upcast(last_input_head(probe_in)) - torch.nan_to_num(target), torch.zeros_like(target))
+        wt = ok.to(err.dtype) * (1.0 if w is None else w.reshape(-1, 1).to(err.dtype))
+        return (err.pow(2) * wt).sum() / wt.sum().clamp_min(1e-12)
     if w is not None:
         return masked_ce(last_input_head(probe_in), x_in.reshape(-1), w.reshape(-1).to(probe_in.dtype))
     return F.cross_entropy(upcast(last_input_head(probe_in)), x_in.reshape(-1))
@@ -350,7 +366,7 @@ def smt_loss(teacher: Teacher, cell: Cell, x, y, cfg: SMTConfig, dec_pos, dyn_po
     if cfg.coef_last_input > 0:
         terms["last_input"] = (cfg.coef_last_input, last_input_loss(last_input_head, m_after, x_in, cfg, D, w_dyn))
     if cfg.far_samples > 0:
-        terms["far"] = (cfg.coef_far, far_question_loss(far_head, m_extra[-1], y, far))
+        terms["far"] = (cfg.coef_far, far_question_loss(far_head, m_extra[-1], y, far, teacher.output))
     if cfg.slow_tokens > 0:
         # the slow tokens: their step is penalised, so what they hold stays put and the cell can keep it
         # by leaving them alone (the per-token normalisation no longer couples it to the recent inputs)
@@ -385,8 +401,9 @@ class SMT(Method):
         super().__init__(teacher, cell, cfg, rollout)
         check_compatible(cell.cfg, teacher.cfg)
         # a training-time probe, not part of the teacher or the RNN (not saved with the run)
-        self.last_input_head = nn.Linear(teacher.cfg.mem_size, teacher.cfg.vocab_size) if cfg.coef_last_input > 0 else None
-        self.far_head = FarHead(teacher.cfg.mem_size, teacher.cfg.vocab_size) if cfg.far_samples > 0 else None
+        last = teacher.cfg.features or teacher.cfg.vocab_size  # the probe tells the last input: its id, or its features
+        self.last_input_head = nn.Linear(teacher.cfg.mem_size, last) if cfg.coef_last_input > 0 else None
+        self.far_head = FarHead(teacher.cfg.mem_size, teacher.output.dim) if cfg.far_samples > 0 else None
         self.blank_teacher = BlankTeacher()  # says when the teacher has learned nothing
 
     def trainable(self):
@@ -399,7 +416,7 @@ class SMT(Method):
         """The SMT loss at positions drawn with `gen`, under the run's settings or `cfg` (smt-dmt
         changes smt.coef_dyn_teacher once the teacher has solved the task). With `lengths` (B,)
         every position is drawn inside its row (lengths.py)."""
-        B, T = x.shape
+        B, T = x.shape[:2]
         cfg = self.cfg if cfg is None else cfg
         y = mask_targets(y, lengths)
         dec_pos = sample_positions(y, cfg.future, cfg.dec_samples, gen, lengths)

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from .base import Decision, Method, Plateau
-from .dmt import DMT, DMTConfig, RolloutGrowth, dmt_loss, rollout_starts
+from .dmt import DMT, DMTConfig, RolloutGrowth, dmt_loss, rnn_score, rollout_starts
 from .evaluate import teacher_learned
 from .rollout import Rollout
 from .smt import SMT, SMTConfig
@@ -82,6 +82,13 @@ class HandoverConfig:
             raise ValueError(f"handover.dmt_lr_scale must be in (0, 1], got {self.dmt_lr_scale}")
         if self.dmt_schedule not in DMT_SCHEDULES:
             raise ValueError(f"handover.dmt_schedule must be one of {DMT_SCHEDULES}, got {self.dmt_schedule!r}")
+
+
+def _said(ev: dict, who: str) -> str:
+    """A network's evaluation in a sentence: its accuracy, or its loss where targets are real-valued."""
+    if ev.get(f"{who}_acc") is not None:
+        return f"acc {ev[f'{who}_acc']:.3f}"
+    return f"loss {ev[f'{who}_ce']:.3f}"
 
 
 class SMTDMT(Method):
@@ -169,7 +176,7 @@ class SMTDMT(Method):
     # ---- decisions ----------------------------------------------------------------------------
     def _rnn_stale(self, ev: dict) -> int:
         """Evaluations since the RNN alone last improved its accuracy (+0.005) or final drift (-2%)."""
-        return min(self.rnn_acc.watch(ev["rnn_acc"]), self.drift.watch(ev["drift"][-1]))
+        return min(self.rnn_acc.watch(rnn_score(ev)), self.drift.watch(ev["drift"][-1]))
 
     def _restart_rnn_watch(self) -> None:
         self.rnn_acc.restart()
@@ -180,7 +187,7 @@ class SMTDMT(Method):
             return self._smt_decision(ev, step, budget_used)
         if int(self.phase) != DMT_PHASE:
             return None
-        if self.ho.dmt_target is not None and ev["rnn_acc"] >= self.ho.dmt_target:
+        if self.ho.dmt_target is not None and ev.get("rnn_acc") is not None and ev["rnn_acc"] >= self.ho.dmt_target:
             return Decision("dmt_target", f"the RNN alone reached {ev['rnn_acc']:.3f} >= handover.dmt_target={self.ho.dmt_target}",
                             {"rnn_acc": ev["rnn_acc"], "drift_end": ev["drift"][-1]})
         if self.growth.growing(len(ev["drift"]) - 1):
@@ -201,7 +208,7 @@ class SMTDMT(Method):
         if ho.teacher_min_gain is not None and not teacher_learned(ev, ho.teacher_min_gain):
             return None  # a teacher that has learned nothing neither solves the task nor is followed
         if int(self.solved_step) < 0:
-            if ((ho.teacher_acc is not None and ev["teacher_acc"] >= ho.teacher_acc)
+            if ((ho.teacher_acc is not None and ev.get("teacher_acc") is not None and ev["teacher_acc"] >= ho.teacher_acc)
                     or (ho.teacher_plateau is not None and stale_ce >= ho.teacher_plateau)):
                 self.solved_step.fill_(step)
                 self._restart_rnn_watch()  # from here on: is SMT still improving the RNN alone?
@@ -212,15 +219,15 @@ class SMTDMT(Method):
         stale_rnn = self._rnn_stale(ev)
         if ho.smt_steps is not None and step >= ho.smt_steps:
             return Decision("handover",
-                            (f"teacher solved the task at step {int(self.solved_step)} (acc {ev['teacher_acc']:.3f}); SMT "
-                             f"has had handover.smt_steps={ho.smt_steps} updates (RNN alone {ev['rnn_acc']:.3f})"),
+                            (f"teacher solved the task at step {int(self.solved_step)} ({_said(ev, 'teacher')}); SMT "
+                             f"has had handover.smt_steps={ho.smt_steps} updates (RNN alone {_said(ev, 'rnn')})"),
                             {"teacher_acc": ev["teacher_acc"], "dyn_rel": dyn, "rnn_acc": ev["rnn_acc"]})
         if stale_rnn < ho.smt_patience or not (low or stale_dyn >= ho.followable_plateau):
             return None
         return Decision("handover",
-                        (f"teacher solved the task at step {int(self.solved_step)} (acc {ev['teacher_acc']:.3f}); dyn_rel "
+                        (f"teacher solved the task at step {int(self.solved_step)} ({_said(ev, 'teacher')}); dyn_rel "
                          f"{'null' if dyn is None else f'{dyn:.3f}'} ({'<= ' + str(ho.followable) if low else 'no longer improving'}); "
-                         f"RNN alone {ev['rnn_acc']:.3f}, not improved by SMT in {ho.smt_patience} evaluations"),
+                         f"RNN alone {_said(ev, 'rnn')}, not improved by SMT in {ho.smt_patience} evaluations"),
                         {"teacher_acc": ev["teacher_acc"], "dyn_rel": dyn, "rnn_acc": ev["rnn_acc"]})
 
     def apply(self, decision: Decision, step: int) -> bool:

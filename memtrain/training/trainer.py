@@ -447,7 +447,10 @@ def _loop(run: Run, progress: bool) -> dict:
                 if st.step % tc.eval_every == 0 and st.step < tc.steps:
                     last, ev = evaluate_now(run, bar)
                     if last:
-                        shown["acc"] = f"{last['rnn_acc']:.2f}"
+                        if last.get("rnn_acc") is not None:
+                            shown["acc"] = f"{last['rnn_acc']:.2f}"
+                        else:  # real-valued targets: the RNN alone's loss per value
+                            shown["nll"] = f"{last['rnn_ce']:.3f}"
                     ends = _decide(run, ev, bar)
                 bar.advance(st.step, st.seconds, **shown)
                 if ends:
