@@ -260,8 +260,7 @@ class PreparedTask:
         self.meta, arrays = load_prepared(self.path)
         if self.meta["kind"] == "series":
             raise ValueError(f"task 'prepared': {self.path!r} holds real-valued series ({', '.join(self.meta['targets'])}), "
-                             "not tokens; training on series is not in this version yet (the series tasks are being built, "
-                             "issue 27): `memtrain.data.prepare.load_prepared` reads the arrays")
+                             "not tokens: train on it with task=series")
         pixels = self.meta["kind"] == "pixels"
         layout = self.layout or ("whole" if pixels else "stream")
         if layout not in ("whole", "stream") or (layout == "whole" and not pixels):

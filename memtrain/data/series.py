@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..lengths import pad
 
@@ -231,3 +232,131 @@ def _csv(path: str = "", target: str = "", covariates: str = "", series: str = "
         raise ValueError(f"seasonality must be positive integers, got {seasonality!r}")
     values, lengths = pad([np.array(g, dtype=np.float64) for g in groups.values()], pad_value=np.nan)
     return SeriesSet(values.astype(np.float32), lengths, columns, targets, known, freq, [periods] * len(groups), list(groups))
+
+
+# ---- the forecasting task -------------------------------------------------------------------------
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class SeriesTask:
+    """Forecasting on a prepared series set (`memtrain prepare series ...`): windows of `context` +
+    `horizon` steps, T = their sum. Split by time: the last `test_steps` of every series are the test
+    period, the `val_steps` before them validation, the rest training; a window of a split ends inside
+    it (training windows lie wholly before validation).
+
+    Step t of a window reads x_t = [y_{t-1} / scale, 1 where y_{t-1} is missing, the covariates known in
+    advance at t, standardised on the training period] (F = 2G + covariates) and predicts y_t / scale
+    (G targets; NaN where missing: unsupervised). `scale` is each window's mean absolute target over its
+    context (never over the future it forecasts; 1 where that is 0 or all missing), as DeepAR scales;
+    `last_scales` holds the scales of the last batch drawn. Batches are (x, y) of equal length."""
+    path: str | None = None  # a folder written by `memtrain prepare series`
+    context: int = 336  # steps read before a forecast
+    horizon: int = 48  # steps forecast
+    val_steps: int | None = None  # each series' steps held out for validation (None: 4 x horizon)
+    test_steps: int | None = None  # each series' last steps held out for testing (None: 4 x horizon)
+    output: str = "student-t"  # the predictive distribution: gaussian | student-t | quantile
+
+    def __post_init__(self):
+        if not self.path:
+            raise ValueError("task 'series' needs path= (a folder written by `memtrain prepare series`)")
+        from .prepare import load_prepared
+
+        meta, arrays = load_prepared(self.path)
+        if meta["kind"] != "series":
+            raise ValueError(f"task 'series': {self.path!r} holds {meta['kind']}, not series (use task=prepared)")
+        for name in ("context", "horizon"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"task 'series': {name} must be >= 1, got {getattr(self, name)}")
+        self.val_steps = 4 * self.horizon if self.val_steps is None else self.val_steps
+        self.test_steps = 4 * self.horizon if self.test_steps is None else self.test_steps
+        if self.val_steps < self.horizon or self.test_steps < self.horizon:
+            raise ValueError(f"task 'series': val_steps={self.val_steps} and test_steps={self.test_steps} must each "
+                             f"hold at least one horizon ({self.horizon} steps)")
+        from ..models.heads import OUTPUT_KINDS
+        if self.output not in OUTPUT_KINDS:
+            raise ValueError(f"task 'series': output must be one of {OUTPUT_KINDS}, got {self.output!r}")
+        self.meta = meta
+        values, lengths = arrays["values"].astype(np.float64), arrays["lengths"].astype(np.int64)
+        cols = meta["columns"]
+        self._t = [cols.index(c) for c in meta["targets"]]
+        self._k = [cols.index(c) for c in meta["known"]]
+        self.G, self.K = len(self._t), len(self._k)
+        self.features = 2 * self.G + self.K
+        self.targets = self.G
+        T = self.length
+        # where each split's windows may end (exclusive end of the window, per series)
+        short = [(meta["names"][i], int(n)) for i, n in enumerate(lengths) if n < T + self.val_steps + self.test_steps]
+        if short:
+            raise ValueError(f"task 'series': series {short[0][0]!r} has {short[0][1]} steps, fewer than context + horizon "
+                             f"+ val_steps + test_steps = {T + self.val_steps + self.test_steps}: shorten the context or "
+                             "the held-out periods")
+        self._values, self._lengths = values, lengths
+        train_end = lengths - self.val_steps - self.test_steps
+        inside = np.arange(values.shape[1])[None, :] < train_end[:, None]
+        known = values[..., self._k][inside] if self.K else np.zeros((1, 0))
+        self._k_mean = known.mean(0) if self.K else np.zeros(0)
+        self._k_std = np.where(known.std(0) > 0, known.std(0), 1.0) if self.K else np.zeros(0)
+        # window ends (exclusive) per split: (series, end) pairs
+        self._ends = {
+            "train": [(i, e) for i in range(len(lengths)) for e in range(T, int(train_end[i]) + 1)],
+            "val": [(i, e) for i in range(len(lengths)) for e in range(int(train_end[i]) + self.horizon,
+                                                                       int(train_end[i]) + self.val_steps + 1, self.horizon)],
+            "test": [(i, e) for i in range(len(lengths)) for e in range(int(lengths[i] - self.test_steps) + self.horizon,
+                                                                        int(lengths[i]) + 1, self.horizon)],
+        }
+        self.last_scales = None
+
+    @property
+    def length(self) -> int:
+        return self.context + self.horizon
+
+    @property
+    def vocab_size(self) -> None:
+        return None  # real values: no token ids
+
+    def seasonality(self, series: int = 0) -> list[int]:
+        return list(self.meta["seasonality"][series])
+
+    def windows(self, ends: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The windows ending (exclusive) at `ends` -> x (N, T, F), y (N, T, G) scaled, and the scales (N, G)."""
+        T, C = self.length, self.context
+        idx = np.array([e for _, e in ends])[:, None] - T + np.arange(T)[None, :]  # (N, T)
+        rows = self._values[np.array([i for i, _ in ends])[:, None], idx]  # (N, T, C_all)
+        y = rows[..., self._t]  # (N, T, G)
+        ctx = np.abs(y[:, :C])
+        seen = ~np.isnan(ctx)
+        mean_abs = np.where(seen, ctx, 0.0).sum(1) / np.maximum(seen.sum(1), 1)
+        scale = np.where(mean_abs > 0, mean_abs, 1.0)  # (N, G)
+        y = y / scale[:, None, :]
+        series = np.array([i for i, _ in ends])
+        before = idx[:, 0] - 1  # the step before each window (its first lagged target), NaN before a series starts
+        first = np.where((before >= 0)[:, None], self._values[series, np.maximum(before, 0)][:, self._t], np.nan)
+        lag = np.concatenate([(first / scale)[:, None, :], y[:, :-1]], axis=1)
+        missing = np.isnan(lag).astype(np.float64)
+        known = (rows[..., self._k] - self._k_mean) / self._k_std
+        x = np.concatenate([np.nan_to_num(lag), missing, known], axis=-1)
+        return (torch.from_numpy(x).float(), torch.from_numpy(y).float(), torch.from_numpy(scale).float())
+
+    def sample(self, batch_size, gen=None, length=None, split="train"):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if length is not None and length != self.length:
+            raise ValueError(f"task 'series' has windows of context + horizon = {self.length} steps, not {length}")
+        ends = self._ends[split]
+        pick = torch.randint(0, len(ends), (batch_size,), generator=gen).tolist()
+        x, y, self.last_scales = self.windows([ends[i] for i in pick])
+        return x, y
+
+    def rows(self, split="val", length=None, path=None):
+        """Every window of a held-out split once (forecast origins every `horizon` steps)."""
+        if path is not None:
+            raise ValueError("task 'series' evaluates its own prepared folder; `--data` another is not supported")
+        if length is not None and length != self.length:
+            raise ValueError(f"task 'series' has windows of context + horizon = {self.length} steps, not {length}")
+        x, y, self.last_scales = self.windows(self._ends[split])
+        return x, y
+
+    def n_sequences(self, split="train", length=None) -> int:
+        return len(self._ends[split])

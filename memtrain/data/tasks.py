@@ -7,6 +7,7 @@ from dataclasses import fields
 
 from ..fields import coerce
 from .files import NpzTask, PreparedTask, TokenFile
+from .series import SeriesTask
 from .synthetic import Copy, KeyValue, ModularICL, Parity, Retrieval, Stack
 
 TASKS: dict[str, type] = {
@@ -19,6 +20,7 @@ TASKS: dict[str, type] = {
     "tokens": TokenFile,
     "npz": NpzTask,
     "prepared": PreparedTask,
+    "series": SeriesTask,
 }
 
 

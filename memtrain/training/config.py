@@ -178,18 +178,35 @@ def resolve(cfg: RunConfig, task=None) -> RunConfig:
     r.validate()
     if task is None:
         return r
-    V = task.vocab_size
-    for part, name in ((r.teacher, "teacher"), (r.cell, "cell")):
-        if part.vocab_size is not None and part.vocab_size < V:
-            raise ValueError(f"{name}.vocab_size={part.vocab_size} but task '{r.task}' uses token ids up to {V - 1} (vocab {V})")
-    chosen = r.teacher.vocab_size or r.cell.vocab_size or V  # unset: as the other one, else the task's
-    r.teacher.vocab_size = r.teacher.vocab_size or chosen
-    r.cell.vocab_size = r.cell.vocab_size or chosen
+    if getattr(task, "features", None) is not None:
+        _real_valued(r, task)
+    else:
+        V = task.vocab_size
+        for part, name in ((r.teacher, "teacher"), (r.cell, "cell")):
+            if part.vocab_size is not None and part.vocab_size < V:
+                raise ValueError(f"{name}.vocab_size={part.vocab_size} but task '{r.task}' uses token ids up to {V - 1} (vocab {V})")
+        chosen = r.teacher.vocab_size or r.cell.vocab_size or V  # unset: as the other one, else the task's
+        r.teacher.vocab_size = r.teacher.vocab_size or chosen
+        r.cell.vocab_size = r.cell.vocab_size or chosen
     cls = METHODS[r.method]
     cls.check(method_settings(r), task.length)
     if cls.needs_init and not r.init_from:
         raise ValueError(f"method {r.method!r} fine-tunes a finished run: set init_from=<run dir>")
     return r
+
+
+def _real_valued(r: RunConfig, task) -> None:
+    """A task of real feature inputs and real targets (task=series): both networks read its F features
+    and predict its G targets; a categorical output (the default) becomes the task's distribution."""
+    for part, name in ((r.teacher, "teacher"), (r.cell, "cell")):
+        for key, want in (("features", task.features), ("targets", task.targets)):
+            have = getattr(part, key)
+            if have is not None and have != want:
+                raise ValueError(f"{name}.{key}={have} but task '{r.task}' has {want}")
+            setattr(part, key, want)
+        if part.output == "categorical":
+            part.output = task.output
+        part.vocab_size = None
 
 
 def method_settings(cfg: RunConfig):

@@ -119,7 +119,7 @@ def test_prepare_series_round_trip_no_op_and_changes(tmp_path):
     with pytest.raises(ValueError, match="changed since it was prepared"):
         prepare("series", "csv", out, progress=False, path=str(f), target="load", covariates="temp")
     from memtrain.data.tasks import build_task
-    with pytest.raises(ValueError, match="holds real-valued series \\(load\\), not tokens"):
+    with pytest.raises(ValueError, match="holds real-valued series \\(load\\), not tokens: train on it with task=series"):
         build_task("prepared", path=str(out))
     np.save(out / "values.npy", np.zeros((1, 3, 2), dtype=np.float64))
     with pytest.raises(ValueError, match="values.npy is float64"):
@@ -129,3 +129,72 @@ def test_prepare_series_round_trip_no_op_and_changes(tmp_path):
     with pytest.raises(ValueError, match=r"has no option\(s\) \['size'\]"):
         prepare("series", "statsmodels", tmp_path / "x", progress=False, size=3)
     assert not (tmp_path / "x").exists(), "nothing half-written"
+
+
+def _prepared_csv(tmp_path, n=120, series=("a", "b")):
+    """Two series of n steps: target 10 + t (series a) / 100 + 2t (b), one covariate t mod 7."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    rows = ["site,load,dow"]
+    for name in series:
+        for t in range(n):
+            rows.append(f"{name},{(10 + t) if name == 'a' else (100 + 2 * t)},{t % 7}")
+    f = tmp_path / "s.csv"
+    f.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "prep"
+    prepare("series", "csv", out, progress=False, path=str(f), target="load", covariates="dow", series="site")
+    return str(out)
+
+
+def test_series_windows_scale_on_the_context_and_lag_the_targets(tmp_path):
+    from memtrain.data.tasks import build_task
+    import torch
+    task = build_task("series", path=_prepared_csv(tmp_path), context=12, horizon=4)
+    assert task.length == 16 and task.features == 2 + 1 and task.targets == 1 and task.vocab_size is None
+    (x, y, scale) = task.windows([(0, 30), (1, 16)])
+    # series a, window of steps 14..29: the context (14..25) has targets 24..35, mean |y| = 29.5
+    assert float(scale[0, 0]) == pytest.approx(29.5) and torch.allclose(y[0, :, 0] * 29.5, torch.arange(24, 40).float())
+    assert float(x[0, 0, 0]) == pytest.approx(23 / 29.5) and float(x[0, 0, 1]) == 0.0, "step 0 reads y before the window"
+    assert torch.allclose(x[0, 1:, 0], y[0, :-1, 0]), "x_t carries y_{t-1}"
+    assert float(x[1, 0, 1]) == 1.0 and float(x[1, 0, 0]) == 0.0, "the first step of a series has no lag: flagged missing"
+    # the scale never reads the horizon: changing the future leaves it
+    task._values[0, 26:30, 0] = 1e6
+    assert float(task.windows([(0, 30)])[2][0, 0]) == pytest.approx(29.5)
+    dow = task._k_mean, task._k_std
+    assert float(x[0, 5, 2]) == pytest.approx(((14 + 5) % 7 - dow[0][0]) / dow[1][0], rel=1e-5), "covariates standardised"
+
+
+def test_series_splits_by_time(tmp_path):
+    from memtrain.data.tasks import build_task
+    task = build_task("series", path=_prepared_csv(tmp_path), context=12, horizon=4, val_steps=8, test_steps=12)
+    train_end = 120 - 8 - 12
+    assert max(e for _, e in task._ends["train"]) == train_end and min(e for _, e in task._ends["train"]) == 16
+    assert [e for i, e in task._ends["val"] if i == 0] == [train_end + 4, train_end + 8]
+    assert [e for i, e in task._ends["test"] if i == 0] == [112, 116, 120]
+    x, y = task.rows("test")
+    assert x.shape == (6, 16, 3) and task.n_sequences("val") == 4
+    with pytest.raises(ValueError, match="has windows of context \\+ horizon = 16 steps, not 20"):
+        task.sample(2, length=20)
+    with pytest.raises(ValueError, match="fewer than context \\+ horizon \\+ val_steps \\+ test_steps"):
+        build_task("series", path=_prepared_csv(tmp_path / "short", n=30), context=12, horizon=4)
+    with pytest.raises(ValueError, match="output must be one of"):
+        build_task("series", path=_prepared_csv(tmp_path / "o"), context=12, horizon=4, output="categorical")
+    with pytest.raises(ValueError, match="must each hold at least one horizon"):
+        build_task("series", path=_prepared_csv(tmp_path / "v"), context=12, horizon=4, val_steps=2)
+
+
+@pytest.mark.parametrize("method", ["smt-dmt", "bptt"])
+def test_training_on_series_end_to_end(tmp_path, method):
+    import json
+    from memtrain.presets import preset_config
+    from memtrain.runs import load_run
+    from memtrain.training.trainer import train
+    path = _prepared_csv(tmp_path)
+    cfg = preset_config("tiny", [f"method={method}", "task=series", f'task_args={{"path": "{path}", "context": 12, "horizon": 4}}',
+                                 "train.steps=6", "train.eval_every=3", "smt.future=4", f"out_dir={tmp_path / 'run'}"])
+    summary = train(cfg, progress=False)
+    assert summary["rnn_acc"] is None and summary["rnn_ce"] > 0 and summary["rnn_mse"] >= 0
+    saved, task, teacher, cell = load_run(str(tmp_path / "run"))
+    assert saved.cell.features == 3 and saved.cell.targets == 1 and saved.cell.output == "student-t"
+    assert cell.output.kind == "student-t" and (teacher is None) == (method == "bptt")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("rnn_mse" in r for r in rows)
