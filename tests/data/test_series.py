@@ -198,3 +198,8 @@ def test_training_on_series_end_to_end(tmp_path, method):
     assert cell.output.kind == "student-t" and (teacher is None) == (method == "bptt")
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("rnn_mse" in r for r in rows)
+    from memtrain.forecast import evaluate_forecasts
+    got = evaluate_forecasts(str(tmp_path / "run"), samples=5)
+    assert got["windows"] == 2 * 4 and got["season"] == 1 and [r["horizon"] for r in got["rnn"]] == [1, 4]
+    naive = got["seasonal_naive"][0]  # series a and b rise by 1 and 2 per step: naive is off by that, MASE 1
+    assert naive["mase"] == pytest.approx(1.0, rel=1e-4) and naive["crps"] == pytest.approx(1.5, rel=1e-4)  # (float32 windows)
