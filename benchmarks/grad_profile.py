@@ -28,7 +28,7 @@ from memtrain.methods.smt import SMTConfig, smt_loss
 from memtrain.data.tasks import build_task
 from memtrain.training.build import networks
 from memtrain.training.config import resolve
-from memtrain.methods.losses import readout_ce
+from memtrain.methods.losses import readout_loss
 
 
 def bptt_profile(cell, x, y) -> list[float]:
@@ -39,7 +39,7 @@ def bptt_profile(cell, x, y) -> list[float]:
         m = cell.update(m, x[:, s])
         m.retain_grad()
         mems.append(m)
-    loss = readout_ce(cell.readout, torch.stack(mems[1:], 1), y)
+    loss = readout_loss(getattr(cell, "output", None), cell.readout, torch.stack(mems[1:], 1), y)
     loss.backward()
     return [float(mm.grad.norm(dim=-1).mean()) for mm in mems]
 

@@ -467,3 +467,26 @@ def test_length_sweep_ends_quietly_when_a_run_is_stopped_by_a_signal(tmp_path, m
         length_sweep._train(["method=smt-dmt"], tmp_path / "r", a, 60, 16, 0)
     assert e.value.code == 0
     assert "stopped by SIGTERM after 890 updates, 950 s; the same command resumes it" in capsys.readouterr().out
+
+
+def test_forecast_benchmark_trains_each_method_for_its_seconds_and_scores_the_same_windows(tmp_path):
+    import argparse
+    import forecast
+    from memtrain.data.prepare import prepare
+    rows = ["load,dow"] + [f"{10 + (t % 24)},{t % 7}" for t in range(200)]
+    (tmp_path / "s.csv").write_text("\n".join(rows) + "\n")
+    prepare("series", "csv", tmp_path / "prep", progress=False, path=str(tmp_path / "s.csv"), target="load", covariates="dow",
+            seasonality="24")
+    a = argparse.Namespace(methods=["smt-dmt", "bptt"], data=str(tmp_path / "prep"), context=30, horizon=6, seeds=[0], seconds=2.0,
+                           eval_every=5, threads=1, root=str(tmp_path / "runs"), tag="",
+                           overrides=["teacher.d_model=16", "teacher.mem_tokens=2", "teacher.n_heads=2", "train.batch_size=4",
+                                      "smt.future=4", "train.eval_batch=4"])
+    forecast.run(a)
+    forecast.report(argparse.Namespace(root=str(tmp_path / "runs"), samples=4, results=str(tmp_path / "res")))
+    data = json.loads((tmp_path / "res" / "forecast.json").read_text())
+    assert sorted(data["runs"]) == ["bptt-s0", "smt-dmt-s0"]
+    for run in data["runs"].values():
+        assert run["season"] == 24 and run["windows"] == 4 and [r["horizon"] for r in run["rnn"]] == [1, 6]
+        assert run["summary"]["train_seconds"] == pytest.approx(2.0, abs=1.0)
+    # the series repeats every 24 steps exactly: seasonal naive is perfect
+    assert data["runs"]["bptt-s0"]["seasonal_naive"][1]["crps"] == pytest.approx(0.0, abs=1e-4)

@@ -302,7 +302,7 @@ class SeriesTask:
         self._ends = {
             "train": [(i, e) for i in range(len(lengths)) for e in range(T, int(train_end[i]) + 1)],
             "val": [(i, e) for i in range(len(lengths)) for e in range(int(train_end[i]) + self.horizon,
-                                                                       int(train_end[i]) + self.val_steps + 1, self.horizon)],
+                                                                       int(train_end[i]) + self.val_steps + 1)],
             "test": [(i, e) for i in range(len(lengths)) for e in range(int(lengths[i] - self.test_steps) + self.horizon,
                                                                         int(lengths[i]) + 1, self.horizon)],
         }
@@ -350,7 +350,8 @@ class SeriesTask:
         return x, y
 
     def rows(self, split="val", length=None, path=None):
-        """Every window of a held-out split once (forecast origins every `horizon` steps)."""
+        """Every window of a held-out split once (validation: forecast origins at every step of its
+        period; test: every `horizon` steps, forecasts that do not overlap)."""
         if path is not None:
             raise ValueError("task 'series' evaluates its own prepared folder; `--data` another is not supported")
         if length is not None and length != self.length:

@@ -48,11 +48,11 @@ def target_loss(output, raw: torch.Tensor, y: torch.Tensor, weight: torch.Tensor
 def readout_loss(output, readout, memories: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The loss of readout(memories) against y, evaluated only at supervised steps (the readout is a
     Transformer layer; most positions of most tasks are unsupervised): cross-entropy for token ids,
-    the output's loss for real values. memories (B, T, Z), y (B, T) or (B, T, G)."""
+    the output's loss for real values (`output` None: token ids). memories (B, T, Z), y (B, T) or (B, T, G)."""
     mask = supervised(y)
     if not bool(mask.any()):
         return memories.sum() * 0.0
-    if output.kind == "categorical":
+    if output is None or output.kind == "categorical":
         return F.cross_entropy(upcast(readout(memories[mask])), y[mask])
     return output.loss(upcast(readout(memories[mask])), y[mask])
 

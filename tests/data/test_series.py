@@ -168,10 +168,10 @@ def test_series_splits_by_time(tmp_path):
     task = build_task("series", path=_prepared_csv(tmp_path), context=12, horizon=4, val_steps=8, test_steps=12)
     train_end = 120 - 8 - 12
     assert max(e for _, e in task._ends["train"]) == train_end and min(e for _, e in task._ends["train"]) == 16
-    assert [e for i, e in task._ends["val"] if i == 0] == [train_end + 4, train_end + 8]
+    assert [e for i, e in task._ends["val"] if i == 0] == list(range(train_end + 4, train_end + 9))
     assert [e for i, e in task._ends["test"] if i == 0] == [112, 116, 120]
     x, y = task.rows("test")
-    assert x.shape == (6, 16, 3) and task.n_sequences("val") == 4
+    assert x.shape == (6, 16, 3) and task.n_sequences("val") == 2 * 5
     with pytest.raises(ValueError, match="has windows of context \\+ horizon = 16 steps, not 20"):
         task.sample(2, length=20)
     with pytest.raises(ValueError, match="fewer than context \\+ horizon \\+ val_steps \\+ test_steps"):

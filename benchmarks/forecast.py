@@ -1,0 +1,89 @@
+"""Forecasting a real series at an equal CPU budget: SMT -> DMT against BPTT on the same cell
+(DeepAR-style: an RNN trained by teacher forcing on the likelihood), torch's fused LSTM by BPTT, and
+seasonal naive, on the same windows of a prepared series set (default: half-hourly electricity demand,
+`memtrain prepare series elecdemand data/elec`). Each method is one ordinary run with the same
+`train.time_limit` (one thread each, kept under --root and skipped when finished, so lanes can run
+side by side); each is then scored on every test window by sampling paths from its RNN alone
+(`memtrain.forecast`): CRPS, MASE, sMAPE and 80% coverage at horizons 1, the season and the whole
+horizon, in the data's units.
+
+    python benchmarks/forecast.py run --methods smt-dmt bptt --seconds 1200 --seeds 0
+    python benchmarks/forecast.py run --methods bptt-lstm --seconds 1200 --seeds 0
+    python benchmarks/forecast.py report
+
+GluonTS's own DeepAR is the real peer (issue 27); it is not run here yet.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from common import md_table, write_results
+
+from memtrain.forecast import evaluate_forecasts
+from memtrain.presets import preset_config
+from memtrain.training.trainer import train
+
+METHODS = {  # label -> settings on top of the defaults
+    "smt-dmt": ["method=smt-dmt", "handover.teacher_acc=null", "handover.teacher_plateau=3"],
+    "bptt": ["method=bptt"],
+    "bptt-lstm": ["method=bptt", "cell.kind=torch-lstm"],
+}
+
+
+def run(a) -> None:
+    for seed in a.seeds:
+        for name in a.methods:
+            out = Path(a.root) / f"{name}-s{seed}{a.tag}"
+            task = {"path": a.data, "context": a.context, "horizon": a.horizon}
+            settings = [*METHODS[name], "task=series", f"task_args={json.dumps(task)}", f"train.seed={seed}",
+                        f"train.threads={a.threads}", "train.steps=100000000", f"train.time_limit={a.seconds}",
+                        f"train.eval_every={a.eval_every}", "train.eval_rows=all", f"out_dir={out}", *a.overrides]
+            s = train(preset_config(None, settings), progress=False)
+            print(f"{out.name}: {s['steps']} updates, {s['train_seconds']:.0f} s, held-out loss per value {s['rnn_ce']:.3f}",
+                  flush=True)
+
+
+def report(a) -> None:
+    rows, data = [], {"runs": {}}
+    for d in sorted(Path(a.root).iterdir()):
+        if not (d / "run.json").is_file():
+            continue
+        summary = json.loads((d / "run.json").read_text()).get("summary") or {}
+        got = evaluate_forecasts(str(d), split="test", samples=a.samples, seed=0)
+        data["runs"][d.name] = {"summary": {k: summary.get(k) for k in ("steps", "train_seconds", "rnn_ce")}, **got}
+        rows += [{"run": d.name, "seconds": summary.get("train_seconds"), **r} for r in got["rnn"]]
+        naive = got["seasonal_naive"]  # (the same test windows for every run)
+    rows += [{"run": f"seasonal naive (season {data['runs'][d.name]['season']})", **r} for r in naive]
+    cols = ["run", "seconds", "horizon", "crps", "mase", "smape", "coverage80"]
+    table = md_table(cols, [[r.get(c) for c in cols] for r in rows])
+    print(table)
+    write_results("forecast", data, table, results=a.results)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=["smt-dmt", "bptt"])
+    r.add_argument("--data", default="data/elec")
+    r.add_argument("--context", type=int, default=336)
+    r.add_argument("--horizon", type=int, default=48)
+    r.add_argument("--seeds", nargs="+", type=int, default=[0])
+    r.add_argument("--seconds", type=float, default=1200)
+    r.add_argument("--eval-every", type=int, default=100)
+    r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--root", default="runs/forecast")
+    r.add_argument("--tag", default="")
+    r.add_argument("overrides", nargs="*", help="key=value settings for every run")
+    q = sub.add_parser("report")
+    q.add_argument("--root", default="runs/forecast")
+    q.add_argument("--samples", type=int, default=100)
+    q.add_argument("--results", default=None)
+    a = p.parse_args()
+    (run if a.cmd == "run" else report)(a)
+
+
+if __name__ == "__main__":
+    main()
