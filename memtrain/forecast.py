@@ -89,11 +89,11 @@ def evaluate_forecasts(run_dir: str, split: str = "test", samples: int = 100, se
     from .runs import load_run
 
     cfg, task, _, cell = load_run(run_dir)
-    if not hasattr(task, "windows"):
+    if not hasattr(task, "split_windows"):
         raise ValueError(f"{run_dir!r} was not trained on a series task (task={cfg.task!r})")
-    x, y, scale = task.windows(task._ends[split]) if split in ("val", "test") else (None, None, None)
-    if x is None:
+    if split not in ("val", "test"):
         raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+    x, y, scale = task.split_windows(split)
     C, H = task.context, task.horizon
     season = season or max([p for p in task.seasonality(0) if p < C] or [1])
     horizons = horizons or sorted({1, min(H, season), H})

@@ -339,6 +339,12 @@ class SeriesTask:
         x = np.concatenate([np.nan_to_num(lag), missing, known], axis=-1)
         return (torch.from_numpy(x).float(), torch.from_numpy(y).float(), torch.from_numpy(scale).float())
 
+    def split_windows(self, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every window of a split once -> x (N, T, F), y (N, T, G) scaled, scales (N, G)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        return self.windows(self._ends[split])
+
     def sample(self, batch_size, gen=None, length=None, split="train"):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -356,7 +362,7 @@ class SeriesTask:
             raise ValueError("task 'series' evaluates its own prepared folder; `--data` another is not supported")
         if length is not None and length != self.length:
             raise ValueError(f"task 'series' has windows of context + horizon = {self.length} steps, not {length}")
-        x, y, self.last_scales = self.windows(self._ends[split])
+        x, y, self.last_scales = self.split_windows(split)
         return x, y
 
     def n_sequences(self, split="train", length=None) -> int:

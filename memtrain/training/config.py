@@ -196,17 +196,23 @@ def resolve(cfg: RunConfig, task=None) -> RunConfig:
 
 
 def _real_valued(r: RunConfig, task) -> None:
-    """A task of real feature inputs and real targets (task=series): both networks read its F features
-    and predict its G targets; a categorical output (the default) becomes the task's distribution."""
+    """A task of real feature inputs (task=series): both networks read its F features; for real targets
+    (its `output` not categorical) they predict its G targets, a categorical output (the default)
+    becoming the task's distribution; for token targets, over its vocabulary."""
+    categorical = task.output == "categorical"
     for part, name in ((r.teacher, "teacher"), (r.cell, "cell")):
-        for key, want in (("features", task.features), ("targets", task.targets)):
+        wanted = [("features", task.features)] + ([] if categorical else [("targets", task.targets)])
+        for key, want in wanted:
             have = getattr(part, key)
             if have is not None and have != want:
                 raise ValueError(f"{name}.{key}={have} but task '{r.task}' has {want}")
             setattr(part, key, want)
-        if part.output == "categorical":
-            part.output = task.output
-        part.vocab_size = None
+        if categorical:
+            part.vocab_size = part.vocab_size or task.vocab_size
+        else:
+            if part.output == "categorical":
+                part.output = task.output
+            part.vocab_size = None
 
 
 def method_settings(cfg: RunConfig):
