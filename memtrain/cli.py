@@ -5,6 +5,7 @@
     memtrain eval RUN_DIR [--lengths ..]  the RNN alone, the teacher, drift, longer sequences
     memtrain eval RUN_DIR --data FILE     ... on every row of a data file of the run's kind, once, at its own length
     memtrain lyapunov RUN_DIR [--lengths] the largest Lyapunov exponent of the run's cell (predictability)
+    memtrain forecast RUN_DIR             a series run's probabilistic forecasts scored, and seasonal naive's
     memtrain plot RUN [RUN ...]           the curves of one or more runs in one PNG
     memtrain presets                      list presets
     memtrain config --preset NAME k=v     print the resolved configuration
@@ -54,6 +55,13 @@ def cmd_lyapunov(args) -> None:
 
     for row in lyapunov_run(args.run, lengths=args.lengths, batch_size=args.batch, seed=args.seed, burn_in=args.burn_in):
         print(json.dumps(row))
+
+
+def cmd_forecast(args) -> None:
+    from .forecast import evaluate_forecasts
+
+    print(json.dumps(evaluate_forecasts(args.run, split=args.split, samples=args.samples, seed=args.seed,
+                                        horizons=args.horizons, season=args.season), indent=1))
 
 
 def cmd_demo(args) -> None:
@@ -141,6 +149,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add_train(sub, settings)
     _add_eval(sub)
     _add_lyapunov(sub)
+    _add_forecast(sub)
     _add_demo(sub)
     _add_plot(sub)
     _add_presets_and_config(sub, settings)
@@ -182,6 +191,17 @@ def _add_lyapunov(sub) -> None:
     ly.add_argument("--seed", type=int, default=1234)
     ly.add_argument("--burn-in", type=int, default=None, help="steps that only align the tangent vector (default T/4)")
     ly.set_defaults(func=cmd_lyapunov)
+
+
+def _add_forecast(sub) -> None:
+    f = sub.add_parser("forecast", help="score a series run's forecasts (sample paths from the RNN alone) and seasonal naive's")
+    f.add_argument("run", help="run directory of a task=series run")
+    f.add_argument("--split", default="test", choices=["val", "test"])
+    f.add_argument("--samples", type=int, default=100, help="sample paths per window")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--horizons", type=int, nargs="*", default=None, help="score steps 1..h for each h (default: 1, the season, the horizon)")
+    f.add_argument("--season", type=int, default=None, help="seasonal naive's and MASE's period (default: the longest shorter than the context)")
+    f.set_defaults(func=cmd_forecast)
 
 
 def _add_demo(sub) -> None:

@@ -30,6 +30,8 @@ def sample_paths(cell: Cell, x: torch.Tensor, scale: torch.Tensor, context: int,
     builds them ([lagged targets (G), their missing flags (G), known covariates]) with scales (N, G)."""
     N, T, F = x.shape
     G = scale.shape[-1]
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
     if context + horizon != T:
         raise ValueError(f"windows of {T} steps, but context + horizon = {context + horizon}")
     if F < 2 * G:

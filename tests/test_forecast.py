@@ -58,6 +58,8 @@ def test_sample_paths_never_read_the_future_targets():
     assert not torch.allclose(sample_paths(cell, z, scale, C, HOR, samples=4, gen=torch.Generator().manual_seed(1)), a)
     with pytest.raises(ValueError, match="context \\+ horizon"):
         sample_paths(cell, x, scale, C, HOR + 1)
+    with pytest.raises(ValueError, match="samples must be >= 1"):
+        sample_paths(cell, x, scale, C, HOR, samples=0)
 
 
 def test_seasonal_naive_repeats_the_last_season():

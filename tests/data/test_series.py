@@ -201,5 +201,7 @@ def test_training_on_series_end_to_end(tmp_path, method):
     from memtrain.forecast import evaluate_forecasts
     got = evaluate_forecasts(str(tmp_path / "run"), samples=5)
     assert got["windows"] == 2 * 4 and got["season"] == 1 and [r["horizon"] for r in got["rnn"]] == [1, 4]
+    from memtrain.cli import main
+    assert main(["forecast", str(tmp_path / "run"), "--samples", "3", "--horizons", "2"]) == 0
     naive = got["seasonal_naive"][0]  # series a and b rise by 1 and 2 per step: naive is off by that, MASE 1
     assert naive["mase"] == pytest.approx(1.0, rel=1e-4) and naive["crps"] == pytest.approx(1.5, rel=1e-4)  # (float32 windows)
