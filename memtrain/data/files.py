@@ -134,11 +134,13 @@ class NpzTask:
     """Bring your own data: an .npz with integer arrays x and y of shape (N, T); y = -1 or -100 where
     unsupervised. Sequences of different lengths: right-padded to T, with an integer array `lengths`
     (N,) saying where each ends (anything after it is ignored; `memtrain.lengths.pad` makes such
-    arrays); batches are then (x, y, lengths). Rows are drawn at random; `val_path` (optional) is used
-    for evaluation."""
+    arrays); batches are then (x, y, lengths). Real-valued inputs: x a float array (N, T, F) of F
+    features per step (NaN: missing, read as 0), y still token targets: behaviour cloning's
+    (observation, previous action) -> action (memtrain/data/control.py writes such files). Rows are
+    drawn at random; `val_path` (optional) is used for evaluation."""
     path: str | None = None  # an .npz with integer arrays x and y of shape (N, T) (and lengths (N,) for sequences of different lengths)
     val_path: str | None = None  # another such file for evaluation (None: the training rows)
-    vocab: int | None = None  # None: max token id + 1 of the training x
+    vocab: int | None = None  # None: max token id + 1 of the training x (float x: of the targets)
     length: int | None = None  # None: the arrays' T; smaller values take the first `length` steps
 
     def __post_init__(self):
@@ -150,8 +152,13 @@ class NpzTask:
         if (self._train[2] is None) != (self._val[2] is None):
             raise ValueError("task 'npz': path and val_path must both have `lengths` or both not (sequences of "
                              "different lengths, or all of one length)")
+        x0 = self._train[0]
+        self.features = int(x0.shape[2]) if x0.is_floating_point() else None  # real inputs: F features per step
+        self.output = "categorical"
+        if (self._val[0].is_floating_point() != x0.is_floating_point()) or (self.features and self._val[0].shape[2] != self.features):
+            raise ValueError("task 'npz': path and val_path must hold the same kind of x (token ids, or as many features)")
         if self.vocab is None:
-            self.vocab = int(self._train[0].max()) + 1
+            self.vocab = int((self._train[1] if self.features else x0).max()) + 1
         if self.length is None:
             self.length = self._train[0].shape[1]
         for name, (x, y, lengths), purpose in (("path", self._train, "train on"), ("val_path", self._val, "evaluate on")):
@@ -160,7 +167,7 @@ class NpzTask:
                 _check_supervised(f"task 'npz': {name}={getattr(self, name)!r}", y, self.length, purpose)
 
     def _check_fits(self, what: str, x, y, T: int) -> None:
-        if x.max() >= self.vocab:
+        if not x.is_floating_point() and x.max() >= self.vocab:
             raise ValueError(f"{what} has token id {int(x.max())} outside vocab={self.vocab}")
         if y.max() >= self.vocab:
             raise ValueError(f"{what} has target {int(y.max())} outside vocab={self.vocab}")
@@ -189,10 +196,14 @@ class NpzTask:
                                  "pickle to load: store x and y right-padded to (N, T) with an integer array 'lengths' (N,) "
                                  "(memtrain.lengths.pad)") from None
             raise ValueError(f"task 'npz': {name}={path!r} is not a readable .npz file ({e})") from None
-        if x.ndim != 2 or x.shape != y.shape:
-            raise ValueError(f"task 'npz': {name} needs x and y of the same shape (N, T), got {x.shape} and {y.shape}")
-        if not (np.issubdtype(x.dtype, np.integer) and np.issubdtype(y.dtype, np.integer)):
-            raise ValueError(f"task 'npz': {name} arrays must be integers, got {x.dtype} and {y.dtype}")
+        real = np.issubdtype(x.dtype, np.floating)  # F real features per step
+        if (x.ndim != 3 if real else x.ndim != 2) or x.shape[:2] != y.shape or y.ndim != 2:
+            raise ValueError(f"task 'npz': {name} needs x (N, T) of token ids or (N, T, F) of real features, and y (N, T); "
+                             f"got {x.shape} and {y.shape}")
+        if not ((real or np.issubdtype(x.dtype, np.integer)) and np.issubdtype(y.dtype, np.integer)):
+            raise ValueError(f"task 'npz': {name} needs integer token ids (x may be real features), got {x.dtype} and {y.dtype}")
+        if real and np.isinf(x).any():
+            raise ValueError(f"task 'npz': {name} has infinite input features (a missing one is NaN)")
         if len(x) == 0 or x.shape[1] == 0:
             raise ValueError(f"task 'npz': {name} holds no sequences")
         L = None
@@ -205,13 +216,15 @@ class NpzTask:
                                  f"lie in 1..{x.shape[1]} (the padded length)")
             L = torch.from_numpy(lengths.astype(np.int64))
             inside = np.arange(x.shape[1])[None, :] < lengths[:, None]
-            x, y = np.where(inside, x, 0), np.where(inside, y, -1)  # the padding: token 0, unsupervised
-        if x.min() < 0:
+            x = np.where(inside[..., None] if real else inside, x, 0)  # the padding: token 0 (features 0), unsupervised
+            y = np.where(inside, y, -1)
+        if not real and x.min() < 0:
             raise ValueError(f"task 'npz': {name} has negative token id {int(x.min())}")
         y = np.where(y < 0, -1, y)
         if y.min() < -1:
             raise ValueError(f"task 'npz': {name} has target {int(y.min())}")
-        return torch.from_numpy(x.astype(np.int64)), torch.from_numpy(y.astype(np.int64)), L
+        x = torch.from_numpy(x.astype(np.float32)) if real else torch.from_numpy(x.astype(np.int64))
+        return x, torch.from_numpy(y.astype(np.int64)), L
 
     @property
     def vocab_size(self) -> int:

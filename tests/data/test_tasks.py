@@ -450,18 +450,21 @@ def test_npz_errors(tmp_path):
         build_task("npz", path=str(tmp_path / "nope.npz"))
     with pytest.raises(ValueError, match="needs path"):
         build_task("npz")
-    with pytest.raises(ValueError, match="same shape"):
+    shape = r"needs x \(N, T\) of token ids or \(N, T, F\) of real features, and y \(N, T\)"
+    with pytest.raises(ValueError, match=shape):
         build_task("npz", path=_npz(tmp_path / "a.npz", x=ok_x, y=np.zeros((4, 5), dtype=np.int64)))
-    with pytest.raises(ValueError, match="same shape"):
+    with pytest.raises(ValueError, match=shape):
         build_task("npz", path=_npz(tmp_path / "b.npz", x=np.ones(6, dtype=np.int64), y=np.ones(6, dtype=np.int64)))
     with pytest.raises(ValueError, match="must hold arrays 'x' and 'y'"):
         build_task("npz", path=_npz(tmp_path / "c.npz", x=ok_x))
     with pytest.raises(ValueError, match="must hold arrays 'x' and 'y'"):
         build_task("npz", path=_npz(tmp_path / "d.npz", inputs=ok_x, targets=ok_y))
-    with pytest.raises(ValueError, match="integers"):
+    with pytest.raises(ValueError, match=shape):  # real features need their own axis (N, T, F)
         build_task("npz", path=_npz(tmp_path / "e.npz", x=ok_x.astype(np.float32), y=ok_y))
-    with pytest.raises(ValueError, match="integers"):
+    with pytest.raises(ValueError, match="needs integer token ids"):
         build_task("npz", path=_npz(tmp_path / "f.npz", x=ok_x, y=ok_y.astype(np.float64)))
+    with pytest.raises(ValueError, match="infinite input features"):
+        build_task("npz", path=_npz(tmp_path / "f2.npz", x=np.full((4, 6, 2), np.inf, dtype=np.float32), y=ok_y))
     wide = _npz(tmp_path / "g.npz", x=np.full((4, 6), 5), y=ok_y)
     with pytest.raises(ValueError, match="token id 5 outside vocab=3"):
         build_task("npz", path=wide, vocab=3)

@@ -1,0 +1,127 @@
+"""Behaviour cloning under partial observability: seeded expert demonstrations from popgym's memory
+environments, and the return of a trained RNN policy in the environment itself.
+
+An episode is a sequence of steps; step t reads x_t = [the observation (one-hot for discrete ones,
+the values for boxes), the previous action one-hot (zeros at t = 0)] and is labelled with the
+expert's action a_t (a token target). Episodes have different lengths, so demonstrations are saved
+as a ragged `.npz` (right-padded x, y and `lengths`, read by task=npz), and an RNN trained on them
+(any method) is run in the environment step by step from its empty memory, one memory per episode:
+
+    repeat-previous          the suit of the card k = 4 steps back (popgym RepeatPreviousEasy); the
+                             expert remembers it (the environment's own hand)
+    count-recall             how many times the queried colour has been dealt so far (CountRecallEasy);
+                             the expert reads the environment's counts
+    position-only-cartpole   CartPole with the velocities hidden (PositionOnlyCartPoleEasy); the expert
+                             is a linear controller on the full state (positions and velocities)
+
+popgym normalises each environment's return to at most 1 per episode. Needs `pip install
+'memtrain[control]'` (popgym and gymnasium, pure Python).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+ENVS = {
+    "repeat-previous": ("popgym.envs.repeat_previous", "RepeatPreviousEasy"),
+    "count-recall": ("popgym.envs.count_recall", "CountRecallEasy"),
+    "position-only-cartpole": ("popgym.envs.position_only_cartpole", "PositionOnlyCartPoleEasy"),
+}
+CARTPOLE_GAINS = np.array([1.0, 1.5, 18.0, 3.0])  # the expert's force sign: gains . (x, x', theta, theta')
+
+
+def make_env(name: str):
+    if name not in ENVS:
+        raise ValueError(f"environment must be one of {sorted(ENVS)}, got {name!r}")
+    try:
+        import importlib
+        module = importlib.import_module(ENVS[name][0])
+    except ModuleNotFoundError:
+        raise ValueError(f"environment {name!r} needs popgym: pip install 'memtrain[control]'") from None
+    return getattr(module, ENVS[name][1])()
+
+
+def n_actions(env) -> int:
+    return int(env.action_space.n)
+
+
+def obs_width(env) -> int:
+    space = env.observation_space
+    if hasattr(space, "nvec"):
+        return int(np.sum(space.nvec))
+    if hasattr(space, "n"):
+        return int(space.n)
+    return int(np.prod(space.shape))
+
+
+def encode(env, obs, prev_action: int | None) -> np.ndarray:
+    """x_t: the observation (one-hot where discrete) and the previous action one-hot (zeros: none)."""
+    space = env.observation_space
+    if hasattr(space, "nvec"):
+        parts = [np.eye(n)[int(o)] for n, o in zip(space.nvec, np.asarray(obs).reshape(-1))]
+        o = np.concatenate(parts)
+    elif hasattr(space, "n"):
+        o = np.eye(space.n)[int(obs)]
+    else:
+        o = np.asarray(obs, dtype=np.float64).reshape(-1)
+    a = np.zeros(n_actions(env))
+    if prev_action is not None:
+        a[prev_action] = 1.0
+    return np.concatenate([o, a]).astype(np.float32)
+
+
+def expert_action(name: str, env) -> int:
+    """The expert's action now, from the environment's full state (what the policy cannot see)."""
+    e = env.unwrapped
+    if name == "repeat-previous":
+        hand = e.deck["player"]
+        return int(e.deck.suits_idx[hand[-e.k]]) if len(hand) >= e.k else 0
+    if name == "count-recall":
+        return int(e.counts[e.query])
+    return int(float(CARTPOLE_GAINS @ np.asarray(e.state, dtype=np.float64)) > 0)
+
+
+def collect(name: str, episodes: int, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray], list[float]]:
+    """Expert demonstrations: per episode x (L, F) and the expert's actions y (L,), and its return.
+    Episode i is reset with seed + i."""
+    env = make_env(name)
+    xs, ys, returns = [], [], []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        prev, x, y, total, done = None, [], [], 0.0, False
+        while not done:
+            a = expert_action(name, env)
+            x.append(encode(env, obs, prev))
+            y.append(a)
+            obs, r, terminated, truncated, _ = env.step(a)
+            total += float(r)
+            prev, done = a, terminated or truncated
+        xs.append(np.stack(x))
+        ys.append(np.array(y, dtype=np.int64))
+        returns.append(total)
+    return xs, ys, returns
+
+
+@torch.no_grad()
+def policy_returns(cell, name: str, episodes: int, seed: int = 10_000, greedy: bool = True) -> list[float]:
+    """The return of the RNN policy (argmax of its readout at each step) in each of `episodes` seeded
+    episodes (seeds seed, seed + 1, ...: other than the demonstrations' by default), all run as one
+    batch of streams, one memory each."""
+    envs = [make_env(name) for _ in range(episodes)]
+    obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
+    dtype = next(cell.parameters()).dtype
+    m = cell.init_memory(episodes)
+    prev = [None] * episodes
+    done = [False] * episodes
+    totals = [0.0] * episodes
+    while not all(done):
+        x = torch.from_numpy(np.stack([encode(env, o, p) for env, o, p in zip(envs, obs, prev)])).to(dtype)
+        m = cell.update(m, x)
+        actions = cell.readout(m).argmax(-1).tolist()
+        for i, env in enumerate(envs):
+            if done[i]:
+                continue
+            obs[i], r, terminated, truncated, _ = env.step(actions[i])
+            totals[i] += float(r)
+            prev[i], done[i] = actions[i], terminated or truncated
+    return totals
