@@ -44,8 +44,18 @@ class Stream:
 
     @torch.no_grad()
     def step(self, x: torch.Tensor) -> torch.Tensor:
-        """Read token ids x (B,) -> the prediction at this position (B, V) logits; the memory moves on."""
+        """Read one step per row: token ids x (B,), or real features x (B, F) for a cell that reads them
+        -> the prediction at this position (B, output.dim): logits, or a real-valued output's raw
+        parameters (`cell.output.params`); the memory moves on."""
         x = torch.as_tensor(x, device=self.memory.device)
+        F = self.cell.cfg.features
+        if F is not None:
+            if x.shape != (self.batch_size, F) or not x.is_floating_point():
+                raise ValueError(f"step takes {F} real features per row, a float tensor of shape ({self.batch_size}, {F}); "
+                                 f"got {x.dtype} of shape {tuple(x.shape)}")
+            self.memory = self.cell.update(self.memory, x.to(self.memory.dtype))
+            self.steps += 1
+            return self.cell.readout(self.memory)
         if x.shape != (self.batch_size,) or x.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"step takes one token id per row, an integer tensor of shape ({self.batch_size},); "
                              f"got {x.dtype} of shape {tuple(x.shape)}")

@@ -118,3 +118,19 @@ def test_a_stream_from_a_finished_run_predicts_as_the_runs_cell(tmp_path):
         M = rollout(cell, cell.init_memory(2), x)
     for t in range(5):
         torch.testing.assert_close(stream.step(x[:, t]), cell.readout(M[:, t + 1]).detach())
+
+
+def test_a_stream_of_real_features_matches_the_rollout_and_refuses_token_ids():
+    from memtrain.models.cells import CellConfig, build_cell
+    torch.manual_seed(0)
+    cell = build_cell(CellConfig(kind="gru", vocab_size=None, features=3, output="gaussian", targets=2, mem_tokens=2, d_mem=8,
+                                 n_heads=2, readout_depth=1)).double()
+    x = torch.randn(2, 7, 3, dtype=torch.float64)
+    M = rollout(cell, cell.init_memory(2), x)
+    s = Stream(cell, batch_size=2)
+    for t in range(7):
+        out = s.step(x[:, t])
+        torch.testing.assert_close(out, cell.readout(M[:, t + 1]), rtol=0, atol=1e-12)
+    assert out.shape == (2, 4)
+    with pytest.raises(ValueError, match="3 real features per row"):
+        s.step(torch.tensor([1, 2]))

@@ -205,3 +205,21 @@ def test_training_on_series_end_to_end(tmp_path, method):
     assert main(["forecast", str(tmp_path / "run"), "--samples", "3", "--horizons", "2"]) == 0
     naive = got["seasonal_naive"][0]  # series a and b rise by 1 and 2 per step: naive is off by that, MASE 1
     assert naive["mase"] == pytest.approx(1.0, rel=1e-4) and naive["crps"] == pytest.approx(1.5, rel=1e-4)  # (float32 windows)
+
+
+def test_a_series_run_resumes_exactly(tmp_path):
+    import json
+    from memtrain.presets import preset_config
+    from memtrain.training.trainer import train
+    path = _prepared_csv(tmp_path)
+    over = ["task=series", f'task_args={{"path": "{path}", "context": 12, "horizon": 4}}', "smt.future=4", "train.eval_every=2",
+            "train.log_every=1", "train.ckpt_every=3", "handover.teacher_acc=null", "handover.teacher_plateau=1",
+            "handover.teacher_min_gain=null", "handover.smt_steps=2"]
+
+    def trace(d):
+        return [(r["step"], r.get("loss"), r.get("event")) for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())
+                if "loss" in r or "event" in r]
+    train(preset_config("tiny", over + ["train.steps=8", f"out_dir={tmp_path / 'straight'}"]), progress=False)
+    train(preset_config("tiny", over + ["train.steps=5", f"out_dir={tmp_path / 'split'}"]), progress=False)
+    train(preset_config("tiny", over + ["train.steps=8", f"out_dir={tmp_path / 'split'}"]), progress=False)
+    assert trace(tmp_path / "straight") == trace(tmp_path / "split") and len(trace(tmp_path / "split")) >= 8

@@ -400,3 +400,19 @@ def test_dmt_alone_grows_its_rollouts_by_the_same_rule_and_reads_older_runs():
     assert all(fixed.after_eval(_ev(T=16, k4=1.0), s) is None for s in range(5)) and fixed.sequential_steps(16) == 4
     old = {k: v for k, v in fixed.extra_state().items() if not k.startswith("growth.")}
     assert fixed.upgrade_state(old, 8).keys() == fixed.extra_state().keys(), "a format-8 DMT run resumes"
+
+
+def test_real_valued_evaluations_hand_over_on_the_teachers_plateau_and_watch_the_rnns_loss():
+    """Real targets have no accuracy: the teacher counts as solved when its loss plateaus, and the RNN
+    alone improves when its loss falls (by 0.005)."""
+    m = _method(teacher_acc=None, teacher_plateau=1, teacher_min_gain=None, followable=1.0, smt_patience=2)
+
+    def ev(teacher_ce, rnn_ce):
+        return {"teacher_acc": None, "rnn_acc": None, "teacher_ce": teacher_ce, "rnn_ce": rnn_ce, "dyn_rel": 0.01,
+                "teacher_gain": None, "drift": [0.0, 1.0]}
+    assert m.after_eval(ev(1.0, 2.0), 1) is None
+    assert m.after_eval(ev(1.0, 2.0), 2) is None and int(m.solved_step) == 2, "the loss stopped falling: solved"
+    assert m.after_eval(ev(1.0, 1.5), 3) is None, "the RNN's loss still falls"
+    assert m.after_eval(ev(1.0, 1.498), 4) is None, "stale once (0.002 is no gain)"
+    d = m.after_eval(ev(1.0, 1.497), 5)
+    assert d.event == "handover" and "loss 1.000" in d.why and "RNN alone loss 1.497" in d.why
