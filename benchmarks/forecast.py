@@ -11,7 +11,9 @@ horizon, in the data's units.
     python benchmarks/forecast.py run --methods bptt-lstm --seconds 1200 --seeds 0
     python benchmarks/forecast.py report
 
-GluonTS's own DeepAR is the real peer (issue 27); it is not run here yet.
+GluonTS's own DeepAR, the real peer (issue 27), runs in a virtual environment of its own
+(`benchmarks/deepar_peer.py` writes its sample paths under --root; `report` scores them with the
+same code).
 """
 from __future__ import annotations
 
@@ -19,9 +21,12 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from common import md_table, write_results
 
-from memtrain.forecast import evaluate_forecasts
+from memtrain.forecast import evaluate_forecasts, scores
 from memtrain.presets import preset_config
 from memtrain.training.trainer import train
 
@@ -48,10 +53,21 @@ def run(a) -> None:
 def report(a) -> None:
     rows, data = [], {"runs": {}}
     for d in sorted(Path(a.root).iterdir()):
+        if (d / "peer.json").is_file():  # a peer's paths (benchmarks/deepar_peer.py), scored by the same code
+            peer = json.loads((d / "peer.json").read_text())
+            z = np.load(d / "paths.npz")
+            season = a.season or peer.get("season") or 1
+            got = {"windows": int(z["truth"].shape[0]), "samples": int(z["paths"].shape[0]), "season": season,
+                   "rnn": scores(torch.from_numpy(z["paths"]).double(), torch.from_numpy(z["truth"]).double(),
+                                 torch.from_numpy(z["history"]).double(), season,
+                                 a.horizons or sorted({1, min(season, peer["horizon"]), peer["horizon"]}))}
+            data["runs"][d.name] = {"summary": {"train_seconds": peer["seconds"]}, **got}
+            rows += [{"run": f"{d.name} ({peer['peer']})", "seconds": peer["seconds"], **r} for r in got["rnn"]]
+            continue
         if not (d / "run.json").is_file():
             continue
         summary = json.loads((d / "run.json").read_text()).get("summary") or {}
-        got = evaluate_forecasts(str(d), split="test", samples=a.samples, seed=0)
+        got = evaluate_forecasts(str(d), split="test", samples=a.samples, seed=0, horizons=a.horizons, season=a.season)
         data["runs"][d.name] = {"summary": {k: summary.get(k) for k in ("steps", "train_seconds", "rnn_ce")}, **got}
         rows += [{"run": d.name, "seconds": summary.get("train_seconds"), **r} for r in got["rnn"]]
         naive = got["seasonal_naive"]  # (the same test windows for every run)
@@ -81,6 +97,8 @@ def main() -> None:
     q.add_argument("--root", default="runs/forecast")
     q.add_argument("--samples", type=int, default=100)
     q.add_argument("--results", default=None)
+    q.add_argument("--season", type=int, default=None, help="seasonal naive's and MASE's period (default: the longest within the context)")
+    q.add_argument("--horizons", type=int, nargs="*", default=None)
     a = p.parse_args()
     (run if a.cmd == "run" else report)(a)
 

@@ -482,9 +482,18 @@ def test_forecast_benchmark_trains_each_method_for_its_seconds_and_scores_the_sa
                            overrides=["teacher.d_model=16", "teacher.mem_tokens=2", "teacher.n_heads=2", "train.batch_size=4",
                                       "smt.future=4", "train.eval_batch=4"])
     forecast.run(a)
-    forecast.report(argparse.Namespace(root=str(tmp_path / "runs"), samples=4, results=str(tmp_path / "res")))
+    # a peer's paths (as benchmarks/deepar_peer.py writes them): the truth itself as every path scores CRPS 0
+    import numpy as np
+    peer = tmp_path / "runs" / "deepar-s0"
+    peer.mkdir()
+    truth = np.arange(24, dtype=np.float64).reshape(4, 6)
+    np.savez(peer / "paths.npz", paths=np.stack([truth] * 3), truth=truth, history=np.ones((4, 30)))
+    (peer / "peer.json").write_text(json.dumps({"peer": "gluonts DeepAR", "seconds": 2.0, "horizon": 6, "season": 24}))
+    forecast.report(argparse.Namespace(root=str(tmp_path / "runs"), samples=4, results=str(tmp_path / "res"), season=None, horizons=None))
     data = json.loads((tmp_path / "res" / "forecast.json").read_text())
-    assert sorted(data["runs"]) == ["bptt-s0", "smt-dmt-s0"]
+    assert sorted(data["runs"]) == ["bptt-s0", "deepar-s0", "smt-dmt-s0"]
+    assert data["runs"]["deepar-s0"]["rnn"][-1]["crps"] == pytest.approx(0.0) and data["runs"]["deepar-s0"]["season"] == 24
+    data["runs"].pop("deepar-s0")
     for run in data["runs"].values():
         assert run["season"] == 24 and run["windows"] == 4 and [r["horizon"] for r in run["rnn"]] == [1, 6]
         assert run["summary"]["train_seconds"] == pytest.approx(2.0, abs=1.0)
