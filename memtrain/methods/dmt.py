@@ -22,6 +22,7 @@ from .losses import readout_loss, shift_targets, upcast
 from .rollout import Rollout, onpolicy_states, rollout
 
 STARTS = ("empty", "encoder")
+GROW_ON = ("next", "rollout")
 
 
 @dataclass
@@ -35,7 +36,8 @@ class DMTConfig:
     coef_readout: float = 1.0  # weight of the readout's cross-entropy on the rolled-out memories
     readout_on_detached: bool = True  # readout CE trains the head only, never the memory path
     grow: int | None = None  # rollouts start at dmt.rollout steps and grow by this factor (up to the sequence) each time DMT stops improving at their length (None: fixed)
-    grow_patience: int = 5  # ...that is, after this many evaluations without a 2% lower kstep@rollout or a better RNN-alone accuracy (+0.005)
+    grow_patience: int = 5  # ...that is, after this many evaluations without a 2% lower k-step error (see grow_on) or a better RNN alone (+0.005)
+    grow_on: str = "next"  # the k-step error watched: "next": at the next length (grow x rollout, at most T) | "rollout": at the rollout's own
 
     def validate(self) -> None:
         if self.start not in STARTS:
@@ -53,6 +55,8 @@ class DMTConfig:
             raise ValueError(f"dmt.grow must be >= 2 or null, got {self.grow}")
         if self.grow_patience < 1:
             raise ValueError(f"dmt.grow_patience must be >= 1, got {self.grow_patience}")
+        if self.grow_on not in GROW_ON:
+            raise ValueError(f"dmt.grow_on must be one of {GROW_ON}, got {self.grow_on!r}")
 
     def check_growth(self, T: int) -> None:
         """dmt.grow needs a first rollout shorter than the sequences."""
@@ -130,12 +134,15 @@ def rollout_starts(cfg: DMTConfig, x: torch.Tensor, gen: torch.Generator | None,
 
 class RolloutGrowth(nn.Module):
     """dmt.grow: DMT's rollouts start at dmt.rollout steps and grow by that factor, up to the whole
-    sequence, each time DMT stops improving at their length: neither the cell's k-step error at k = the
-    rollout (`kstep@k` of the evaluation, 2% lower) nor the RNN alone's accuracy (+0.005) better for
-    dmt.grow_patience evaluations. A rollout short enough to keep what must be remembered gives
-    targets the cell can reach; whole-sequence DMT straight after SMT pulled a cell that loses the
-    needle towards an average (EXPERIMENTS.md section 15). The length now and the trackers are buffers,
-    so a resumed run goes on at the length it stopped at. Without dmt.grow: dmt.rollout throughout."""
+    sequence, each time DMT stops improving: neither the cell's k-step error (`kstep@k` of the
+    evaluation, 2% lower) nor the RNN alone's accuracy (+0.005) better for dmt.grow_patience
+    evaluations. The error watched is at the next length (k = grow x the rollout; dmt.grow_on="next",
+    the default) or at the rollout's own (dmt.grow_on="rollout", the first version): n-step rollouts
+    teach the cell to hold its memory a little beyond n steps, and that goes on after the n-step error
+    itself has stopped falling (EXPERIMENTS.md section 16). A rollout short enough to keep what must be
+    remembered gives targets the cell can reach; whole-sequence DMT straight after SMT pulled a cell
+    that loses the needle towards an average (section 15). The length now and the trackers are
+    buffers, so a resumed run goes on at the length it stopped at. Without dmt.grow: dmt.rollout."""
 
     def __init__(self, cfg: DMTConfig):
         super().__init__()
@@ -159,14 +166,15 @@ class RolloutGrowth(nn.Module):
     def decide(self, ev: dict) -> Decision | None:
         """After an evaluation, while `growing`: a "dmt_grow" decision once DMT has stopped improving."""
         T, n = len(ev["drift"]) - 1, int(self.length)
-        err = kstep_at(ev, n)
+        longer = min(T, n * self.cfg.grow)
+        k = longer if self.cfg.grow_on == "next" else n
+        err = kstep_at(ev, k)
         stale = min(self.err.watch(err), self.acc.watch(rnn_score(ev)))
         if stale < self.cfg.grow_patience:
             return None
-        longer = min(T, n * self.cfg.grow)
-        return Decision("dmt_grow", f"no better kstep@{n} or RNN accuracy in {self.cfg.grow_patience} evaluations at "
+        return Decision("dmt_grow", f"no better kstep@{k} or RNN accuracy in {self.cfg.grow_patience} evaluations at "
                         f"{n}-step rollouts: {longer}-step rollouts from here",
-                        {"rollout": longer, f"kstep@{n}": err, "rnn_acc": ev["rnn_acc"], "drift_end": ev["drift"][-1]})
+                        {"rollout": longer, f"kstep@{k}": err, "rnn_acc": ev["rnn_acc"], "drift_end": ev["drift"][-1]})
 
     def apply(self, decision: Decision) -> None:
         self.length.fill_(int(decision.values["rollout"]))

@@ -35,7 +35,7 @@ OLD_DEFAULTS = {"method": "smt", "teacher.token_shift": False, "smt.dec_samples"
 ADDED_IN_7 = ("own_steps", "own_gain", "far_samples", "coef_far", "slow_tokens", "coef_slow")
 ADDED_IN_8 = ("coef_dyn_teacher",)  # smt settings added in format 8 (handover's are all filled in below)
 # format 9 (0.10): the cosine schedule's own length, DMT's growing rollouts (handover.smt_steps / dmt_schedule are filled in below)
-ADDED_IN_9 = {"train.schedule_steps": None, "dmt.grow": None, "dmt.grow_patience": 5, "teacher.features": None,
+ADDED_IN_9 = {"train.schedule_steps": None, "dmt.grow": None, "dmt.grow_patience": 5, "dmt.grow_on": "next", "teacher.features": None,
               "teacher.output": "categorical", "teacher.targets": None, "cell.features": None, "cell.output": "categorical",
               "cell.targets": None}
 

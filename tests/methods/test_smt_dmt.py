@@ -293,8 +293,8 @@ def test_kstep_at_reads_the_largest_measured_k_within_the_rollout():
 
 
 def test_dmt_rollouts_grow_when_dmt_stops_improving_at_their_length():
-    m = _method(DMTConfig(rollout=4, start="encoder", grow=2, grow_patience=2), teacher_acc=0.5, followable=1.0, smt_patience=1,
-                dmt_patience=2)
+    m = _method(DMTConfig(rollout=4, start="encoder", grow=2, grow_patience=2, grow_on="rollout"), teacher_acc=0.5,
+                followable=1.0, smt_patience=1, dmt_patience=2)
     assert m.growth.now().rollout == 4 and m.sequential_steps(16) == 1, "SMT steps once"
     _to_dmt(m)
     assert m.sequential_steps(16) == 4
@@ -317,8 +317,24 @@ def test_dmt_rollouts_grow_when_dmt_stops_improving_at_their_length():
     assert d.event == "dmt_plateau" and m.apply(d, 13) is True
 
 
+def test_by_default_rollouts_grow_once_the_next_lengths_error_stops_falling():
+    """grow_on="next": at n-step rollouts the watched error is kstep@(2n): DMT goes on while the error
+    beyond its rollouts still falls, though the error at n has stopped."""
+    m = _method(DMTConfig(rollout=4, start="encoder", grow=2, grow_patience=2), teacher_acc=0.5, followable=1.0, smt_patience=1)
+    _to_dmt(m)
+    assert m.dmt_cfg.grow_on == "next"
+    steps = [(1.0, 2.0), (1.0, 1.5), (1.0, 1.2), (1.0, 1.0)]  # (kstep@4, kstep@8): @4 flat from the start, @8 falling
+    for i, (k4, k8) in enumerate(steps):
+        assert m.after_eval(_ev(T=16, k4=k4, k8=k8), 3 + i) is None, f"kstep@8 still falls ({i})"
+    assert m.after_eval(_ev(T=16, k4=1.0, k8=0.995), 7) is None, "stale once"
+    d = m.after_eval(_ev(T=16, k4=1.0, k8=0.99), 8)
+    assert d.event == "dmt_grow" and d.values["rollout"] == 8 and "kstep@8" in d.why and d.values["kstep@8"] == 0.99
+    with pytest.raises(ValueError, match="dmt.grow_on must be one of"):
+        DMTConfig(grow_on="both").validate()
+
+
 def test_growth_stops_at_the_sequence_length():
-    m = _method(DMTConfig(rollout=5, grow=4, grow_patience=1), teacher_acc=0.5, followable=1.0, smt_patience=1)
+    m = _method(DMTConfig(rollout=5, grow=4, grow_patience=1, grow_on="rollout"), teacher_acc=0.5, followable=1.0, smt_patience=1)
     _to_dmt(m)
     m.after_eval(_ev(T=12, k4=1.0), 3)
     d = m.after_eval(_ev(T=12, k4=1.0), 4)
@@ -388,7 +404,7 @@ def test_a_growing_run_resumes_at_the_rollout_length_it_stopped_at(tmp_path):
 
 def test_dmt_alone_grows_its_rollouts_by_the_same_rule_and_reads_older_runs():
     from memtrain.methods.dmt import DMT
-    m = DMT(tiny_teacher(), tiny_cell("mlp"), DMTConfig(rollout=4, start="encoder", grow=2, grow_patience=1))
+    m = DMT(tiny_teacher(), tiny_cell("mlp"), DMTConfig(rollout=4, start="encoder", grow=2, grow_patience=1, grow_on="rollout"))
     assert m.sequential_steps(16) == 4 and m.report() == {"dmt_rollout": 4}
     assert m.after_eval(_ev(T=16, k4=1.0), 1) is None
     d = m.after_eval(_ev(T=16, k4=1.0), 2)

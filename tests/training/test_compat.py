@@ -154,6 +154,6 @@ def test_a_format_8_run_reads_the_schedule_length_and_dmt_stages_as_off():
     got = upgrade(saved, 8)
     assert got["train"]["schedule_steps"] is None and got["train"]["steps"] == 300
     assert (got["handover"]["smt_steps"], got["handover"]["dmt_schedule"]) == (None, "follow")
-    assert got["dmt"] == {"rollout": 8, "grow": None, "grow_patience": 5}
+    assert got["dmt"] == {"rollout": 8, "grow": None, "grow_patience": 5, "grow_on": "next"}
     assert got["handover"]["smt_patience"] == 20 and "schedule_steps" not in saved["train"]
     assert upgrade(got, 9) is got, "today's format is read as it is"
