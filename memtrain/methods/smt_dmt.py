@@ -136,7 +136,7 @@ class SMTDMT(Method):
 
     def loss(self, x, y, gen=None, lengths=None):
         if int(self.phase) == SMT_PHASE:
-            return self._smt.loss(x, y, gen, self.solved_smt_cfg if int(self.solved_step) >= 0 else self.smt_cfg, lengths)
+            return self._smt.loss(x, y, gen, self.solved_smt_cfg if int(self.solved_step) >= 0 else self.smt_cfg, lengths=lengths)
         cfg = self.growth.now()
         return dmt_loss(self.teacher, self.cell, x, y, cfg, rollout_starts(cfg, x, gen, lengths), self.rollout, lengths)
 

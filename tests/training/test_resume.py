@@ -216,8 +216,8 @@ def _poison(monkeypatch, steps: set, kind: str):
     real = SMT.loss
     count = {"n": 0}
 
-    def loss(self, x, y, gen=None, cfg=None):
-        value, metrics = real(self, x, y, gen, cfg)
+    def loss(self, x, y, gen=None, cfg=None, lengths=None):
+        value, metrics = real(self, x, y, gen, cfg, lengths=lengths)
         s = count["n"]
         count["n"] += 1
         if s in steps:
