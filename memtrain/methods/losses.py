@@ -5,21 +5,12 @@ import torch
 import torch.nn.functional as F
 
 from ..lengths import supervised
+from ..models.heads import masked_ce  # noqa: F401  (one definition, in models/heads.py; the methods import it from here)
 
 
 def upcast(t: torch.Tensor) -> torch.Tensor:
     """Half-precision values (bf16 autocast) to float32 for losses; float32/float64 unchanged."""
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
-
-
-def masked_ce(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean cross-entropy over positions with y >= 0. logits (..., V), y (...), optional weight (...).
-    Returns 0 (with a gradient path) when nothing is supervised."""
-    mask = (y >= 0).to(logits.dtype)
-    if weight is not None:
-        mask = mask * weight
-    ce = F.cross_entropy(upcast(logits.reshape(-1, logits.shape[-1])), y.clamp(min=0).reshape(-1), reduction="none")
-    return (ce * mask.reshape(-1)).sum() / mask.sum().clamp(min=1e-12)
 
 
 def mse_rows(pred: torch.Tensor, target: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:

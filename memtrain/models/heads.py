@@ -81,11 +81,7 @@ class Categorical(Output):
         self.dim = vocab
 
     def loss(self, raw, y, weight=None):
-        mask = (y >= 0).to(raw.dtype)
-        if weight is not None:
-            mask = mask * weight
-        ce = F.cross_entropy(_up(raw.reshape(-1, raw.shape[-1])), y.clamp(min=0).reshape(-1), reduction="none")
-        return (ce * mask.reshape(-1)).sum() / mask.sum().clamp(min=1e-12)
+        return masked_ce(raw, y, weight)
 
     def supervised(self, y):
         return y >= 0
@@ -203,6 +199,16 @@ class OutputHead(nn.Module):
 
     def sample(self, h, gen=None):
         return self.dist.sample(self.proj(h), gen)
+
+
+def masked_ce(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy over positions with y >= 0. logits (..., V), y (...), optional weight (...).
+    Returns 0 (with a gradient path) when nothing is supervised."""
+    mask = (y >= 0).to(logits.dtype)
+    if weight is not None:
+        mask = mask * weight
+    ce = F.cross_entropy(_up(logits.reshape(-1, logits.shape[-1])), y.clamp(min=0).reshape(-1), reduction="none")
+    return (ce * mask.reshape(-1)).sum() / mask.sum().clamp(min=1e-12)
 
 
 def make_output(kind: str, vocab: int | None = None, targets: int | None = None) -> Output:

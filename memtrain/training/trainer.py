@@ -313,10 +313,7 @@ def one_update(run: Run, stop: StopSignals) -> tuple[distributed.Agreement, floa
     tc, world, device = run.tc, run.world, run.device
     t0 = time.perf_counter()
     x_all, y_all, lengths_all = unpack(run.parts.task.sample(tc.batch_size, run.gen))
-    if lengths_all is not None:
-        x_all, y_all, lengths_all = distributed.rows_of(world, x_all, y_all, tc.batch_size, lengths_all)
-    else:
-        x_all, y_all = distributed.rows_of(world, x_all, y_all, tc.batch_size)
+    x_all, y_all, lengths_all = unpack(distributed.rows_of(world, x_all, y_all, tc.batch_size, lengths_all))
     n = x_all.shape[0] // tc.grad_accum
     loss_sum, metric_sums = 0.0, {}
     run.opt.zero_grad(set_to_none=True)
