@@ -28,6 +28,8 @@ def main() -> None:
     p.add_argument("--data", default="data/elec")
     p.add_argument("--context", type=int, default=336)
     p.add_argument("--horizon", type=int, default=48)
+    p.add_argument("--val-steps", type=int, default=None, help="as task_args.val_steps of our runs (None: 4 x horizon)")
+    p.add_argument("--test-steps", type=int, default=None, help="as task_args.test_steps of our runs (None: 4 x horizon)")
     p.add_argument("--seconds", type=float, default=1200)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
@@ -45,7 +47,7 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)
     pl.seed_everything(a.seed)
-    task = SeriesTask(path=a.data, context=a.context, horizon=a.horizon)
+    task = SeriesTask(path=a.data, context=a.context, horizon=a.horizon, val_steps=a.val_steps, test_steps=a.test_steps)
     values, lengths = task._values, task._lengths
     freq = task.meta.get("freq") or "D"
     start = pd.Period("2014-01-01 00:00", freq=freq)  # GluonTS needs a start; the step size is what matters
@@ -76,7 +78,8 @@ def main() -> None:
     np.savez(out / "paths.npz", paths=paths, truth=truth, history=history)
     season = max([s for s in task.seasonality(0) if s < a.context] or [1])  # as memtrain.forecast picks it
     (out / "peer.json").write_text(json.dumps({"peer": "gluonts DeepAR", "seconds": seconds, "lr": a.lr, "seed": a.seed,
-                                               "context": a.context, "horizon": a.horizon, "samples": a.samples,
+                                               "context": a.context, "horizon": a.horizon, "val_steps": task.val_steps,
+                                               "test_steps": task.test_steps, "samples": a.samples,
                                                "season": season}, indent=1))
     print(f"wrote {out}: {paths.shape[1]} test windows, {seconds:.0f} s of training")
 

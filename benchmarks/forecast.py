@@ -41,7 +41,8 @@ def run(a) -> None:
     for seed in a.seeds:
         for name in a.methods:
             out = Path(a.root) / f"{name}-s{seed}{a.tag}"
-            task = {"path": a.data, "context": a.context, "horizon": a.horizon}
+            task = {"path": a.data, "context": a.context, "horizon": a.horizon,
+                    **{k: v for k, v in (("val_steps", a.val_steps), ("test_steps", a.test_steps)) if v is not None}}
             settings = [*METHODS[name], "task=series", f"task_args={json.dumps(task)}", f"train.seed={seed}",
                         f"train.threads={a.threads}", "train.steps=100000000", f"train.time_limit={a.seconds}",
                         f"train.eval_every={a.eval_every}", "train.eval_rows=all", f"out_dir={out}", *a.overrides]
@@ -86,6 +87,8 @@ def main() -> None:
     r.add_argument("--data", default="data/elec")
     r.add_argument("--context", type=int, default=336)
     r.add_argument("--horizon", type=int, default=48)
+    r.add_argument("--val-steps", type=int, default=None, help="task_args.val_steps (None: 4 x horizon)")
+    r.add_argument("--test-steps", type=int, default=None, help="task_args.test_steps (None: 4 x horizon)")
     r.add_argument("--seeds", nargs="+", type=int, default=[0])
     r.add_argument("--seconds", type=float, default=1200)
     r.add_argument("--eval-every", type=int, default=100)

@@ -88,9 +88,14 @@ def cmd_demo(args) -> None:
 
 
 def cmd_plot(args) -> None:
-    from .plot import plot_runs
+    from .plot import plot_fan, plot_runs
 
-    path, _ = plot_runs(args.runs, args.out)
+    if args.fan:
+        if len(args.runs) != 1:
+            raise ValueError(f"--fan draws one series run's forecast; got {len(args.runs)} runs")
+        path, _ = plot_fan(args.runs[0], args.out, window=args.window, samples=args.samples)
+    else:
+        path, _ = plot_runs(args.runs, args.out)
     print(path)
 
 
@@ -221,7 +226,10 @@ def _add_demo(sub) -> None:
 def _add_plot(sub) -> None:
     pl = sub.add_parser("plot", help="draw runs' curves (loss, accuracy, drift, dyn_rel) into one PNG")
     pl.add_argument("runs", nargs="+", help="run directories (each with its metrics.jsonl)")
-    pl.add_argument("--out", default=None, help="the PNG to write (default: RUN/curves.png, or curves.png for several runs)")
+    pl.add_argument("--out", default=None, help="the PNG to write (default: RUN/curves.png, or curves.png for several runs; RUN/fan.png with --fan)")
+    pl.add_argument("--fan", action="store_true", help="a series run: draw a test window's forecast fan (median, 50%% and 80%% intervals) instead")
+    pl.add_argument("--window", type=int, default=0, help="with --fan: which test window")
+    pl.add_argument("--samples", type=int, default=100, help="with --fan: sample paths")
     pl.set_defaults(func=cmd_plot)
 
 

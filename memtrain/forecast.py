@@ -82,12 +82,9 @@ def scores(forecast: torch.Tensor, truth: torch.Tensor, history: torch.Tensor, s
     return rows
 
 
-def evaluate_forecasts(run_dir: str, split: str = "test", samples: int = 100, seed: int = 0,
-                       horizons: list[int] | None = None, season: int | None = None) -> dict:
-    """Forecast every window of a series run's `split` (forecast origins every horizon steps) with its
-    RNN, and with seasonal naive, and score both -> {"rnn": [rows], "seasonal_naive": [rows], ...}.
-    `season`: seasonal naive's and MASE's period (None: the series set's longest shorter than the context;
-    1 where none is: naive)."""
+def forecast_windows(run_dir: str, split: str = "test", samples: int = 100, seed: int = 0) -> dict:
+    """Sample paths from a series run's RNN for every window of its `split` (forecast origins every
+    horizon steps) -> {"task", "paths" (S, N, H), "truth" (N, H), "history" (N, C)}, target 0, data units."""
     from .runs import load_run
 
     cfg, task, _, cell = load_run(run_dir)
@@ -97,11 +94,22 @@ def evaluate_forecasts(run_dir: str, split: str = "test", samples: int = 100, se
         raise ValueError(f"split must be 'val' or 'test', got {split!r}")
     x, y, scale = task.split_windows(split)
     C, H = task.context, task.horizon
+    paths = sample_paths(cell, x.to(next(cell.parameters()).dtype), scale, C, H, samples, torch.Generator().manual_seed(seed))
+    return {"task": task, "paths": paths[..., 0], "truth": (y * scale[:, None, :])[:, C:, 0],
+            "history": (y * scale[:, None, :])[:, :C, 0]}
+
+
+def evaluate_forecasts(run_dir: str, split: str = "test", samples: int = 100, seed: int = 0,
+                       horizons: list[int] | None = None, season: int | None = None) -> dict:
+    """Forecast every window of a series run's `split` (`forecast_windows`) with its RNN, and with
+    seasonal naive, and score both -> {"rnn": [rows], "seasonal_naive": [rows], ...}.
+    `season`: seasonal naive's and MASE's period (None: the series set's longest shorter than the context;
+    1 where none is: naive)."""
+    f = forecast_windows(run_dir, split, samples, seed)
+    task, truth, history = f["task"], f["truth"], f["history"]
+    C, H = task.context, task.horizon
     season = season or max([p for p in task.seasonality(0) if p < C] or [1])
     horizons = horizons or sorted({1, min(H, season), H})
-    paths = sample_paths(cell, x.to(next(cell.parameters()).dtype), scale, C, H, samples, torch.Generator().manual_seed(seed))
-    truth = (y * scale[:, None, :])[:, C:, 0]
-    history = (y * scale[:, None, :])[:, :C, 0]
-    return {"windows": len(x), "samples": samples, "season": season, "split": split,
-            "rnn": scores(paths[..., 0], truth, history, season, horizons),
+    return {"windows": len(truth), "samples": samples, "season": season, "split": split,
+            "rnn": scores(f["paths"], truth, history, season, horizons),
             "seasonal_naive": scores(seasonal_naive(history, H, season), truth, history, season, horizons)}

@@ -125,3 +125,49 @@ def plot_runs(runs: list[str], out: str | None = None) -> tuple[Path, dict]:
     finally:
         _pyplot().close(fig)
     return target, data
+
+
+def fan_figure(history, truth, paths, window: int, show: int, title: str):
+    """One window's forecast fan: the last `show` steps of its context, the truth after it, and the
+    median with the 50% and 80% central intervals of the sample paths (S, H)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(11, 3.6))
+    past = history[-show:]
+    C, H = len(past), len(truth)
+    ax.plot(range(-C + 1, 1), past, color="black", lw=1, label="context")
+    ahead = range(1, H + 1)
+    ax.plot(ahead, truth, color="black", lw=1, ls="--", label="truth")
+    for lo, hi, alpha, name in ((0.1, 0.9, 0.2, "80%"), (0.25, 0.75, 0.35, "50%")):
+        ax.fill_between(ahead, paths.quantile(lo, dim=0), paths.quantile(hi, dim=0), color="C0", alpha=alpha, lw=0, label=name)
+    ax.plot(ahead, paths.median(0).values, color="C0", lw=1.2, label="median")
+    ax.axvline(0.5, color="grey", lw=0.8)
+    ax.set_title(f"{title}: test window {window}", fontsize=9)
+    ax.set_xlabel("steps from the forecast origin", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_fan(run: str, out: str | None = None, window: int = 0, samples: int = 100, seed: int = 0) -> tuple[Path, dict]:
+    """Draw one test window's forecast fan of a series run (`memtrain.forecast.forecast_windows`) into a
+    PNG (default: RUN/fan.png); -> (its path, the numbers drawn)."""
+    from .forecast import forecast_windows
+
+    f = forecast_windows(run, "test", samples, seed)
+    n = len(f["truth"])
+    if not 0 <= window < n:
+        raise ValueError(f"--window must be in 0..{n - 1} ({n} test windows), got {window}")
+    target = Path(out) if out else Path(run) / "fan.png"
+    if target.suffix.lower() != ".png":
+        raise ValueError(f"--out {str(target)!r} must be a .png file")
+    history, truth, paths = f["history"][window], f["truth"][window], f["paths"][:, window]
+    show = min(len(history), 2 * len(truth))
+    data = {"window": window, "history": history[-show:].tolist(), "truth": truth.tolist(),
+            "median": paths.median(0).values.tolist()}
+    fig = fan_figure(history, truth, paths, window, show, Path(run).name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        atomic_write(target, lambda fh: fig.savefig(fh, dpi=90, format="png", bbox_inches="tight"))
+    finally:
+        _pyplot().close(fig)
+    return target, data

@@ -477,7 +477,7 @@ def test_forecast_benchmark_trains_each_method_for_its_seconds_and_scores_the_sa
     (tmp_path / "s.csv").write_text("\n".join(rows) + "\n")
     prepare("series", "csv", tmp_path / "prep", progress=False, path=str(tmp_path / "s.csv"), target="load", covariates="dow",
             seasonality="24")
-    a = argparse.Namespace(methods=["smt-dmt", "bptt"], data=str(tmp_path / "prep"), context=30, horizon=6, seeds=[0], seconds=2.0,
+    a = argparse.Namespace(methods=["smt-dmt", "bptt"], data=str(tmp_path / "prep"), context=30, horizon=6, val_steps=None, test_steps=None, seeds=[0], seconds=2.0,
                            eval_every=5, threads=1, root=str(tmp_path / "runs"), tag="",
                            overrides=["teacher.d_model=16", "teacher.mem_tokens=2", "teacher.n_heads=2", "train.batch_size=4",
                                       "smt.future=4", "train.eval_batch=4"])
@@ -499,3 +499,26 @@ def test_forecast_benchmark_trains_each_method_for_its_seconds_and_scores_the_sa
         assert run["summary"]["train_seconds"] == pytest.approx(2.0, abs=1.0)
     # the series repeats every 24 steps exactly: seasonal naive is perfect
     assert data["runs"]["bptt-s0"]["seasonal_naive"][1]["crps"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_clone_benchmark_collects_seeded_demonstrations_and_scores_each_policy_in_the_environment(tmp_path):
+    pytest.importorskip("popgym")
+    import argparse
+    import clone
+    import numpy as np
+    info = clone.write_demos("repeat-previous", 6, 2, tmp_path / "demos")
+    assert info["demo_return"] == pytest.approx(1.0) and info["steps"] == 6 * 51
+    z = np.load(tmp_path / "demos" / "train.npz")
+    assert z["x"].shape == (6, 51, 8) and z["x"].dtype == np.float32 and z["lengths"].tolist() == [51] * 6
+    assert z["y"].max() < 4, "the expert's actions are the suits"
+    a = argparse.Namespace(env="repeat-previous", methods=["smt-dmt", "bptt"], data=str(tmp_path / "demos"), seeds=[0], seconds=1.0,
+                           eval_every=5, threads=1, root=str(tmp_path / "runs"), tag="",
+                           overrides=["teacher.d_model=16", "teacher.mem_tokens=2", "teacher.n_heads=2", "train.batch_size=4",
+                                      "smt.future=4"])
+    clone.run(a)
+    clone.report(argparse.Namespace(env="repeat-previous", root=str(tmp_path / "runs"), episodes=3, results=str(tmp_path / "res")))
+    data = json.loads((tmp_path / "res" / "clone-repeat-previous.json").read_text())
+    assert data["expert"] == pytest.approx(1.0) and sorted(data["runs"]) == ["bptt-s0", "smt-dmt-s0"]
+    for run in data["runs"].values():
+        assert len(run["returns"]) == 3 and all(-1.0 - 1e-9 <= r <= 1.0 + 1e-9 for r in run["returns"])
+        assert run["ratio"] == pytest.approx(run["mean"]) and run["train_seconds"] == pytest.approx(1.0, abs=1.0)

@@ -38,6 +38,7 @@ class DMTConfig:
     grow: int | None = None  # rollouts start at dmt.rollout steps and grow by this factor (up to the sequence) each time DMT stops improving at their length (None: fixed)
     grow_patience: int = 5  # ...that is, after this many evaluations without a 2% lower k-step error (see grow_on) or a better RNN alone (+0.005)
     grow_on: str = "next"  # the k-step error watched: "next": at the next length (grow x rollout, at most T) | "rollout": at the rollout's own
+    grow_min_steps: int = 0  # ...and not before this many rollout steps (updates x rollout length) at the length now: the patience alone moved on too soon (EXPERIMENTS.md section 17)
 
     def validate(self) -> None:
         if self.start not in STARTS:
@@ -57,6 +58,8 @@ class DMTConfig:
             raise ValueError(f"dmt.grow_patience must be >= 1, got {self.grow_patience}")
         if self.grow_on not in GROW_ON:
             raise ValueError(f"dmt.grow_on must be one of {GROW_ON}, got {self.grow_on!r}")
+        if self.grow_min_steps < 0:
+            raise ValueError(f"dmt.grow_min_steps must be >= 0, got {self.grow_min_steps}")
 
     def check_growth(self, T: int) -> None:
         """dmt.grow needs a first rollout shorter than the sequences."""
@@ -148,6 +151,7 @@ class RolloutGrowth(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.register_buffer("length", torch.tensor(cfg.rollout or 0))  # the rollout now (0: whole sequences)
+        self.register_buffer("start", torch.tensor(0))  # the update at which the length now began
         self.err = Plateau(lambda v, b: v < 0.98 * b)
         self.acc = Plateau(lambda v, b: v > b + 0.005)
 
@@ -163,28 +167,35 @@ class RolloutGrowth(nn.Module):
         """Still below the whole sequence, with dmt.grow."""
         return self.cfg.grow is not None and 0 < int(self.length) < T
 
-    def decide(self, ev: dict) -> Decision | None:
-        """After an evaluation, while `growing`: a "dmt_grow" decision once DMT has stopped improving."""
+    def begin(self, step: int) -> None:
+        """DMT starts at `step` (smt-dmt's handover; method=dmt: 0)."""
+        self.start.fill_(step)
+
+    def decide(self, ev: dict, step: int) -> Decision | None:
+        """After an evaluation at update `step`, while `growing`: a "dmt_grow" decision once DMT has
+        stopped improving and has trained dmt.grow_min_steps rollout steps at this length."""
         T, n = len(ev["drift"]) - 1, int(self.length)
         longer = min(T, n * self.cfg.grow)
         k = longer if self.cfg.grow_on == "next" else n
         err = kstep_at(ev, k)
         stale = min(self.err.watch(err), self.acc.watch(rnn_score(ev)))
-        if stale < self.cfg.grow_patience:
+        trained = (step - int(self.start)) * n
+        if stale < self.cfg.grow_patience or trained < self.cfg.grow_min_steps:
             return None
         return Decision("dmt_grow", f"no better kstep@{k} or RNN accuracy in {self.cfg.grow_patience} evaluations at "
-                        f"{n}-step rollouts: {longer}-step rollouts from here",
+                        f"{n}-step rollouts ({step - int(self.start)} updates there): {longer}-step rollouts from here",
                         {"rollout": longer, f"kstep@{k}": err, "rnn_acc": ev["rnn_acc"], "drift_end": ev["drift"][-1]})
 
-    def apply(self, decision: Decision) -> None:
+    def apply(self, decision: Decision, step: int) -> None:
         self.length.fill_(int(decision.values["rollout"]))
+        self.start.fill_(step)
         self.err.restart()
         self.acc.restart()
 
     @staticmethod
     def fresh_state(cfg: DMTConfig, prefix: str = "growth.") -> dict[str, torch.Tensor]:
         """The buffers of a run saved before rollouts could grow (format < 9): dmt.rollout, nothing watched."""
-        return {f"{prefix}length": torch.tensor(cfg.rollout or 0),
+        return {f"{prefix}length": torch.tensor(cfg.rollout or 0), f"{prefix}start": torch.tensor(0),
                 **{f"{prefix}{p}.{k}": v for p in ("err", "acc")
                    for k, v in (("best", torch.tensor(0.0, dtype=torch.float64)), ("since", torch.tensor(-1)))}}
 
@@ -216,18 +227,19 @@ class DMT(Method):
         return self.growth.steps(T)
 
     def after_eval(self, ev: dict, step: int, budget_used: float = 0.0) -> Decision | None:
-        return self.growth.decide(ev) if self.growth.growing(len(ev["drift"]) - 1) else None
+        return self.growth.decide(ev, step) if self.growth.growing(len(ev["drift"]) - 1) else None
 
     def apply(self, decision: Decision, step: int) -> bool:
-        self.growth.apply(decision)
+        self.growth.apply(decision, step)
         return False
 
     def report(self) -> dict:
         return {"dmt_rollout": int(self.growth.length) or None}
 
     def upgrade_state(self, tensors: dict, version: int) -> dict:
-        """Runs saved before format 9 have no growth buffers: dmt.rollout, nothing watched."""
-        return {**RolloutGrowth.fresh_state(self.cfg), **tensors} if version < 9 else tensors
+        """Runs saved before format 9 have no growth buffers: dmt.rollout, nothing watched; format 9 not
+        the update at which the length began (dmt.grow_min_steps was 0: read as 0)."""
+        return {**RolloutGrowth.fresh_state(self.cfg), **tensors} if version < 10 else tensors
 
 
 def kstep_at(ev: dict, n: int) -> float | None:

@@ -162,9 +162,10 @@ class SMTDMT(Method):
     def upgrade_state(self, tensors: dict, version: int) -> dict:
         """Checkpoints from before the `Plateau` trackers keep them as slots of two buffers, `best` and
         `since` (4,), in PLATEAUS order; before format 5 have no blank-teacher count (SMT's); before
-        format 9 no rollout length (dmt.rollout's) or stage tracker (unused)."""
+        format 9 no rollout length (dmt.rollout's) or stage tracker (unused); before 10 not the
+        update at which the length began (read as 0: dmt.grow_min_steps was 0)."""
         tensors = self._smt.upgrade_state(tensors, version)
-        if version < 9:  # before growing rollouts: DMT at dmt.rollout, nothing watched
+        if version < 10:  # what the file lacks (< 9: DMT at dmt.rollout, nothing watched; 9: the start)
             tensors = {**RolloutGrowth.fresh_state(self.dmt_cfg), **tensors}
         if "best" in tensors and "since" in tensors:
             best, since = tensors["best"], tensors["since"]
@@ -191,7 +192,7 @@ class SMTDMT(Method):
             return Decision("dmt_target", f"the RNN alone reached {ev['rnn_acc']:.3f} >= handover.dmt_target={self.ho.dmt_target}",
                             {"rnn_acc": ev["rnn_acc"], "drift_end": ev["drift"][-1]})
         if self.growth.growing(len(ev["drift"]) - 1):
-            return self.growth.decide(ev)
+            return self.growth.decide(ev, step)
         if self.ho.dmt_patience is not None and self._rnn_stale(ev) >= self.ho.dmt_patience:
             return Decision("dmt_plateau", f"no better RNN accuracy or final drift in {self.ho.dmt_patience} evaluations",
                             {"rnn_acc": ev["rnn_acc"], "drift_end": ev["drift"][-1]})
@@ -238,10 +239,11 @@ class SMTDMT(Method):
             self._smt.before_eval()  # the cell takes the teacher's readout and m_empty once more, then owns them
             self.phase.fill_(DMT_PHASE)
             self.handover_step.fill_(step)
+            self.growth.begin(step)
             self._restart_rnn_watch()  # DMT's plateau is counted from the handover
             return False
         if decision.event == "dmt_grow":
-            self.growth.apply(decision)
+            self.growth.apply(decision, step)
             return False
         self.phase.fill_(DONE)
         return True

@@ -38,6 +38,7 @@ ADDED_IN_8 = ("coef_dyn_teacher",)  # smt settings added in format 8 (handover's
 ADDED_IN_9 = {"train.schedule_steps": None, "dmt.grow": None, "dmt.grow_patience": 5, "dmt.grow_on": "next", "teacher.features": None,
               "teacher.output": "categorical", "teacher.targets": None, "cell.features": None, "cell.output": "categorical",
               "cell.targets": None}
+ADDED_IN_10 = {"dmt.grow_min_steps": 0}  # format 10 (0.11): off, how every older run grew
 
 
 def control(default):
@@ -243,10 +244,10 @@ def run_control_keys(cls=RunConfig, prefix: str = "") -> set[str]:
 
 
 def upgrade(config: dict, version: int) -> dict:
-    """A configuration saved by format `version` (1, 2: memtrain 0.1; 3: 0.2; 4: 0.3; 5: 0.4; 6: 0.5; 7: 0.6-0.7; 8: 0.8-0.9) in today's names and
+    """A configuration saved by format `version` (1, 2: memtrain 0.1; 3: 0.2; 4: 0.3; 5: 0.4; 6: 0.5; 7: 0.6-0.7; 8: 0.8-0.9; 9: 0.10) in today's names and
     values: renamed settings, sections added since (at their defaults, which is how the run behaved);
     before 3 also None instead of 0 or "" for "not set" and `residual` only on cells that have one."""
-    if version >= 9:
+    if version >= 10:
         return config
     if not isinstance(config, dict):
         return config  # from_dict refuses it with the reason
@@ -279,7 +280,7 @@ def upgrade(config: dict, version: int) -> dict:
         for name in ADDED_IN_7 + ADDED_IN_8:
             c.setdefault("smt", {}).setdefault(name, getattr(SMTConfig(), name))
     # 9 (0.10): train.schedule_steps and dmt.grow, at their defaults (the schedule spanned train.steps, rollouts were fixed)
-    for key, value in ADDED_IN_9.items():
+    for key, value in {**ADDED_IN_9, **ADDED_IN_10}.items():
         sec, _, name = key.partition(".")
         if isinstance(c.get(sec, {}), dict):
             c.setdefault(sec, {}).setdefault(name, value)

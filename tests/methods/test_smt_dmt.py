@@ -333,6 +333,18 @@ def test_by_default_rollouts_grow_once_the_next_lengths_error_stops_falling():
         DMTConfig(grow_on="both").validate()
 
 
+def test_smt_dmts_minimum_stage_counts_from_the_handover():
+    """The SMT updates before the handover are not rollout steps at dmt.rollout: the first length's
+    minimum counts from the handover (update 2 here)."""
+    m = _method(DMTConfig(rollout=4, start="encoder", grow=2, grow_patience=1, grow_min_steps=20), teacher_acc=0.5,
+                followable=1.0, smt_patience=1)
+    _to_dmt(m)
+    assert int(m.growth.start) == 2
+    assert [m.after_eval(_ev(T=16, k8=1.0), s) for s in (3, 4, 6)] == [None] * 3, "16 rollout steps < 20"
+    d = m.after_eval(_ev(T=16, k8=1.0), 7)
+    assert d.event == "dmt_grow" and "5 updates there" in d.why
+
+
 def test_growth_stops_at_the_sequence_length():
     m = _method(DMTConfig(rollout=5, grow=4, grow_patience=1, grow_on="rollout"), teacher_acc=0.5, followable=1.0, smt_patience=1)
     _to_dmt(m)
@@ -416,6 +428,26 @@ def test_dmt_alone_grows_its_rollouts_by_the_same_rule_and_reads_older_runs():
     assert all(fixed.after_eval(_ev(T=16, k4=1.0), s) is None for s in range(5)) and fixed.sequential_steps(16) == 4
     old = {k: v for k, v in fixed.extra_state().items() if not k.startswith("growth.")}
     assert fixed.upgrade_state(old, 8).keys() == fixed.extra_state().keys(), "a format-8 DMT run resumes"
+    nine = {k: v for k, v in m.extra_state().items() if k != "growth.start"}
+    up = m.upgrade_state(nine, 9)
+    assert up.keys() == m.extra_state().keys() and int(up["growth.length"]) == 16, "a format-9 run keeps its length"
+
+
+def test_growth_waits_for_the_minimum_rollout_steps_at_each_length():
+    """dmt.grow_min_steps: stale for the patience is not enough before that many rollout steps (updates x
+    length) at the length; counted afresh from each growth."""
+    from memtrain.methods.dmt import DMT
+    m = DMT(tiny_teacher(), tiny_cell("mlp"), DMTConfig(rollout=4, start="encoder", grow=2, grow_patience=1,
+                                                          grow_on="rollout", grow_min_steps=40))
+    assert [m.after_eval(_ev(T=16, k4=1.0), s) for s in (2, 5, 9)] == [None] * 3, "stale, but 36 < 40 rollout steps"
+    d = m.after_eval(_ev(T=16, k4=1.0), 10)
+    assert d.event == "dmt_grow" and "10 updates there" in d.why
+    m.apply(d, 10)
+    assert int(m.growth.start) == 10 and m.sequential_steps(16) == 8
+    assert [m.after_eval(_ev(T=16, k8=1.0), s) for s in (11, 12, 14)] == [None] * 3, "32 < 40 at 8 steps"
+    assert m.after_eval(_ev(T=16, k8=1.0), 15).values["rollout"] == 16, "5 updates x 8 steps"
+    with pytest.raises(ValueError, match="dmt.grow_min_steps must be >= 0"):
+        DMTConfig(grow=2, grow_min_steps=-1).validate()
 
 
 def test_real_valued_evaluations_hand_over_on_the_teachers_plateau_and_watch_the_rnns_loss():

@@ -154,6 +154,13 @@ def test_a_format_8_run_reads_the_schedule_length_and_dmt_stages_as_off():
     got = upgrade(saved, 8)
     assert got["train"]["schedule_steps"] is None and got["train"]["steps"] == 300
     assert (got["handover"]["smt_steps"], got["handover"]["dmt_schedule"]) == (None, "follow")
-    assert got["dmt"] == {"rollout": 8, "grow": None, "grow_patience": 5, "grow_on": "next"}
+    assert got["dmt"] == {"rollout": 8, "grow": None, "grow_patience": 5, "grow_on": "next", "grow_min_steps": 0}
     assert got["handover"]["smt_patience"] == 20 and "schedule_steps" not in saved["train"]
-    assert upgrade(got, 9) is got, "today's format is read as it is"
+    assert upgrade(got, 10) is got, "today's format is read as it is"
+
+
+def test_a_format_9_run_reads_the_minimum_stage_as_off():
+    """0.10 (format 9) grew DMT's rollouts on the patience alone: dmt.grow_min_steps reads as 0."""
+    saved = {"dmt": {"rollout": 32, "grow": 2, "grow_patience": 5, "grow_on": "next"}, "rollout": {}}
+    got = upgrade(saved, 9)
+    assert got["dmt"] == {**saved["dmt"], "grow_min_steps": 0} and "grow_min_steps" not in saved["dmt"]

@@ -1,0 +1,127 @@
+"""Behaviour cloning under partial observability at an equal CPU budget: SMT -> DMT against BPTT on the
+same cell and torch's fused LSTM by BPTT, each trained on the same seeded expert demonstrations of a
+popgym memory environment (`memtrain.data.control`) and then run in the environment itself, one
+memory per episode, on seeded episodes that none of them saw. Each method is one ordinary run with
+the same `train.time_limit` (one thread each, kept under --root and skipped when finished, so lanes
+can run side by side).
+
+    python benchmarks/clone.py collect --env count-recall --episodes 1000 --out data/bc/count-recall
+    python benchmarks/clone.py run --env count-recall --methods smt-dmt bptt --seconds 300
+    python benchmarks/clone.py run --env count-recall --methods bptt-lstm --seconds 300
+    python benchmarks/clone.py report --env count-recall
+
+`collect` writes train.npz / val.npz (ragged-ready: right-padded x, y and lengths) and expert.json
+(the expert's mean return on the same episodes). `report` gives each policy's mean return over
+--episodes seeded episodes (seeds from 10,000) and its ratio to the expert's there.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+from common import md_table, write_results
+
+from memtrain.data.control import ENVS, collect, policy_returns
+from memtrain.lengths import pad
+from memtrain.presets import preset_config
+from memtrain.runs import load_run
+from memtrain.training.trainer import train
+
+METHODS = {  # label -> settings on top of the defaults (the token-sequence recipe; actions are tokens)
+    "smt-dmt": ["method=smt-dmt"],
+    "bptt": ["method=bptt"],
+    "bptt-lstm": ["method=bptt", "cell.kind=torch-lstm"],
+}
+EVAL_SEED = 10_000  # the episodes a policy is scored on (the demonstrations use seeds 0 ...)
+
+
+def write_demos(env: str, episodes: int, val: int, out: Path) -> dict:
+    """Seeded expert demonstrations of `env`: `episodes` for training (seeds 0 ...) and `val` more for
+    evaluation (the seeds after them) -> what expert.json says."""
+    out.mkdir(parents=True, exist_ok=True)
+    xs, ys, returns = collect(env, episodes + val, seed=0)
+    for name, part in (("train", slice(0, episodes)), ("val", slice(episodes, episodes + val))):
+        x, lengths = pad(xs[part], pad_value=0.0)
+        y, _ = pad(ys[part], pad_value=0)
+        np.savez(out / f"{name}.npz", x=x.astype(np.float32), y=y, lengths=lengths)
+    info = {"env": env, "episodes": episodes, "val": val, "demo_return": statistics.fmean(returns),
+            "steps": int(sum(len(x) for x in xs[:episodes]))}
+    (out / "expert.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
+def collect_cmd(a) -> None:
+    info = write_demos(a.env, a.episodes, a.val, Path(a.out))
+    print(f"wrote {a.out}: {info['episodes']} + {info['val']} episodes, {info['steps']} training steps, "
+          f"expert return {info['demo_return']:.3f}")
+
+
+def run(a) -> None:
+    data = Path(a.data or f"data/bc/{a.env}")
+    for seed in a.seeds:
+        for name in a.methods:
+            out = Path(a.root) / a.env / f"{name}-s{seed}{a.tag}"
+            settings = [*METHODS[name], "task=npz",
+                        f"task_args={json.dumps({'path': str(data / 'train.npz'), 'val_path': str(data / 'val.npz')})}",
+                        f"train.seed={seed}", f"train.threads={a.threads}", "train.steps=100000000",
+                        f"train.time_limit={a.seconds}", f"train.eval_every={a.eval_every}", "train.eval_rows=all",
+                        f"out_dir={out}", *a.overrides]
+            s = train(preset_config(None, settings), progress=False)
+            print(f"{out.name}: {s['steps']} updates, {s['train_seconds']:.0f} s, held-out accuracy {s['rnn_acc']:.3f}",
+                  flush=True)
+
+
+def report(a) -> None:
+    expert = collect(a.env, a.episodes, seed=EVAL_SEED)[2]  # the expert on the same episodes
+    base = statistics.fmean(expert)
+    rows = [["expert (full state)", None, None, base, 1.0]]
+    data = {"env": a.env, "episodes": a.episodes, "seed": EVAL_SEED, "expert": base, "runs": {}}
+    for d in sorted((Path(a.root) / a.env).iterdir()):
+        if not (d / "run.json").is_file():
+            continue
+        summary = json.loads((d / "run.json").read_text()).get("summary") or {}
+        _, _, _, cell = load_run(str(d))
+        got = policy_returns(cell, a.env, a.episodes, seed=EVAL_SEED)
+        mean = statistics.fmean(got)
+        data["runs"][d.name] = {"returns": got, "mean": mean, "ratio": mean / base, "rnn_acc": summary.get("rnn_acc"),
+                                "steps": summary.get("steps"), "train_seconds": summary.get("train_seconds")}
+        rows.append([d.name, summary.get("train_seconds"), summary.get("rnn_acc"), mean, mean / base])
+    table = md_table(["policy", "seconds", "held-out action accuracy", "mean return", "of the expert's"], rows)
+    print(table)
+    write_results(f"clone-{a.env}", data, table, results=a.results)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("collect")
+    c.add_argument("--env", choices=sorted(ENVS), required=True)
+    c.add_argument("--episodes", type=int, default=1000)
+    c.add_argument("--val", type=int, default=200)
+    c.add_argument("--out", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--env", choices=sorted(ENVS), required=True)
+    r.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=["smt-dmt", "bptt"])
+    r.add_argument("--data", default=None, help="collect's folder (default: data/bc/ENV)")
+    r.add_argument("--seeds", nargs="+", type=int, default=[0])
+    r.add_argument("--seconds", type=float, default=300)
+    r.add_argument("--eval-every", type=int, default=100)
+    r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--root", default="runs/bc")
+    r.add_argument("--tag", default="")
+    r.add_argument("overrides", nargs="*", help="key=value settings for every run")
+    q = sub.add_parser("report")
+    q.add_argument("--env", choices=sorted(ENVS), required=True)
+    q.add_argument("--root", default="runs/bc")
+    q.add_argument("--episodes", type=int, default=100)
+    q.add_argument("--results", default=None)
+    a = p.parse_args()
+    {"collect": collect_cmd, "run": run, "report": report}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()
