@@ -60,6 +60,8 @@ class DMTConfig:
             raise ValueError(f"dmt.grow_on must be one of {GROW_ON}, got {self.grow_on!r}")
         if self.grow_min_steps < 0:
             raise ValueError(f"dmt.grow_min_steps must be >= 0, got {self.grow_min_steps}")
+        if self.grow_min_steps and self.grow is None:
+            raise ValueError(f"dmt.grow_min_steps={self.grow_min_steps} keeps each length of growing rollouts: set dmt.grow too")
 
     def check_growth(self, T: int) -> None:
         """dmt.grow needs a first rollout shorter than the sequences."""

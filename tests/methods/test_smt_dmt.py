@@ -448,6 +448,8 @@ def test_growth_waits_for_the_minimum_rollout_steps_at_each_length():
     assert m.after_eval(_ev(T=16, k8=1.0), 15).values["rollout"] == 16, "5 updates x 8 steps"
     with pytest.raises(ValueError, match="dmt.grow_min_steps must be >= 0"):
         DMTConfig(grow=2, grow_min_steps=-1).validate()
+    with pytest.raises(ValueError, match="dmt.grow_min_steps=10 keeps each length of growing rollouts: set dmt.grow"):
+        DMTConfig(grow_min_steps=10).validate()
 
 
 def test_real_valued_evaluations_hand_over_on_the_teachers_plateau_and_watch_the_rnns_loss():
