@@ -88,12 +88,14 @@ def cmd_demo(args) -> None:
 
 
 def cmd_plot(args) -> None:
-    from .plot import plot_fan, plot_runs
+    from .plot import plot_runs
 
     if args.fan:
+        from .forecast import draw_fan
+
         if len(args.runs) != 1:
             raise ValueError(f"--fan draws one series run's forecast; got {len(args.runs)} runs")
-        path, _ = plot_fan(args.runs[0], args.out, window=args.window, samples=args.samples)
+        path, _ = draw_fan(args.runs[0], args.out, window=args.window, samples=args.samples)
     else:
         path, _ = plot_runs(args.runs, args.out)
     print(path)

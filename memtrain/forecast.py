@@ -16,11 +16,14 @@ Legend: N windows, T = C + H steps (context, horizon), F features, G targets, S 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from .methods.rollout import rollout
 from .metrics import crps_samples, mase, smape
 from .models.cells import Cell
+from .plot import fan_figure, save_png
 
 
 @torch.no_grad()
@@ -113,3 +116,21 @@ def evaluate_forecasts(run_dir: str, split: str = "test", samples: int = 100, se
     return {"windows": len(truth), "samples": samples, "season": season, "split": split,
             "rnn": scores(f["paths"], truth, history, season, horizons),
             "seasonal_naive": scores(seasonal_naive(history, H, season), truth, history, season, horizons)}
+
+
+def draw_fan(run: str, out: str | None = None, window: int = 0, samples: int = 100, seed: int = 0) -> tuple[Path, dict]:
+    """Draw one test window's forecast fan of a series run (`forecast_windows`; `memtrain plot RUN --fan`) into a
+    PNG (default: RUN/fan.png); -> (its path, the numbers drawn)."""
+    f = forecast_windows(run, "test", samples, seed)
+    n = len(f["truth"])
+    if not 0 <= window < n:
+        raise ValueError(f"--window must be in 0..{n - 1} ({n} test windows), got {window}")
+    target = Path(out) if out else Path(run) / "fan.png"
+    if target.suffix.lower() != ".png":
+        raise ValueError(f"--out {str(target)!r} must be a .png file")
+    history, truth, paths = f["history"][window], f["truth"][window], f["paths"][:, window]
+    show = min(len(history), 2 * len(truth))
+    data = {"window": window, "history": history[-show:].tolist(), "truth": truth.tolist(),
+            "median": paths.median(0).values.tolist()}
+    save_png(fan_figure(history, truth, paths, window, show, Path(run).name), target)
+    return target, data

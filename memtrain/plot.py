@@ -118,13 +118,17 @@ def plot_runs(runs: list[str], out: str | None = None) -> tuple[Path, dict]:
     target = Path(out) if out else (Path(runs[0]) / "curves.png" if len(runs) == 1 else Path("curves.png"))
     if target.suffix.lower() != ".png":
         raise ValueError(f"--out {str(target)!r} must be a .png file")
-    fig = figure(data)
+    save_png(figure(data), target)
+    return target, data
+
+
+def save_png(fig, target: Path) -> None:
+    """Write `fig` to `target` (a .png) whole or not at all, and close it."""
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         atomic_write(target, lambda f: fig.savefig(f, dpi=90, format="png", bbox_inches="tight"))
     finally:
         _pyplot().close(fig)
-    return target, data
 
 
 def fan_figure(history, truth, paths, window: int, show: int, title: str):
@@ -147,27 +151,3 @@ def fan_figure(history, truth, paths, window: int, show: int, title: str):
     fig.tight_layout()
     return fig
 
-
-def plot_fan(run: str, out: str | None = None, window: int = 0, samples: int = 100, seed: int = 0) -> tuple[Path, dict]:
-    """Draw one test window's forecast fan of a series run (`memtrain.forecast.forecast_windows`) into a
-    PNG (default: RUN/fan.png); -> (its path, the numbers drawn)."""
-    from .forecast import forecast_windows
-
-    f = forecast_windows(run, "test", samples, seed)
-    n = len(f["truth"])
-    if not 0 <= window < n:
-        raise ValueError(f"--window must be in 0..{n - 1} ({n} test windows), got {window}")
-    target = Path(out) if out else Path(run) / "fan.png"
-    if target.suffix.lower() != ".png":
-        raise ValueError(f"--out {str(target)!r} must be a .png file")
-    history, truth, paths = f["history"][window], f["truth"][window], f["paths"][:, window]
-    show = min(len(history), 2 * len(truth))
-    data = {"window": window, "history": history[-show:].tolist(), "truth": truth.tolist(),
-            "median": paths.median(0).values.tolist()}
-    fig = fan_figure(history, truth, paths, window, show, Path(run).name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        atomic_write(target, lambda fh: fig.savefig(fh, dpi=90, format="png", bbox_inches="tight"))
-    finally:
-        _pyplot().close(fig)
-    return target, data

@@ -207,9 +207,8 @@ def test_training_on_series_end_to_end(tmp_path, method):
     assert naive["mase"] == pytest.approx(1.0, rel=1e-4) and naive["crps"] == pytest.approx(1.5, rel=1e-4)  # (float32 windows)
     if method == "bptt":  # the fan: the window's numbers as forecast_windows draws them, one PNG
         pytest.importorskip("matplotlib")
-        from memtrain.forecast import forecast_windows
-        from memtrain.plot import plot_fan
-        png, drawn = plot_fan(str(tmp_path / "run"), window=3, samples=5)
+        from memtrain.forecast import draw_fan, forecast_windows
+        png, drawn = draw_fan(str(tmp_path / "run"), window=3, samples=5)
         f = forecast_windows(str(tmp_path / "run"), samples=5)
         assert png == tmp_path / "run" / "fan.png" and png.read_bytes()[:4] == b"\x89PNG"
         assert drawn["truth"] == f["truth"][3].tolist() and drawn["median"] == f["paths"][:, 3].median(0).values.tolist()
