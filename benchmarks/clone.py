@@ -23,13 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from common import md_table, write_results
+from common import add_lane_args, md_table, train_for_seconds, write_results
 
 from memtrain.data.control import ENVS, collect, policy_returns
 from memtrain.lengths import pad
-from memtrain.presets import preset_config
 from memtrain.runs import load_run
-from memtrain.training.trainer import train
 
 METHODS = {  # label -> settings on top of the defaults (the token-sequence recipe; actions are tokens)
     "smt-dmt": ["method=smt-dmt"],
@@ -65,12 +63,8 @@ def run(a) -> None:
     for seed in a.seeds:
         for name in a.methods:
             out = Path(a.root) / a.env / f"{name}-s{seed}{a.tag}"
-            settings = [*METHODS[name], "task=npz",
-                        f"task_args={json.dumps({'path': str(data / 'train.npz'), 'val_path': str(data / 'val.npz')})}",
-                        f"train.seed={seed}", f"train.threads={a.threads}", "train.steps=100000000",
-                        f"train.time_limit={a.seconds}", f"train.eval_every={a.eval_every}", "train.eval_rows=all",
-                        f"out_dir={out}", *a.overrides]
-            s = train(preset_config(None, settings), progress=False)
+            files = {"path": str(data / "train.npz"), "val_path": str(data / "val.npz")}
+            s = train_for_seconds([*METHODS[name], "task=npz", f"task_args={json.dumps(files)}"], out, seed, a)
             print(f"{out.name}: {s['steps']} updates, {s['train_seconds']:.0f} s, held-out accuracy {s['rnn_acc']:.3f}",
                   flush=True)
 
@@ -107,13 +101,7 @@ def main() -> None:
     r.add_argument("--env", choices=sorted(ENVS), required=True)
     r.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=["smt-dmt", "bptt"])
     r.add_argument("--data", default=None, help="collect's folder (default: data/bc/ENV)")
-    r.add_argument("--seeds", nargs="+", type=int, default=[0])
-    r.add_argument("--seconds", type=float, default=300)
-    r.add_argument("--eval-every", type=int, default=100)
-    r.add_argument("--threads", type=int, default=1)
-    r.add_argument("--root", default="runs/bc")
-    r.add_argument("--tag", default="")
-    r.add_argument("overrides", nargs="*", help="key=value settings for every run")
+    add_lane_args(r, root="runs/bc", seconds=300)
     q = sub.add_parser("report")
     q.add_argument("--env", choices=sorted(ENVS), required=True)
     q.add_argument("--root", default="runs/bc")

@@ -216,3 +216,27 @@ def md_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def add_lane_args(parser, root: str, seconds: float) -> None:
+    """The arguments of a `run` that trains each method as one ordinary run for the same seconds
+    (`train_for_seconds`): --seeds, --seconds, --eval-every, --threads, --root, --tag and overrides."""
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--seconds", type=float, default=seconds)
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--root", default=root)
+    parser.add_argument("--tag", default="")
+    parser.add_argument("overrides", nargs="*", help="key=value settings for every run")
+
+
+def train_for_seconds(settings: list[str], out: Path, seed: int, a) -> dict:
+    """One ordinary run of `settings` in `out`, for a.seconds of training at a.threads threads (any
+    number of updates), evaluated every a.eval_every updates on every held-out row, a.overrides last;
+    -> its summary."""
+    from memtrain.presets import preset_config
+    from memtrain.training.trainer import train
+
+    return train(preset_config(None, [*settings, f"train.seed={seed}", f"train.threads={a.threads}", "train.steps=100000000",
+                                      f"train.time_limit={a.seconds}", f"train.eval_every={a.eval_every}",
+                                      "train.eval_rows=all", f"out_dir={out}", *a.overrides]), progress=False)

@@ -24,11 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import md_table, write_results
+from common import add_lane_args, md_table, train_for_seconds, write_results
 
 from memtrain.forecast import evaluate_forecasts, scores
-from memtrain.presets import preset_config
-from memtrain.training.trainer import train
 
 METHODS = {  # label -> settings on top of the defaults
     "smt-dmt": ["method=smt-dmt", "handover.teacher_acc=null", "handover.teacher_plateau=3"],
@@ -43,10 +41,7 @@ def run(a) -> None:
             out = Path(a.root) / f"{name}-s{seed}{a.tag}"
             task = {"path": a.data, "context": a.context, "horizon": a.horizon,
                     **{k: v for k, v in (("val_steps", a.val_steps), ("test_steps", a.test_steps)) if v is not None}}
-            settings = [*METHODS[name], "task=series", f"task_args={json.dumps(task)}", f"train.seed={seed}",
-                        f"train.threads={a.threads}", "train.steps=100000000", f"train.time_limit={a.seconds}",
-                        f"train.eval_every={a.eval_every}", "train.eval_rows=all", f"out_dir={out}", *a.overrides]
-            s = train(preset_config(None, settings), progress=False)
+            s = train_for_seconds([*METHODS[name], "task=series", f"task_args={json.dumps(task)}"], out, seed, a)
             print(f"{out.name}: {s['steps']} updates, {s['train_seconds']:.0f} s, held-out loss per value {s['rnn_ce']:.3f}",
                   flush=True)
 
@@ -89,13 +84,7 @@ def main() -> None:
     r.add_argument("--horizon", type=int, default=48)
     r.add_argument("--val-steps", type=int, default=None, help="task_args.val_steps (None: 4 x horizon)")
     r.add_argument("--test-steps", type=int, default=None, help="task_args.test_steps (None: 4 x horizon)")
-    r.add_argument("--seeds", nargs="+", type=int, default=[0])
-    r.add_argument("--seconds", type=float, default=1200)
-    r.add_argument("--eval-every", type=int, default=100)
-    r.add_argument("--threads", type=int, default=1)
-    r.add_argument("--root", default="runs/forecast")
-    r.add_argument("--tag", default="")
-    r.add_argument("overrides", nargs="*", help="key=value settings for every run")
+    add_lane_args(r, root="runs/forecast", seconds=1200)
     q = sub.add_parser("report")
     q.add_argument("--root", default="runs/forecast")
     q.add_argument("--samples", type=int, default=100)

@@ -181,11 +181,11 @@ class RolloutGrowth(nn.Module):
         k = longer if self.cfg.grow_on == "next" else n
         err = kstep_at(ev, k)
         stale = min(self.err.watch(err), self.acc.watch(rnn_score(ev)))
-        trained = (step - int(self.start)) * n
-        if stale < self.cfg.grow_patience or trained < self.cfg.grow_min_steps:
+        updates = step - int(self.start)
+        if stale < self.cfg.grow_patience or updates * n < self.cfg.grow_min_steps:
             return None
         return Decision("dmt_grow", f"no better kstep@{k} or RNN accuracy in {self.cfg.grow_patience} evaluations at "
-                        f"{n}-step rollouts ({step - int(self.start)} updates there): {longer}-step rollouts from here",
+                        f"{n}-step rollouts ({updates} updates there): {longer}-step rollouts from here",
                         {"rollout": longer, f"kstep@{k}": err, "rnn_acc": ev["rnn_acc"], "drift_end": ev["drift"][-1]})
 
     def apply(self, decision: Decision, step: int) -> None:

@@ -279,7 +279,8 @@ def upgrade(config: dict, version: int) -> dict:
     if isinstance(c.get("smt", {}), dict):
         for name in ADDED_IN_7 + ADDED_IN_8:
             c.setdefault("smt", {}).setdefault(name, getattr(SMTConfig(), name))
-    # 9 (0.10): train.schedule_steps and dmt.grow, at their defaults (the schedule spanned train.steps, rollouts were fixed)
+    # 9 (0.10): train.schedule_steps and dmt.grow, at their defaults (the schedule spanned train.steps, rollouts were fixed);
+    # 10 (0.11): dmt.grow_min_steps, 0
     for key, value in {**ADDED_IN_9, **ADDED_IN_10}.items():
         sec, _, name = key.partition(".")
         if isinstance(c.get(sec, {}), dict):
