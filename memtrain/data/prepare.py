@@ -9,7 +9,8 @@ A prepared folder holds `train.npy` and `val.npy` (uint8 tokens: text a 1-D byte
 `val_labels.npy` (int64), and `meta.json` (what was prepared, from what, with which options, sizes,
 vocabulary). A series set holds `values.npy` (N, T, C) float32 (NaN: missing, or past a series' end)
 and `lengths.npy` (N,) int64, and its meta.json names the columns, the targets, the covariates known in
-advance, the frequency and each series' seasonal periods; it is split by time when it is used. The folder is built in a temporary sibling and renamed into place, so a reader sees a
+advance (and the levels of the categorical ones), the frequency and each series' seasonal periods; it
+is split by time when it is used. The folder is built in a temporary sibling and renamed into place, so a reader sees a
 whole data set or none, and a failed prepare leaves nothing behind. An existing data set is never
 replaced silently: the same request is a no-op, a different one a ValueError naming the differences
 unless `overwrite=True`. `load_prepared(dir)` reads it back, refusing foreign or corrupt folders.
@@ -45,7 +46,7 @@ SERIES_SOURCE_OPTIONS = {
     "elecdemand": {"root": (str | None, None)},
     "statsmodels": {"root": (str | None, None)},
     "csv": {"path": (str, ""), "target": (str, ""), "covariates": (str, ""), "series": (str, ""), "freq": (str, ""),
-            "seasonality": (str, "")},
+            "seasonality": (str, ""), "categorical": (str, "")},
 }
 PIXEL_OPTIONS = {"size": (int | None, None), "levels": (int, 256), "limit": (int | None, None),
                  "root": (str | None, None), "base_url": (str | None, None), "classifier_steps": (int, 1500)}
@@ -159,7 +160,7 @@ def _series_arrays(source: str, opts: dict, progress: bool) -> tuple[dict, dict]
 
     s = load_series(source, **opts)
     extra = {"columns": s.columns, "targets": s.targets, "known": s.known, "freq": s.freq, "seasonality": s.seasonality,
-             "names": s.names}
+             "names": s.names, "categories": s.categories}
     if source == "csv":
         extra["source_sha256"] = hashlib.sha256(Path(opts["path"]).read_bytes()).hexdigest()
     return {"values": np.ascontiguousarray(s.values, dtype=np.float32), "lengths": s.lengths.astype(np.int64)}, extra

@@ -61,6 +61,7 @@ class SeriesSet:
     freq: str  # pandas-style frequency of the steps ("30min", "W", "M", "Y", or "" where unknown)
     seasonality: list[list[int]] = field(default_factory=list)  # per series: its seasonal periods
     names: list[str] = field(default_factory=list)  # per series
+    categories: dict[str, list[str]] = field(default_factory=dict)  # categorical covariates (some of `known`) -> their levels' names; their values are the codes 0 .. levels-1, read one-hot
 
     def check(self) -> None:
         """Refuse a set that does not hold together (shapes, names, columns, lengths)."""
@@ -87,6 +88,12 @@ class SeriesSet:
             if not np.isfinite(self.values[..., j][inside]).all():
                 raise ValueError(f"covariate {c!r} has NaN or infinite values; covariates known in advance must be "
                                  "given at every step (only targets may be missing)")
+        for c, names in self.categories.items():
+            if c not in self.known or not names:
+                raise ValueError(f"series set: categorical column {c!r} must be a covariate known in advance with at least one level")
+            codes = self.values[..., self.columns.index(c)][inside]
+            if (codes != np.round(codes)).any() or codes.min() < 0 or codes.max() >= len(names):
+                raise ValueError(f"series set: categorical column {c!r} holds values other than the codes 0..{len(names) - 1}")
 
 
 def load_series(source: str, **opts) -> SeriesSet:
@@ -201,10 +208,12 @@ def _number(text: str, f, i: int) -> float:
 # ---- your own CSV -------------------------------------------------------------------------------
 
 def _csv(path: str = "", target: str = "", covariates: str = "", series: str = "", freq: str = "",
-         seasonality: str = "") -> SeriesSet:
+         seasonality: str = "", categorical: str = "") -> SeriesSet:
     """`path` a CSV with a header; `target` its target column(s) (comma-separated), `covariates` the
-    columns known in advance, `series` a column naming each row's series (rows of a series in time
-    order; none: one series), `seasonality` the seasonal periods (comma-separated integers)."""
+    columns known in advance, `categorical` those of them that are categories (any text: a weekday, a
+    holiday's name, a store type; read one-hot, levels in sorted order), `series` a column naming each
+    row's series (rows of a series in time order; none: one series), `seasonality` the seasonal periods
+    (comma-separated integers)."""
     if not path:
         raise ValueError("series source 'csv' needs path= (a CSV file with a header)")
     f = Path(path)
@@ -212,6 +221,7 @@ def _csv(path: str = "", target: str = "", covariates: str = "", series: str = "
         raise ValueError(f"series source 'csv': path={path!r} does not exist")
     targets = [c for c in target.split(",") if c]
     known = [c for c in covariates.split(",") if c]
+    cats = [c for c in categorical.split(",") if c]
     if not targets:
         raise ValueError("series source 'csv' needs target= (the column or columns to forecast)")
     with open(f, newline="") as fh:
@@ -223,15 +233,26 @@ def _csv(path: str = "", target: str = "", covariates: str = "", series: str = "
         raise ValueError(f"series source 'csv': {path!r} has no column(s) {missing}; it has {header}")
     if not table:
         raise ValueError(f"series source 'csv': {path!r} has no rows")
+    if [c for c in cats if c not in known]:
+        raise ValueError(f"series source 'csv': categorical={categorical!r} names {[c for c in cats if c not in known]}, "
+                         f"which covariates={covariates!r} does not: a categorical column is a covariate known in advance")
+    levels = {c: sorted({r[c].strip() for r in table}) for c in cats}
+    for c, names in levels.items():
+        if "" in names:
+            raise ValueError(f"covariate {c!r} has NaN or infinite values (an empty category); covariates known in advance "
+                             "must be given at every step (only targets may be missing)")
+    code = {c: {name: k for k, name in enumerate(names)} for c, names in levels.items()}
     columns = targets + known
     groups: dict[str, list] = {}
     for i, r in enumerate(table):
-        groups.setdefault(r[series] if series else "series", []).append([_number(r[c], f, i) for c in columns])
+        groups.setdefault(r[series] if series else "series", []).append(
+            [code[c][r[c].strip()] if c in code else _number(r[c], f, i) for c in columns])
     periods = [int(p) for p in seasonality.split(",") if p] if seasonality else []
     if any(p < 1 for p in periods):
         raise ValueError(f"seasonality must be positive integers, got {seasonality!r}")
     values, lengths = pad([np.array(g, dtype=np.float64) for g in groups.values()], pad_value=np.nan)
-    return SeriesSet(values.astype(np.float32), lengths, columns, targets, known, freq, [periods] * len(groups), list(groups))
+    return SeriesSet(values.astype(np.float32), lengths, columns, targets, known, freq, [periods] * len(groups), list(groups),
+                     levels)
 
 
 # ---- the forecasting task -------------------------------------------------------------------------
@@ -247,7 +268,8 @@ class SeriesTask:
     it (training windows lie wholly before validation).
 
     Step t of a window reads x_t = [y_{t-1} / scale, 1 where y_{t-1} is missing, the covariates known in
-    advance at t, standardised on the training period] (F = 2G + covariates) and predicts y_t / scale
+    advance at t: real ones standardised on the training period, categorical ones one-hot] (F = 2G + K,
+    K = the real covariates + every categorical one's levels) and predicts y_t / scale
     (G targets; NaN where missing: unsupervised). `scale` is each window's mean absolute target over its
     context (never over the future it forecasts; 1 where that is 0 or all missing), as DeepAR scales;
     `last_scales` holds the scales of the last batch drawn. Batches are (x, y) of equal length."""
@@ -281,8 +303,10 @@ class SeriesTask:
         values, lengths = arrays["values"].astype(np.float64), arrays["lengths"].astype(np.int64)
         cols = meta["columns"]
         self._t = [cols.index(c) for c in meta["targets"]]
-        self._k = [cols.index(c) for c in meta["known"]]
-        self.G, self.K = len(self._t), len(self._k)
+        levels = meta.get("categories", {})  # (sets prepared before 0.12 have no categorical covariates)
+        self._k = [cols.index(c) for c in meta["known"] if c not in levels]  # real covariates
+        self._cat = [(cols.index(c), len(levels[c])) for c in meta["known"] if c in levels]  # categorical: (column, levels)
+        self.G, self.K = len(self._t), len(self._k) + sum(n for _, n in self._cat)
         self.features = 2 * self.G + self.K
         self.targets = self.G
         T = self.length
@@ -295,9 +319,9 @@ class SeriesTask:
         self._values, self._lengths = values, lengths
         train_end = lengths - self.val_steps - self.test_steps
         inside = np.arange(values.shape[1])[None, :] < train_end[:, None]
-        known = values[..., self._k][inside] if self.K else np.zeros((1, 0))
-        self._k_mean = known.mean(0) if self.K else np.zeros(0)
-        self._k_std = np.where(known.std(0) > 0, known.std(0), 1.0) if self.K else np.zeros(0)
+        known = values[..., self._k][inside] if self._k else np.zeros((1, 0))
+        self._k_mean = known.mean(0) if self._k else np.zeros(0)
+        self._k_std = np.where(known.std(0) > 0, known.std(0), 1.0) if self._k else np.zeros(0)
         # window ends (exclusive) per split: (series, end) pairs
         self._ends = {
             "train": [(i, e) for i in range(len(lengths)) for e in range(T, int(train_end[i]) + 1)],
@@ -319,6 +343,13 @@ class SeriesTask:
     def seasonality(self, series: int = 0) -> list[int]:
         return list(self.meta["seasonality"][series])
 
+    def covariates(self, rows: np.ndarray) -> np.ndarray:
+        """Steps of a series (..., C_all) -> their covariate features (..., K): the real covariates
+        standardised on the training period, then each categorical one one-hot."""
+        parts = [(rows[..., self._k] - self._k_mean) / self._k_std]
+        parts += [np.eye(n)[rows[..., j].astype(np.int64)] for j, n in self._cat]
+        return np.concatenate(parts, axis=-1)
+
     def windows(self, ends: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The windows ending (exclusive) at `ends` -> x (N, T, F), y (N, T, G) scaled, and the scales (N, G)."""
         T, C = self.length, self.context
@@ -335,8 +366,7 @@ class SeriesTask:
         first = np.where((before >= 0)[:, None], self._values[series, np.maximum(before, 0)][:, self._t], np.nan)
         lag = np.concatenate([(first / scale)[:, None, :], y[:, :-1]], axis=1)
         missing = np.isnan(lag).astype(np.float64)
-        known = (rows[..., self._k] - self._k_mean) / self._k_std
-        x = np.concatenate([np.nan_to_num(lag), missing, known], axis=-1)
+        x = np.concatenate([np.nan_to_num(lag), missing, self.covariates(rows)], axis=-1)
         return (torch.from_numpy(x).float(), torch.from_numpy(y).float(), torch.from_numpy(scale).float())
 
     def split_windows(self, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

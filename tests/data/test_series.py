@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from memtrain.data import series
 from memtrain.data.prepare import load_prepared, prepare
@@ -180,6 +181,41 @@ def test_series_splits_by_time(tmp_path):
         build_task("series", path=_prepared_csv(tmp_path / "o"), context=12, horizon=4, output="categorical")
     with pytest.raises(ValueError, match="must each hold at least one horizon"):
         build_task("series", path=_prepared_csv(tmp_path / "v"), context=12, horizon=4, val_steps=2)
+
+
+def test_categorical_covariates_are_read_one_hot_in_sorted_level_order(tmp_path):
+    from memtrain.data.tasks import build_task
+    rows = ["load,temp,day"] + [f"{10 + t},{20 + t % 3},{['mon', 'tue', 'wed'][t % 3]}" for t in range(40)]
+    f = tmp_path / "c.csv"
+    f.write_text("\n".join(rows) + "\n")
+    s = load_series("csv", path=str(f), target="load", covariates="temp,day", categorical="day")
+    assert s.categories == {"day": ["mon", "tue", "wed"]} and s.values[0, :4, 2].tolist() == [0, 1, 2, 0], "codes"
+    out = tmp_path / "prep"
+    meta = prepare("series", "csv", out, progress=False, path=str(f), target="load", covariates="temp,day", categorical="day")
+    assert meta["categories"] == {"day": ["mon", "tue", "wed"]} and load_prepared(out)[0] == meta
+    task = build_task("series", path=str(out), context=8, horizon=4, val_steps=4, test_steps=4)
+    assert task.K == 1 + 3 and task.features == 2 + 4, "one real covariate, three levels"
+    x, _, _ = task.windows([(0, 20)])  # steps 8..19
+    want = torch.eye(3)[torch.tensor([t % 3 for t in range(8, 20)])]
+    assert torch.equal(x[0, :, 3:], want), "the categories one-hot, after the real covariate"
+    t = torch.arange(8, 20, dtype=torch.float64) % 3 + 20
+    assert torch.allclose(x[0, :, 2].double(), (t - task._k_mean[0]) / task._k_std[0], atol=1e-6), "the real one standardised"
+    assert np.allclose(task.covariates(task._values[0, 8:20]), x[0, :, 2:].numpy(), atol=1e-6), "what the DeepAR peer reads"
+
+
+@pytest.mark.parametrize("opts, text, match", [
+    ({"covariates": "temp", "categorical": "day"}, "load,temp,day\n1,2,a\n", "which covariates='temp' does not"),
+    ({"covariates": "day", "categorical": "day"}, "load,day\n1,a\n2,\n", "covariate 'day' has NaN or infinite values"),
+])
+def test_bad_categorical_covariates_are_refused(tmp_path, opts, text, match):
+    f = tmp_path / "bad.csv"
+    f.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_series("csv", path=str(f), target="load", **opts)
+    bad = series.SeriesSet(np.array([[[1.0, 3.0]]], dtype=np.float32), np.array([1]), ["load", "day"], ["load"], ["day"], "",
+                           [[]], ["s"], {"day": ["a", "b"]})
+    with pytest.raises(ValueError, match="holds values other than the codes 0..1"):
+        bad.check()
 
 
 @pytest.mark.parametrize("method", ["smt-dmt", "bptt"])
