@@ -11,7 +11,9 @@ can run side by side).
     python benchmarks/clone.py report --env count-recall
 
 `collect` writes train.npz / val.npz (ragged-ready: right-padded x, y and lengths) and expert.json
-(the expert's mean return on the same episodes). `report` gives each policy's mean return over
+(the expert's mean return on the same episodes). `run` trains with task=control, so every evaluation
+also logs the policy's return on --curve-episodes seeded episodes (`memtrain plot runs/bc/ENV/*`
+draws the return curves). `report` gives each policy's mean return over
 --episodes seeded episodes (seeds from 10,000) and its ratio to the expert's there.
 """
 from __future__ import annotations
@@ -63,8 +65,8 @@ def run(a) -> None:
     for seed in a.seeds:
         for name in a.methods:
             out = Path(a.root) / a.env / f"{name}-s{seed}{a.tag}"
-            files = {"path": str(data / "train.npz"), "val_path": str(data / "val.npz")}
-            s = train_for_seconds([*METHODS[name], "task=npz", f"task_args={json.dumps(files)}"], out, seed, a)
+            args = {"env": a.env, "path": str(data / "train.npz"), "val_path": str(data / "val.npz"), "episodes": a.curve_episodes}
+            s = train_for_seconds([*METHODS[name], "task=control", f"task_args={json.dumps(args)}"], out, seed, a)
             print(f"{out.name}: {s['steps']} updates, {s['train_seconds']:.0f} s, held-out accuracy {s['rnn_acc']:.3f}",
                   flush=True)
 
@@ -101,6 +103,8 @@ def main() -> None:
     r.add_argument("--env", choices=sorted(ENVS), required=True)
     r.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=["smt-dmt", "bptt"])
     r.add_argument("--data", default=None, help="collect's folder (default: data/bc/ENV)")
+    r.add_argument("--curve-episodes", type=int, default=20,
+                   help="episodes the policy is run in the environment at every evaluation (the return curve; 0: none)")
     add_lane_args(r, root="runs/bc", seconds=300)
     q = sub.add_parser("report")
     q.add_argument("--env", choices=sorted(ENVS), required=True)

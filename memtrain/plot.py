@@ -1,6 +1,7 @@
 """`memtrain plot RUN [RUN ...]`: the curves a user looks at, read from each run's `metrics.jsonl`,
 in one PNG: the training loss, the held-out accuracy of the RNN alone and of the teacher, the drift
-at the last step and `dyn_rel` (the cell's one-step error over the teacher's step), each against
+at the last step and `dyn_rel` (the cell's one-step error over the teacher's step), and for
+behaviour cloning (task=control) the RNN policy's mean return in its environment, each against
 updates (left) and against training seconds (right). Decisions (handover, plateaus) are dotted
 vertical lines. Needs matplotlib (pip install 'memtrain[plot]').
 """
@@ -20,6 +21,7 @@ PANELS = [
     ("drift at the last step", [("drift_end", "-", "")], True),
     ("dyn_rel (one-step error / teacher's step)", [("dyn_rel", "-", "")], True),
 ]
+RETURN_PANEL = ("mean return in the environment", [("rnn_return", "-", "RNN policy")], False)  # drawn where a run has it
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -65,7 +67,7 @@ def curves(rows: list[dict]) -> dict:
     train = [r for r in rows if "loss" in r and "rnn_acc" not in r and "event" not in r and "skipped" not in r]
     for key in ("loss", "loss_dec"):
         add(key, [r for r in train if key in r], lambda r, k=key: r[k])
-    for key in ("rnn_acc", "teacher_acc", "dyn_rel"):
+    for key in ("rnn_acc", "teacher_acc", "dyn_rel", "rnn_return"):
         add(key, [r for r in evals if key in r], lambda r, k=key: r[k])
     add("drift_end", [r for r in evals if r.get("drift")], lambda r: r["drift"][-1])
     out["events"] = [(r["step"], seconds(r), r["event"]) for r in rows if "event" in r]
@@ -87,9 +89,10 @@ def figure(data: dict):
     """The figure of `plot_runs` for {run: curves}: one row per quantity, against updates (left) and
     training seconds (right), two columns; each row's legend outside it, right of the right panel."""
     plt = _pyplot()
-    fig, axes = plt.subplots(len(PANELS), 2, figsize=(11, 2.6 * len(PANELS)), squeeze=False)
+    panels = PANELS + ([RETURN_PANEL] if any("rnn_return" in c for c in data.values()) else [])
+    fig, axes = plt.subplots(len(panels), 2, figsize=(11, 2.6 * len(panels)), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for (title, series, log), row in zip(PANELS, axes):
+    for (title, series, log), row in zip(panels, axes):
         for col, ax in enumerate(row):
             for i, (run, c) in enumerate(data.items()):
                 colour = colours[i % len(colours)]

@@ -71,3 +71,17 @@ def test_null_measurements_are_left_out_of_the_curves():
     c = curves(rows)
     assert c["rnn_acc"] == ([5, 10], [1.0, 2.0], [0.2, 0.3])
     assert c["dyn_rel"] == ([10], [2.0], [0.5]) and c["drift_end"] == ([10], [2.0], [0.25]) and "loss" not in c
+
+
+def test_a_return_panel_is_drawn_only_for_runs_that_log_a_return(two_runs):
+    import matplotlib.pyplot as plt
+
+    rows = _rows(two_runs / "bptt")
+    with_return = [{**r, "rnn_return": 0.25 * i} if "rnn_acc" in r else r for i, r in enumerate(rows)]
+    c = curves(with_return)
+    evals = [r for r in with_return if "rnn_acc" in r]
+    assert c["rnn_return"][2] == [r["rnn_return"] for r in evals] and c["rnn_return"][0] == [r["step"] for r in evals]
+    fig = figure({"bc": c, "other": curves(rows)})
+    assert {ax.get_subplotspec().get_geometry()[:2] for ax in fig.axes} == {(5, 2)}
+    assert fig.axes[-1].get_title() == "mean return in the environment" and len(fig.axes[-1].lines) == 1
+    plt.close(fig)

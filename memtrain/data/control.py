@@ -5,7 +5,9 @@ An episode is a sequence of steps; step t reads x_t = [the observation (one-hot 
 the values for boxes), the previous action one-hot (zeros at t = 0)] and is labelled with the
 expert's action a_t (a token target). Episodes have different lengths, so demonstrations are saved
 as a ragged `.npz` (right-padded x, y and `lengths`, read by task=npz), and an RNN trained on them
-(any method) is run in the environment step by step from its empty memory, one memory per episode:
+(any method) is run in the environment step by step from its empty memory, one memory per episode.
+`task=control` (`ControlTask`) is task=npz on such demonstrations that also scores the RNN policy in
+its environment at every evaluation (`rnn_return`: the return curve that `memtrain plot` draws):
 
     repeat-previous          the suit of the card k = 4 steps back (popgym RepeatPreviousEasy); the
                              expert remembers it (the environment's own hand)
@@ -19,8 +21,13 @@ popgym normalises each environment's return to at most 1 per episode. Needs `pip
 """
 from __future__ import annotations
 
+import statistics
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+
+from .files import NpzTask
 
 ENVS = {
     "repeat-previous": ("popgym.envs.repeat_previous", "RepeatPreviousEasy"),
@@ -125,3 +132,34 @@ def policy_returns(cell, name: str, episodes: int, seed: int = 10_000, greedy: b
             totals[i] += float(r)
             prev[i], done[i] = actions[i], terminated or truncated
     return totals
+
+
+@dataclass
+class ControlTask(NpzTask):
+    """task=control: behaviour cloning on an environment's demonstrations (the train.npz / val.npz that
+    `benchmarks/clone.py collect` writes; task=npz's settings), and at every evaluation the RNN policy
+    run in the environment itself: `rnn_return`, its mean return over `episodes` seeded episodes
+    (seeds eval_seed, eval_seed + 1, ...: none of them a demonstration's by default), logged beside
+    the held-out accuracy. It counts as evaluation time, not training time."""
+    env: str | None = None  # one of ENVS
+    episodes: int = 20  # episodes per evaluation (0: none, the return is not measured)
+    eval_seed: int = 10_000
+
+    def __post_init__(self):
+        if self.env not in ENVS:
+            raise ValueError(f"task 'control' needs env= one of {sorted(ENVS)}, got {self.env!r}")
+        if self.episodes < 0:
+            raise ValueError(f"task 'control': episodes must be >= 0, got {self.episodes}")
+        super().__post_init__()
+        env = make_env(self.env)
+        width = obs_width(env) + n_actions(env)
+        if self.features != width or self.vocab < n_actions(env):
+            raise ValueError(f"task 'control': {self.path!r} holds {self.features or 'token'} features per step and "
+                             f"{self.vocab} action ids, but {self.env!r} steps read {width} features and take "
+                             f"{n_actions(env)} actions: demonstrations of another environment?")
+
+    def evaluate_policy(self, cell) -> dict:
+        """The RNN policy's mean return in the environment (its readout's argmax at every step)."""
+        if not self.episodes:
+            return {}
+        return {"rnn_return": statistics.fmean(policy_returns(cell, self.env, self.episodes, seed=self.eval_seed))}

@@ -6,6 +6,7 @@ import typing
 from dataclasses import fields
 
 from ..fields import coerce
+from .control import ControlTask
 from .files import NpzTask, PreparedTask, TokenFile
 from .series import SeriesTask
 from .synthetic import Copy, KeyValue, ModularICL, Parity, Retrieval, Stack
@@ -21,6 +22,7 @@ TASKS: dict[str, type] = {
     "npz": NpzTask,
     "prepared": PreparedTask,
     "series": SeriesTask,
+    "control": ControlTask,
 }
 
 

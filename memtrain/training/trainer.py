@@ -349,6 +349,9 @@ def evaluate_now(run: Run, bar: Progress | None = None) -> tuple[dict, dict]:
     method.eval()
     ev = evaluate(run.parts.cell, run.parts.teacher, run.x_eval, run.y_eval, chunk=run.tc.eval_batch, how=method.rollout,
                   lengths=run.lengths_eval)
+    policy = getattr(run.parts.task, "evaluate_policy", None)  # task=control: the RNN policy in its environment
+    if policy is not None:
+        ev.update(policy(run.parts.cell))
     method.train()
     row = {"step": run.state.step, "time": round(run.state.seconds, 2), **_no_drift(ev)}
     if "drift" in ev:
