@@ -512,7 +512,7 @@ def test_clone_benchmark_collects_seeded_demonstrations_and_scores_each_policy_i
     assert z["x"].shape == (6, 51, 8) and z["x"].dtype == np.float32 and z["lengths"].tolist() == [51] * 6
     assert z["y"].max() < 4, "the expert's actions are the suits"
     a = argparse.Namespace(env="repeat-previous", methods=["smt-dmt", "bptt"], data=str(tmp_path / "demos"), seeds=[0], seconds=1.0,
-                           eval_every=5, threads=1, root=str(tmp_path / "runs"), tag="",
+                           eval_every=5, threads=1, root=str(tmp_path / "runs"), tag="", curve_episodes=2,
                            overrides=["teacher.d_model=16", "teacher.mem_tokens=2", "teacher.n_heads=2", "train.batch_size=4",
                                       "smt.future=4"])
     clone.run(a)
@@ -522,3 +522,6 @@ def test_clone_benchmark_collects_seeded_demonstrations_and_scores_each_policy_i
     for run in data["runs"].values():
         assert len(run["returns"]) == 3 and all(-1.0 - 1e-9 <= r <= 1.0 + 1e-9 for r in run["returns"])
         assert run["ratio"] == pytest.approx(run["mean"]) and run["train_seconds"] == pytest.approx(1.0, abs=1.0)
+    for name in ("bptt-s0", "smt-dmt-s0"):  # task=control: a return at every evaluation, the return curve
+        rows = [json.loads(line) for line in (tmp_path / "runs" / "repeat-previous" / name / "metrics.jsonl").read_text().splitlines()]
+        assert all(-1.0 - 1e-9 <= r["rnn_return"] <= 1.0 + 1e-9 for r in rows if "rnn_acc" in r)
