@@ -23,7 +23,7 @@ PRESETS: dict[str, tuple[str, list[str]]] = {
     # (EXPERIMENTS.md 12-13): every memory is asked for far-away outputs (smt.far_samples) and the cell is
     # also regressed from its own 1..8-step states (smt.own_steps); 32 sampled transitions keep an update near
     # a second on a CPU core; lr 3e-3 decaying to 0 over SMT's 800 updates. Then DMT, handed over at update 800
-    # whatever the RNN alone does (the teacher solves the task by update 300-400), from the teacher's memories
+    # whatever the RNN alone does (seeds 0 and 1: the teacher had solved the task by update 300-400), from the teacher's memories
     # on 32-step rollouts at a constant 3e-4, kept there for at least 150,000 rollout steps (EXPERIMENTS.md
     # 17-18: duration, not rollout length, makes the cell follow; whole-sequence DMT wrecks it). 0.95 in
     # 1,101 and 1,208 s in seeds 0 and 1; seed 2's teacher had not solved the task when the rate reached 0.
