@@ -98,6 +98,11 @@ class Method(nn.Module):
         """Carry out a decision of `after_eval`; -> True when the run should end here."""
         return False
 
+    def schedule_step(self, step: int, warmup: int) -> int:
+        """The update at which the learning-rate schedule is read for update `step` (train.warmup
+        given); default: `step` itself (a method may hold the schedule until an event of its own)."""
+        return step
+
     def lr(self, scheduled: float, peak: float) -> float:
         """The learning rate of the next update, given the schedule's rate now and its peak (train.lr);
         default: the schedule's (a later phase may train more gently, or leave the schedule)."""

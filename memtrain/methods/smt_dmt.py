@@ -42,6 +42,7 @@ from .smt import SMT, SMTConfig
 
 SMT_PHASE, DMT_PHASE, DONE = 0, 1, 2
 DMT_SCHEDULES = ("follow", "constant")
+COUNT_FROM = ("start", "solved")
 PLATEAUS = ("teacher_ce", "dyn_rel", "rnn_acc", "drift")  # the watched quantities, in the order of older checkpoints' slots
 
 
@@ -56,6 +57,7 @@ class HandoverConfig:
     smt_patience: int = 3  # and SMT has not improved the RNN alone (accuracy +0.005, final drift -2%) for this many evaluations since the teacher solved the task
     solved_coef_dyn_teacher: float | None = None  # once the teacher has solved the task, smt.coef_dyn_teacher becomes this: a stronger pull towards memories the cell can follow, after (not before) the teacher has found what to remember (None: unchanged)
     smt_steps: int | None = None  # ...or hand over after this many SMT updates once the teacher has solved the task, whatever the RNN alone does (None: only on the criteria above)
+    count_from: str = "start"  # where smt_steps and SMT's cosine schedule (train.schedule_steps) count from: "start": the run's first update | "solved": the evaluation at which the teacher solved the task, the rate held at its peak until then (a teacher that learns late still gets the whole schedule)
     dmt_lr_scale: float = 0.1  # DMT's learning rate as a fraction of the schedule's (train.lr)
     dmt_schedule: str = "follow"  # DMT's rate is dmt_lr_scale x: "follow": the schedule's rate at each update | "constant": its peak, train.lr
     dmt_target: float | None = None  # also end the run once the RNN alone reaches this held-out accuracy (None: only on the plateau)
@@ -80,6 +82,8 @@ class HandoverConfig:
             raise ValueError(f"handover.dmt_target must be in (0, 1] or null, got {self.dmt_target}")
         if not 0 < self.dmt_lr_scale <= 1:
             raise ValueError(f"handover.dmt_lr_scale must be in (0, 1], got {self.dmt_lr_scale}")
+        if self.count_from not in COUNT_FROM:
+            raise ValueError(f"handover.count_from must be one of {COUNT_FROM}, got {self.count_from!r}")
         if self.dmt_schedule not in DMT_SCHEDULES:
             raise ValueError(f"handover.dmt_schedule must be one of {DMT_SCHEDULES}, got {self.dmt_schedule!r}")
 
@@ -146,6 +150,23 @@ class SMTDMT(Method):
 
     def sequential_steps(self, T: int) -> int:
         return 1 if int(self.phase) == SMT_PHASE else self.growth.steps(T)
+
+    def schedule_step(self, step: int, warmup: int) -> int:
+        """With handover.count_from=solved the schedule waits at its peak (after warmup) until the
+        teacher has solved the task at update s, then runs from there: update s + k reads the schedule
+        at warmup + k. (On other processes `solved_step` arrives with the next forward's buffers; the
+        update in between reads the peak either way: k = 0.)"""
+        solved = int(self.solved_step)
+        if self.ho.count_from == "start":
+            return step
+        if solved < 0:
+            return min(step, warmup)
+        return min(step, warmup) + max(0, step - max(solved, warmup))
+
+    def _smt_steps_done(self, step: int) -> bool:
+        """SMT has had handover.smt_steps updates, counted as handover.count_from says."""
+        start = int(self.solved_step) if self.ho.count_from == "solved" else 0
+        return self.ho.smt_steps is not None and step >= start + self.ho.smt_steps
 
     def lr(self, scheduled: float, peak: float) -> float:
         if int(self.phase) == SMT_PHASE:
@@ -218,10 +239,11 @@ class SMTDMT(Method):
         dyn = ev["dyn_rel"]  # None where the teacher's memories do not move (evaluate.py)
         low = dyn is not None and dyn <= ho.followable
         stale_rnn = self._rnn_stale(ev)
-        if ho.smt_steps is not None and step >= ho.smt_steps:
+        if self._smt_steps_done(step):
+            since = " since then" if ho.count_from == "solved" else ""
             return Decision("handover",
                             (f"teacher solved the task at step {int(self.solved_step)} ({_said(ev, 'teacher')}); SMT "
-                             f"has had handover.smt_steps={ho.smt_steps} updates (RNN alone {_said(ev, 'rnn')})"),
+                             f"has had handover.smt_steps={ho.smt_steps} updates{since} (RNN alone {_said(ev, 'rnn')})"),
                             {"teacher_acc": ev["teacher_acc"], "dyn_rel": dyn, "rnn_acc": ev["rnn_acc"]})
         if stale_rnn < ho.smt_patience or not (low or stale_dyn >= ho.followable_plateau):
             return None

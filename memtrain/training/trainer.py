@@ -420,13 +420,13 @@ def _skipped(run: Run, agreed: distributed.Agreement, gnorm: float, bar: Progres
 
 
 def _loop(run: Run, progress: bool) -> dict:
-    tc, st, name = run.tc, run.state, run.parts.cfg.method
+    tc, st, name, method = run.tc, run.state, run.parts.cfg.method, run.parts.method
     bar = Progress(tc, st, progress and run.world.main, name)
     shown = {}
     try:
         with StopSignals() as stop:
             while st.step < tc.steps and not (tc.time_limit is not None and st.seconds >= tc.time_limit):
-                lr = run.parts.method.lr(lr_at(st.step, tc), tc.lr)
+                lr = method.lr(lr_at(method.schedule_step(st.step, tc.warmup), tc), tc.lr)
                 for group in run.opt.param_groups:
                     group["lr"] = lr
                 agreed, gnorm = one_update(run, stop)

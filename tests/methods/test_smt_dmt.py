@@ -466,3 +466,50 @@ def test_real_valued_evaluations_hand_over_on_the_teachers_plateau_and_watch_the
     assert m.after_eval(ev(1.0, 1.498), 4) is None, "stale once (0.002 is no gain)"
     d = m.after_eval(ev(1.0, 1.497), 5)
     assert d.event == "handover" and "loss 1.000" in d.why and "RNN alone loss 1.497" in d.why
+
+
+def test_count_from_solved_holds_the_schedule_and_counts_smt_steps_from_the_solving_evaluation():
+    start = _method(teacher_acc=0.9, followable=1e-6, followable_plateau=100, smt_patience=100, smt_steps=50)
+    assert [start.schedule_step(s, 5) for s in (0, 3, 40)] == [0, 3, 40], "count_from=start: the run's own update"
+    m = _method(teacher_acc=0.9, followable=1e-6, followable_plateau=100, smt_patience=100, smt_steps=50, count_from="solved")
+    assert [m.schedule_step(s, 5) for s in (0, 3, 5, 40)] == [0, 3, 5, 5], "warmup as usual, then held at the peak"
+    assert m.after_eval(_ev(teacher_acc=0.5), 60) is None
+    assert m.after_eval(_ev(teacher_acc=0.95), 70) is None, "solved at 70: SMT's 50 updates start here"
+    assert [m.schedule_step(s, 5) for s in (70, 71, 100)] == [5, 6, 35]
+    assert m.after_eval(_ev(teacher_acc=0.95), 110) is None and start.after_eval(_ev(teacher_acc=0.95), 70).event == "handover"
+    d = m.after_eval(_ev(teacher_acc=0.95, rnn_acc=0.2), 120)
+    assert d.event == "handover" and "smt_steps=50 updates since then" in d.why
+    early = _method(teacher_acc=0.9, smt_steps=50, count_from="solved")
+    early.after_eval(_ev(teacher_acc=0.95), 2)  # solved within warmup: the schedule runs as if counted from the start
+    assert [early.schedule_step(s, 5) for s in (1, 2, 5, 9)] == [1, 2, 5, 9]
+    with pytest.raises(ValueError, match="handover.count_from must be one of"):
+        HandoverConfig(count_from="handover").validate()
+
+
+def test_a_run_counting_from_the_solved_teacher_reads_the_schedule_from_there_and_resumes_exactly(tmp_path):
+    """The logged rate: warmup, the peak until the teacher solves the task (its plateau here), then the
+    cosine over train.schedule_steps - warmup updates (a plain reference), handed over smt_steps later."""
+    import math
+    over = ["train.steps=20", "handover.teacher_acc=null", "handover.teacher_plateau=2", "handover.followable=1e-9",
+            "handover.followable_plateau=100", "handover.smt_patience=100", "train.schedule=cosine", "train.warmup=2",
+            "train.lr=1e-3", "train.schedule_steps=8", "handover.smt_steps=6", "handover.count_from=solved",
+            "handover.dmt_patience=null", "train.ckpt_every=1", "train.keep_last=50"]
+
+    def trace(d):
+        return [(r["step"], r.get("loss"), r.get("event"), r.get("lr"))
+                for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "loss" in r or r.get("event") == "handover"]
+    train(_cfg(tmp_path / "straight", *over), progress=False)
+    t = trace(tmp_path / "straight")
+    handover = next(e for e in t if e[2] == "handover")
+    solved = int(json.loads(next(line for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
+                                 if '"handover"' in line))["why"].split("at step ")[1].split(" ")[0])
+    assert solved >= 4 and handover[0] == solved + 6, "solved at an evaluation past warmup; handed over 6 updates later"
+    for step, _, event, lr in t:
+        if event is None and step < handover[0]:
+            want = (1e-3 * (step + 1) / 2 if step < 2 else 1e-3 if step <= solved
+                    else 1e-3 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - solved) / 6))))
+            assert lr == pytest.approx(want, abs=1e-12), step
+    split = tmp_path / "split"  # stopped just after the teacher solved the task: the count is restored
+    train(_cfg(split, *[o if not o.startswith("train.steps=") else f"train.steps={solved + 1}" for o in over]), progress=False)
+    train(_cfg(split, *over), progress=False)
+    assert trace(tmp_path / "straight") == trace(split)

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from memtrain.cli import main
 from memtrain.data.tasks import sample_eval
+from memtrain.fields import from_dict, to_dict
 from memtrain.methods.evaluate import evaluate
 from memtrain.presets import preset_config
 from memtrain.runs import evaluate_run, load_run
@@ -164,3 +165,13 @@ def test_a_format_9_run_reads_the_minimum_stage_as_off():
     saved = {"dmt": {"rollout": 32, "grow": 2, "grow_patience": 5, "grow_on": "next"}, "rollout": {}}
     got = upgrade(saved, 9)
     assert got["dmt"] == {**saved["dmt"], "grow_min_steps": 0} and "grow_min_steps" not in saved["dmt"]
+
+
+def test_a_format_10_run_counts_smt_steps_from_its_first_update():
+    """0.11-0.12 (format 10) counted handover.smt_steps and the schedule from update 0: a file without
+    handover.count_from reads as "start"."""
+    saved = json.loads(json.dumps(to_dict(RunConfig())))
+    del saved["handover"]["count_from"]
+    assert from_dict(RunConfig, upgrade(saved, 10)).handover.count_from == "start"
+    saved["handover"]["count_from"] = "solved"
+    assert from_dict(RunConfig, upgrade(saved, 11)).handover.count_from == "solved"
