@@ -5,11 +5,13 @@ directly (cross-entropy on each step's action from the memory after that step, n
 of seconds, with the demonstrations' inputs as they are ("plain") or with each step's input extended by
 the running sums of the dealt and queried colours so far, divided by 26 ("sums": a count given to the
 encoder, which softmax attention, an average, does not form by itself). Held-out accuracy every 200
-updates.
+updates. `per-step RUN` reads a trained SMT run's teacher instead: its accuracy on 200 held-out
+episodes in blocks of 8 steps (the count grows along the episode).
 
     python benchmarks/clone.py collect --env count-recall --episodes 1000 --out data/bc/count-recall
     python experiments/teacher_counting.py plain 240
     python experiments/teacher_counting.py sums 240
+    python experiments/teacher_counting.py per-step runs/bc900/count-recall/smt-dmt-s0-lr1e-3
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from memtrain.models.teacher import Teacher, TeacherConfig
+from memtrain.runs import load_run
 
 VARIANTS = ("plain", "sums")
 DATA = "data/bc/count-recall"
@@ -62,5 +65,22 @@ def main(variant: str, seconds: float, seed: int = 0) -> None:
                   flush=True)
 
 
+def per_step(run: str, episodes: int = 200, block: int = 8) -> None:
+    teacher = load_run(run)[2]
+    if teacher is None:
+        raise SystemExit(f"{run} has no teacher")
+    x, y = load(f"{DATA}/val.npz", "plain")
+    x, y = x[:episodes], y[:episodes]
+    with torch.no_grad():
+        M = teacher.encode(x)[:, 1:]
+        pred = teacher.readout(M.reshape(-1, M.shape[-1])).argmax(-1).view(y.shape)
+    for lo in range(0, y.shape[1], block):
+        hit = (pred[:, lo:lo + block] == y[:, lo:lo + block]).float().mean().item()
+        print(f"steps {lo}-{min(lo + block, y.shape[1]) - 1}: accuracy {hit:.3f}, mean count {y[:, lo:lo + block].float().mean().item():.1f}")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], float(sys.argv[2]))
+    if sys.argv[1] == "per-step":
+        per_step(sys.argv[2])
+    else:
+        main(sys.argv[1], float(sys.argv[2]))

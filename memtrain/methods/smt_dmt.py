@@ -156,9 +156,9 @@ class SMTDMT(Method):
         teacher has solved the task at update s, then runs from there: update s + k reads the schedule
         at warmup + k. (On other processes `solved_step` arrives with the next forward's buffers; the
         update in between reads the peak either way: k = 0.)"""
-        solved = int(self.solved_step)
         if self.ho.count_from == "start":
             return step
+        solved = int(self.solved_step)
         if solved < 0:
             return min(step, warmup)
         return min(step, warmup) + max(0, step - max(solved, warmup))
