@@ -4,13 +4,15 @@ the queried colour have been dealt so far. SMT's teacher stayed at 0.26-0.28 acc
 directly (cross-entropy on each step's action from the memory after that step, no SMT), for a fixed number
 of seconds, with the demonstrations' inputs as they are ("plain") or with each step's input extended by
 the running sums of the dealt and queried colours so far, divided by 26 ("sums": a count given to the
-encoder, which softmax attention, an average, does not form by itself). Held-out accuracy every 200
+encoder, which softmax attention, an average, does not form by itself), or with the plain inputs and
+the teacher's own option, `teacher.running_sums=26` ("option", 0.14). Held-out accuracy every 200
 updates. `per-step RUN` reads a trained SMT run's teacher instead: its accuracy on 200 held-out
 episodes in blocks of 8 steps (the count grows along the episode).
 
     python benchmarks/clone.py collect --env count-recall --episodes 1000 --out data/bc/count-recall
     python experiments/teacher_counting.py plain 240
     python experiments/teacher_counting.py sums 240
+    python experiments/teacher_counting.py option 240
     python experiments/teacher_counting.py per-step runs/bc900/count-recall/smt-dmt-s0-lr1e-3
 """
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 from memtrain.models.teacher import Teacher, TeacherConfig
 from memtrain.runs import load_run
 
-VARIANTS = ("plain", "sums")
+VARIANTS = ("plain", "sums", "option")  # option: plain inputs, the teacher's own teacher.running_sums=26
 DATA = "data/bc/count-recall"
 OBS = 4  # the observation's one-hots: dealt colour (2), queried colour (2); then the previous action (27)
 ACTIONS = 27
@@ -34,7 +36,7 @@ ACTIONS = 27
 def load(path: str, variant: str) -> tuple[torch.Tensor, torch.Tensor]:
     d = np.load(path)
     x, y = torch.tensor(d["x"]), torch.tensor(d["y"]).long()
-    if variant == "sums":
+    if variant == "sums":  # (the observation's one-hots only)
         x = torch.cat([x, x[:, :, :OBS].cumsum(1) / 26.0], dim=-1)
     return x, y
 
@@ -46,7 +48,7 @@ def main(variant: str, seconds: float, seed: int = 0) -> None:
     torch.manual_seed(seed)
     x, y = load(f"{DATA}/train.npz", variant)
     xv, yv = load(f"{DATA}/val.npz", variant)
-    teacher = Teacher(TeacherConfig(vocab_size=ACTIONS, features=x.shape[-1]))
+    teacher = Teacher(TeacherConfig(vocab_size=ACTIONS, features=x.shape[-1], running_sums=26.0 if variant == "option" else None))
     opt = torch.optim.AdamW(teacher.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.01)
     t0, step = time.perf_counter(), 0
     while time.perf_counter() - t0 < seconds:

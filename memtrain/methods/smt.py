@@ -86,7 +86,7 @@ class SMTConfig:
 def future_targets(x: torch.Tensor, y: torch.Tensor, pos: torch.Tensor, Tf: int):
     """For memories at positions pos (B, P): future inputs x_s..x_{s+Tf-2} (B, P, Tf-1[, F]) and targets
     y_{s-1}..y_{s+Tf-2} (B, P, Tf[, G]), unsupervised past the end of the sequence (inputs there are 0)."""
-    B = x.shape[0]
+    B, P = pos.shape
     tail = x.shape[2:]
     x_pad = F.pad(x, (0, 0) * len(tail) + (0, Tf), value=0)  # (B, T+Tf[, F])
     y1 = shift_targets(y)  # (B, 1+T[, G]): y1[s] = y_{s-1}
@@ -94,8 +94,8 @@ def future_targets(x: torch.Tensor, y: torch.Tensor, pos: torch.Tensor, Tf: int)
     y_pad = torch.cat([y1, y1.new_full((B, Tf, *y.shape[2:]), fill)], dim=1)  # (B, 1+T+Tf[, G])
     off = torch.arange(Tf, device=x.device)
     idx = pos[..., None] + off  # (B, P, Tf)
-    x_fut = take(x_pad, idx[..., : Tf - 1].reshape(B, -1)).view(B, -1, Tf - 1, *tail)
-    y_fut = take(y_pad, idx.reshape(B, -1)).view(B, -1, Tf, *y.shape[2:])
+    x_fut = take(x_pad, idx[..., : Tf - 1].reshape(B, -1)).view(B, P, Tf - 1, *tail)  # (explicit sizes: Tf=1 leaves none)
+    y_fut = take(y_pad, idx.reshape(B, -1)).view(B, P, Tf, *y.shape[2:])
     return x_fut, y_fut
 
 
@@ -282,7 +282,8 @@ def decoder_loss(teacher: Teacher, x, y, dec_pos, m_dec, cfg: SMTConfig):
     next Tf outputs -> (loss weighted by gamma^k, the first output's loss: what the RNN's readout sees)."""
     Tf, Z = cfg.future, m_dec.shape[-1]
     x_fut, y_fut = future_targets(x, y, dec_pos, Tf)  # (B, P, Tf-1[, F]), (B, P, Tf[, G])
-    raw = teacher.decode(m_dec.reshape(-1, Z), x_fut.reshape(-1, Tf - 1, *x.shape[2:]))  # (B*P, Tf, output.dim)
+    N = m_dec.shape[0] * m_dec.shape[1]
+    raw = teacher.decode(m_dec.reshape(N, Z), x_fut.reshape(N, Tf - 1, *x.shape[2:]))  # (B*P, Tf, output.dim)
     w = cfg.gamma ** torch.arange(Tf, device=x.device, dtype=raw.dtype)
     y_fut = y_fut.reshape(-1, Tf, *y.shape[2:])
     out = teacher.output

@@ -56,6 +56,7 @@ class TeacherConfig:
     encoder: str = "causal"  # "causal" (one pass) | "window" (per-window bidirectional, as the authors)
     window: int | None = None  # Tc; None = the whole prefix (needed for "window")
     token_shift: bool = True  # each encoder token also embeds the previous input (a "smeared key": retrieval ~2x sooner)
+    running_sums: float | None = None  # each encoder token also embeds the sum of the inputs so far (token ids as one-hots) divided by this, about the largest count expected, and each decoder input the sum of the future inputs up to it: a count, which attention (an average) does not form; None: off
 
     @property
     def mem_size(self) -> int:
@@ -78,6 +79,10 @@ class TeacherConfig:
                 raise ValueError(f"teacher.{name} must be >= 1, got {getattr(self, name)}")
         if self.window is not None and self.window < 1:
             raise ValueError(f"teacher.window must be >= 1 or None, got {self.window}")
+        if self.running_sums is not None and not self.running_sums > 0:
+            raise ValueError(f"teacher.running_sums must be > 0 (the divisor of the sums) or null (off), got {self.running_sums}")
+        if self.running_sums is not None and self.window is not None:
+            raise ValueError("teacher.running_sums sums the whole past, which teacher.window would not bound: use one or the other")
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
             raise ValueError(f"teacher.d_model={self.d_model} must split into teacher.n_heads={self.n_heads} heads of even width")
 
@@ -156,6 +161,10 @@ class Teacher(nn.Module):
         self.prev_embed = None
         if cfg.token_shift:
             self.prev_embed = nn.Embedding(cfg.vocab_size + 1, D) if cfg.features is None else FeatureEmbedding(cfg.features, D)
+        # running sums of the inputs (a count per token id, or per feature), embedded without a bias
+        self.sum_embed = None
+        if cfg.running_sums is not None:
+            self.sum_embed = nn.Linear(cfg.vocab_size if cfg.features is None else cfg.features, D, bias=False)
         self.registers = nn.Parameter(torch.zeros(K, D))
         self.blocks = nn.ModuleList(Block(D, cfg.n_heads) for _ in range(cfg.encoder_depth))
         self.output = make_output(cfg.output, cfg.vocab_size, cfg.targets)  # how the decoder's outputs are read
@@ -164,8 +173,16 @@ class Teacher(nn.Module):
         nn.init.normal_(self.registers, 0.0, 1.0)
 
     # ---- encoder --------------------------------------------------------------------------
+    def running_sums(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, V or F): at step t the sum of x_0..x_t (token ids as one-hots, a NaN feature as 0),
+        divided by `running_sums`."""
+        v = (F.one_hot(x, self.cfg.vocab_size).to(self.registers.dtype) if self.cfg.features is None
+             else torch.nan_to_num(x, nan=0.0))
+        return v.cumsum(1) / self.cfg.running_sums
+
     def embed_inputs(self, x: torch.Tensor, lo: int = 0) -> torch.Tensor:
-        """Input embeddings for x[:, lo:] (B, T-lo, D); with token_shift, plus the previous input's."""
+        """Input embeddings for x[:, lo:] (B, T-lo, D); with token_shift, plus the previous input's; with
+        running_sums, plus the embedded sums of the inputs up to each step."""
         h = self.embed(x[:, lo:])
         if self.prev_embed is not None:
             if self.cfg.features is None:
@@ -173,6 +190,8 @@ class Teacher(nn.Module):
             else:
                 prev = F.pad(x, (0, 0, 1, 0))[:, lo:-1]  # x_{t-1}, zeros before x_0
             h = h + self.prev_embed(prev)
+        if self.sum_embed is not None:
+            h = h + self.sum_embed(self.running_sums(x)[:, lo:])
         return h
 
     def encode(self, x: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
@@ -252,9 +271,14 @@ class Teacher(nn.Module):
     # ---- decoder --------------------------------------------------------------------------
     def decode(self, m: torch.Tensor, x_fut: torch.Tensor) -> torch.Tensor:
         """m (N, Z), x_fut (N, Tf-1) (or (N, Tf-1, F)) the next inputs -> the outputs' raw predictions (N, Tf,
-        output.dim) for the next Tf steps (logits for token ids)."""
+        output.dim) for the next Tf steps (logits for token ids). With running_sums, each future input also
+        embeds the running sum of the future inputs up to it (the memory holds the past's count, the
+        decoder adds the future's: an answer that is a count is then in reach of every future step)."""
         N, K = m.shape[0], self.cfg.mem_tokens
-        h = torch.cat([m.view(N, K, -1), self.embed(x_fut)], dim=1)  # (N, K+Tf-1, D)
+        e = self.embed(x_fut)
+        if self.sum_embed is not None:
+            e = e + self.sum_embed(self.running_sums(x_fut))
+        h = torch.cat([m.view(N, K, -1), e], dim=1)  # (N, K+Tf-1, D)
         return self.decoder(h)[:, K - 1:]
 
     def readout(self, m: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ import torch
 from ..io import atomic_write, fsync_dir, json_bytes, read_json, sha256
 
 FORMAT = "memtrain-run"
-VERSION = 11  # 11: handover.count_from (older runs: "start", how they counted); 10: dmt.grow_min_steps and the update at which DMT's rollout length began (older runs: 0); 9: train.schedule_steps, handover.smt_steps / dmt_schedule, dmt.grow / grow_patience and DMT's rollout length and its trackers (older runs: off); 8: smt.coef_dyn_teacher, handover.solved_coef_dyn_teacher (older runs: off); 7: smt's error-correcting settings (older runs: off, their defaults); 6: the rollout section (older runs: its defaults, stepped); 5: handover.teacher_min_gain (older runs: its default); 4: smt.dyn_samples is smt.transitions; 3: settings renamed in memtrain 0.2 (config.upgrade translates 1-3); 2: SHA-256 of every tensor file
+VERSION = 12  # 12: teacher.running_sums (older runs: off); 11: handover.count_from (older runs: "start", how they counted); 10: dmt.grow_min_steps and the update at which DMT's rollout length began (older runs: 0); 9: train.schedule_steps, handover.smt_steps / dmt_schedule, dmt.grow / grow_patience and DMT's rollout length and its trackers (older runs: off); 8: smt.coef_dyn_teacher, handover.solved_coef_dyn_teacher (older runs: off); 7: smt's error-correcting settings (older runs: off, their defaults); 6: the rollout section (older runs: its defaults, stepped); 5: handover.teacher_min_gain (older runs: its default); 4: smt.dyn_samples is smt.transitions; 3: settings renamed in memtrain 0.2 (config.upgrade translates 1-3); 2: SHA-256 of every tensor file
 READS = tuple(range(1, VERSION + 1))
 WEIGHTS, META, STATE = "model.safetensors", "run.json", "train_state.safetensors"
 CHECKPOINTS = "checkpoints"

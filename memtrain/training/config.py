@@ -39,6 +39,7 @@ ADDED_IN_9 = {"train.schedule_steps": None, "dmt.grow": None, "dmt.grow_patience
               "teacher.output": "categorical", "teacher.targets": None, "cell.features": None, "cell.output": "categorical",
               "cell.targets": None}
 ADDED_IN_10 = {"dmt.grow_min_steps": 0}  # format 10 (0.11): off, how every older run grew
+ADDED_IN_12 = {"teacher.running_sums": None}  # format 12 (0.14): off (11, 0.13: handover.count_from, filled in with handover below)
 
 
 def control(default):
@@ -244,10 +245,10 @@ def run_control_keys(cls=RunConfig, prefix: str = "") -> set[str]:
 
 
 def upgrade(config: dict, version: int) -> dict:
-    """A configuration saved by format `version` (1, 2: memtrain 0.1; 3: 0.2; 4: 0.3; 5: 0.4; 6: 0.5; 7: 0.6-0.7; 8: 0.8-0.9; 9: 0.10; 10: 0.11-0.12) in today's names and
+    """A configuration saved by format `version` (1, 2: memtrain 0.1; 3: 0.2; 4: 0.3; 5: 0.4; 6: 0.5; 7: 0.6-0.7; 8: 0.8-0.9; 9: 0.10; 10: 0.11-0.12; 11: 0.13) in today's names and
     values: renamed settings, sections added since (at their defaults, which is how the run behaved);
     before 3 also None instead of 0 or "" for "not set" and `residual` only on cells that have one."""
-    if version >= 10:  # 11 (0.13) added handover.count_from: a file without it takes the default, "start"
+    if version >= 12:
         return config
     if not isinstance(config, dict):
         return config  # from_dict refuses it with the reason
@@ -258,7 +259,7 @@ def upgrade(config: dict, version: int) -> dict:
         if o in section(sec):
             c[sec][n] = c[sec].pop(o)
     # format 4 (0.3): the smt-dmt method's section; 5 (0.4): handover.teacher_min_gain; 8 (0.8): handover.solved_coef_dyn_teacher;
-    # 9 (0.10): handover.smt_steps, dmt_schedule; at their defaults
+    # 9 (0.10): handover.smt_steps, dmt_schedule; 11 (0.13): handover.count_from ("start"); at their defaults
     # (an smt-dmt run of 0.3 resumed today no longer counts a teacher that has learned nothing as solved)
     handover = c.setdefault("handover", {}) if isinstance(c.get("handover", {}), dict) else {}
     for key, value in to_dict(HandoverConfig()).items():
@@ -280,8 +281,9 @@ def upgrade(config: dict, version: int) -> dict:
         for name in ADDED_IN_7 + ADDED_IN_8:
             c.setdefault("smt", {}).setdefault(name, getattr(SMTConfig(), name))
     # 9 (0.10): train.schedule_steps and dmt.grow, at their defaults (the schedule spanned train.steps, rollouts were fixed);
-    # 10 (0.11): dmt.grow_min_steps, 0
-    for key, value in {**ADDED_IN_9, **ADDED_IN_10}.items():
+    # 10 (0.11): dmt.grow_min_steps, 0; 12 (0.14): teacher.running_sums, off (every step above only fills in
+    # what a file lacks, so a format 10 or 11 file passes through it unchanged but for what came after it)
+    for key, value in {**ADDED_IN_9, **ADDED_IN_10, **ADDED_IN_12}.items():
         sec, _, name = key.partition(".")
         if isinstance(c.get(sec, {}), dict):
             c.setdefault(sec, {}).setdefault(name, value)

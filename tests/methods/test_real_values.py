@@ -106,3 +106,16 @@ def test_rows_of_different_lengths_with_real_values_are_each_row_alone():
     torch.testing.assert_close(loss, sum(c * e for c, e in zip(counts, each)) / sum(counts), rtol=1e-12, atol=0)
     ev = evaluate(cell, teacher, x, y, lengths=L)
     assert math.isfinite(ev["rnn_ce"]) and math.isfinite(ev["drift"][-1])
+
+
+def test_smt_with_a_one_step_future_on_real_values_is_the_readouts_loss():
+    """smt.future=1 (0.13 crashed here: no future input to gather): the decoder loss is the first output's,
+    the readout's, at the decoded memories, and the teacher's running sums get a gradient."""
+    torch.manual_seed(0)
+    teacher = tiny_teacher(vocab_size=None, features=FEAT, output="gaussian", targets=G, running_sums=4.0).double()
+    cell = _nets()[1]
+    x, y = _data()
+    loss, met = SMT(teacher, cell, SMTConfig(future=1, dec_samples=None, transitions=4)).double().loss(x, y, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and float(met["loss_dec"]) == pytest.approx(float(met["loss_dec0"]), rel=1e-12)
+    loss.backward()
+    assert float(teacher.sum_embed.weight.grad.abs().sum()) > 0

@@ -20,7 +20,7 @@ def loop_smt_loss(teacher, cell, x, y, cfg, dec_pos, dyn_pos, unif_idx):
     for b in range(B):
         for s in dec_pos[b].tolist():
             x_fut = [x[b, s + i].item() if s + i < T else 0 for i in range(Tf - 1)]
-            logits = teacher.decode(M[b, s][None], torch.tensor([x_fut]))[0]  # (Tf, V)
+            logits = teacher.decode(M[b, s][None], torch.tensor([x_fut], dtype=torch.long))[0]  # (Tf, V)
             for i in range(Tf):
                 target = y[b, s + i - 1].item() if 0 <= s + i - 1 < T else -1
                 if target >= 0:
@@ -60,10 +60,13 @@ def loop_smt_loss(teacher, cell, x, y, cfg, dec_pos, dyn_pos, unif_idx):
     return total
 
 
-@pytest.mark.parametrize("dyn_sampled,onpolicy", [(False, 0.0), (True, 0.0), (False, 0.5), (True, 0.5)])
-def test_vectorised_smt_loss_matches_per_timestep_loop(dyn_sampled, onpolicy):
-    teacher, cell = tiny_teacher().double(), tiny_cell("mlp").double()
-    cfg = SMTConfig(future=4, gamma=0.9, coef_unif=0.01, coef_onpolicy=onpolicy, coef_last_input=0)
+@pytest.mark.parametrize("dyn_sampled,onpolicy,future,sums", [(False, 0.0, 4, None), (True, 0.0, 4, None), (False, 0.5, 4, None),
+                                                         (True, 0.5, 4, None), (True, 0.0, 1, None), (False, 0.0, 4, 3.0),
+                                                         (True, 0.0, 1, 3.0)])
+def test_vectorised_smt_loss_matches_per_timestep_loop(dyn_sampled, onpolicy, future, sums):
+    """(future=1: the decoder reads no future input, only the memory; sums: teacher.running_sums)"""
+    teacher, cell = tiny_teacher(running_sums=sums).double(), tiny_cell("mlp").double()
+    cfg = SMTConfig(future=future, gamma=0.9, coef_unif=0.01, coef_onpolicy=onpolicy, coef_last_input=0)
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, V, (2, 7), generator=g)
     y = torch.where(torch.rand(2, 7, generator=g) < 0.4, x.roll(1, 1), -1)

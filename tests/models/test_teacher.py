@@ -169,3 +169,114 @@ def test_register_chunk_splits_only_where_it_pays():
     assert register_chunk(112, 4, 256) == 28  # the retrieval-256 loss: 4 chunks
     assert register_chunk(257, 4, 256) < 257  # every memory of T=256
     assert register_chunk(112, 4, 4096) == 112
+
+
+FEAT = 3
+
+
+def _sums_teacher(real: bool, **kw):
+    kw = {"running_sums": 4.0, **kw}
+    if real:
+        return tiny_teacher(vocab_size=None, features=FEAT, output="gaussian", targets=1, **kw).double()
+    return tiny_teacher(**kw).double()
+
+
+def _inputs(real: bool, B: int = 3, T: int = 9):
+    g = torch.Generator().manual_seed(1)
+    if real:
+        x = torch.randn(B, T, FEAT, generator=g, dtype=torch.float64)
+        x[0, 2, 1] = float("nan")  # a missing value adds nothing to the sum
+        return x
+    return torch.randint(0, V, (B, T), generator=g)
+
+
+@pytest.mark.parametrize("real", [False, True])
+def test_running_sums_equal_a_written_out_count(real):
+    """running_sums: step t embeds (sum of x_0..x_t) / c, token ids counted as one-hots, NaN as 0: the
+    embedded inputs equal a loop that adds up each prefix by hand (float64)."""
+    t = _sums_teacher(real, token_shift=False)
+    x = _inputs(real)
+    B, T = x.shape[:2]
+    W = t.sum_embed.weight  # (D, V or F)
+    ref = torch.zeros(B, T, W.shape[0], dtype=torch.float64)
+    for b in range(B):
+        total = torch.zeros(W.shape[1], dtype=torch.float64)
+        for s in range(T):
+            if real:
+                total = total + torch.nan_to_num(x[b, s], nan=0.0)
+            else:
+                total[x[b, s]] += 1.0
+            ref[b, s] = W @ (total / 4.0)
+    torch.testing.assert_close(t.embed_inputs(x) - t.embed(x), ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(t.embed_inputs(x, 4), t.embed_inputs(x)[:, 4:], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("real", [False, True])
+def test_running_sums_one_pass_matches_per_prefix_reference_and_sees_no_future(real):
+    t = _sums_teacher(real)
+    x = _inputs(real)
+    M = t.encode(x)
+    torch.testing.assert_close(M, encode_reference(t, x), rtol=0, atol=1e-12)
+    at = torch.tensor([[0, 5, 9], [3, 3, 1], [9, 2, 7]])
+    torch.testing.assert_close(t.encode(x, at), torch.gather(M, 1, at[..., None].expand(-1, -1, M.shape[-1])),
+                               rtol=0, atol=1e-12)
+    x2 = x.clone()
+    x2[:, 5:] = _inputs(real)[:, :4] if not real else x2[:, 5:] + 1.0
+    torch.testing.assert_close(t.encode(x2)[:, :6], M[:, :6], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_running_sums_flag_gradient(on):
+    """running_sums: the memory reads the counts through `sum_embed`, whose column for a token id gets a
+    gradient once that id has been seen, and an id never seen gets none; through the decoder, a future
+    input's id gets one too. Off: no such weights."""
+    t = tiny_teacher(running_sums=4.0 if on else None, encoder_depth=1).double()
+    x = torch.tensor([[1, 2, 1, 2, 1, 3, 3, 3]])
+    t.encode(x)[:, -1].pow(2).sum().backward()
+    if not on:
+        assert t.sum_embed is None
+        return
+    g = t.sum_embed.weight.grad  # (D, V)
+    seen = torch.zeros(V, dtype=torch.bool)
+    seen[[1, 2, 3]] = True
+    assert all(float(g[:, i].abs().sum()) > 0 for i in (1, 2, 3))
+    assert float(g[:, ~seen].abs().sum()) == 0
+    t.zero_grad()
+    t.decode(t.encode(x)[:, -1].detach(), torch.tensor([[5, 6]]))[:, 1].pow(2).sum().backward()
+    g = t.sum_embed.weight.grad
+    assert float(g[:, 5].abs().sum()) > 0 and float(g[:, [1, 2, 3, 6]].abs().sum()) == 0  # output 1 reads x_fut[0] alone
+
+
+def test_running_sums_settings_are_checked():
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match="teacher.running_sums"):
+            tiny_teacher(running_sums=bad)
+    with pytest.raises(ValueError, match="teacher.running_sums.*teacher.window"):
+        tiny_teacher(running_sums=4.0, window=3)
+    with pytest.raises(ValueError, match="teacher.running_sums.*teacher.window"):
+        tiny_teacher(running_sums=4.0, encoder="window", window=3)
+
+
+@pytest.mark.parametrize("real", [False, True])
+def test_running_sums_in_the_decoder_count_the_future_inputs_only(real):
+    """With running_sums the decoder's future inputs embed the sum of the future inputs up to each
+    (not the past's: the memory holds that), written out here by hand (float64); the decoder stays
+    causal in its future inputs."""
+    t = _sums_teacher(real)
+    x = _inputs(real, B=2, T=5)
+    m = t.encode(x)[:, -1]
+    x_fut = _inputs(real, B=2, T=6)
+    W = t.sum_embed.weight
+    total = torch.zeros(2, W.shape[1], dtype=torch.float64)
+    e = t.embed(x_fut).clone()
+    for s in range(6):
+        total = total + (torch.nan_to_num(x_fut[:, s], nan=0.0) if real else F.one_hot(x_fut[:, s], V).double())
+        e[:, s] = e[:, s] + (total / 4.0) @ W.T
+    K = t.cfg.mem_tokens
+    ref = t.decoder(torch.cat([m.view(2, K, -1), e], dim=1))[:, K - 1:]
+    out = t.decode(m, x_fut)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(out[:, 0], t.readout(m), rtol=0, atol=1e-12)
+    x2 = x_fut.clone()
+    x2[:, 3:] = x2[:, 3:] + 1.0 if real else (x2[:, 3:] + 1) % V
+    torch.testing.assert_close(t.decode(m, x2)[:, :4], out[:, :4], rtol=0, atol=1e-12)

@@ -157,7 +157,7 @@ def test_a_format_8_run_reads_the_schedule_length_and_dmt_stages_as_off():
     assert (got["handover"]["smt_steps"], got["handover"]["dmt_schedule"]) == (None, "follow")
     assert got["dmt"] == {"rollout": 8, "grow": None, "grow_patience": 5, "grow_on": "next", "grow_min_steps": 0}
     assert got["handover"]["smt_patience"] == 20 and "schedule_steps" not in saved["train"]
-    assert upgrade(got, 10) is got, "today's format is read as it is"
+    assert upgrade(got, VERSION) is got, "today's format is read as it is"
 
 
 def test_a_format_9_run_reads_the_minimum_stage_as_off():
@@ -172,6 +172,37 @@ def test_a_format_10_run_counts_smt_steps_from_its_first_update():
     handover.count_from reads as "start"."""
     saved = json.loads(json.dumps(to_dict(RunConfig())))
     del saved["handover"]["count_from"]
+    assert upgrade(saved, 10)["handover"]["count_from"] == "start"  # in the dict too: resuming compares the dicts
     assert from_dict(RunConfig, upgrade(saved, 10)).handover.count_from == "start"
     saved["handover"]["count_from"] = "solved"
     assert from_dict(RunConfig, upgrade(saved, 11)).handover.count_from == "solved"
+
+
+def test_a_format_11_run_reads_running_sums_as_off():
+    """0.13 (format 11) had no running sums in the teacher: a file without teacher.running_sums reads
+    as off (None), and a format-12 file keeps its value."""
+    saved = json.loads(json.dumps(to_dict(RunConfig())))
+    del saved["teacher"]["running_sums"]
+    assert upgrade(saved, 11)["teacher"]["running_sums"] is None and "running_sums" not in saved["teacher"]
+    assert from_dict(RunConfig, upgrade(saved, 11)).teacher.running_sums is None
+    saved["teacher"]["running_sums"] = 26.0
+    assert from_dict(RunConfig, upgrade(saved, 12)).teacher.running_sums == 26.0
+
+
+@pytest.mark.parametrize("version,drop", [(10, [("handover", "count_from"), ("teacher", "running_sums")]),
+                                          (11, [("teacher", "running_sums")])])
+def test_a_format_10_or_11_checkpoint_resumes(tmp_path, capsys, version, drop):
+    """A training checkpoint written before a setting existed resumes: the settings it lacks are filled
+    in at their defaults before the run's settings are compared (0.13 refused a format-10 checkpoint)."""
+    out = tmp_path / "run"
+    args = ["train.seed=1", "train.ckpt_every=10", "train.keep_last=1", "train.log_every=1", f"out_dir={out}"]
+    train(preset_config("tiny", args + ["train.steps=20"]), progress=False)
+    for meta_file in [out / "run.json", *out.glob("checkpoints/*/run.json")]:
+        meta = json.loads(meta_file.read_text())
+        for sec, name in drop:
+            del meta["config"][sec][name]
+        meta_file.write_text(json.dumps({**meta, "version": version}))
+    capsys.readouterr()
+    got = train(preset_config("tiny", args + ["train.steps=30"]), progress=False)
+    assert "resuming" in capsys.readouterr().err and got["steps"] == 30
+    assert read_run(out)[0]["config"]["teacher"]["running_sums"] is None
