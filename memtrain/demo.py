@@ -119,7 +119,8 @@ WHY_THIS_LENGTH = ("Why T=32 (measured in RESULTS.md section 1, not by this run)
                    "beats every baseline within about 10 minutes of a 2-core CPU; at T=32 the fused LSTM is as good and "
                    "about as fast (first to 0.95 in some demo runs, second in others), and at T=256, where the LSTM stays at "
                    "chance, SMT -> DMT reaches 0.95 in 15-17 minutes (2 of 3 seeds) and torch's GRU with a decaying "
-                   "learning rate in 10-14 (2 of 2); at T=512 the GRU took 22 minutes, SMT -> DMT 38.")
+                   "learning rate in 10-14 (2 of 2); at T=512 the GRU took 22 minutes, SMT -> DMT 38; at T=1024 "
+                   "neither within an hour.")
 
 
 def verdict(rows: list[dict], length: int, target: float = 0.95) -> str:
