@@ -138,9 +138,7 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
     device = pick_device(cfg.train.device)
     world = distributed.setup(device.type)
     try:
-        summary = _train(cfg, task, progress, world, distributed.local_device(world, device))
-        distributed.barrier(world)  # no rank tears the group down while another still talks to it (gloo aborted at exit)
-        return summary
+        return _train(cfg, task, progress, world, distributed.local_device(world, device))
     finally:
         distributed.teardown(world)
 
