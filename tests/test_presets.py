@@ -68,3 +68,15 @@ def test_paper_preset_takes_one_smt_step(small_data, name, data):
     assert n_params > 10_000_000
     missing = [n for n, p in method.named_parameters() if p.requires_grad and id(p) in trainable and (p.grad is None or not torch.isfinite(p.grad).all())]
     assert missing == []
+
+
+def test_the_cloning_preset_collects_its_demonstrations():
+    """clone-cpu needs no file: its task collects 1,000 expert episodes (and 200 held out) of
+    RepeatPreviousEasy when built, and its cell reads 4 suits and the previous action."""
+    pytest.importorskip("popgym")
+    from memtrain.data.control import ControlTask
+
+    task, _, cell, _ = build(preset_config("clone-cpu"))
+    assert isinstance(task, ControlTask) and task.env == "repeat-previous" and task.demos == 1000
+    assert (task.n_sequences("train"), task.n_sequences("val"), task.length, task.features) == (1000, 200, 51, 8)
+    assert cell.cfg.features == 8 and cell.cfg.vocab_size == 4

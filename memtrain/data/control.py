@@ -11,6 +11,9 @@ its environment at every evaluation (`rnn_return`: the return curve that `memtra
 
     repeat-previous          the suit of the card k = 4 steps back (popgym RepeatPreviousEasy); the
                              expert remembers it (the environment's own hand)
+    repeat-first             the suit of the episode's first card, at each of 415 steps (popgym
+                             RepeatFirstMedium); the expert reads the environment's first card. The
+                             one observation to hold is at step 0: memory over the whole episode
     count-recall             how many times the queried colour has been dealt so far (CountRecallEasy);
                              the expert reads the environment's counts
     position-only-cartpole   CartPole with the velocities hidden (PositionOnlyCartPoleEasy); the expert
@@ -27,13 +30,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..lengths import pad
 from .files import NpzTask
 
 ENVS = {
     "repeat-previous": ("popgym.envs.repeat_previous", "RepeatPreviousEasy"),
     "count-recall": ("popgym.envs.count_recall", "CountRecallEasy"),
+    "repeat-first": ("popgym.envs.repeat_first", "RepeatFirstMedium"),
     "position-only-cartpole": ("popgym.envs.position_only_cartpole", "PositionOnlyCartPoleEasy"),
 }
+NO_PREVIOUS_ACTION = {"repeat-first"}  # environments whose steps do not read the previous action
 CARTPOLE_GAINS = np.array([1.0, 1.5, 18.0, 3.0])  # the expert's force sign: gains . (x, x', theta, theta')
 
 
@@ -61,8 +67,18 @@ def obs_width(env) -> int:
     return int(np.prod(space.shape))
 
 
-def encode(env, obs, prev_action: int | None) -> np.ndarray:
-    """x_t: the observation (one-hot where discrete) and the previous action one-hot (zeros: none)."""
+def reads_previous_action(name: str) -> bool:
+    return name not in NO_PREVIOUS_ACTION
+
+
+def input_width(name: str, env) -> int:
+    """The features of one step x_t in environment `name`."""
+    return obs_width(env) + (n_actions(env) if reads_previous_action(name) else 0)
+
+
+def encode(env, obs, prev_action: int | None, with_action: bool = True) -> np.ndarray:
+    """x_t: the observation (one-hot where discrete) and, with `with_action`, the previous action
+    one-hot (zeros: none)."""
     space = env.observation_space
     if hasattr(space, "nvec"):
         parts = [np.eye(n)[int(o)] for n, o in zip(space.nvec, np.asarray(obs).reshape(-1))]
@@ -71,6 +87,8 @@ def encode(env, obs, prev_action: int | None) -> np.ndarray:
         o = np.eye(space.n)[int(obs)]
     else:
         o = np.asarray(obs, dtype=np.float64).reshape(-1)
+    if not with_action:
+        return o.astype(np.float32)
     a = np.zeros(n_actions(env))
     if prev_action is not None:
         a[prev_action] = 1.0
@@ -85,6 +103,8 @@ def expert_action(name: str, env) -> int:
         return int(e.deck.suits_idx[hand[-e.k]]) if len(hand) >= e.k else 0
     if name == "count-recall":
         return int(e.counts[e.query])
+    if name == "repeat-first":
+        return int(e.card)
     return int(float(CARTPOLE_GAINS @ np.asarray(e.state, dtype=np.float64)) > 0)
 
 
@@ -98,7 +118,7 @@ def collect(name: str, episodes: int, seed: int = 0) -> tuple[list[np.ndarray], 
         prev, x, y, total, done = None, [], [], 0.0, False
         while not done:
             a = expert_action(name, env)
-            x.append(encode(env, obs, prev))
+            x.append(encode(env, obs, prev, reads_previous_action(name)))
             y.append(a)
             obs, r, terminated, truncated, _ = env.step(a)
             total += float(r)
@@ -122,7 +142,7 @@ def policy_returns(cell, name: str, episodes: int, seed: int = 10_000, greedy: b
     done = [False] * episodes
     totals = [0.0] * episodes
     while not all(done):
-        x = torch.from_numpy(np.stack([encode(env, o, p) for env, o, p in zip(envs, obs, prev)])).to(dtype)
+        x = torch.from_numpy(np.stack([encode(env, o, p, reads_previous_action(name)) for env, o, p in zip(envs, obs, prev)])).to(dtype)
         m = cell.update(m, x)
         actions = cell.readout(m).argmax(-1).tolist()
         for i, env in enumerate(envs):
@@ -144,19 +164,35 @@ class ControlTask(NpzTask):
     env: str | None = None  # one of ENVS
     episodes: int = 20  # episodes per evaluation (0: none, the return is not measured)
     eval_seed: int = 10_000
+    demos: int = 0  # > 0: collect this many expert episodes here (seeds 0 ...) instead of reading path, and a fifth as many more (the seeds after them) as the held-out rows
 
     def __post_init__(self):
         if self.env not in ENVS:
             raise ValueError(f"task 'control' needs env= one of {sorted(ENVS)}, got {self.env!r}")
         if self.episodes < 0:
             raise ValueError(f"task 'control': episodes must be >= 0, got {self.episodes}")
+        if self.demos < 0 or (self.demos and (self.path or self.val_path)):
+            raise ValueError(f"task 'control': demos={self.demos} must be >= 0, and > 0 only without path= / val_path= "
+                             "(demos= collects the demonstrations here, path= reads them from a file)")
         super().__post_init__()
         env = make_env(self.env)
-        width = obs_width(env) + n_actions(env)
+        width = input_width(self.env, env)
         if self.features != width or self.vocab < n_actions(env):
             raise ValueError(f"task 'control': {self.path!r} holds {self.features or 'token'} features per step and "
                              f"{self.vocab} action ids, but {self.env!r} steps read {width} features and take "
                              f"{n_actions(env)} actions: demonstrations of another environment?")
+
+    def _read(self):
+        if not self.demos:
+            return super()._read()
+        val = max(1, self.demos // 5)
+        xs, ys, _ = collect(self.env, self.demos + val, seed=0)
+        rows = []
+        for name, part in (("demos", slice(0, self.demos)), ("the held-out demos", slice(self.demos, None))):
+            x, lengths = pad(xs[part], pad_value=0.0)
+            y, _ = pad(ys[part], pad_value=-1)
+            rows.append(self._arrays(f"task 'control': {name}", x.astype(np.float32), y, lengths))
+        return rows[0], rows[1], True
 
     def evaluate_policy(self, cell) -> dict:
         """The RNN policy's mean return in the environment (its readout's argmax at every step)."""

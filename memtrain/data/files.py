@@ -144,11 +144,8 @@ class NpzTask:
     length: int | None = None  # None: the arrays' T; smaller values take the first `length` steps
 
     def __post_init__(self):
-        if not self.path:
-            raise ValueError("task 'npz' needs path= (an .npz file with arrays x and y)")
         _check_at_least("npz", vocab=(self.vocab or 1, 1), length=(self.length or 1, 1))
-        self._train = self._load(self.path, "path")
-        self._val = self._load(self.val_path, "val_path") if self.val_path else self._train
+        self._train, self._val, checked_val = self._read()
         if (self._train[2] is None) != (self._val[2] is None):
             raise ValueError("task 'npz': path and val_path must both have `lengths` or both not (sequences of "
                              "different lengths, or all of one length)")
@@ -163,8 +160,15 @@ class NpzTask:
             self.length = self._train[0].shape[1]
         for name, (x, y, lengths), purpose in (("path", self._train, "train on"), ("val_path", self._val, "evaluate on")):
             self._check_fits(f"task 'npz': {name}", x, y, self.length)
-            if name == "path" or self.val_path:
+            if name == "path" or checked_val:
                 _check_supervised(f"task 'npz': {name}={getattr(self, name)!r}", y, self.length, purpose)
+
+    def _read(self):
+        """(training rows, held-out rows, whether the held-out rows are rows of their own)."""
+        if not self.path:
+            raise ValueError("task 'npz' needs path= (an .npz file with arrays x and y)")
+        train = self._load(self.path, "path")
+        return train, (self._load(self.val_path, "val_path") if self.val_path else train), bool(self.val_path)
 
     def _check_fits(self, what: str, x, y, T: int) -> None:
         if not x.is_floating_point() and x.max() >= self.vocab:
@@ -196,6 +200,11 @@ class NpzTask:
                                  "pickle to load: store x and y right-padded to (N, T) with an integer array 'lengths' (N,) "
                                  "(memtrain.lengths.pad)") from None
             raise ValueError(f"task 'npz': {name}={path!r} is not a readable .npz file ({e})") from None
+        return NpzTask._arrays(name, x, y, lengths)
+
+    @staticmethod
+    def _arrays(name, x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None):
+        """Checked rows (x, y, lengths) as tensors: padding zeroed and unsupervised, targets < 0 -> -1."""
         real = np.issubdtype(x.dtype, np.floating)  # F real features per step
         if (x.ndim != 3 if real else x.ndim != 2) or x.shape[:2] != y.shape or y.ndim != 2:
             raise ValueError(f"task 'npz': {name} needs x (N, T) of token ids or (N, T, F) of real features, and y (N, T); "

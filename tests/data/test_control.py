@@ -6,7 +6,7 @@ import torch
 
 pytest.importorskip("popgym")
 
-from memtrain.data.control import ENVS, collect, encode, make_env, policy_returns  # noqa: E402
+from memtrain.data.control import ENVS, collect, encode, input_width, make_env, policy_returns, reads_previous_action  # noqa: E402
 from memtrain.lengths import pad  # noqa: E402
 
 
@@ -15,10 +15,25 @@ def test_the_experts_reach_the_best_return(name):
     xs, ys, returns = collect(name, 3, seed=0)
     assert returns == pytest.approx([1.0] * 3, abs=1e-9), "popgym's returns are at most 1 per episode"
     env = make_env(name)
-    assert all(x.shape[1] == xs[0].shape[1] for x in xs) and all(len(x) == len(y) for x, y in zip(xs, ys))
+    assert all(x.shape[1] == input_width(name, env) for x in xs) and all(len(x) == len(y) for x, y in zip(xs, ys))
+    if not reads_previous_action(name):
+        return
     assert (xs[0][0, -env.action_space.n:] == 0).all(), "no previous action at the first step"
     a = int(ys[0][0])
     assert xs[0][1, -env.action_space.n + a] == 1.0, "step 1 reads the expert's step-0 action"
+
+
+def test_repeat_first_holds_the_first_card_and_does_not_read_the_previous_action():
+    """The expert's previous action would be the answer (a copy needs no memory), so repeat-first steps
+    read the dealt card alone, and the label at every step is the suit of the card read at step 0."""
+    xs, ys, _ = collect("repeat-first", 4, seed=3)
+    for x, y in zip(xs, ys):
+        assert x.shape == (415, 4) and (x.sum(1) == 1).all(), "one-hot suits only"
+        assert (y == x[0].argmax()).all()
+        assert (x[1:].argmax(1) != y[0]).any(), "later cards are not the answer"
+    assert len({int(y[0]) for y in collect("repeat-first", 12, seed=0)[1]}) > 1, "the answer varies by episode"
+    env = make_env("repeat-first")
+    assert encode(env, 2, 1, with_action=False).tolist() == [0, 0, 1, 0] and len(encode(env, 2, 1)) == 8
 
 
 def test_encoding_of_discrete_and_box_observations():
@@ -76,6 +91,27 @@ def test_task_control_logs_the_policys_return_at_every_evaluation(tmp_path):
     *_, cell = load_run(str(tmp_path / "run"))
     want = float(np.mean(policy_returns(cell, "repeat-previous", episodes=5, seed=500)))
     assert evals[-1]["rnn_return"] == pytest.approx(want, abs=1e-9) and summary["rnn_return"] == pytest.approx(want, abs=1e-9)
+
+
+def test_task_control_collects_its_demonstrations_with_demos(tmp_path):
+    """demos=N: the rows are exactly the N expert episodes `collect` gives (seeds 0..N-1), and the
+    held-out rows the N // 5 after them, as the files `benchmarks/clone.py collect` writes would be."""
+    from memtrain.data.tasks import build_task
+    task = build_task("control", env="repeat-previous", demos=10, episodes=0)
+    xs, ys, _ = collect("repeat-previous", 12, seed=0)
+    x, y, lengths = task.rows("train")
+    assert x.shape == (10, max(map(len, xs[:10])), 8) and lengths.tolist() == [len(e) for e in xs[:10]]
+    for i in range(10):
+        n = len(xs[i])
+        assert torch.equal(x[i, :n], torch.from_numpy(xs[i])) and torch.equal(y[i, :n], torch.from_numpy(ys[i]))
+        assert (y[i, n:] == -1).all() and (x[i, n:] == 0).all(), "padding is zero and unsupervised"
+    vx, vy, vl = task.rows("val")
+    assert len(vx) == 2 and vl.tolist() == [len(e) for e in xs[10:]] and torch.equal(vy[1, :len(ys[11])], torch.from_numpy(ys[11]))
+    assert task.features == 8 and task.vocab == 4
+    with pytest.raises(ValueError, match=r"demos=5 must be >= 0, and > 0 only without path="):
+        build_task("control", env="repeat-previous", demos=5, path=_demos(tmp_path))
+    with pytest.raises(ValueError, match=r"demos=-1 must be >= 0"):
+        build_task("control", env="repeat-previous", demos=-1)
 
 
 @pytest.mark.parametrize("args, match", [
