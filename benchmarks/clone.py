@@ -27,8 +27,7 @@ import numpy as np
 
 from common import add_lane_args, md_table, train_for_seconds, write_results
 
-from memtrain.data.control import ENVS, collect, policy_returns
-from memtrain.lengths import pad
+from memtrain.data.control import ENVS, collect, demo_rows, policy_returns
 from memtrain.runs import load_run
 
 METHODS = {  # label -> settings on top of the defaults (the token-sequence recipe; actions are tokens)
@@ -43,13 +42,11 @@ def write_demos(env: str, episodes: int, val: int, out: Path) -> dict:
     """Seeded expert demonstrations of `env`: `episodes` for training (seeds 0 ...) and `val` more for
     evaluation (the seeds after them) -> what expert.json says."""
     out.mkdir(parents=True, exist_ok=True)
-    xs, ys, returns = collect(env, episodes + val, seed=0)
-    for name, part in (("train", slice(0, episodes)), ("val", slice(episodes, episodes + val))):
-        x, lengths = pad(xs[part], pad_value=0.0)
-        y, _ = pad(ys[part], pad_value=0)
-        np.savez(out / f"{name}.npz", x=x.astype(np.float32), y=y, lengths=lengths)
+    train, held_out, returns = demo_rows(env, episodes, val)
+    for name, (x, y, lengths) in (("train", train), ("val", held_out)):
+        np.savez(out / f"{name}.npz", x=x, y=y, lengths=lengths)
     info = {"env": env, "episodes": episodes, "val": val, "demo_return": statistics.fmean(returns),
-            "steps": int(sum(len(x) for x in xs[:episodes]))}
+            "steps": int(train[2].sum())}
     (out / "expert.json").write_text(json.dumps(info, indent=1))
     return info
 

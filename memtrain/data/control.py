@@ -112,13 +112,14 @@ def collect(name: str, episodes: int, seed: int = 0) -> tuple[list[np.ndarray], 
     """Expert demonstrations: per episode x (L, F) and the expert's actions y (L,), and its return.
     Episode i is reset with seed + i."""
     env = make_env(name)
+    with_action = reads_previous_action(name)
     xs, ys, returns = [], [], []
     for i in range(episodes):
         obs, _ = env.reset(seed=seed + i)
         prev, x, y, total, done = None, [], [], 0.0, False
         while not done:
             a = expert_action(name, env)
-            x.append(encode(env, obs, prev, reads_previous_action(name)))
+            x.append(encode(env, obs, prev, with_action))
             y.append(a)
             obs, r, terminated, truncated, _ = env.step(a)
             total += float(r)
@@ -127,6 +128,19 @@ def collect(name: str, episodes: int, seed: int = 0) -> tuple[list[np.ndarray], 
         ys.append(np.array(y, dtype=np.int64))
         returns.append(total)
     return xs, ys, returns
+
+
+def demo_rows(name: str, episodes: int, val: int, seed: int = 0) -> tuple[tuple, tuple, list[float]]:
+    """Expert demonstrations as right-padded arrays: (x, y, lengths) for `episodes` training episodes
+    (seeds seed ...) and for `val` held-out ones (the seeds after them; padding: x 0, y -1), and the
+    expert's returns on all of them."""
+    xs, ys, returns = collect(name, episodes + val, seed=seed)
+    splits = []
+    for part in (slice(0, episodes), slice(episodes, episodes + val)):
+        x, lengths = pad(xs[part], pad_value=0.0)
+        y, _ = pad(ys[part], pad_value=-1)
+        splits.append((x.astype(np.float32), y, lengths))
+    return splits[0], splits[1], returns
 
 
 @torch.no_grad()
@@ -139,10 +153,11 @@ def policy_returns(cell, name: str, episodes: int, seed: int = 10_000, greedy: b
     dtype = next(cell.parameters()).dtype
     m = cell.init_memory(episodes)
     prev = [None] * episodes
+    with_action = reads_previous_action(name)
     done = [False] * episodes
     totals = [0.0] * episodes
     while not all(done):
-        x = torch.from_numpy(np.stack([encode(env, o, p, reads_previous_action(name)) for env, o, p in zip(envs, obs, prev)])).to(dtype)
+        x = torch.from_numpy(np.stack([encode(env, o, p, with_action) for env, o, p in zip(envs, obs, prev)])).to(dtype)
         m = cell.update(m, x)
         actions = cell.readout(m).argmax(-1).tolist()
         for i, env in enumerate(envs):
@@ -185,14 +200,8 @@ class ControlTask(NpzTask):
     def _read(self):
         if not self.demos:
             return super()._read()
-        val = max(1, self.demos // 5)
-        xs, ys, _ = collect(self.env, self.demos + val, seed=0)
-        rows = []
-        for name, part in (("demos", slice(0, self.demos)), ("the held-out demos", slice(self.demos, None))):
-            x, lengths = pad(xs[part], pad_value=0.0)
-            y, _ = pad(ys[part], pad_value=-1)
-            rows.append(self._arrays(f"task 'control': {name}", x.astype(np.float32), y, lengths))
-        return rows[0], rows[1], True
+        train, val, _ = demo_rows(self.env, self.demos, max(1, self.demos // 5))
+        return self._arrays("task 'control': demos", *train), self._arrays("task 'control': the held-out demos", *val), True
 
     def evaluate_policy(self, cell) -> dict:
         """The RNN policy's mean return in the environment (its readout's argmax at every step)."""
