@@ -21,6 +21,13 @@ T, one line per NAME (the runs whose folder names match GLOB, any seed), at equa
 run's end) and at equal updates (every run of a length read at the fewest updates any line's run made
 there). Lines join the seeds' mean; each seed is a dot.
 
+`generalise` reads finished runs at lengths they were never trained at: each run's RNN alone (no
+teacher: `memtrain eval --rnn-only`) on held-out sequences of each length, one line per NAME (run
+folders matching GLOB, seeds as dots). Each run's figures are kept in its folder (generalise.json)
+and reused:
+
+    python benchmarks/length_sweep.py generalise --root runs/cur1024 --lengths 256 1024 4096 8192 --lines "SMT->DMT=smt-dmt-T256-s*" "GRU=bptt-gru-T256-s*"
+
 A length curriculum, offered to every method alike: `--curriculum 32` trains each method at T=32
 first (at most --stage1-seconds, kept once per method and seed), then BPTT on the same cell at each
 target length from there, within the same --seconds in all:
@@ -39,6 +46,8 @@ from common import RESULTS, grid, legend_below, md_table, pyplot, styles, write_
 
 from memtrain.demo import first_reaching
 from memtrain.presets import preset_config
+from memtrain.io import atomic_write
+from memtrain.runs import evaluate_run
 from memtrain.training.trainer import train
 
 ROOT = "runs/bench/length_sweep"
@@ -238,9 +247,9 @@ def draw_claim(claim: dict):
 def draw(data: dict):
     """One panel per (task, length), four a row, in the table's order; each (method, cell, lr) has
     one colour in every panel and one entry in the legend below them. (Claim data, from --lines: its
-    two panels, draw_claim.)"""
+    two panels, draw_claim; generalise's data: draw_generalise.)"""
     if "lines" in data:
-        return draw_claim(data)
+        return draw_generalise(data) if "lengths" in data else draw_claim(data)
     runs = [{"task": "retrieval", **r} for r in data["runs"]]
     panels = list(dict.fromkeys((r["task"], r["length"]) for r in runs))
     labels = list(dict.fromkeys(f"{r['method']} {r['cell']} lr {r['lr']}" for r in runs))
@@ -257,6 +266,66 @@ def draw(data: dict):
         ax.set_ylim(0, 1.05)
         ax.set_title(f"{task}, T={T}", fontsize=9)
     legend_below(fig, axes, ncol=3, fontsize=8)
+    return fig
+
+
+def generalise(a) -> None:
+    """Each matching run's RNN alone at each of --lengths (held-out draws of --batch sequences, the
+    same seed for every run), cached per run and length in the run's generalise.json."""
+    lines = {}
+    for spec in a.lines:
+        name, sep, pattern = spec.partition("=")
+        if not sep or not name or not pattern:
+            raise SystemExit(f"--lines wants NAME=GLOB, got {spec!r}")
+        runs = sorted(f.parent for f in Path(a.root).glob("*/run.json") if fnmatch(f.parent.name, pattern))
+        if not runs:
+            raise SystemExit(f"--lines {spec!r}: no finished run under {a.root} matches {pattern!r}")
+        lines[name] = runs
+    out = {"lengths": a.lengths, "batch": a.batch, "lines": {}}
+    for name, runs in lines.items():
+        out["lines"][name] = [read_at_lengths(d, a.lengths, a.batch) for d in runs]
+    rows = [[name, Path(r["dir"]).name, r["trained_T"], r["seed"], round(r["seconds"]), *(f"{r['acc'][str(L)]:.3f}" for L in a.lengths)]
+            for name, rs in out["lines"].items() for r in rs]
+    table = (md_table(["line", "run", "trained at T", "seed", "training s", *(f"T={L}" for L in a.lengths)], rows)
+             + f"\n\nRNN-alone retrieval accuracy on {a.batch} held-out sequences per length (chance 0.125), no training "
+               "at any length but the run's own; the needle lies in the first half, so at T it is asked T/2 to T-2 steps "
+               "after it was read.")
+    write_results("length_generalise", out, table, draw_generalise(out), a.results)
+    print(table)
+
+
+def read_at_lengths(d: Path, lengths: list[int], batch: int) -> dict:
+    meta = json.loads((d / "run.json").read_text())
+    cache_file = d / "generalise.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    key = lambda L: f"{L}@{batch}"
+    todo = [L for L in lengths if key(L) not in cache]
+    if todo:
+        for row in evaluate_run(str(d), lengths=todo, batch_size=batch, rnn_only=True):
+            cache[key(row["length"])] = row["rnn_acc"]
+        atomic_write(cache_file, json.dumps(cache, indent=1).encode())
+    return {"dir": str(d), "trained_T": meta["config"]["task_args"]["length"], "seed": meta["config"]["train"]["seed"],
+            "seconds": meta["summary"]["train_seconds"], "acc": {str(L): cache[key(L)] for L in lengths}}
+
+
+def draw_generalise(data: dict):
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    Ls = data["lengths"]
+    for (name, runs), style in zip(data["lines"].items(), styles(len(data["lines"]))):
+        mean = [sum(r["acc"][str(L)] for r in runs) / len(runs) for L in Ls]
+        ax.plot(Ls, mean, marker="o", lw=1.4, label=f"{name} ({len(runs)} seeds)", **style)
+        for r in runs:
+            ax.scatter(Ls, [r["acc"][str(L)] for L in Ls], s=12, color=style["color"], alpha=0.5)
+    trained = sorted({r["trained_T"] for runs in data["lines"].values() for r in runs})
+    for T in trained:
+        ax.axvline(T, color="grey", lw=0.8, ls="--")
+    ax.axhline(0.125, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("evaluation length T (dashed: the training length)")
+    ax.set_ylabel("RNN alone accuracy (retrieval)")
+    ax.set_ylim(0, 1.05)
+    legend_below(fig, [ax], ncol=2, fontsize=8)
     return fig
 
 
@@ -281,11 +350,15 @@ def main() -> None:
     rep = sub.add_parser("report")
     rep.add_argument("--lines", nargs="+", default=[], metavar="NAME=GLOB",
                      help="also draw length_claim.png: accuracy against T, one line per NAME (run folders matching GLOB)")
-    for s in (r, rep):
+    g = sub.add_parser("generalise", help="finished runs' RNN alone at lengths they were not trained at")
+    g.add_argument("--lines", nargs="+", required=True, metavar="NAME=GLOB", help="one line per NAME: run folders matching GLOB")
+    g.add_argument("--lengths", nargs="+", type=int, default=[256, 1024, 4096])
+    g.add_argument("--batch", type=int, default=256, help="held-out sequences per length")
+    for s in (r, rep, g):
         s.add_argument("--root", default=ROOT)
         s.add_argument("--results", default=None)
     a = p.parse_args()
-    run(a) if a.cmd == "run" else report(a)
+    {"run": run, "report": report, "generalise": generalise}[a.cmd](a)
 
 
 if __name__ == "__main__":

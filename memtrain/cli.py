@@ -43,7 +43,7 @@ def cmd_eval(args) -> None:
     from .runs import evaluate_run
 
     for row in evaluate_run(args.run, lengths=args.lengths, batch_size=args.batch, seed=args.seed, data=args.data,
-                            every_row=args.all):
+                            every_row=args.all, rnn_only=args.rnn_only):
         drift = row.pop("drift", None)
         if drift:
             row.update(drift_at(drift))
@@ -65,7 +65,7 @@ def cmd_forecast(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from .demo import WHY_THIS_LENGTH, compare, format_table, verdict
+    from .demo import WHY_THIS_LENGTH, beyond, compare, format_table, verdict
 
     overrides = [f'task_args={{"length": {args.length}}}', f"smt.future={min(32, args.length)}",
                  f"cell.kind={args.cell}", f"train.seed={args.seed}"]
@@ -83,6 +83,7 @@ def cmd_demo(args) -> None:
     print(f"retrieval, T={args.length}, cell={args.cell}: accuracy of the RNN running alone from its initial memory")
     print(format_table(rows))
     print(verdict(rows, args.length))
+    print(beyond(rows))
     print(WHY_THIS_LENGTH)
     print(f"runs and metrics in {args.out}/")
 
@@ -187,6 +188,8 @@ def _add_eval(sub) -> None:
                                                 "an .npz, a prepared folder or its val.npy), at the file's own length "
                                                 "(an .npz's T, whole images; token streams: windows of the run's T)")
     e.add_argument("--all", action="store_true", help="every row of the run's own held-out split once (file tasks)")
+    e.add_argument("--rnn-only", action="store_true", help="leave the teacher out: the RNN's figures alone, much "
+                                                          "faster at long lengths (the teacher attends over the prefix)")
     e.set_defaults(func=cmd_eval)
 
 

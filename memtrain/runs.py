@@ -30,19 +30,22 @@ def load_run(run_dir: str, device: str = "cpu"):
 
 
 def evaluate_run(run_dir: str, lengths=None, batch_size: int = 256, seed: int = 1234, data: str | None = None,
-                 every_row: bool = False) -> list[dict]:
+                 every_row: bool = False, rnn_only: bool = False) -> list[dict]:
     """Evaluate at the training length and (by default) 2T and 4T: length generalisation. With `data`
     (a file of the run's kind: a token file, an .npz, a prepared folder or split) every row of it
     once, `batch_size` at a time, at the file's own length (an .npz's T, a prepared set's whole
     images; token streams: windows of the run's T), or cut to each of `lengths`; with `every_row`
     the run's own held-out split likewise, at the training length. Otherwise `batch_size` sequences
     drawn from the held-out split. The RNN and the teacher run at any length. Rows without a single
-    supervised target are refused (ValueError) rather than scored 0."""
+    supervised target are refused (ValueError) rather than scored 0. With `rnn_only` the teacher is not
+    run (its encoder attends over the whole prefix, the cost that dominates at long lengths): the RNN's
+    own figures only, the same as with it."""
     if batch_size < 1:
         raise ValueError(f"batch must be >= 1, got {batch_size}")
     if lengths is not None and any(L < 1 for L in lengths):
         raise ValueError(f"lengths must be >= 1, got {list(lengths)}")
     cfg, task, teacher, cell = load_run(run_dir)
+    teacher = None if rnn_only else teacher
     how = Rollout(cfg.rollout)  # the run's own rollout settings
     T = task.length
     if data is not None or every_row:

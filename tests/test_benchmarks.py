@@ -525,3 +525,33 @@ def test_clone_benchmark_collects_seeded_demonstrations_and_scores_each_policy_i
     for name in ("bptt-s0", "smt-dmt-s0"):  # task=control: a return at every evaluation, the return curve
         rows = [json.loads(line) for line in (tmp_path / "runs" / "repeat-previous" / name / "metrics.jsonl").read_text().splitlines()]
         assert all(-1.0 - 1e-9 <= r["rnn_return"] <= 1.0 + 1e-9 for r in rows if "rnn_acc" in r)
+
+
+def test_length_generalise_reads_each_run_alone_and_keeps_its_figures(tmp_path, monkeypatch):
+    """generalise: each matching run's RNN alone at lengths it was not trained at, equal to
+    evaluate_run(rnn_only=True); the figures are cached in the run's folder and reused."""
+    from argparse import Namespace
+
+    import length_sweep
+
+    from memtrain.presets import preset_config
+    from memtrain.runs import evaluate_run
+    from memtrain.training.trainer import train
+
+    run = tmp_path / "runs" / "smt-dmt-T12-s0"
+    train(preset_config("tiny", [f"out_dir={run}"]), progress=False)
+    a = Namespace(root=str(tmp_path / "runs"), results=str(tmp_path / "out"), lengths=[12, 30], batch=16,
+                  lines=["SMT->DMT=smt-dmt-T*"])
+    length_sweep.generalise(a)
+    want = [r["rnn_acc"] for r in evaluate_run(str(run), lengths=[12, 30], batch_size=16, rnn_only=True)]
+    data = json.loads((tmp_path / "out" / "length_generalise.json").read_text())
+    (got,) = data["lines"]["SMT->DMT"]
+    assert [got["acc"]["12"], got["acc"]["30"]] == want and got["trained_T"] == 12 and got["seed"] == 0
+    assert (tmp_path / "out" / "length_generalise.png").is_file()
+
+    def refuse(*args, **kw):
+        raise AssertionError("a cached length was evaluated again")
+    monkeypatch.setattr(length_sweep, "evaluate_run", refuse)
+    length_sweep.generalise(a)  # every length cached
+    with pytest.raises(SystemExit, match="no finished run"):
+        length_sweep.generalise(Namespace(**{**vars(a), "lines": ["GRU=bptt-gru-*"]}))

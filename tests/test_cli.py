@@ -106,6 +106,19 @@ def test_eval_prints_json_lines_at_T_2T_4T(cli_run):
     assert rows2[0] == rows[0]
 
 
+def test_eval_rnn_only_gives_the_rnns_own_figures_without_the_teacher(cli_run):
+    out = cli_run[0]
+    full = [json.loads(line) for line in run_main(["eval", str(out), "--batch", "16", "--lengths", "12", "40"])[1].splitlines()]
+    rc, stdout, stderr = run_main(["eval", str(out), "--batch", "16", "--lengths", "12", "40", "--rnn-only"])
+    assert rc == 0, stderr
+    alone = [json.loads(line) for line in stdout.splitlines()]
+    assert [r["length"] for r in alone] == [12, 40]
+    for a, f in zip(alone, full):
+        assert a["rnn_acc"] == f["rnn_acc"] and a["rnn_ce"] == pytest.approx(f["rnn_ce"], rel=1e-6)
+        assert not [k for k in a if k.startswith(("teacher", "drift", "kstep", "dyn_rel", "spread"))]
+        assert "teacher_acc" in f
+
+
 @pytest.mark.parametrize("args,names", [
     (["--batch", "0"], ["batch must be >= 1"]),
     (["--lengths", "0"], ["lengths must be >= 1"]),

@@ -34,6 +34,13 @@ def test_compare_rows_and_budget(tmp_path):
     table = format_table(rows)
     assert table.count("\n") == 5 and "| SMT -> DMT |" in table and "| BPTT, torch LSTM |" in table
     assert all("to_095" in r for r in rows) and "first at 0.95" in table
+    # each trained RNN is also run alone at 8T = 96, its figure that of `memtrain eval --rnn-only`
+    from memtrain.runs import evaluate_run
+    assert smt["longer"] is None and "RNN alone at T=96 (never trained there)" in table
+    for r, sub in zip(rows[1:], ("smt-dmt", "bptt", "bptt-lstm")):
+        (want,) = evaluate_run(str(tmp_path / sub), lengths=[96], batch_size=256, rnn_only=True)
+        assert r["longer"] == {"length": 96, "rnn_acc": want["rnn_acc"]}
+        assert f"| {r['sequential_steps']} | {want['rnn_acc']:.3f} |" in table.splitlines()[rows.index(r) + 2]
 
 
 def test_baselines_get_the_main_runs_wall_clock(tmp_path):
@@ -58,7 +65,8 @@ def test_demo_cli(tmp_path, capsys):
     assert rc == 0
     cap = capsys.readouterr()
     assert "retrieval, T=12" in cap.out and "| BPTT, same cell |" in cap.out and "| BPTT, torch LSTM |" in cap.out
-    assert cap.out.splitlines()[-3].startswith("At T=12 "), "the table is read in one sentence"
+    assert cap.out.splitlines()[-4].startswith("At T=12 "), "the table is read in one sentence"
+    assert cap.out.splitlines()[-3].startswith("Run alone at T=96, a length none of them was trained at: ")
     assert cap.out.splitlines()[-2].startswith("Why T=32") and "RESULTS.md" in cap.out.splitlines()[-2], \
         "and the choice of the demo's length is explained, with where it was measured"
     assert "warning" not in cap.err.lower(), cap.err
@@ -98,6 +106,18 @@ def test_the_verdict_reads_the_table():
     blank = [_row("SMT (RNN at the handover)", 0.9), _row("SMT -> DMT", 0.4), _row("BPTT, same cell", 0.1),
              _row("BPTT, torch LSTM", 0.2)]
     assert verdict(blank, 256) == "At T=256 no RNN running alone reaches 0.95 within this budget; the best is SMT -> DMT at 0.400."
+
+
+def test_beyond_reads_the_longer_length_best_first():
+    from memtrain.demo import beyond
+
+    rows = [{**_row("SMT (RNN at the handover)", 0.7), "longer": None},
+            {**_row("SMT -> DMT", 1.0), "longer": {"length": 256, "rnn_acc": 0.75}},
+            {**_row("BPTT, same cell", 0.1), "longer": {"length": 256, "rnn_acc": 0.125}},
+            {**_row("BPTT, torch LSTM", 1.0), "longer": {"length": 256, "rnn_acc": 0.875}}]
+    assert beyond(rows) == ("Run alone at T=256, a length none of them was trained at: BPTT, torch LSTM 0.875, "
+                            "SMT -> DMT 0.750, BPTT, same cell 0.125.")
+    assert beyond([_row("SMT -> DMT", 1.0)]) is None
 
 
 def test_demo_cli_time_budget(tmp_path):
