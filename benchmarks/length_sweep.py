@@ -45,8 +45,8 @@ import torch
 from common import RESULTS, grid, legend_below, md_table, pyplot, styles, write_results
 
 from memtrain.demo import first_reaching
-from memtrain.presets import preset_config
 from memtrain.io import atomic_write
+from memtrain.presets import preset_config
 from memtrain.runs import evaluate_run
 from memtrain.training.trainer import train
 
@@ -187,18 +187,23 @@ def report(a) -> None:
         print(claim_table(claim))
 
 
-def claim_lines(found: list[dict], lines: list[str]) -> dict:
-    """--lines NAME=GLOB: per line and length, each matching run's RNN-alone accuracy at its end (equal
-    seconds) and at the fewest updates any chosen run of that length made (equal updates)."""
+def pick_lines(specs: list[str], runs: list, folder) -> dict:
+    """--lines NAME=GLOB ...: NAME -> the runs whose folder name (folder(run)) matches GLOB."""
     chosen = {}
-    for spec in lines:
+    for spec in specs:
         name, sep, pattern = spec.partition("=")
         if not sep or not name or not pattern:
             raise SystemExit(f"--lines wants NAME=GLOB, got {spec!r}")
-        runs = [r for r in found if fnmatch(Path(r["dir"]).name, pattern)]
-        if not runs:
+        chosen[name] = [r for r in runs if fnmatch(folder(r), pattern)]
+        if not chosen[name]:
             raise SystemExit(f"--lines {spec!r}: no finished run's folder matches {pattern!r}")
-        chosen[name] = runs
+    return chosen
+
+
+def claim_lines(found: list[dict], lines: list[str]) -> dict:
+    """--lines NAME=GLOB: per line and length, each matching run's RNN-alone accuracy at its end (equal
+    seconds) and at the fewest updates any chosen run of that length made (equal updates)."""
+    chosen = pick_lines(lines, found, lambda r: Path(r["dir"]).name)
     lengths = sorted({r["length"] for runs in chosen.values() for r in runs})
     fewest = {T: min(r["updates"] for runs in chosen.values() for r in runs if r["length"] == T) for T in lengths}
     out = {"fewest_updates": fewest, "lines": {}}
@@ -272,15 +277,7 @@ def draw(data: dict):
 def generalise(a) -> None:
     """Each matching run's RNN alone at each of --lengths (held-out draws of --batch sequences, the
     same seed for every run), cached per run and length in the run's generalise.json."""
-    lines = {}
-    for spec in a.lines:
-        name, sep, pattern = spec.partition("=")
-        if not sep or not name or not pattern:
-            raise SystemExit(f"--lines wants NAME=GLOB, got {spec!r}")
-        runs = sorted(f.parent for f in Path(a.root).glob("*/run.json") if fnmatch(f.parent.name, pattern))
-        if not runs:
-            raise SystemExit(f"--lines {spec!r}: no finished run under {a.root} matches {pattern!r}")
-        lines[name] = runs
+    lines = pick_lines(a.lines, sorted(f.parent for f in Path(a.root).glob("*/run.json")), lambda d: d.name)
     out = {"lengths": a.lengths, "batch": a.batch, "lines": {}}
     for name, runs in lines.items():
         out["lines"][name] = [read_at_lengths(d, a.lengths, a.batch) for d in runs]
