@@ -40,7 +40,8 @@ def run(a) -> None:
         for name in a.methods:
             out = Path(a.root) / f"{name}-s{seed}{a.tag}"
             task = {"path": a.data, "context": a.context, "horizon": a.horizon,
-                    **{k: v for k, v in (("val_steps", a.val_steps), ("test_steps", a.test_steps)) if v is not None}}
+                    **{k: v for k, v in (("val_steps", a.val_steps), ("test_steps", a.test_steps)) if v is not None},
+                    **({"lags": a.lags} if a.lags else {})}
             s = train_for_seconds([*METHODS[name], "task=series", f"task_args={json.dumps(task)}"], out, seed, a)
             print(f"{out.name}: {s['steps']} updates, {s['train_seconds']:.0f} s, held-out loss per value {s['rnn_ce']:.3f}",
                   flush=True)
@@ -84,6 +85,8 @@ def main() -> None:
     r.add_argument("--horizon", type=int, default=48)
     r.add_argument("--val-steps", type=int, default=None, help="task_args.val_steps (None: 4 x horizon)")
     r.add_argument("--test-steps", type=int, default=None, help="task_args.test_steps (None: 4 x horizon)")
+    r.add_argument("--lags", type=int, nargs="*", default=None,
+                   help="task_args.lags: targets read a season back beside y_{t-1}, e.g. 48 336 (DeepAR reads its own lags)")
     add_lane_args(r, root="runs/forecast", seconds=1200)
     q = sub.add_parser("report")
     q.add_argument("--root", default="runs/forecast")

@@ -67,6 +67,11 @@ def coerce(value, tp, key: str):
         if not isinstance(value, str):
             raise ValueError(f"{key} must be a string, got {value!r}")
         return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key} must be a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [coerce(v, item, key) for v in value]
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
             raise ValueError(f"{key} must be a mapping, got {value!r}")

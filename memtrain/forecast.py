@@ -2,7 +2,8 @@
 
 `sample_paths` runs the RNN alone over each window's context, the observed lagged targets as inputs
 (as it was trained), then draws y_C from its readout, feeds the draw back as the next step's lagged
-target together with that step's known covariates, and so on for the horizon: ancestral sampling,
+target (and as the lag-l target l steps later, where the task reads further lags) together with that
+step's known covariates, and so on for the horizon: ancestral sampling,
 S paths per window in one batch, one memory per path and step. The paths come back in the data's
 own units (times each window's scale, which was fitted on its context only).
 
@@ -28,17 +29,21 @@ from .plot import fan_figure, save_png
 
 @torch.no_grad()
 def sample_paths(cell: Cell, x: torch.Tensor, scale: torch.Tensor, context: int, horizon: int, samples: int = 100,
-                 gen: torch.Generator | None = None) -> torch.Tensor:
+                 gen: torch.Generator | None = None, lags: list[int] = ()) -> torch.Tensor:
     """Sample paths (S, N, H, G) in the data's units, for windows x (N, T, F) laid out as task=series
-    builds them ([lagged targets (G), their missing flags (G), known covariates]) with scales (N, G)."""
+    builds them ([y_{t-1}, y_{t-l} for l in `lags` (G each), their missing flags, known covariates])
+    with scales (N, G). A lagged target that falls inside the horizon is the path's own draw; one that
+    falls in the context is the observed value, as x holds it."""
     N, T, F = x.shape
     G = scale.shape[-1]
+    every = [1, *lags]
+    L = len(every)
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     if context + horizon != T:
         raise ValueError(f"windows of {T} steps, but context + horizon = {context + horizon}")
-    if F < 2 * G:
-        raise ValueError(f"windows of {F} features cannot hold {G} lagged targets and their missing flags")
+    if F < 2 * G * L:
+        raise ValueError(f"windows of {F} features cannot hold {G} targets at {L} lags and their missing flags")
     m = rollout(cell, cell.init_memory(N), x[:, : context + 1])[:, -1]  # after reading x_0..x_C
     m = m.repeat(samples, 1)  # (S*N, Z): path s of window n is row s*N + n
     xs = x.repeat(samples, 1, 1)
@@ -48,8 +53,10 @@ def sample_paths(cell: Cell, x: torch.Tensor, scale: torch.Tensor, context: int,
         out.append(draw)
         if h + 1 < horizon:
             step = xs[:, context + h + 1].clone()
-            step[:, :G] = draw  # the lagged target is the draw
-            step[:, G: 2 * G] = 0.0  # (observed)
+            for j, lag in enumerate(every):  # y_{C+h+1-lag}: drawn when it lies in the horizon
+                if h + 1 - lag >= 0:
+                    step[:, j * G: (j + 1) * G] = out[h + 1 - lag]
+                    step[:, (L + j) * G: (L + j + 1) * G] = 0.0  # (observed)
             m = cell.update(m, step)
     paths = torch.stack(out, dim=1).view(samples, N, horizon, G)
     return paths * scale[None, :, None, :]
@@ -97,7 +104,8 @@ def forecast_windows(run_dir: str, split: str = "test", samples: int = 100, seed
         raise ValueError(f"split must be 'val' or 'test', got {split!r}")
     x, y, scale = task.split_windows(split)
     C, H = task.context, task.horizon
-    paths = sample_paths(cell, x.to(next(cell.parameters()).dtype), scale, C, H, samples, torch.Generator().manual_seed(seed))
+    paths = sample_paths(cell, x.to(next(cell.parameters()).dtype), scale, C, H, samples, torch.Generator().manual_seed(seed),
+                         getattr(task, "lags", []))
     return {"task": task, "paths": paths[..., 0], "truth": (y * scale[:, None, :])[:, C:, 0],
             "history": (y * scale[:, None, :])[:, :C, 0]}
 

@@ -477,7 +477,7 @@ def test_forecast_benchmark_trains_each_method_for_its_seconds_and_scores_the_sa
     (tmp_path / "s.csv").write_text("\n".join(rows) + "\n")
     prepare("series", "csv", tmp_path / "prep", progress=False, path=str(tmp_path / "s.csv"), target="load", covariates="dow",
             seasonality="24")
-    a = argparse.Namespace(methods=["smt-dmt", "bptt"], data=str(tmp_path / "prep"), context=30, horizon=6, val_steps=None, test_steps=None, seeds=[0], seconds=2.0,
+    a = argparse.Namespace(methods=["smt-dmt", "bptt"], data=str(tmp_path / "prep"), context=30, horizon=6, val_steps=None, test_steps=None, lags=[24], seeds=[0], seconds=2.0,
                            eval_every=5, threads=1, root=str(tmp_path / "runs"), tag="",
                            overrides=["teacher.d_model=16", "teacher.mem_tokens=2", "teacher.n_heads=2", "train.batch_size=4",
                                       "smt.future=4", "train.eval_batch=4"])
@@ -494,6 +494,7 @@ def test_forecast_benchmark_trains_each_method_for_its_seconds_and_scores_the_sa
     assert sorted(data["runs"]) == ["bptt-s0", "deepar-s0", "smt-dmt-s0"]
     assert data["runs"]["deepar-s0"]["rnn"][-1]["crps"] == pytest.approx(0.0) and data["runs"]["deepar-s0"]["season"] == 24
     data["runs"].pop("deepar-s0")
+    assert json.loads((tmp_path / "runs" / "bptt-s0" / "run.json").read_text())["config"]["task_args"]["lags"] == [24]
     for run in data["runs"].values():
         assert run["season"] == 24 and run["windows"] == 4 and [r["horizon"] for r in run["rnn"]] == [1, 6]
         assert run["summary"]["train_seconds"] == pytest.approx(2.0, abs=1.0)

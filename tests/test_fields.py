@@ -144,3 +144,12 @@ def test_config_help_shows_the_same_table(capsys):
     text = _help("config", capsys)
     assert text.startswith("usage: memtrain config")
     assert _table(text) == train_table
+
+
+def test_coerce_reads_a_list_item_by_item():
+    from memtrain.fields import coerce
+    assert coerce([48, 336], list[int], "task_args.lags") == [48, 336] and coerce((2,), list[int], "k") == [2]
+    with pytest.raises(ValueError, match="task_args.lags must be an integer, got 4.5"):
+        coerce([4.5], list[int], "task_args.lags")
+    with pytest.raises(ValueError, match="k must be a list, got 3"):
+        coerce(3, list[int], "k")

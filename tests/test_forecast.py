@@ -62,6 +62,50 @@ def test_sample_paths_never_read_the_future_targets():
         sample_paths(cell, x, scale, C, HOR, samples=0)
 
 
+def test_sample_paths_with_lags_feed_each_draw_back_lag_steps_later():
+    """Lags [2, 5]: written out, y_{C+h+1-l} is the path's draw where it lies in the horizon and the
+    observed value of x elsewhere; the future lagged targets of x are never read."""
+    lags, L = [2, 5], 3
+    torch.manual_seed(0)
+    cell = build_cell(CellConfig(kind="mlp", vocab_size=None, features=2 * G * L + KNOWN, output="gaussian", targets=G,
+                                 mem_tokens=K, d_mem=D, n_heads=H, depth=1, hidden_mult=2, readout_depth=1)).double()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, C + HOR, 2 * G * L + KNOWN, dtype=torch.float64, generator=g)
+    x[..., G * L: 2 * G * L] = 0.0
+    scale = 1 + torch.rand(3, G, dtype=torch.float64, generator=g)
+    S = 4
+    got = sample_paths(cell, x, scale, C, HOR, samples=S, gen=torch.Generator().manual_seed(3), lags=lags)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        m = cell.init_memory(3)
+        for t in range(C + 1):
+            m = cell.update(m, x[:, t])
+        m = m.repeat(S, 1)
+        draws = []
+        for h in range(HOR):
+            draws.append(cell.output.sample(cell.readout(m), gen))
+            if h + 1 < HOR:
+                step = x[:, C + h + 1].repeat(S, 1)
+                t = C + h + 1
+                for j, lag in enumerate([1, *lags]):
+                    if t - lag >= C:
+                        step[:, j * G:(j + 1) * G], step[:, (L + j) * G:(L + j + 1) * G] = draws[t - lag - C], 0.0
+                m = cell.update(m, step)
+    want = torch.stack(draws, 1).view(S, 3, HOR, G) * scale[None, :, None, :]
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    context = x.clone()
+    context[:, C + 1, G:2 * G] += 1.0  # lag 2 at the first fed step is y_{C-1}: observed, read from x
+    assert not torch.allclose(sample_paths(cell, context, scale, C, HOR, samples=S, gen=torch.Generator().manual_seed(3),
+                                           lags=lags), got), "lags reaching into the context are read from x"
+    changed = x.clone()
+    changed[:, C + 1:, :G] += 100.0  # lag 1 is always drawn
+    changed[:, C + 3:, G:2 * G] += 100.0  # lag 2 from the horizon's third step on
+    torch.testing.assert_close(sample_paths(cell, changed, scale, C, HOR, samples=S, gen=torch.Generator().manual_seed(3),
+                                            lags=lags), got, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="cannot hold 1 targets at 3 lags"):
+        sample_paths(cell, x[..., :5], scale, C, HOR, lags=lags)
+
+
 def test_seasonal_naive_repeats_the_last_season():
     h = torch.arange(10.0)[None]
     assert seasonal_naive(h, 5, 3).tolist() == [[7.0, 8.0, 9.0, 7.0, 8.0]]

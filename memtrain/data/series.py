@@ -267,9 +267,11 @@ class SeriesTask:
     period, the `val_steps` before them validation, the rest training; a window of a split ends inside
     it (training windows lie wholly before validation).
 
-    Step t of a window reads x_t = [y_{t-1} / scale, 1 where y_{t-1} is missing, the covariates known in
-    advance at t: real ones standardised on the training period, categorical ones one-hot] (F = 2G + K,
-    K = the real covariates + every categorical one's levels) and predicts y_t / scale
+    Step t of a window reads x_t = [y_{t-1} / scale, then y_{t-l} / scale for each l of `lags`; 1 where
+    each of these is missing; the covariates known in advance at t: real ones standardised on the
+    training period, categorical ones one-hot] (F = 2G(1 + len(lags)) + K, K = the real covariates +
+    every categorical one's levels; a lag may reach before the window, never before the series: NaN
+    there, flagged missing) and predicts y_t / scale
     (G targets; NaN where missing: unsupervised). `scale` is each window's mean absolute target over its
     context (never over the future it forecasts; 1 where that is 0 or all missing), as DeepAR scales;
     `last_scales` holds the scales of the last batch drawn. Batches are (x, y) of equal length."""
@@ -279,6 +281,7 @@ class SeriesTask:
     val_steps: int | None = None  # each series' steps held out for validation (None: 4 x horizon)
     test_steps: int | None = None  # each series' last steps held out for testing (None: 4 x horizon)
     output: str = "student-t"  # the predictive distribution: gaussian | student-t | quantile
+    lags: list[int] = field(default_factory=list)  # lagged targets read beside y_{t-1}, e.g. [48, 336]: a season back
 
     def __post_init__(self):
         if not self.path:
@@ -296,6 +299,9 @@ class SeriesTask:
         if self.val_steps < self.horizon or self.test_steps < self.horizon:
             raise ValueError(f"task 'series': val_steps={self.val_steps} and test_steps={self.test_steps} must each "
                              f"hold at least one horizon ({self.horizon} steps)")
+        self.lags = list(self.lags or [])
+        if any(lag < 2 for lag in self.lags) or len(set(self.lags)) < len(self.lags):
+            raise ValueError(f"task 'series': lags must be distinct integers >= 2 (y_{{t-1}} is always read), got {self.lags}")
         from ..models.heads import OUTPUT_KINDS
         if self.output not in OUTPUT_KINDS:
             raise ValueError(f"task 'series': output must be one of {OUTPUT_KINDS}, got {self.output!r}")
@@ -307,7 +313,7 @@ class SeriesTask:
         self._k = [cols.index(c) for c in meta["known"] if c not in levels]  # real covariates
         self._cat = [(cols.index(c), len(levels[c])) for c in meta["known"] if c in levels]  # categorical: (column, levels)
         self.G, self.K = len(self._t), len(self._k) + sum(n for _, n in self._cat)
-        self.features = 2 * self.G + self.K
+        self.features = 2 * self.G * (1 + len(self.lags)) + self.K
         self.targets = self.G
         T = self.length
         # where each split's windows may end (exclusive end of the window, per series)
@@ -361,12 +367,15 @@ class SeriesTask:
         mean_abs = np.where(seen, ctx, 0.0).sum(1) / np.maximum(seen.sum(1), 1)
         scale = np.where(mean_abs > 0, mean_abs, 1.0)  # (N, G)
         y = y / scale[:, None, :]
-        series = np.array([i for i, _ in ends])
-        before = idx[:, 0] - 1  # the step before each window (its first lagged target), NaN before a series starts
-        first = np.where((before >= 0)[:, None], self._values[series, np.maximum(before, 0)][:, self._t], np.nan)
-        lag = np.concatenate([(first / scale)[:, None, :], y[:, :-1]], axis=1)
-        missing = np.isnan(lag).astype(np.float64)
-        x = np.concatenate([np.nan_to_num(lag), missing, self.covariates(rows)], axis=-1)
+        series = np.array([i for i, _ in ends])[:, None]
+        lagged = []
+        for lag in [1] + self.lags:  # y_{t-lag} / scale, NaN before the series starts
+            back = idx - lag
+            got = self._values[series, np.maximum(back, 0)][..., self._t]
+            lagged.append(np.where((back >= 0)[..., None], got, np.nan) / scale[:, None, :])
+        lagged = np.concatenate(lagged, axis=-1)  # (N, T, G(1 + lags)), lag-major
+        missing = np.isnan(lagged).astype(np.float64)
+        x = np.concatenate([np.nan_to_num(lagged), missing, self.covariates(rows)], axis=-1)
         return (torch.from_numpy(x).float(), torch.from_numpy(y).float(), torch.from_numpy(scale).float())
 
     def split_windows(self, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -164,6 +164,26 @@ def test_series_windows_scale_on_the_context_and_lag_the_targets(tmp_path):
     assert float(x[0, 5, 2]) == pytest.approx(((14 + 5) % 7 - dow[0][0]) / dow[1][0], rel=1e-5), "covariates standardised"
 
 
+def test_series_windows_read_lagged_targets_a_season_back(tmp_path):
+    from memtrain.data.tasks import build_task
+    task = build_task("series", path=_prepared_csv(tmp_path), context=12, horizon=4, lags=[3, 20])
+    assert task.features == 2 * 3 + 1 and task.lags == [3, 20]
+    x, y, scale = task.windows([(0, 30), (1, 16)])  # series a steps 14..29 (target 10 + t); series b steps 0..15
+    t = torch.arange(14, 30, dtype=torch.float32)
+    assert torch.allclose(x[0, :, 0] * scale[0, 0], 10 + t - 1) and torch.allclose(x[0, :, 1] * scale[0, 0], 10 + t - 3)
+    assert torch.allclose(x[0, 6:, 2] * scale[0, 0], 10 + t[6:] - 20), "lag 20 reaches before the window, into the series"
+    assert (x[0, :6, 2] == 0).all() and (x[0, :6, 5] == 1).all() and (x[0, 6:, 5] == 0).all(), "before the series: missing"
+    assert (x[0, :, 3:5] == 0).all(), "lags 1 and 3 observed throughout"
+    assert (x[1, :3, 4] == 1).all() and float(x[1, 3, 4]) == 0.0 and float(x[1, 3, 1] * scale[1, 0]) == 100.0
+    assert torch.allclose(x[0, :, 6], task.windows([(0, 30)])[0][0, :, 6]) and x.shape[-1] == task.features
+    plain = build_task("series", path=_prepared_csv(tmp_path / "p"), context=12, horizon=4).windows([(0, 30)])[0]
+    assert torch.equal(plain[..., 0], x[:1, :, 0]) and torch.equal(plain[..., 2], x[:1, :, 6]), "lag 1 and the covariates unchanged"
+    for bad, match in (([1], "lags must be distinct integers >= 2"), ([3, 3], "distinct"), ([2.5], "lags must be an integer"),
+                       (3, "lags must be a list")):
+        with pytest.raises(ValueError, match=match):
+            build_task("series", path=_prepared_csv(tmp_path / "b"), context=12, horizon=4, lags=bad)
+
+
 def test_series_splits_by_time(tmp_path):
     from memtrain.data.tasks import build_task
     task = build_task("series", path=_prepared_csv(tmp_path), context=12, horizon=4, val_steps=8, test_steps=12)
@@ -269,3 +289,21 @@ def test_a_series_run_resumes_exactly(tmp_path):
     train(preset_config("tiny", over + ["train.steps=5", f"out_dir={tmp_path / 'split'}"]), progress=False)
     train(preset_config("tiny", over + ["train.steps=8", f"out_dir={tmp_path / 'split'}"]), progress=False)
     assert trace(tmp_path / "straight") == trace(tmp_path / "split") and len(trace(tmp_path / "split")) >= 8
+
+
+def test_a_series_run_with_lags_forecasts_with_them(tmp_path):
+    """task_args.lags reaches the cell's inputs, the checkpoint and the forecasts: the run's paths are
+    `sample_paths` with the task's lags (tests/test_forecast.py writes that loop out)."""
+    from memtrain.forecast import forecast_windows, sample_paths
+    from memtrain.presets import preset_config
+    from memtrain.runs import load_run
+    from memtrain.training.trainer import train
+    path = _prepared_csv(tmp_path)
+    train(preset_config("tiny", ["method=bptt", "task=series", f'task_args={{"path": "{path}", "context": 12, "horizon": 6, '
+                                 '"lags": [4]}', "train.steps=3", f"out_dir={tmp_path / 'run'}"]), progress=False)
+    saved, task, _, cell = load_run(str(tmp_path / "run"))
+    assert saved.cell.features == 2 * 2 + 1 and task.lags == [4]
+    f = forecast_windows(str(tmp_path / "run"), samples=3)
+    x, _, scale = task.split_windows("test")
+    want = sample_paths(cell, x, scale, 12, 6, 3, torch.Generator().manual_seed(0), lags=[4])[..., 0]
+    torch.testing.assert_close(f["paths"], want, rtol=0, atol=0)
