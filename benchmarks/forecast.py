@@ -30,6 +30,11 @@ from memtrain.forecast import evaluate_forecasts, scores
 
 METHODS = {  # label -> settings on top of the defaults
     "smt-dmt": ["method=smt-dmt", "handover.teacher_acc=null", "handover.teacher_plateau=3"],
+    # the forecast-cpu preset's handover (0.17): DMT on 32-step rollouts from the teacher's memories after
+    # 250 SMT updates, once the teacher's loss has stalled for one evaluation
+    "smt-dmt-early": ["method=smt-dmt", "handover.teacher_acc=null", "handover.teacher_plateau=1", "handover.smt_steps=250",
+                      "handover.dmt_schedule=constant", "handover.dmt_lr_scale=0.2", "dmt.start=encoder", "dmt.rollout=32",
+                      "handover.dmt_patience=null"],
     "bptt": ["method=bptt"],
     "bptt-lstm": ["method=bptt", "cell.kind=torch-lstm"],
 }

@@ -80,3 +80,28 @@ def test_the_cloning_preset_collects_its_demonstrations():
     assert isinstance(task, ControlTask) and task.env == "repeat-previous" and task.demos == 1000
     assert (task.n_sequences("train"), task.n_sequences("val"), task.length, task.features) == (1000, 200, 51, 8)
     assert cell.cfg.features == 8 and cell.cfg.vocab_size == 4
+
+
+def test_the_forecasting_preset_reads_a_day_and_a_week_back(tmp_path):
+    """forecast-cpu on a prepared set laid out as elecdemand's (one target, covariates known in
+    advance): windows of 384 + 336 steps, the target 1, 48 and 336 steps back as inputs, Student-t
+    outputs; one SMT loss with finite gradients into every trained parameter."""
+    t = np.arange(4200)
+    rows = ["demand,temperature,workday"] + [f"{4 + np.sin(2 * np.pi * i / 48):.4f},{20 + np.cos(2 * np.pi * i / 336):.4f},{int((i // 48) % 7 < 5)}"
+                                              for i in t]
+    (tmp_path / "elec.csv").write_text("\n".join(rows) + "\n")
+    prepare("series", "csv", tmp_path / "elec", progress=False, path=str(tmp_path / "elec.csv"), target="demand",
+            covariates="temperature,workday", seasonality="48,336")
+    torch.manual_seed(0)
+    cfg = preset_config("forecast-cpu", [f"task_args.path={tmp_path / 'elec'}"])
+    task, teacher, cell, method = build(cfg)
+    assert (task.context, task.horizon, task.lags, task.features) == (384, 336, [48, 336], 2 * 3 + 2)
+    assert cell.cfg.features == 8 and cell.output.kind == "student-t" and cfg.method == "smt-dmt"
+    assert (cfg.handover.smt_steps, cfg.handover.teacher_plateau, cfg.dmt.start, cfg.dmt.rollout) == (250, 1, "encoder", 32)
+    x, y = task.sample(2, torch.Generator().manual_seed(0))
+    loss, logs = method.loss(x, y, torch.Generator().manual_seed(1))
+    loss.backward()
+    assert torch.isfinite(loss)
+    copies = {id(p) for p in cell.head.parameters()} | {id(cell.m_init)}  # the teacher's readout and start, copied (smt.py)
+    trained = [n for n, p in method.named_parameters() if p.requires_grad and id(p) not in copies]
+    assert len(trained) > 20 and all(torch.isfinite(dict(method.named_parameters())[n].grad).all() for n in trained)
