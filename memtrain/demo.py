@@ -136,7 +136,7 @@ WHY_THIS_LENGTH = ("Why T=32 (measured in RESULTS.md section 1, not by this run)
                    "beats every baseline within about 10 minutes of a 2-core CPU; at T=32 the fused LSTM is as good and "
                    "about as fast (first to 0.95 in some demo runs, second in others), and at T=256, where the LSTM stays at "
                    "chance, SMT -> DMT reaches 0.95 in 15-22 minutes (4 of 5 seeds) and torch's GRU with a decaying "
-                   "learning rate in 8-14 (3 of 3); trained at T=256, SMT -> DMT's RNN is exact to T=8,192 and the GRU's "
+                   "learning rate in 8-14 (3 of 3); trained at T=256, SMT -> DMT's RNN is exact to T=8,192 in 3 of 4 seeds and the GRU's "
                    "at 0.83-1.000; at T=512 the GRU took 22 minutes, SMT -> DMT 38; from scratch at T=1024 neither "
                    "within two hours.")
 

@@ -50,8 +50,9 @@ PRESETS: dict[str, tuple[str, list[str]]] = {
     # sampled transitions per window for 250 updates (its one-step error stays at 0.4-0.8 of a step: the
     # cell alone does not follow), then DMT on 32-step rollouts from the teacher's memories at 0.2 x 3e-3,
     # which brings the RNN alone to the teacher's held-out loss within 50 updates. These are the settings
-    # of RESULTS.md "Forecasting" 0.17's SMT -> DMT row: 812 updates in 600 s of one core, CRPS 0.250 /
-    # 0.257 GW over the first day / week (seasonal naive 0.411 / 0.315; GluonTS's DeepAR 0.143 / 0.219).
+    # of RESULTS.md "Forecasting" 0.17's SMT -> DMT rows: 812-855 updates in 600 s of one core, CRPS
+    # 0.224-0.250 / 0.206-0.257 GW over the first day / week in seeds 0-1 (seasonal naive 0.411 / 0.315;
+    # GluonTS's DeepAR 0.130 / 0.199).
     "forecast-cpu": ("SMT -> DMT forecasting half-hourly electricity demand a week ahead (data/elec), reading the demand a day and a week back; 10 minutes of one CPU core", [
         "method=smt-dmt", "task=series",
         'task_args={"path": "data/elec", "context": 384, "horizon": 336, "val_steps": 672, "test_steps": 2688, "lags": [48, 336]}',

@@ -377,19 +377,21 @@ def test_every_stored_figure_redraws_readably(tmp_path):
 
     from tests.helpers import assert_readable
 
+    import matplotlib.pyplot as plt
+
     stored = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
     drawn = []
     for f in sorted(stored.glob("*.json")):
         data = json.loads(f.read_text())
         module = importlib.import_module(script_of(data))
         if hasattr(module, "draw"):
-            assert_readable(module.draw(data))
+            fig = module.draw(data)
+            assert_readable(fig)
+            plt.close(fig)  # (more than 20 open figures: matplotlib warns)
             drawn.append(f.stem)
     assert {"length_sweep", "step_time", "grad_profile", "memory_geometry", "drift", "copy_memory"} <= set(drawn)
     shutil.copy(stored / "length_sweep.json", tmp_path)
     assert replot("length_sweep", tmp_path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    import matplotlib.pyplot as plt
-
     plt.close("all")
 
 
