@@ -27,14 +27,13 @@ import torch
 from common import add_lane_args, md_table, train_for_seconds, write_results
 
 from memtrain.forecast import evaluate_forecasts, scores
+from memtrain.presets import PRESETS
 
 METHODS = {  # label -> settings on top of the defaults
     "smt-dmt": ["method=smt-dmt", "handover.teacher_acc=null", "handover.teacher_plateau=3"],
-    # the forecast-cpu preset's handover (0.17): DMT on 32-step rollouts from the teacher's memories after
-    # 250 SMT updates, once the teacher's loss has stalled for one evaluation
-    "smt-dmt-early": ["method=smt-dmt", "handover.teacher_acc=null", "handover.teacher_plateau=1", "handover.smt_steps=250",
-                      "handover.dmt_schedule=constant", "handover.dmt_lr_scale=0.2", "dmt.start=encoder", "dmt.rollout=32",
-                      "handover.dmt_patience=null"],
+    # the forecast-cpu preset's method and handover (0.17): DMT on 32-step rollouts from the teacher's
+    # memories after 250 SMT updates, once the teacher's loss has stalled for one evaluation
+    "smt-dmt-early": [o for o in PRESETS["forecast-cpu"][1] if o.startswith(("method=", "handover.", "dmt."))],
     "bptt": ["method=bptt"],
     "bptt-lstm": ["method=bptt", "cell.kind=torch-lstm"],
 }

@@ -105,7 +105,7 @@ def forecast_windows(run_dir: str, split: str = "test", samples: int = 100, seed
     x, y, scale = task.split_windows(split)
     C, H = task.context, task.horizon
     paths = sample_paths(cell, x.to(next(cell.parameters()).dtype), scale, C, H, samples, torch.Generator().manual_seed(seed),
-                         getattr(task, "lags", []))
+                         task.lags)
     return {"task": task, "paths": paths[..., 0], "truth": (y * scale[:, None, :])[:, C:, 0],
             "history": (y * scale[:, None, :])[:, :C, 0]}
 
