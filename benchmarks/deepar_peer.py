@@ -9,8 +9,8 @@ Lightning are installed beside the same CPU build of torch (they are not memtrai
 
 It trains on each series up to the validation period (as our training windows), for `--seconds` of
 wall-clock (Lightning's max_time) at one thread, then samples --samples paths for every test window
-from the window's own context and writes them, with the truth, to OUT/paths.npz; `forecast.py report`
-scores them with the same code as ours. Learning rates: --lr (sweep them as ours are swept).
+from the window's own context and writes them, with the truth, to OUT/paths.npz (the validation
+windows' to OUT/paths_val.npz); `forecast.py report` and `select` score them with the same code as ours. Learning rates: --lr (sweep them as ours are swept).
 """
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--val-every", type=int, default=48,
+                   help="validation windows: forecast origins every this many steps (as `forecast.py select --val-every`)")
     p.add_argument("--out", required=True)
     a = p.parse_args()
 
@@ -68,20 +70,22 @@ def main() -> None:
     t0 = time.perf_counter()
     predictor = est.train(train)
     seconds = time.perf_counter() - t0
-    ends = task._ends["test"]
-    test = ListDataset([entry(i, e - a.horizon, a.horizon) for i, e in ends], freq=freq)
-    paths = np.stack([f.samples for f in predictor.predict(test)], axis=1)  # (S, N, H)
-    truth = np.stack([values[i, e - a.horizon: e, task._t[0]] for i, e in ends])
-    history = np.stack([values[i, e - a.horizon - a.context: e - a.horizon, task._t[0]] for i, e in ends])
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "paths.npz", paths=paths, truth=truth, history=history)
+    for split, name in (("test", "paths.npz"), ("val", "paths_val.npz")):  # validation windows: to choose a rate by
+        ends = task.split_ends(split, a.val_every if split == "val" else 1)
+        windows = ListDataset([entry(i, e - a.horizon, a.horizon) for i, e in ends], freq=freq)
+        paths = np.stack([f.samples for f in predictor.predict(windows)], axis=1)  # (S, N, H)
+        truth = np.stack([values[i, e - a.horizon: e, task._t[0]] for i, e in ends])
+        history = np.stack([values[i, e - a.horizon - a.context: e - a.horizon, task._t[0]] for i, e in ends])
+        np.savez(out / name, paths=paths, truth=truth, history=history)
     season = max([s for s in task.seasonality(0) if s < a.context] or [1])  # as memtrain.forecast picks it
     (out / "peer.json").write_text(json.dumps({"peer": "gluonts DeepAR", "seconds": seconds, "lr": a.lr, "seed": a.seed,
                                                "context": a.context, "horizon": a.horizon, "val_steps": task.val_steps,
                                                "test_steps": task.test_steps, "samples": a.samples,
-                                               "season": season}, indent=1))
-    print(f"wrote {out}: {paths.shape[1]} test windows, {seconds:.0f} s of training")
+                                               "season": season, "val_every": a.val_every}, indent=1))
+    print(f"wrote {out}: {len(task.split_ends('test'))} test and {len(task.split_ends('val', a.val_every))} validation windows, "
+          f"{seconds:.0f} s of training")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ horizon, in the data's units.
     python benchmarks/forecast.py run --methods smt-dmt bptt --seconds 1200 --seeds 0
     python benchmarks/forecast.py run --methods bptt-lstm --seconds 1200 --seeds 0
     python benchmarks/forecast.py report
+    python benchmarks/forecast.py select   # each method's rate chosen on the validation windows
 
 GluonTS's own DeepAR, the real peer (issue 27), runs in a virtual environment of its own
 (`benchmarks/deepar_peer.py` writes its sample paths under --root; `report` scores them with the
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -51,32 +53,100 @@ def run(a) -> None:
                   flush=True)
 
 
-def report(a) -> None:
-    rows, data = [], {"runs": {}}
-    for d in sorted(Path(a.root).iterdir()):
-        if (d / "peer.json").is_file():  # a peer's paths (benchmarks/deepar_peer.py), scored by the same code
+def score_root(root: str, split: str, samples: int, horizons: list[int] | None, season: int | None,
+               every: int = 1) -> tuple[dict, list[dict]]:
+    """Score every run under `root` on the windows of `split` (validation: every `every`-th origin) ->
+    ({run: {"label", "seconds", "summary", "windows", "samples", "season", "rnn": [rows]}}, seasonal naive's
+    rows). A peer's paths (benchmarks/deepar_peer.py: paths.npz, paths_val.npz) are scored by the same code."""
+    runs, naive = {}, []
+    for d in sorted(Path(root).iterdir()):
+        if (d / "peer.json").is_file():
             peer = json.loads((d / "peer.json").read_text())
-            z = np.load(d / "paths.npz")
-            season = a.season or peer.get("season") or 1
-            got = {"windows": int(z["truth"].shape[0]), "samples": int(z["paths"].shape[0]), "season": season,
-                   "rnn": scores(torch.from_numpy(z["paths"]).double(), torch.from_numpy(z["truth"]).double(),
-                                 torch.from_numpy(z["history"]).double(), season,
-                                 a.horizons or sorted({1, min(season, peer["horizon"]), peer["horizon"]}))}
-            data["runs"][d.name] = {"summary": {"train_seconds": peer["seconds"]}, **got}
-            rows += [{"run": f"{d.name} ({peer['peer']})", "seconds": peer["seconds"], **r} for r in got["rnn"]]
+            f = d / ("paths.npz" if split == "test" else "paths_val.npz")
+            if split == "val" and peer.get("val_every") != every:
+                print(f"{d.name}: no validation paths with origins every {every} steps (rerun deepar_peer.py --val-every {every}); left out")
+                continue
+            z = np.load(f)
+            ssn = season or peer.get("season") or 1
+            rows = scores(torch.from_numpy(z["paths"]).double(), torch.from_numpy(z["truth"]).double(),
+                          torch.from_numpy(z["history"]).double(), ssn,
+                          horizons or sorted({1, min(ssn, peer["horizon"]), peer["horizon"]}))
+            runs[d.name] = {"label": f"{d.name} ({peer['peer']})", "seconds": peer["seconds"],
+                            "summary": {"train_seconds": peer["seconds"]}, "windows": int(z["truth"].shape[0]),
+                            "samples": int(z["paths"].shape[0]), "season": ssn, "rnn": rows}
             continue
         if not (d / "run.json").is_file():
             continue
         summary = json.loads((d / "run.json").read_text()).get("summary") or {}
-        got = evaluate_forecasts(str(d), split="test", samples=a.samples, seed=0, horizons=a.horizons, season=a.season)
-        data["runs"][d.name] = {"summary": {k: summary.get(k) for k in ("steps", "train_seconds", "rnn_ce")}, **got}
-        rows += [{"run": d.name, "seconds": summary.get("train_seconds"), **r} for r in got["rnn"]]
-        naive = got["seasonal_naive"]  # (the same test windows for every run)
-    rows += [{"run": f"seasonal naive (season {data['runs'][d.name]['season']})", **r} for r in naive]
+        got = evaluate_forecasts(str(d), split=split, samples=samples, seed=0, horizons=horizons, season=season, every=every)
+        naive = got["seasonal_naive"]  # (the same windows for every run)
+        runs[d.name] = {"label": d.name, "seconds": summary.get("train_seconds"),
+                        "summary": {k: summary.get(k) for k in ("steps", "train_seconds", "rnn_ce")}, **got}
+    if not naive:
+        raise SystemExit(f"no memtrain series run under {root}: seasonal naive needs one to read the windows from")
+    return runs, naive
+
+
+def report(a) -> None:
+    runs, naive = score_root(a.root, "test", a.samples, a.horizons, a.season)
+    rows = [{"run": r["label"], "seconds": r["seconds"], **x} for r in runs.values() for x in r["rnn"]]
+    season = next(r["season"] for r in runs.values() if "split" in r)
+    rows += [{"run": f"seasonal naive (season {season})", **x} for x in naive]
+    data = {"runs": {k: {c: v for c, v in r.items() if c not in ("label", "seconds")} for k, r in runs.items()}}
     cols = ["run", "seconds", "horizon", "crps", "mase", "smape", "coverage80"]
     table = md_table(cols, [[r.get(c) for c in cols] for r in rows])
     print(table)
     write_results("forecast", data, table, results=a.results)
+
+
+RUN_NAME = re.compile(r"^(?P<method>.+?)-s(?P<seed>\d+)(?P<tag>.*)$")
+RATE = re.compile(r"-lr(?P<lr>\d+(?:\.\d+)?(?:e-?\d+)?)")
+
+
+def family_of(name: str) -> tuple[str, int, str] | None:
+    """A run's name `METHOD-sSEED[TAG]` -> (family: the method with the tag less its `-lrRATE`, seed, rate);
+    None for a name without a seed or a rate."""
+    m = RUN_NAME.match(name)
+    r = RATE.search(m["tag"]) if m else None
+    if r is None:
+        return None
+    return m["method"] + RATE.sub("", m["tag"]), int(m["seed"]), r["lr"]
+
+
+def select(a) -> None:
+    """Each method's learning rate chosen on the validation windows (mean CRPS over the whole horizon,
+    averaged over its seeds), then the chosen rate's test scores: one rule for every method, ours and
+    the peers'. Runs are grouped by name: `METHOD-sSEED...-lrRATE...`, the family being the name less
+    its seed and rate."""
+    val, _ = score_root(a.root, "val", a.samples, a.horizons, a.season, a.val_every)
+    test, naive = score_root(a.root, "test", a.samples, a.horizons, a.season)
+    fams: dict[str, dict[str, list[str]]] = {}
+    for name in val:
+        got = family_of(name)
+        if got is None:
+            print(f"{name}: no -sSEED or -lrRATE in its name; left out")
+            continue
+        fams.setdefault(got[0], {}).setdefault(got[2], []).append(name)
+    horizons = [x["horizon"] for x in next(iter(test.values()))["rnn"]]
+    rows, data = [], {"val_every": a.val_every, "families": {}}
+    for fam, rates in sorted(fams.items()):
+        val_crps = {lr: float(np.mean([val[n]["rnn"][-1]["crps"] for n in names])) for lr, names in rates.items()}
+        best = min(val_crps, key=val_crps.get)
+        chosen = sorted(rates[best], key=lambda n: family_of(n)[1])
+        per_h = {h: [next(x for x in test[n]["rnn"] if x["horizon"] == h) for n in chosen] for h in horizons}
+        data["families"][fam] = {"val_crps": val_crps, "val_windows": val[chosen[0]]["windows"], "chosen": best,
+                                 "runs": chosen, "test": {n: test[n]["rnn"] for n in chosen}}
+        rows.append([fam, ", ".join(f"{lr}: {c:.3f}" for lr, c in sorted(val_crps.items())), best, len(chosen),
+                     *[f"{np.mean([x['crps'] for x in per_h[h]]):.3f} ({min(x['crps'] for x in per_h[h]):.3f}-"
+                       f"{max(x['crps'] for x in per_h[h]):.3f})" for h in horizons],
+                     f"{np.mean([x['coverage80'] for x in per_h[horizons[-1]]]):.2f}"])
+    season = next(r["season"] for r in test.values() if "split" in r)
+    rows.append([f"seasonal naive (season {season})", "-", "-", "-", *[f"{x['crps']:.3f}" for x in naive], "-"])
+    cols = ["method", "validation CRPS by rate", "chosen", "seeds", *[f"test CRPS 1..{h}: mean (range)" for h in horizons],
+            f"coverage80 1..{horizons[-1]}"]
+    table = md_table(cols, rows)
+    print(table)
+    write_results("forecast_select", data, table, results=a.results)
 
 
 def main() -> None:
@@ -92,14 +162,18 @@ def main() -> None:
     r.add_argument("--lags", type=int, nargs="*", default=None,
                    help="task_args.lags: targets read a season back beside y_{t-1}, e.g. 48 336 (DeepAR reads its own lags)")
     add_lane_args(r, root="runs/forecast", seconds=1200)
-    q = sub.add_parser("report")
-    q.add_argument("--root", default="runs/forecast")
-    q.add_argument("--samples", type=int, default=100)
-    q.add_argument("--results", default=None)
-    q.add_argument("--season", type=int, default=None, help="seasonal naive's and MASE's period (default: the longest within the context)")
-    q.add_argument("--horizons", type=int, nargs="*", default=None)
+    q = sub.add_parser("report", help="score every run under --root on the test windows")
+    v = sub.add_parser("select", help="choose each method's rate on the validation windows, report its test scores")
+    for x in (q, v):
+        x.add_argument("--root", default="runs/forecast")
+        x.add_argument("--samples", type=int, default=100)
+        x.add_argument("--results", default=None)
+        x.add_argument("--season", type=int, default=None,
+                       help="seasonal naive's and MASE's period (default: the longest within the context)")
+        x.add_argument("--horizons", type=int, nargs="*", default=None)
+    v.add_argument("--val-every", type=int, default=48, help="validation forecast origins every this many steps (as deepar_peer.py)")
     a = p.parse_args()
-    (run if a.cmd == "run" else report)(a)
+    {"run": run, "report": report, "select": select}[a.cmd](a)
 
 
 if __name__ == "__main__":

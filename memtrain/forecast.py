@@ -92,9 +92,10 @@ def scores(forecast: torch.Tensor, truth: torch.Tensor, history: torch.Tensor, s
     return rows
 
 
-def forecast_windows(run_dir: str, split: str = "test", samples: int = 100, seed: int = 0) -> dict:
-    """Sample paths from a series run's RNN for every window of its `split` (forecast origins every
-    horizon steps) -> {"task", "paths" (S, N, H), "truth" (N, H), "history" (N, C)}, target 0, data units."""
+def forecast_windows(run_dir: str, split: str = "test", samples: int = 100, seed: int = 0, every: int = 1) -> dict:
+    """Sample paths from a series run's RNN for every window of its `split` (test: forecast origins every
+    horizon steps; validation: every step, or every `every`-th with `every`) -> {"task", "paths" (S, N, H),
+    "truth" (N, H), "history" (N, C)}, target 0, data units."""
     from .runs import load_run
 
     cfg, task, _, cell = load_run(run_dir)
@@ -102,7 +103,7 @@ def forecast_windows(run_dir: str, split: str = "test", samples: int = 100, seed
         raise ValueError(f"{run_dir!r} was not trained on a series task (task={cfg.task!r})")
     if split not in ("val", "test"):
         raise ValueError(f"split must be 'val' or 'test', got {split!r}")
-    x, y, scale = task.split_windows(split)
+    x, y, scale = task.split_windows(split, every)
     C, H = task.context, task.horizon
     paths = sample_paths(cell, x.to(next(cell.parameters()).dtype), scale, C, H, samples, torch.Generator().manual_seed(seed),
                          task.lags)
@@ -111,12 +112,12 @@ def forecast_windows(run_dir: str, split: str = "test", samples: int = 100, seed
 
 
 def evaluate_forecasts(run_dir: str, split: str = "test", samples: int = 100, seed: int = 0,
-                       horizons: list[int] | None = None, season: int | None = None) -> dict:
+                       horizons: list[int] | None = None, season: int | None = None, every: int = 1) -> dict:
     """Forecast every window of a series run's `split` (`forecast_windows`) with its RNN, and with
     seasonal naive, and score both -> {"rnn": [rows], "seasonal_naive": [rows], ...}.
     `season`: seasonal naive's and MASE's period (None: the series set's longest shorter than the context;
     1 where none is: naive)."""
-    f = forecast_windows(run_dir, split, samples, seed)
+    f = forecast_windows(run_dir, split, samples, seed, every)
     task, truth, history = f["task"], f["truth"], f["history"]
     C, H = task.context, task.horizon
     season = season or max([p for p in task.seasonality(0) if p < C] or [1])

@@ -504,6 +504,52 @@ def test_forecast_benchmark_trains_each_method_for_its_seconds_and_scores_the_sa
     assert data["runs"]["bptt-s0"]["seasonal_naive"][1]["crps"] == pytest.approx(0.0, abs=1e-4)
 
 
+def test_forecast_select_chooses_each_rate_on_validation_windows_and_reports_its_test_scores(tmp_path):
+    import argparse
+    import forecast
+    import numpy as np
+    from memtrain.data.prepare import prepare
+    from memtrain.forecast import evaluate_forecasts
+    assert forecast.family_of("smt-dmt-early-s1-lags-lr3e-3") == ("smt-dmt-early-lags", 1, "3e-3")
+    assert forecast.family_of("deepar-s0-lr1e-3") == ("deepar", 0, "1e-3")
+    assert forecast.family_of("bptt-s0") is None and forecast.family_of("bptt-lr1e-3") is None
+    rows = ["load"] + [f"{10 + (t % 24) + 0.1 * (t % 5)}" for t in range(200)]
+    (tmp_path / "s.csv").write_text("\n".join(rows) + "\n")
+    prepare("series", "csv", tmp_path / "prep", progress=False, path=str(tmp_path / "s.csv"), target="load", seasonality="24")
+    root = tmp_path / "runs"
+    for lr in ("1e-3", "3e-2"):
+        a = argparse.Namespace(methods=["bptt"], data=str(tmp_path / "prep"), context=30, horizon=6, val_steps=12, test_steps=12,
+                               lags=None, seeds=[0, 1], seconds=1.0, eval_every=5, threads=1, root=str(root), tag=f"-lr{lr}",
+                               overrides=["train.batch_size=4", "train.eval_batch=4", f"train.lr={lr}"])
+        forecast.run(a)
+    # a peer at two rates: the first forecasts the validation windows exactly, the second 5 off; the
+    # first's test paths are the truth + 1 everywhere, so its chosen test CRPS is 1
+    for lr, off in (("1e-3", 0.0), ("3e-3", 5.0)):
+        d = root / f"deepar-s0-lr{lr}"
+        d.mkdir()
+        truth = np.arange(12, dtype=np.float64).reshape(2, 6)
+        np.savez(d / "paths_val.npz", paths=np.stack([truth + off] * 3), truth=truth, history=np.ones((2, 30)))
+        np.savez(d / "paths.npz", paths=np.stack([truth + 1.0] * 3), truth=truth, history=np.ones((2, 30)))
+        (d / "peer.json").write_text(json.dumps({"peer": "gluonts DeepAR", "seconds": 1.0, "horizon": 6, "season": 24, "val_every": 3}))
+    (root / "deepar-s0-lr1e-2").mkdir()  # a peer without validation paths (an older deepar_peer.py): left out
+    (root / "deepar-s0-lr1e-2" / "peer.json").write_text(json.dumps({"peer": "gluonts DeepAR", "seconds": 1.0, "horizon": 6}))
+    np.savez(root / "deepar-s0-lr1e-2" / "paths.npz", paths=np.zeros((3, 2, 6)), truth=np.zeros((2, 6)), history=np.ones((2, 30)))
+    forecast.select(argparse.Namespace(root=str(root), samples=4, results=str(tmp_path / "res"), season=None, horizons=None,
+                                       val_every=3))
+    fams = json.loads((tmp_path / "res" / "forecast_select.json").read_text())["families"]
+    assert sorted(fams) == ["bptt", "deepar"]
+    assert fams["deepar"]["chosen"] == "1e-3" and fams["deepar"]["val_crps"] == {"1e-3": 0.0, "3e-3": pytest.approx(5.0)}
+    assert fams["deepar"]["test"]["deepar-s0-lr1e-3"][-1]["crps"] == pytest.approx(1.0)
+    # ours: each rate's validation CRPS is its two seeds' mean over the whole horizon, on every 3rd origin
+    b = fams["bptt"]
+    for lr in ("1e-3", "3e-2"):
+        got = [evaluate_forecasts(str(root / f"bptt-s{s}-lr{lr}"), "val", samples=4, seed=0, every=3) for s in (0, 1)]
+        assert got[0]["windows"] == 3 == b["val_windows"]
+        assert b["val_crps"][lr] == pytest.approx(np.mean([g["rnn"][-1]["crps"] for g in got]))
+    assert b["chosen"] == min(b["val_crps"], key=b["val_crps"].get)
+    assert b["runs"] == [f"bptt-s0-lr{b['chosen']}", f"bptt-s1-lr{b['chosen']}"]
+
+
 def test_clone_benchmark_collects_seeded_demonstrations_and_scores_each_policy_in_the_environment(tmp_path):
     pytest.importorskip("popgym")
     import argparse

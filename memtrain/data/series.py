@@ -378,11 +378,21 @@ class SeriesTask:
         x = np.concatenate([np.nan_to_num(lagged), missing, self.covariates(rows)], axis=-1)
         return (torch.from_numpy(x).float(), torch.from_numpy(y).float(), torch.from_numpy(scale).float())
 
-    def split_windows(self, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Every window of a split once -> x (N, T, F), y (N, T, G) scaled, scales (N, G)."""
+    def split_ends(self, split: str, every: int = 1) -> list[tuple[int, int]]:
+        """The (series, end) pairs of a split's windows, ends exclusive; with `every`, each series' every
+        `every`-th window from its first (validation origins a day apart, say, instead of every step)."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        return self.windows(self._ends[split])
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        first: dict[int, int] = {}
+        for i, e in self._ends[split]:
+            first.setdefault(i, e)
+        return [(i, e) for i, e in self._ends[split] if (e - first[i]) % every == 0]
+
+    def split_windows(self, split: str, every: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every window of a split once (`split_ends`) -> x (N, T, F), y (N, T, G) scaled, scales (N, G)."""
+        return self.windows(self.split_ends(split, every))
 
     def sample(self, batch_size, gen=None, length=None, split="train"):
         if split not in SPLITS:

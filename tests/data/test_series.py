@@ -193,6 +193,13 @@ def test_series_splits_by_time(tmp_path):
     assert [e for i, e in task._ends["test"] if i == 0] == [112, 116, 120]
     x, y = task.rows("test")
     assert x.shape == (6, 16, 3) and task.n_sequences("val") == 2 * 5
+    # validation origins every 2 steps: each series' own 1st, 3rd and 5th window, the same windows as all of them
+    assert task.split_ends("val", 2) == [(i, train_end + 4 + k) for i in (0, 1) for k in (0, 2, 4)]
+    x_all, y_all, _ = task.split_windows("val")
+    x2, y2, _ = task.split_windows("val", every=2)
+    assert torch.equal(x2, x_all[[0, 2, 4, 5, 7, 9]]) and torch.equal(y2, y_all[[0, 2, 4, 5, 7, 9]])
+    with pytest.raises(ValueError, match="every must be >= 1, got 0"):
+        task.split_ends("val", 0)
     with pytest.raises(ValueError, match="has windows of context \\+ horizon = 16 steps, not 20"):
         task.sample(2, length=20)
     with pytest.raises(ValueError, match="fewer than context \\+ horizon \\+ val_steps \\+ test_steps"):
