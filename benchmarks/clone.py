@@ -64,8 +64,14 @@ def run(a) -> None:
             out = Path(a.root) / a.env / f"{name}-s{seed}{a.tag}"
             args = {"env": a.env, "path": str(data / "train.npz"), "val_path": str(data / "val.npz"), "episodes": a.curve_episodes}
             s = train_for_seconds([*METHODS[name], "task=control", f"task_args={json.dumps(args)}"], out, seed, a)
-            print(f"{out.name}: {s['steps']} updates, {s['train_seconds']:.0f} s, held-out accuracy {s['rnn_acc']:.3f}",
-                  flush=True)
+            print(f"{out.name}: {s['steps']} updates, {s['train_seconds']:.0f} s, {held_out(s)}", flush=True)
+
+
+def held_out(summary: dict) -> str:
+    """A run's held-out score in words: action accuracy, or (continuous actions) the loss per action value."""
+    if summary.get("rnn_acc") is not None:
+        return f"held-out accuracy {summary['rnn_acc']:.3f}"
+    return f"held-out loss per action value {summary['rnn_ce']:.3f}"
 
 
 def report(a) -> None:
@@ -81,9 +87,11 @@ def report(a) -> None:
         got = policy_returns(cell, a.env, a.episodes, seed=EVAL_SEED)
         mean = statistics.fmean(got)
         data["runs"][d.name] = {"returns": got, "mean": mean, "ratio": mean / base, "rnn_acc": summary.get("rnn_acc"),
-                                "steps": summary.get("steps"), "train_seconds": summary.get("train_seconds")}
-        rows.append([d.name, summary.get("train_seconds"), summary.get("rnn_acc"), mean, mean / base])
-    table = md_table(["policy", "seconds", "held-out action accuracy", "mean return", "of the expert's"], rows)
+                                "rnn_ce": summary.get("rnn_ce"), "steps": summary.get("steps"),
+                                "train_seconds": summary.get("train_seconds")}
+        score = summary.get("rnn_acc") if summary.get("rnn_acc") is not None else summary.get("rnn_ce")
+        rows.append([d.name, summary.get("train_seconds"), score, mean, mean / base])
+    table = md_table(["policy", "seconds", "held-out action accuracy (continuous: NLL)", "mean return", "of the expert's"], rows)
     print(table)
     write_results(f"clone-{a.env}", data, table, results=a.results)
 

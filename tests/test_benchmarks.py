@@ -1,5 +1,6 @@
 """The numerical pieces of benchmarks/ against plain references, and the results writer."""
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -574,6 +575,29 @@ def test_clone_benchmark_collects_seeded_demonstrations_and_scores_each_policy_i
     for name in ("bptt-s0", "smt-dmt-s0"):  # task=control: a return at every evaluation, the return curve
         rows = [json.loads(line) for line in (tmp_path / "runs" / "repeat-previous" / name / "metrics.jsonl").read_text().splitlines()]
         assert all(-1.0 - 1e-9 <= r["rnn_return"] <= 1.0 + 1e-9 for r in rows if "rnn_acc" in r)
+
+
+def test_clone_benchmark_with_continuous_actions_scores_the_likelihood_and_the_return(tmp_path, capsys):
+    """position-only-pendulum: real-valued demonstrations (the torque), a run that reports its held-out
+    loss per action value (there is no accuracy), and a report over the same seeded episodes."""
+    pytest.importorskip("popgym")
+    import argparse
+    import clone
+    import numpy as np
+    info = clone.write_demos("position-only-pendulum", 3, 1, tmp_path / "demos")
+    z = np.load(tmp_path / "demos" / "train.npz")
+    assert z["y"].dtype == np.float32 and z["y"].shape == (3, 200, 1) and z["x"].shape == (3, 200, 3)
+    assert 0.75 < info["demo_return"] <= 1.0
+    a = argparse.Namespace(env="position-only-pendulum", methods=["bptt"], data=str(tmp_path / "demos"), seeds=[0], seconds=1.0,
+                           eval_every=5, threads=1, root=str(tmp_path / "runs"), tag="", curve_episodes=1,
+                           overrides=["teacher.d_model=16", "teacher.mem_tokens=2", "teacher.n_heads=2", "train.batch_size=4"])
+    clone.run(a)
+    assert "held-out loss per action value" in capsys.readouterr().out
+    clone.report(argparse.Namespace(env="position-only-pendulum", root=str(tmp_path / "runs"), episodes=2, results=str(tmp_path / "res")))
+    data = json.loads((tmp_path / "res" / "clone-position-only-pendulum.json").read_text())
+    run = data["runs"]["bptt-s0"]
+    assert run["rnn_acc"] is None and math.isfinite(run["rnn_ce"]) and len(run["returns"]) == 2
+    assert data["expert"] == pytest.approx(np.mean(clone.collect("position-only-pendulum", 2, seed=clone.EVAL_SEED)[2]))
 
 
 def test_length_generalise_reads_each_run_alone_and_keeps_its_figures(tmp_path, monkeypatch):

@@ -2,8 +2,10 @@
 environments, and the return of a trained RNN policy in the environment itself.
 
 An episode is a sequence of steps; step t reads x_t = [the observation (one-hot for discrete ones,
-the values for boxes), the previous action one-hot (zeros at t = 0)] and is labelled with the
-expert's action a_t (a token target). Episodes have different lengths, so demonstrations are saved
+the values for boxes), the previous action (one-hot for discrete actions, its values over the action
+bound for continuous ones; zeros at t = 0)] and is labelled with the expert's action a_t: a token
+target for discrete actions, a real target (the RNN predicts a Gaussian, `task_args.output`; it acts
+with the mean, clipped to the bounds) for continuous ones. Episodes have different lengths, so demonstrations are saved
 as a ragged `.npz` (right-padded x, y and `lengths`, read by task=npz), and an RNN trained on them
 (any method) is run in the environment step by step from its empty memory, one memory per episode.
 `task=control` (`ControlTask`) is task=npz on such demonstrations that also scores the RNN policy in
@@ -18,6 +20,9 @@ its environment at every evaluation (`rnn_return`: the return curve that `memtra
                              the expert reads the environment's counts
     position-only-cartpole   CartPole with the velocities hidden (PositionOnlyCartPoleEasy); the expert
                              is a linear controller on the full state (positions and velocities)
+    position-only-pendulum   Pendulum swing-up with the angular velocity hidden (PositionOnlyPendulumEasy,
+                             200 steps, a continuous torque in [-2, 2]); the expert pumps energy until the
+                             pendulum nears the top, then holds it there with a PD law on the full state
 
 popgym normalises each environment's return to at most 1 per episode. Needs `pip install
 'memtrain[control]'` (popgym and gymnasium, pure Python).
@@ -38,9 +43,14 @@ ENVS = {
     "count-recall": ("popgym.envs.count_recall", "CountRecallEasy"),
     "repeat-first": ("popgym.envs.repeat_first", "RepeatFirstMedium"),
     "position-only-cartpole": ("popgym.envs.position_only_cartpole", "PositionOnlyCartPoleEasy"),
+    "position-only-pendulum": ("popgym.envs.position_only_pendulum", "PositionOnlyPendulumEasy"),
 }
 NO_PREVIOUS_ACTION = {"repeat-first"}  # environments whose steps do not read the previous action
 CARTPOLE_GAINS = np.array([1.0, 1.5, 18.0, 3.0])  # the expert's force sign: gains . (x, x', theta, theta')
+# the pendulum expert (gymnasium's Pendulum: theta'' = 15 sin(theta) + 3 u, theta = 0 upright): within
+# PENDULUM_ZONE radians of the top a PD law (gains on theta, theta'); elsewhere it pumps energy towards
+# the upright's, E = theta'^2 / 2 + 15 cos(theta) -> 15 (dE/dt = 3 u theta'), at gain PENDULUM_PUMP
+PENDULUM_PD, PENDULUM_ZONE, PENDULUM_PUMP = (20.0, 4.0), 1.0, 1.0
 
 
 def make_env(name: str):
@@ -54,8 +64,14 @@ def make_env(name: str):
     return getattr(module, ENVS[name][1])()
 
 
+def continuous(env) -> bool:
+    """Whether the environment's actions are real vectors (a Box) rather than one of n."""
+    return not hasattr(env.action_space, "n")
+
+
 def n_actions(env) -> int:
-    return int(env.action_space.n)
+    """Discrete actions: how many; continuous ones: the action's width."""
+    return int(np.prod(env.action_space.shape)) if continuous(env) else int(env.action_space.n)
 
 
 def obs_width(env) -> int:
@@ -76,9 +92,9 @@ def input_width(name: str, env) -> int:
     return obs_width(env) + (n_actions(env) if reads_previous_action(name) else 0)
 
 
-def encode(env, obs, prev_action: int | None, with_action: bool = True) -> np.ndarray:
+def encode(env, obs, prev_action, with_action: bool = True) -> np.ndarray:
     """x_t: the observation (one-hot where discrete) and, with `with_action`, the previous action
-    one-hot (zeros: none)."""
+    (one-hot; continuous: its values over the action bound; zeros: none)."""
     space = env.observation_space
     if hasattr(space, "nvec"):
         parts = [np.eye(n)[int(o)] for n, o in zip(space.nvec, np.asarray(obs).reshape(-1))]
@@ -90,13 +106,16 @@ def encode(env, obs, prev_action: int | None, with_action: bool = True) -> np.nd
     if not with_action:
         return o.astype(np.float32)
     a = np.zeros(n_actions(env))
-    if prev_action is not None:
+    if prev_action is not None and continuous(env):
+        a = np.asarray(prev_action, dtype=np.float64).reshape(-1) / np.abs(env.action_space.high).reshape(-1)
+    elif prev_action is not None:
         a[prev_action] = 1.0
     return np.concatenate([o, a]).astype(np.float32)
 
 
-def expert_action(name: str, env) -> int:
-    """The expert's action now, from the environment's full state (what the policy cannot see)."""
+def expert_action(name: str, env):
+    """The expert's action now, from the environment's full state (what the policy cannot see): an
+    int, or for continuous actions a float32 array."""
     e = env.unwrapped
     if name == "repeat-previous":
         hand = e.deck["player"]
@@ -105,6 +124,14 @@ def expert_action(name: str, env) -> int:
         return int(e.counts[e.query])
     if name == "repeat-first":
         return int(e.card)
+    if name == "position-only-pendulum":
+        theta, speed = (float(v) for v in e.state)
+        theta = (theta + np.pi) % (2 * np.pi) - np.pi
+        if abs(theta) < PENDULUM_ZONE:
+            u = -PENDULUM_PD[0] * theta - PENDULUM_PD[1] * speed
+        else:
+            u = PENDULUM_PUMP * (15.0 - (speed ** 2 / 2 + 15.0 * np.cos(theta))) * speed
+        return np.clip(np.array([u], dtype=np.float32), e.action_space.low, e.action_space.high)
     return int(float(CARTPOLE_GAINS @ np.asarray(e.state, dtype=np.float64)) > 0)
 
 
@@ -125,29 +152,30 @@ def collect(name: str, episodes: int, seed: int = 0) -> tuple[list[np.ndarray], 
             total += float(r)
             prev, done = a, terminated or truncated
         xs.append(np.stack(x))
-        ys.append(np.array(y, dtype=np.int64))
+        ys.append(np.stack(y).astype(np.float32) if continuous(env) else np.array(y, dtype=np.int64))
         returns.append(total)
     return xs, ys, returns
 
 
 def demo_rows(name: str, episodes: int, val: int, seed: int = 0) -> tuple[tuple, tuple, list[float]]:
     """Expert demonstrations as right-padded arrays: (x, y, lengths) for `episodes` training episodes
-    (seeds seed ...) and for `val` held-out ones (the seeds after them; padding: x 0, y -1), and the
-    expert's returns on all of them."""
+    (seeds seed ...) and for `val` held-out ones (the seeds after them; padding: x 0, y -1, continuous
+    actions NaN), and the expert's returns on all of them."""
     xs, ys, returns = collect(name, episodes + val, seed=seed)
     splits = []
     for part in (slice(0, episodes), slice(episodes, episodes + val)):
         x, lengths = pad(xs[part], pad_value=0.0)
-        y, _ = pad(ys[part], pad_value=-1)
+        y, _ = pad(ys[part], pad_value=np.nan if ys[0].dtype == np.float32 else -1)
         splits.append((x.astype(np.float32), y, lengths))
     return splits[0], splits[1], returns
 
 
 @torch.no_grad()
 def policy_returns(cell, name: str, episodes: int, seed: int = 10_000, greedy: bool = True) -> list[float]:
-    """The return of the RNN policy (argmax of its readout at each step) in each of `episodes` seeded
-    episodes (seeds seed, seed + 1, ...: other than the demonstrations' by default), all run as one
-    batch of streams, one memory each."""
+    """The return of the RNN policy (argmax of its readout at each step; continuous actions: its
+    predicted mean, clipped to the action bounds) in each of `episodes` seeded episodes (seeds seed,
+    seed + 1, ...: other than the demonstrations' by default), all run as one batch of streams, one
+    memory each."""
     envs = [make_env(name) for _ in range(episodes)]
     obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
     dtype = next(cell.parameters()).dtype
@@ -159,7 +187,11 @@ def policy_returns(cell, name: str, episodes: int, seed: int = 10_000, greedy: b
     while not all(done):
         x = torch.from_numpy(np.stack([encode(env, o, p, with_action) for env, o, p in zip(envs, obs, prev)])).to(dtype)
         m = cell.update(m, x)
-        actions = cell.readout(m).argmax(-1).tolist()
+        if continuous(envs[0]):
+            space = envs[0].action_space
+            actions = list(np.clip(cell.output.mean(cell.readout(m)).double().numpy(), space.low, space.high).astype(np.float32))
+        else:
+            actions = cell.readout(m).argmax(-1).tolist()
         for i, env in enumerate(envs):
             if done[i]:
                 continue
@@ -192,10 +224,13 @@ class ControlTask(NpzTask):
         super().__post_init__()
         env = make_env(self.env)
         width = input_width(self.env, env)
-        if self.features != width or self.vocab < n_actions(env):
+        holds = f"{self.targets} real action values" if self.targets else f"{self.vocab} action ids"
+        takes = f"{n_actions(env)} real action values" if continuous(env) else f"{n_actions(env)} actions"
+        fits = (self.targets == n_actions(env)) if continuous(env) else (not self.targets and self.vocab >= n_actions(env))
+        if self.features != width or not fits:
             raise ValueError(f"task 'control': {self.path!r} holds {self.features or 'token'} features per step and "
-                             f"{self.vocab} action ids, but {self.env!r} steps read {width} features and take "
-                             f"{n_actions(env)} actions: demonstrations of another environment?")
+                             f"{holds}, but {self.env!r} steps read {width} features and take {takes}: "
+                             "demonstrations of another environment?")
 
     def _read(self):
         if not self.demos:
@@ -204,7 +239,7 @@ class ControlTask(NpzTask):
         return self._arrays("task 'control': demos", *train), self._arrays("task 'control': the held-out demos", *val), True
 
     def evaluate_policy(self, cell) -> dict:
-        """The RNN policy's mean return in the environment (its readout's argmax at every step)."""
+        """The RNN policy's mean return in the environment (`policy_returns`)."""
         if not self.episodes:
             return {}
         return {"rnn_return": statistics.fmean(policy_returns(cell, self.env, self.episodes, seed=self.eval_seed))}

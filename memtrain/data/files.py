@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..lengths import supervised
 from .synthetic import _check_at_least, _check_length, _rand_ints
 
 SPLITS = ("train", "val")
@@ -49,9 +50,10 @@ def _cut(x, y, lengths, T: int):
 
 
 def _check_supervised(what: str, y: torch.Tensor, T: int, purpose: str) -> None:
-    """Refuse sequences without a single supervised target (y >= 0) in their first T steps."""
-    if not bool((y[:, :T] >= 0).any()):
-        raise ValueError(f"{what} has no supervised position: y is -1 (or -100) at every one of the first {T} steps "
+    """Refuse sequences without a single supervised target (y >= 0; real targets: not NaN) in their first T steps."""
+    if not bool(supervised(y[:, :T]).any()):
+        unsup = "NaN" if y.is_floating_point() else "-1 (or -100)"
+        raise ValueError(f"{what} has no supervised position: y is {unsup} at every one of the first {T} steps "
                          f"of its {len(y)} sequences, so there is nothing to {purpose}")
 
 
@@ -135,13 +137,16 @@ class NpzTask:
     unsupervised. Sequences of different lengths: right-padded to T, with an integer array `lengths`
     (N,) saying where each ends (anything after it is ignored; `memtrain.lengths.pad` makes such
     arrays); batches are then (x, y, lengths). Real-valued inputs: x a float array (N, T, F) of F
-    features per step (NaN: missing, read as 0), y still token targets: behaviour cloning's
-    (observation, previous action) -> action (memtrain/data/control.py writes such files). Rows are
-    drawn at random; `val_path` (optional) is used for evaluation."""
+    features per step (NaN: missing, read as 0), and y token targets (behaviour cloning's
+    (observation, previous action) -> discrete action) or, with real inputs, real targets: a float
+    y (N, T) or (N, T, G), NaN where unsupervised, predicted with `output`'s distribution (continuous
+    actions; memtrain/data/control.py writes both kinds). Rows are drawn at random; `val_path`
+    (optional) is used for evaluation."""
     path: str | None = None  # an .npz with integer arrays x and y of shape (N, T) (and lengths (N,) for sequences of different lengths)
     val_path: str | None = None  # another such file for evaluation (None: the training rows)
-    vocab: int | None = None  # None: max token id + 1 of the training x (float x: of the targets)
+    vocab: int | None = None  # None: max token id + 1 of the training x (float x: of the targets); real targets have none
     length: int | None = None  # None: the arrays' T; smaller values take the first `length` steps
+    output: str | None = None  # real targets' distribution: gaussian | student-t | quantile (None: gaussian); token targets: categorical
 
     def __post_init__(self):
         _check_at_least("npz", vocab=(self.vocab or 1, 1), length=(self.length or 1, 1))
@@ -149,13 +154,27 @@ class NpzTask:
         if (self._train[2] is None) != (self._val[2] is None):
             raise ValueError("task 'npz': path and val_path must both have `lengths` or both not (sequences of "
                              "different lengths, or all of one length)")
-        x0 = self._train[0]
+        x0, y0 = self._train[0], self._train[1]
         self.features = int(x0.shape[2]) if x0.is_floating_point() else None  # real inputs: F features per step
-        self.output = "categorical"
         if (self._val[0].is_floating_point() != x0.is_floating_point()) or (self.features and self._val[0].shape[2] != self.features):
             raise ValueError("task 'npz': path and val_path must hold the same kind of x (token ids, or as many features)")
-        if self.vocab is None:
-            self.vocab = int((self._train[1] if self.features else x0).max()) + 1
+        real = y0.is_floating_point()
+        self.targets = int(y0.shape[2]) if real else None  # real targets: G values per step
+        if real != self._val[1].is_floating_point() or (real and self._val[1].shape[2] != self.targets):
+            raise ValueError("task 'npz': path and val_path must hold the same kind of y (token ids, or as many values)")
+        from ..models.heads import OUTPUT_KINDS
+        if real:
+            self.output = self.output or "gaussian"
+            if self.output not in OUTPUT_KINDS:
+                raise ValueError(f"task 'npz': output must be one of {OUTPUT_KINDS} for real targets, got {self.output!r}")
+            if self.vocab is not None:
+                raise ValueError(f"task 'npz': vocab={self.vocab} is for token targets; y holds real values")
+        elif (self.output or "categorical") != "categorical":
+            raise ValueError(f"task 'npz': output={self.output!r} needs real targets (a float y); y holds token ids")
+        else:
+            self.output = "categorical"
+        if self.vocab is None and not real:
+            self.vocab = int((y0 if self.features else x0).max()) + 1
         if self.length is None:
             self.length = self._train[0].shape[1]
         for name, (x, y, lengths), purpose in (("path", self._train, "train on"), ("val_path", self._val, "evaluate on")):
@@ -173,7 +192,7 @@ class NpzTask:
     def _check_fits(self, what: str, x, y, T: int) -> None:
         if not x.is_floating_point() and x.max() >= self.vocab:
             raise ValueError(f"{what} has token id {int(x.max())} outside vocab={self.vocab}")
-        if y.max() >= self.vocab:
+        if not y.is_floating_point() and y.max() >= self.vocab:
             raise ValueError(f"{what} has target {int(y.max())} outside vocab={self.vocab}")
         if x.shape[1] < T:
             raise ValueError(f"{what} sequences have T={x.shape[1]}, shorter than length={T}")
@@ -204,15 +223,22 @@ class NpzTask:
 
     @staticmethod
     def _arrays(name, x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None):
-        """Checked rows (x, y, lengths) as tensors: padding zeroed and unsupervised, targets < 0 -> -1."""
+        """Checked rows (x, y, lengths) as tensors: padding zeroed and unsupervised, targets < 0 -> -1
+        (real targets: y (N, T, G), NaN where unsupervised)."""
         real = np.issubdtype(x.dtype, np.floating)  # F real features per step
-        if (x.ndim != 3 if real else x.ndim != 2) or x.shape[:2] != y.shape or y.ndim != 2:
-            raise ValueError(f"task 'npz': {name} needs x (N, T) of token ids or (N, T, F) of real features, and y (N, T); "
-                             f"got {x.shape} and {y.shape}")
-        if not ((real or np.issubdtype(x.dtype, np.integer)) and np.issubdtype(y.dtype, np.integer)):
-            raise ValueError(f"task 'npz': {name} needs integer token ids (x may be real features), got {x.dtype} and {y.dtype}")
+        real_y = np.issubdtype(y.dtype, np.floating)  # G real targets per step
+        if real_y and y.ndim == 2:
+            y = y[..., None]
+        if (x.ndim != 3 if real else x.ndim != 2) or x.shape[:2] != y.shape[:2] or y.ndim != (3 if real_y else 2):
+            raise ValueError(f"task 'npz': {name} needs x (N, T) of token ids or (N, T, F) of real features, and y (N, T) "
+                             f"(real targets: (N, T) or (N, T, G)); got {x.shape} and {y.shape}")
+        if not ((real or np.issubdtype(x.dtype, np.integer)) and (np.issubdtype(y.dtype, np.integer) or (real_y and real))):
+            raise ValueError(f"task 'npz': {name} needs integer token ids (x may be real features, and with them y real "
+                             f"targets), got {x.dtype} and {y.dtype}")
         if real and np.isinf(x).any():
             raise ValueError(f"task 'npz': {name} has infinite input features (a missing one is NaN)")
+        if real_y and np.isinf(y).any():
+            raise ValueError(f"task 'npz': {name} has infinite targets (an unsupervised one is NaN)")
         if len(x) == 0 or x.shape[1] == 0:
             raise ValueError(f"task 'npz': {name} holds no sequences")
         L = None
@@ -226,13 +252,15 @@ class NpzTask:
             L = torch.from_numpy(lengths.astype(np.int64))
             inside = np.arange(x.shape[1])[None, :] < lengths[:, None]
             x = np.where(inside[..., None] if real else inside, x, 0)  # the padding: token 0 (features 0), unsupervised
-            y = np.where(inside, y, -1)
+            y = np.where(inside[..., None], y, np.nan) if real_y else np.where(inside, y, -1)
         if not real and x.min() < 0:
             raise ValueError(f"task 'npz': {name} has negative token id {int(x.min())}")
+        x = torch.from_numpy(x.astype(np.float32)) if real else torch.from_numpy(x.astype(np.int64))
+        if real_y:
+            return x, torch.from_numpy(y.astype(np.float32)), L
         y = np.where(y < 0, -1, y)
         if y.min() < -1:
             raise ValueError(f"task 'npz': {name} has target {int(y.min())}")
-        x = torch.from_numpy(x.astype(np.float32)) if real else torch.from_numpy(x.astype(np.int64))
         return x, torch.from_numpy(y.astype(np.int64)), L
 
     @property

@@ -1,26 +1,81 @@
 """Behaviour cloning (memtrain/data/control.py): experts that solve the environments, demonstrations
-saved as ragged .npz of real inputs and token targets, and an RNN policy run in the environment."""
+saved as ragged .npz of real inputs and token (or, for continuous actions, real) targets, and an RNN
+policy run in the environment."""
 import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("popgym")
 
-from memtrain.data.control import ENVS, collect, encode, input_width, make_env, policy_returns, reads_previous_action  # noqa: E402
+from memtrain.data.control import (ENVS, collect, continuous, encode, expert_action, input_width, make_env, n_actions,  # noqa: E402
+                                   policy_returns, reads_previous_action)
 from memtrain.lengths import pad  # noqa: E402
 
 
 @pytest.mark.parametrize("name", sorted(ENVS))
 def test_the_experts_reach_the_best_return(name):
     xs, ys, returns = collect(name, 3, seed=0)
-    assert returns == pytest.approx([1.0] * 3, abs=1e-9), "popgym's returns are at most 1 per episode"
+    if name == "position-only-pendulum":  # the swing-up's steps below the top cost reward: about 0.92 on average
+        assert min(returns) > 0.75 and max(returns) <= 1.0
+    else:
+        assert returns == pytest.approx([1.0] * 3, abs=1e-9), "popgym's returns are at most 1 per episode"
     env = make_env(name)
     assert all(x.shape[1] == input_width(name, env) for x in xs) and all(len(x) == len(y) for x, y in zip(xs, ys))
     if not reads_previous_action(name):
         return
-    assert (xs[0][0, -env.action_space.n:] == 0).all(), "no previous action at the first step"
+    k = n_actions(env)
+    assert (xs[0][0, -k:] == 0).all(), "no previous action at the first step"
+    if continuous(env):
+        assert ys[0].dtype == np.float32 and ys[0].shape == (200, 1) and np.abs(ys[0]).max() <= 2.0
+        assert xs[0][1, -1] == pytest.approx(ys[0][0, 0] / 2.0), "step 1 reads the expert's step-0 torque over its bound"
+        return
     a = int(ys[0][0])
-    assert xs[0][1, -env.action_space.n + a] == 1.0, "step 1 reads the expert's step-0 action"
+    assert xs[0][1, -k + a] == 1.0, "step 1 reads the expert's step-0 action"
+
+
+def test_the_pendulum_expert_holds_the_top_and_pumps_energy_below():
+    """PD within a radian of the top (theta = 0): u = -20 theta - 4 theta'; below, the torque pushes
+    along the motion while the energy is short of the upright's; clipped to [-2, 2]."""
+    env = make_env("position-only-pendulum")
+    env.reset(seed=0)
+    for state, want in (([0.05, 0.1], -1.4), ([0.1, 0.0], -2.0), ([2 * np.pi - 0.05, 0.0], 1.0),
+                        ([np.pi, 0.5], 2.0), ([np.pi, -0.01], -(15 + 15 - 0.00005) * 0.01)):
+        env.unwrapped.state = np.array(state)
+        got = expert_action("position-only-pendulum", env)
+        assert got.dtype == np.float32 and got.shape == (1,) and got[0] == pytest.approx(want, rel=1e-5)
+
+
+def test_a_continuous_policy_acts_with_its_mean_clipped_to_the_bounds():
+    """policy_returns for continuous actions: the readout's mean, clipped; a cell whose mean is +5
+    everywhere plays the torque +2 at every step, whose returns are computed here directly."""
+    from memtrain.models.heads import make_output
+
+    class Constant(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+            self.output = make_output("gaussian", None, 1)
+
+        def init_memory(self, batch):
+            return torch.zeros(batch, 1, dtype=torch.float64)
+
+        def update(self, m, x):
+            assert x.shape[1] == 3, "cos, sin and the previous torque"
+            return m
+
+        def readout(self, m):
+            return torch.cat([torch.full_like(m, 5.0), torch.zeros_like(m)], dim=-1)  # (mean, raw scale)
+
+    want = []
+    for i in range(2):
+        env = make_env("position-only-pendulum")
+        env.reset(seed=7 + i)
+        total, done = 0.0, False
+        while not done:
+            _, r, term, trunc, _ = env.step(np.array([2.0], dtype=np.float32))
+            total, done = total + float(r), term or trunc
+        want.append(total)
+    assert policy_returns(Constant(), "position-only-pendulum", episodes=2, seed=7) == pytest.approx(want, abs=1e-12)
 
 
 def test_repeat_first_holds_the_first_card_and_does_not_read_the_previous_action():
@@ -42,6 +97,9 @@ def test_encoding_of_discrete_and_box_observations():
     assert x.tolist()[:4] == [0, 1, 1, 0] and x[4 + 3] == 1 and x.sum() == 3 and len(x) == 4 + 27
     cart = make_env("position-only-cartpole")
     assert encode(cart, np.array([0.5, -0.1]), None).tolist() == pytest.approx([0.5, -0.1, 0, 0])
+    pend = make_env("position-only-pendulum")  # a torque in [-2, 2]: read over its bound
+    assert encode(pend, np.array([0.6, 0.8]), np.array([-1.5], dtype=np.float32)).tolist() == pytest.approx([0.6, 0.8, -0.75])
+    assert encode(pend, np.array([0.6, 0.8]), None).tolist() == pytest.approx([0.6, 0.8, 0.0])
 
 
 def test_a_cloned_policy_trains_from_a_ragged_npz_and_runs_in_the_environment(tmp_path):
@@ -118,8 +176,24 @@ def test_task_control_collects_its_demonstrations_with_demos(tmp_path):
     ({"env": "pong"}, "needs env= one of"),
     ({"env": "count-recall"}, "but 'count-recall' steps read 31 features and take 27 actions: demonstrations of another"),
     ({"env": "repeat-previous", "episodes": -1}, "episodes must be >= 0"),
+    ({"env": "position-only-pendulum"}, "holds 8 features per step and 4 action ids, but 'position-only-pendulum' steps read 3 "
+                                        "features and take 1 real action values"),
 ])
 def test_task_control_refuses_a_wrong_environment(tmp_path, args, match):
     from memtrain.data.tasks import build_task
     with pytest.raises(ValueError, match=match):
         build_task("control", path=_demos(tmp_path), **args)
+
+
+def test_task_control_reads_continuous_demonstrations_and_refuses_them_for_a_discrete_environment(tmp_path):
+    from memtrain.data.tasks import build_task
+    task = build_task("control", env="position-only-pendulum", demos=5, episodes=0)
+    x, y, lengths = task.rows("train")
+    assert task.targets == 1 and task.output == "gaussian" and task.features == 3 and y.shape == (5, 200, 1)
+    assert torch.equal(y[2, :, 0], torch.from_numpy(collect("position-only-pendulum", 3, seed=0)[1][2][:, 0]))
+    xs, ys, _ = collect("position-only-pendulum", 4, seed=0)
+    x, L = pad(xs, pad_value=0.0)
+    y, _ = pad(ys, pad_value=np.nan)
+    np.savez(tmp_path / "p.npz", x=x.astype(np.float32), y=y, lengths=L)
+    with pytest.raises(ValueError, match="holds 3 features per step and 1 real action values, but 'position-only-cartpole'"):
+        build_task("control", env="position-only-cartpole", path=str(tmp_path / "p.npz"))

@@ -527,6 +527,68 @@ def test_npz_sequences_of_different_lengths(tmp_path):
         build_task("npz", path=str(tmp_path / "r.npz"), val_path=_npz(tmp_path / "v.npz", x=x, y=y), vocab=10)
 
 
+def test_npz_real_targets_are_read_with_their_width_and_nan_padding(tmp_path):
+    """Real features and a float y: real targets (G = 1 for y (N, T), else y's last axis), NaN where
+    unsupervised and past each row's end, predicted with `output` (gaussian unless set); the kinds of
+    x and y are checked against each other, the file and the settings."""
+    from memtrain.lengths import pad
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=(n, 3)).astype(np.float32) for n in (5, 2, 4)]
+    ys = [rng.normal(size=(n,)).astype(np.float32) for n in (5, 2, 4)]
+    ys[0][1] = np.nan  # one unsupervised step
+    x, L = pad(xs, pad_value=7.0)
+    y, _ = pad(ys, pad_value=9.0)  # (junk in the padding: it is ignored)
+    task = build_task("npz", path=_npz(tmp_path / "r.npz", x=x, y=y, lengths=L))
+    assert task.features == 3 and task.targets == 1 and task.output == "gaussian" and task.vocab is None
+    rx, ry, rl = task.rows("val")
+    assert ry.dtype == torch.float32 and ry.shape == (3, 5, 1) and rl.tolist() == [5, 2, 4]
+    assert torch.isnan(ry[1, 2:]).all() and torch.isnan(ry[0, 1]).all() and (rx[1, 2:] == 0).all()
+    assert torch.equal(ry[2, :4, 0], torch.from_numpy(ys[2]))
+    y2 = np.stack([y, -y], axis=-1)  # two targets per step; student-t
+    assert build_task("npz", path=_npz(tmp_path / "r2.npz", x=x, y=y2, lengths=L), output="student-t").targets == 2
+    for kw, match in (({"output": "categorical"}, "output must be one of .* for real targets"),
+                      ({"vocab": 5}, "vocab=5 is for token targets; y holds real values")):
+        with pytest.raises(ValueError, match=match):
+            build_task("npz", path=str(tmp_path / "r.npz"), **kw)
+    with pytest.raises(ValueError, match="output='gaussian' needs real targets"):
+        build_task("npz", path=_npz(tmp_path / "tok.npz", x=x, y=np.zeros((3, 5), dtype=np.int64), lengths=L), output="gaussian")
+    with pytest.raises(ValueError, match="needs integer token ids .*with them y real targets"):
+        build_task("npz", path=_npz(tmp_path / "tokx.npz", x=np.zeros((3, 5), dtype=np.int64), y=y, lengths=L))
+    bad = y.copy()
+    bad[0, 0] = np.inf
+    with pytest.raises(ValueError, match="has infinite targets"):
+        build_task("npz", path=_npz(tmp_path / "inf.npz", x=x, y=bad, lengths=L))
+    with pytest.raises(ValueError, match=r"has no supervised position: y is NaN at every one of the first 5 steps"):
+        build_task("npz", path=_npz(tmp_path / "nan.npz", x=x, y=np.full_like(y, np.nan), lengths=L))
+    with pytest.raises(ValueError, match="same kind of y"):
+        build_task("npz", path=str(tmp_path / "r.npz"), val_path=str(tmp_path / "r2.npz"))
+
+
+def test_a_run_on_npz_real_targets_trains_the_likelihood_and_its_rnn_predicts_them(tmp_path):
+    """End to end: both networks read the F features and predict the G targets with the task's
+    distribution; the held-out loss is its negative log-likelihood, here of a target that is the
+    input's first feature (so a few updates lower it)."""
+    import json
+
+    from memtrain.presets import preset_config
+    from memtrain.runs import load_run
+    from memtrain.training.trainer import train
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(16, 10, 2)).astype(np.float32)
+    path = _npz(tmp_path / "d.npz", x=x, y=x[..., 0].copy(), lengths=np.full(16, 10))
+    cfg = preset_config("tiny", ["method=bptt", "task=npz", f'task_args={{"path": "{path}"}}', "train.steps=30",
+                                 "train.eval_every=30", "train.lr=1e-2", f"out_dir={tmp_path / 'run'}", 'task_args.length=10'])
+    train(cfg, progress=False)
+    saved, task, _, cell = load_run(str(tmp_path / "run"))
+    assert saved.cell.output == "gaussian" and saved.cell.targets == 1 and saved.cell.features == 2 and saved.cell.vocab_size is None
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    ev = [r for r in rows if "rnn_ce" in r]
+    assert ev[-1]["rnn_acc"] is None and ev[-1]["rnn_ce"] < 1.0, "well below a unit Gaussian's NLL of its N(0, 1) target (1.42)"
+    with torch.no_grad():
+        m = cell.update(cell.init_memory(1), torch.tensor([[0.5, -1.0]]))
+        assert cell.output.mean(cell.readout(m)).shape == (1, 1)
+
+
 def test_npz_truncated_file_is_a_value_error(tmp_path):
     good = _npz(tmp_path / "good.npz", x=np.ones((50, 20), dtype=np.int64), y=np.ones((50, 20), dtype=np.int64))
     data = open(good, "rb").read()
