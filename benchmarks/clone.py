@@ -67,11 +67,16 @@ def run(a) -> None:
             print(f"{out.name}: {s['steps']} updates, {s['train_seconds']:.0f} s, {held_out(s)}", flush=True)
 
 
-def held_out(summary: dict) -> str:
-    """A run's held-out score in words: action accuracy, or (continuous actions) the loss per action value."""
+def held_out_score(summary: dict) -> tuple[str, float | None]:
+    """A run's held-out score: action accuracy, or (continuous actions: no accuracy) the loss per action value."""
     if summary.get("rnn_acc") is not None:
-        return f"held-out accuracy {summary['rnn_acc']:.3f}"
-    return f"held-out loss per action value {summary['rnn_ce']:.3f}"
+        return "accuracy", summary["rnn_acc"]
+    return "loss per action value", summary.get("rnn_ce")
+
+
+def held_out(summary: dict) -> str:
+    name, value = held_out_score(summary)
+    return f"held-out {name} {value:.3f}"
 
 
 def report(a) -> None:
@@ -89,8 +94,7 @@ def report(a) -> None:
         data["runs"][d.name] = {"returns": got, "mean": mean, "ratio": mean / base, "rnn_acc": summary.get("rnn_acc"),
                                 "rnn_ce": summary.get("rnn_ce"), "steps": summary.get("steps"),
                                 "train_seconds": summary.get("train_seconds")}
-        score = summary.get("rnn_acc") if summary.get("rnn_acc") is not None else summary.get("rnn_ce")
-        rows.append([d.name, summary.get("train_seconds"), score, mean, mean / base])
+        rows.append([d.name, summary.get("train_seconds"), held_out_score(summary)[1], mean, mean / base])
     table = md_table(["policy", "seconds", "held-out action accuracy (continuous: NLL)", "mean return", "of the expert's"], rows)
     print(table)
     write_results(f"clone-{a.env}", data, table, results=a.results)

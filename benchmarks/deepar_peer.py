@@ -72,8 +72,9 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    ends_of = {}
     for split, name in (("test", "paths.npz"), ("val", "paths_val.npz")):  # validation windows: to choose a rate by
-        ends = task.split_ends(split, a.val_every if split == "val" else 1)
+        ends = ends_of[split] = task.split_ends(split, a.val_every if split == "val" else 1)
         windows = ListDataset([entry(i, e - a.horizon, a.horizon) for i, e in ends], freq=freq)
         paths = np.stack([f.samples for f in predictor.predict(windows)], axis=1)  # (S, N, H)
         truth = np.stack([values[i, e - a.horizon: e, task._t[0]] for i, e in ends])
@@ -84,7 +85,7 @@ def main() -> None:
                                                "context": a.context, "horizon": a.horizon, "val_steps": task.val_steps,
                                                "test_steps": task.test_steps, "samples": a.samples,
                                                "season": season, "val_every": a.val_every}, indent=1))
-    print(f"wrote {out}: {len(task.split_ends('test'))} test and {len(task.split_ends('val', a.val_every))} validation windows, "
+    print(f"wrote {out}: {len(ends_of['test'])} test and {len(ends_of['val'])} validation windows, "
           f"{seconds:.0f} s of training")
 
 

@@ -57,8 +57,8 @@ def score_root(root: str, split: str, samples: int, horizons: list[int] | None, 
                every: int = 1) -> tuple[dict, list[dict]]:
     """Score every run under `root` on the windows of `split` (validation: every `every`-th origin) ->
     ({run: {"label", "seconds", "summary", "windows", "samples", "season", "rnn": [rows]}}, seasonal naive's
-    rows). A peer's paths (benchmarks/deepar_peer.py: paths.npz, paths_val.npz) are scored by the same code."""
-    runs, naive = {}, []
+    {"season", "rows"}). A peer's paths (benchmarks/deepar_peer.py: paths.npz, paths_val.npz) are scored by the same code."""
+    runs, naive = {}, None
     for d in sorted(Path(root).iterdir()):
         if (d / "peer.json").is_file():
             peer = json.loads((d / "peer.json").read_text())
@@ -79,10 +79,10 @@ def score_root(root: str, split: str, samples: int, horizons: list[int] | None, 
             continue
         summary = json.loads((d / "run.json").read_text()).get("summary") or {}
         got = evaluate_forecasts(str(d), split=split, samples=samples, seed=0, horizons=horizons, season=season, every=every)
-        naive = got["seasonal_naive"]  # (the same windows for every run)
+        naive = {"season": got["season"], "rows": got["seasonal_naive"]}  # (the same windows for every run)
         runs[d.name] = {"label": d.name, "seconds": summary.get("train_seconds"),
                         "summary": {k: summary.get(k) for k in ("steps", "train_seconds", "rnn_ce")}, **got}
-    if not naive:
+    if naive is None:
         raise SystemExit(f"no memtrain series run under {root}: seasonal naive needs one to read the windows from")
     return runs, naive
 
@@ -90,8 +90,7 @@ def score_root(root: str, split: str, samples: int, horizons: list[int] | None, 
 def report(a) -> None:
     runs, naive = score_root(a.root, "test", a.samples, a.horizons, a.season)
     rows = [{"run": r["label"], "seconds": r["seconds"], **x} for r in runs.values() for x in r["rnn"]]
-    season = next(r["season"] for r in runs.values() if "split" in r)
-    rows += [{"run": f"seasonal naive (season {season})", **x} for x in naive]
+    rows += [{"run": f"seasonal naive (season {naive['season']})", **x} for x in naive["rows"]]
     data = {"runs": {k: {c: v for c, v in r.items() if c not in ("label", "seconds")} for k, r in runs.items()}}
     cols = ["run", "seconds", "horizon", "crps", "mase", "smape", "coverage80"]
     table = md_table(cols, [[r.get(c) for c in cols] for r in rows])
@@ -120,19 +119,19 @@ def select(a) -> None:
     its seed and rate."""
     val, _ = score_root(a.root, "val", a.samples, a.horizons, a.season, a.val_every)
     test, naive = score_root(a.root, "test", a.samples, a.horizons, a.season)
-    fams: dict[str, dict[str, list[str]]] = {}
+    fams: dict[str, dict[str, list[tuple[int, str]]]] = {}  # family -> rate -> [(seed, run)]
     for name in val:
         got = family_of(name)
         if got is None:
             print(f"{name}: no -sSEED or -lrRATE in its name; left out")
             continue
-        fams.setdefault(got[0], {}).setdefault(got[2], []).append(name)
+        fams.setdefault(got[0], {}).setdefault(got[2], []).append((got[1], name))
     horizons = [x["horizon"] for x in next(iter(test.values()))["rnn"]]
     rows, data = [], {"val_every": a.val_every, "families": {}}
     for fam, rates in sorted(fams.items()):
-        val_crps = {lr: float(np.mean([val[n]["rnn"][-1]["crps"] for n in names])) for lr, names in rates.items()}
+        val_crps = {lr: float(np.mean([val[n]["rnn"][-1]["crps"] for _, n in runs])) for lr, runs in rates.items()}
         best = min(val_crps, key=val_crps.get)
-        chosen = sorted(rates[best], key=lambda n: family_of(n)[1])
+        chosen = [n for _, n in sorted(rates[best])]
         per_h = {h: [next(x for x in test[n]["rnn"] if x["horizon"] == h) for n in chosen] for h in horizons}
         data["families"][fam] = {"val_crps": val_crps, "val_windows": val[chosen[0]]["windows"], "chosen": best,
                                  "runs": chosen, "test": {n: test[n]["rnn"] for n in chosen}}
@@ -140,8 +139,7 @@ def select(a) -> None:
                      *[f"{np.mean([x['crps'] for x in per_h[h]]):.3f} ({min(x['crps'] for x in per_h[h]):.3f}-"
                        f"{max(x['crps'] for x in per_h[h]):.3f})" for h in horizons],
                      f"{np.mean([x['coverage80'] for x in per_h[horizons[-1]]]):.2f}"])
-    season = next(r["season"] for r in test.values() if "split" in r)
-    rows.append([f"seasonal naive (season {season})", "-", "-", "-", *[f"{x['crps']:.3f}" for x in naive], "-"])
+    rows.append([f"seasonal naive (season {naive['season']})", "-", "-", "-", *[f"{x['crps']:.3f}" for x in naive["rows"]], "-"])
     cols = ["method", "validation CRPS by rate", "chosen", "seeds", *[f"test CRPS 1..{h}: mean (range)" for h in horizons],
             f"coverage80 1..{horizons[-1]}"]
     table = md_table(cols, rows)

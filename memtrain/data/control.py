@@ -184,14 +184,17 @@ def policy_returns(cell, name: str, episodes: int, seed: int = 10_000, greedy: b
     with_action = reads_previous_action(name)
     done = [False] * episodes
     totals = [0.0] * episodes
+    space = envs[0].action_space
+    if continuous(envs[0]):  # the predicted mean, clipped to the bounds
+        def act(out):
+            return list(np.clip(cell.output.mean(out).double().numpy(), space.low, space.high).astype(np.float32))
+    else:
+        def act(out):
+            return out.argmax(-1).tolist()
     while not all(done):
         x = torch.from_numpy(np.stack([encode(env, o, p, with_action) for env, o, p in zip(envs, obs, prev)])).to(dtype)
         m = cell.update(m, x)
-        if continuous(envs[0]):
-            space = envs[0].action_space
-            actions = list(np.clip(cell.output.mean(cell.readout(m)).double().numpy(), space.low, space.high).astype(np.float32))
-        else:
-            actions = cell.readout(m).argmax(-1).tolist()
+        actions = act(cell.readout(m))
         for i, env in enumerate(envs):
             if done[i]:
                 continue
