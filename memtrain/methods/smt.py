@@ -28,6 +28,9 @@ from .losses import masked_ce, mse_rows, shift_targets, target_loss, uniformity,
 from .rollout import Rollout, onpolicy_states
 
 
+DECODER_READS = ("all", "known")
+
+
 @dataclass
 class SMTConfig:
     """Supervised Memory Training: teacher and cell jointly, every transition in one pass."""
@@ -50,6 +53,8 @@ class SMTConfig:
     coef_far: float = 1.0  # weight of that head's cross-entropy (with smt.far_samples > 0)
     slow_tokens: int = 0  # the first k memory tokens are asked to change slowly (coef_slow) and the last-input probe does not read them: a place for what must be held (0: off)
     coef_slow: float = 1.0  # weight of MSE(M[s+1], M[s]) on the slow tokens (with smt.slow_tokens > 0)
+    decoder_reads: str = "all"  # what the decoder reads of the future steps' inputs: "all" (teacher-forced, as the paper) | "known": only what was known when the memory was written (covariates known in advance, lagged targets older than the memory; newer ones read as missing), so the memory itself must carry the near future (real inputs with lagged targets, task=series)
+    lagged_inputs: list[list[int]] | None = None  # with decoder_reads="known": [value feature, its missing flag, lag] of each input that holds a target `lag` steps back (None: the task's, derived once; set it for task=npz)
 
     def require_dyn_on_teacher(self, setting: str) -> None:
         """Refuse `setting`, a teacher-side weight of the dynamics loss, where that loss does not reach the teacher."""
@@ -81,6 +86,29 @@ class SMTConfig:
             raise ValueError(f"smt.unif_samples must be >= 2, got {self.unif_samples}")
         if not 0 < self.gamma <= 1:
             raise ValueError(f"smt.gamma must be in (0, 1], got {self.gamma}")
+        if self.decoder_reads not in DECODER_READS:
+            raise ValueError(f"smt.decoder_reads must be one of {DECODER_READS}, got {self.decoder_reads!r}")
+        if self.lagged_inputs is not None:
+            if self.decoder_reads != "known":
+                raise ValueError("smt.lagged_inputs is read only with smt.decoder_reads='known'; unset it (null) or set that")
+            for item in self.lagged_inputs:
+                if len(item) != 3 or min(item[:2]) < 0 or item[2] < 1:
+                    raise ValueError(f"smt.lagged_inputs: each entry is [value feature >= 0, missing-flag feature >= 0, "
+                                     f"lag >= 1], got {item}")
+
+    def check_features(self, features: int | None, task: str) -> None:
+        """Refuse lagged inputs outside the task's F input features (token tasks have none to hide)."""
+        if self.decoder_reads != "known":
+            return
+        if features is None:
+            raise ValueError(f"smt.decoder_reads='known' hides lagged targets among real input features; task '{task}' "
+                             "reads token ids")
+        if self.lagged_inputs is None:
+            raise ValueError(f"smt.decoder_reads='known': task '{task}' does not say which of its inputs are lagged "
+                             "targets; set smt.lagged_inputs=[[value feature, missing flag, lag], ...]")
+        bad = [item for item in self.lagged_inputs if max(item[:2]) >= features]
+        if bad:
+            raise ValueError(f"smt.lagged_inputs {bad} name features outside task '{task}''s {features} input features")
 
 
 def future_targets(x: torch.Tensor, y: torch.Tensor, pos: torch.Tensor, Tf: int):
@@ -97,6 +125,21 @@ def future_targets(x: torch.Tensor, y: torch.Tensor, pos: torch.Tensor, Tf: int)
     x_fut = take(x_pad, idx[..., : Tf - 1].reshape(B, -1)).view(B, P, Tf - 1, *tail)  # (explicit sizes: Tf=1 leaves none)
     y_fut = take(y_pad, idx.reshape(B, -1)).view(B, P, Tf, *y.shape[2:])
     return x_fut, y_fut
+
+
+def hide_unknown(x_fut: torch.Tensor, lagged: list[list[int]]) -> torch.Tensor:
+    """The decoder's future inputs x_s..x_{s+Tf-2} (..., Tf-1, F) of the memory written after x_{s-1},
+    with what was not known then hidden. The input k steps on holds y_{s+k-lag} at the value feature of
+    a lagged target [value, flag, lag]; the memory has read y up to y_{s-2}, so that value is known
+    where k <= lag - 2. Elsewhere it reads 0 and its flag 1, as a missing value does (task=series)."""
+    n, F_ = x_fut.shape[-2:]
+    k = torch.arange(n, device=x_fut.device)
+    value = torch.zeros(n, F_, dtype=torch.bool, device=x_fut.device)
+    flag = torch.zeros_like(value)
+    for v, f, lag in lagged:
+        value[:, v] |= k >= lag - 1
+        flag[:, f] |= k >= lag - 1
+    return torch.where(value, 0.0, torch.where(flag, 1.0, x_fut))
 
 
 def sample_positions(y: torch.Tensor, Tf: int, n: int | None, gen: torch.Generator | None,
@@ -282,6 +325,8 @@ def decoder_loss(teacher: Teacher, x, y, dec_pos, m_dec, cfg: SMTConfig):
     next Tf outputs -> (loss weighted by gamma^k, the first output's loss: what the RNN's readout sees)."""
     Tf, Z = cfg.future, m_dec.shape[-1]
     x_fut, y_fut = future_targets(x, y, dec_pos, Tf)  # (B, P, Tf-1[, F]), (B, P, Tf[, G])
+    if cfg.decoder_reads == "known":
+        x_fut = hide_unknown(x_fut, cfg.lagged_inputs)
     N = m_dec.shape[0] * m_dec.shape[1]
     raw = teacher.decode(m_dec.reshape(N, Z), x_fut.reshape(N, Tf - 1, *x.shape[2:]))  # (B*P, Tf, output.dim)
     w = cfg.gamma ** torch.arange(Tf, device=x.device, dtype=raw.dtype)

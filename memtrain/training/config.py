@@ -40,6 +40,7 @@ ADDED_IN_9 = {"train.schedule_steps": None, "dmt.grow": None, "dmt.grow_patience
               "cell.targets": None}
 ADDED_IN_10 = {"dmt.grow_min_steps": 0}  # format 10 (0.11): off, how every older run grew
 ADDED_IN_12 = {"teacher.running_sums": None}  # format 12 (0.14): off (11, 0.13: handover.count_from, filled in with handover below)
+ADDED_IN_13 = {"smt.decoder_reads": "all", "smt.lagged_inputs": None}  # format 13 (0.19): the decoder read every future input
 
 
 def control(default):
@@ -190,6 +191,9 @@ def resolve(cfg: RunConfig, task=None) -> RunConfig:
         chosen = r.teacher.vocab_size or r.cell.vocab_size or V  # unset: as the other one, else the task's
         r.teacher.vocab_size = r.teacher.vocab_size or chosen
         r.cell.vocab_size = r.cell.vocab_size or chosen
+    if r.smt.decoder_reads == "known" and r.smt.lagged_inputs is None:
+        r.smt.lagged_inputs = getattr(task, "lagged_inputs", None)
+    r.smt.check_features(getattr(task, "features", None), r.task)
     cls = METHODS[r.method]
     cls.check(method_settings(r), task.length)
     if cls.needs_init and not r.init_from:
@@ -245,10 +249,10 @@ def run_control_keys(cls=RunConfig, prefix: str = "") -> set[str]:
 
 
 def upgrade(config: dict, version: int) -> dict:
-    """A configuration saved by format `version` (1, 2: memtrain 0.1; 3: 0.2; 4: 0.3; 5: 0.4; 6: 0.5; 7: 0.6-0.7; 8: 0.8-0.9; 9: 0.10; 10: 0.11-0.12; 11: 0.13) in today's names and
+    """A configuration saved by format `version` (1, 2: memtrain 0.1; 3: 0.2; 4: 0.3; 5: 0.4; 6: 0.5; 7: 0.6-0.7; 8: 0.8-0.9; 9: 0.10; 10: 0.11-0.12; 11: 0.13; 12: 0.14-0.18) in today's names and
     values: renamed settings, sections added since (at their defaults, which is how the run behaved);
     before 3 also None instead of 0 or "" for "not set" and `residual` only on cells that have one."""
-    if version >= 12:
+    if version >= 13:
         return config
     if not isinstance(config, dict):
         return config  # from_dict refuses it with the reason
@@ -281,9 +285,10 @@ def upgrade(config: dict, version: int) -> dict:
         for name in ADDED_IN_7 + ADDED_IN_8:
             c.setdefault("smt", {}).setdefault(name, getattr(SMTConfig(), name))
     # 9 (0.10): train.schedule_steps and dmt.grow, at their defaults (the schedule spanned train.steps, rollouts were fixed);
-    # 10 (0.11): dmt.grow_min_steps, 0; 12 (0.14): teacher.running_sums, off (every step above only fills in
-    # what a file lacks, so a format 10 or 11 file passes through it unchanged but for what came after it)
-    for key, value in {**ADDED_IN_9, **ADDED_IN_10, **ADDED_IN_12}.items():
+    # 10 (0.11): dmt.grow_min_steps, 0; 12 (0.14): teacher.running_sums, off; 13 (0.19): smt.decoder_reads, "all"
+    # (every step above only fills in what a file lacks, so a format 10-12 file passes through it unchanged but
+    # for what came after it)
+    for key, value in {**ADDED_IN_9, **ADDED_IN_10, **ADDED_IN_12, **ADDED_IN_13}.items():
         sec, _, name = key.partition(".")
         if isinstance(c.get(sec, {}), dict):
             c.setdefault(sec, {}).setdefault(name, value)

@@ -1,6 +1,7 @@
 """Real-valued series sources (memtrain/data/series.py) and `memtrain prepare series`, on small local
 files in each source's own format (nothing is downloaded; the real packages are read where installed)."""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -41,6 +42,122 @@ def test_csv_series_with_covariates_and_several_series(tmp_path):
     assert s.values[1, :, 1].tolist() == [15, 16, 17, 18] and s.seasonality == [[24, 168], [24, 168]] and s.freq == "H"
     one = load_series("csv", path=str(f), target="load", covariates="temp")
     assert one.names == ["series"] and one.lengths.tolist() == [7]
+
+
+def test_parquet_series_read_as_the_same_table_in_csv(tmp_path):
+    """A Parquet file with the CSV's columns (numbers as numbers, a missing target as null, a category as
+    text) gives the same series set; a file that is not Parquet is refused naming it."""
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    f = tmp_path / "load.csv"
+    f.write_text("site,load,temp,day\na,1.5,20,mon\na,2.5,21,tue\nb,7,15,mon\na,,22,sun\nb,8,16,tue\n")
+    opts = dict(target="load", covariates="temp,day", categorical="day", series="site", seasonality="7")
+    want = load_series("csv", path=str(f), **opts)
+    table = pa.table({"site": ["a", "a", "b", "a", "b"], "load": [1.5, 2.5, 7.0, None, 8.0], "temp": [20, 21, 15, 22, 16],
+                      "day": ["mon", "tue", "mon", "sun", "tue"]})
+    pq.write_table(table, tmp_path / "load.parquet")
+    got = load_series("parquet", path=str(tmp_path / "load.parquet"), **opts)
+    np.testing.assert_array_equal(got.values, want.values)
+    assert (got.names, got.lengths.tolist(), got.categories, got.seasonality) == (want.names, want.lengths.tolist(),
+                                                                                    want.categories, want.seasonality)
+    with pytest.raises(ValueError, match="is not a readable Parquet file"):
+        load_series("parquet", path=str(f), **opts)
+    with pytest.raises(ValueError, match=r"has no column\(s\) \['x'\]"):
+        load_series("parquet", path=str(tmp_path / "load.parquet"), target="x")
+
+
+def test_npz_series_read_targets_covariates_and_lengths(tmp_path):
+    """A .npz of plain arrays: targets, covariates known in advance, each series' length (padding past it is
+    NaN whatever the file held there), names; then prepared like any series set. Bad arrays are refused."""
+    y = np.arange(2 * 5, dtype=np.float64).reshape(2, 5)
+    y[0, 1] = np.nan
+    cov = np.stack([np.full((2, 5), 3.0), np.tile(np.arange(5.0), (2, 1))], axis=-1)
+    np.savez(tmp_path / "s.npz", target=y, covariates=cov, lengths=np.array([5, 3]), names=np.array(["north", "south"]))
+    s = load_series("npz", path=str(tmp_path / "s.npz"), freq="D", seasonality="7")
+    assert s.columns == ["target", "covariate_0", "covariate_1"] and s.known == ["covariate_0", "covariate_1"]
+    assert s.names == ["north", "south"] and s.lengths.tolist() == [5, 3] and s.seasonality == [[7], [7]] and s.freq == "D"
+    assert math.isnan(s.values[0, 1, 0]) and s.values[1, :3, 0].tolist() == [5, 6, 7] and np.isnan(s.values[1, 3:]).all()
+    assert s.values[0, :, 2].tolist() == [0, 1, 2, 3, 4]
+    meta = prepare("series", "npz", tmp_path / "prep", progress=False, path=str(tmp_path / "s.npz"))
+    assert meta["sizes"] == {"series": 2, "steps": 5} and len(meta["source_sha256"]) == 64
+    for arrays, match in (({"y": y}, "must hold `target`"), ({"target": y[0]}, r"shape \(N, T\) or \(N, T, G\)"),
+                          ({"target": y, "covariates": cov[:, :4]}, r"covariates must be numbers of shape \(N, T, K\) = \(2, 5, K\)"),
+                          ({"target": y, "lengths": np.array([5, 6])}, "lengths must be N = 2 integers in 1..5"),
+                          ({"target": y, "names": np.array(["a"])}, "names must be N = 2 texts"),
+                          ({"target": np.array([[1, None]], dtype=object)}, "holds pickled objects")):
+        np.savez(tmp_path / "bad.npz", **arrays)
+        with pytest.raises(ValueError, match=match):
+            load_series("npz", path=str(tmp_path / "bad.npz"))
+
+
+def _gluonts_folder(root, test_lines, train_lines=None, freq="1H"):
+    """A data set as GluonTS's JsonLinesWriter writes it: metadata.json, train/ and test/data.json.gz."""
+    import gzip
+    import json
+    root.mkdir(parents=True)
+    (root / "metadata.json").write_text(json.dumps({"freq": freq, "prediction_length": 2, "feat_static_cat": []}) + "\n")
+    for split, lines in (("test", test_lines), ("train", train_lines)):
+        if lines is not None:
+            (root / split).mkdir()
+            with gzip.open(root / split / "data.json.gz", "wt") as fh:
+                fh.writelines(json.dumps(e) + "\n" for e in lines)
+    return str(root)
+
+
+def test_gluonts_layout_reads_each_series_in_full_with_its_dynamic_features(tmp_path):
+    """GluonTS's on-disk layout (what its get_dataset writes): the test split by default (each series in full),
+    "Nan" missing (as gluonts 0.17 writes NaN), dynamic features cut to the target's length, the frequency's
+    seasonal periods; then prepared and cut into windows like any series set."""
+    test = [{"start": "2020-01-01 00:00", "target": [1.0, 2.0, "Nan", 4.0, 5.0, 6.0], "item_id": "x",
+             "feat_dynamic_real": [[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]]},
+            {"start": "2020-01-01 00:00:00", "target": [10, 11, 12, 13], "item_id": "y", "feat_dynamic_real": [[1, 2, 3, 4]]}]
+    train = [{**e, "target": e["target"][:-2]} for e in test]
+    path = _gluonts_folder(tmp_path / "gl", test, train)
+    s = load_series("gluonts", path=path)
+    assert s.names == ["x", "y"] and s.lengths.tolist() == [6, 4] and s.columns == ["target", "feat_dynamic_real_0"]
+    assert s.targets == ["target"] and s.known == ["feat_dynamic_real_0"] and s.freq == "1H" and s.seasonality == [[24, 168]] * 2
+    np.testing.assert_allclose(s.values[0, :, 1], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], rtol=1e-6)
+    assert math.isnan(s.values[0, 2, 0]) and s.values[1, :4, 0].tolist() == [10, 11, 12, 13] and np.isnan(s.values[1, 4:]).all()
+    assert load_series("gluonts", path=path, split="train").lengths.tolist() == [4, 2]
+    assert load_series("gluonts", path=path, seasonality="12").seasonality == [[12]] * 2
+    assert [series.periods_of(f) for f in ("30min", "H", "D", "W-SUN", "MS", "Q", "Y", "7D")] == \
+        [[48, 336], [24, 168], [7], [52], [12], [4], [], []]
+    two = _gluonts_folder(tmp_path / "g2", [{"target": [[1, 2, 3], [4, 5, 6]]}], freq="D")
+    m = load_series("gluonts", path=two)
+    assert m.targets == ["target_0", "target_1"] and m.values[0, :, 1].tolist() == [4, 5, 6] and m.names == ["0"]
+    out = tmp_path / "prep"
+    meta = prepare("series", "gluonts", out, progress=False, path=path)
+    assert meta["sizes"] == {"series": 2, "steps": 6} and meta["known"] == ["feat_dynamic_real_0"]
+    from memtrain.data.tasks import build_task
+    task = build_task("series", path=str(out), context=1, horizon=1, val_steps=1, test_steps=1)
+    assert task.features == 3 and task.n_sequences("train") == 3 + 1  # windows of 2 ending by step 4 of x, 2 of y
+
+
+@pytest.mark.parametrize("make, opts, match", [
+    (None, {}, "needs path= .* or name="),
+    ("empty", {}, "has no metadata.json"),
+    ([{"start": "2020", "values": [1]}], {}, 'has no "target"'),
+    ([{"target": [1, 2], "feat_dynamic_real": [[1]]}], {}, "feat_dynamic_real must be lists at least as long"),
+    ([{"target": [1, 2]}, {"target": [[1, 2], [3, 4]]}], {}, r"mixes series of \[1, 2\] targets"),
+    ([{"target": [1, "x"]}], {}, "holds 'x', not a number"),
+    ([{"target": [1, 2]}], {"split": "val"}, "split must be train or test"),
+    ([{"target": [1, 2]}], {"split": "train"}, "holds no JSON-lines files"),
+])
+def test_bad_gluonts_folders_are_refused_naming_what(tmp_path, make, opts, match):
+    path = ""
+    if make == "empty":
+        (tmp_path / "g").mkdir()
+        path = str(tmp_path / "g")
+    elif make is not None:
+        path = _gluonts_folder(tmp_path / "g", make)
+    with pytest.raises(ValueError, match=match):
+        load_series("gluonts", path=path, **opts)
+
+
+def test_gluonts_by_name_needs_gluonts_and_says_so(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "gluonts", None)  # not installed (it is not in the test extra)
+    with pytest.raises(ValueError, match="downloads through gluonts"):
+        load_series("gluonts", name="electricity")
 
 
 @pytest.mark.parametrize("text, opts, match", [
@@ -126,7 +243,7 @@ def test_prepare_series_round_trip_no_op_and_changes(tmp_path):
     with pytest.raises(ValueError, match="values.npy is float64"):
         load_prepared(out)
     with pytest.raises(ValueError, match="series source must be one of"):
-        prepare("series", "gluonts", tmp_path / "x", progress=False)
+        prepare("series", "monash", tmp_path / "x", progress=False)
     with pytest.raises(ValueError, match=r"has no option\(s\) \['size'\]"):
         prepare("series", "statsmodels", tmp_path / "x", progress=False, size=3)
     assert not (tmp_path / "x").exists(), "nothing half-written"
@@ -314,3 +431,37 @@ def test_a_series_run_with_lags_forecasts_with_them(tmp_path):
     x, _, scale = task.split_windows("test")
     want = sample_paths(cell, x, scale, 12, 6, 3, torch.Generator().manual_seed(0), lags=[4])[..., 0]
     torch.testing.assert_close(f["paths"], want, rtol=0, atol=0)
+
+
+def test_lagged_inputs_name_the_features_that_hold_past_targets_and_smt_reads_them(tmp_path):
+    """task.lagged_inputs says which features hold y_{t-lag} and its missing flag (checked against the
+    windows); smt.decoder_reads="known" derives them once into the run's settings and trains on them;
+    every misuse is refused naming the setting."""
+    from memtrain.data.tasks import build_task
+    from memtrain.presets import preset_config
+    from memtrain.runs import load_run
+    from memtrain.training.config import resolve
+    from memtrain.training.trainer import train
+    path = _prepared_csv(tmp_path)
+    task = build_task("series", path=path, context=12, horizon=4, lags=[3, 20])
+    assert task.lagged_inputs == [[0, 3, 1], [1, 4, 3], [2, 5, 20]]
+    x, y, _ = task.windows([(0, 40), (1, 30)])
+    for v, f, lag in task.lagged_inputs:
+        assert torch.equal(x[:, lag:, v], y[:, :-lag, 0]) and (x[:, lag:, f] == 0).all()
+    over = ["task=series", f'task_args={{"path": "{path}", "context": 12, "horizon": 4, "lags": [3]}}', "smt.future=4"]
+    cfg = resolve(preset_config("tiny", over + ["smt.decoder_reads=known"]), build_task("series", path=path, context=12, horizon=4,
+                                                                                           lags=[3]))
+    assert cfg.smt.lagged_inputs == [[0, 2, 1], [1, 3, 3]]
+    train(preset_config("tiny", over + ["smt.decoder_reads=known", "train.steps=4", f"out_dir={tmp_path / 'run'}"]), progress=False)
+    assert load_run(str(tmp_path / "run"))[0].smt.lagged_inputs == [[0, 2, 1], [1, 3, 3]]
+    from memtrain.cli import main
+    for extra, match in ((["smt.decoder_reads=future"], "smt.decoder_reads must be one of"),
+                         (["smt.lagged_inputs=[[0, 2, 1]]"], "read only with smt.decoder_reads='known'"),
+                         (["smt.decoder_reads=known", "smt.lagged_inputs=[[0, 2]]"], "each entry is"),
+                         (["smt.decoder_reads=known", "smt.lagged_inputs=[[0, 9, 1]]"], "outside task 'series''s 5 input features")):
+        with pytest.raises(ValueError, match=re.escape(match)):
+            resolve(preset_config("tiny", over + extra), build_task("series", path=path, context=12, horizon=4, lags=[3]))
+    with pytest.raises(ValueError, match="task 'retrieval' reads token ids"):
+        resolve(preset_config("tiny", ["smt.decoder_reads=known"]), build_task("retrieval", length=12))
+    assert main(["train", "--preset", "tiny", *over, "smt.decoder_reads=known", "smt.lagged_inputs=[[0, 9, 1]]",
+                 f"out_dir={tmp_path / 'bad'}"]) == 2 and not (tmp_path / "bad").exists()

@@ -119,3 +119,48 @@ def test_smt_with_a_one_step_future_on_real_values_is_the_readouts_loss():
     assert torch.isfinite(loss) and float(met["loss_dec"]) == pytest.approx(float(met["loss_dec0"]), rel=1e-12)
     loss.backward()
     assert float(teacher.sum_embed.weight.grad.abs().sum()) > 0
+
+
+def _hide_reference(x_fut, lagged):
+    """hide_unknown written out: the input k steps after the memory's holds y_{s+k-lag}, read only where the
+    memory (written after x_{s-1}, so up to y_{s-2}) had read it."""
+    out = x_fut.clone()
+    for k in range(x_fut.shape[-2]):
+        for v, f, lag in lagged:
+            if not k - lag <= -2:  # y_{s+k-lag} was read by the memory only if s+k-lag <= s-2
+                out[..., k, v], out[..., k, f] = 0.0, 1.0
+    return out
+
+
+def test_hide_unknown_matches_the_plain_loop_and_leaves_the_rest():
+    from memtrain.methods.smt import hide_unknown
+    x_fut = torch.randn(2, 3, 7, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    lagged = [[0, 2, 1], [1, 3, 4]]
+    got = hide_unknown(x_fut, lagged)
+    torch.testing.assert_close(got, _hide_reference(x_fut, lagged), rtol=0, atol=0)
+    assert (got[..., 0] == 0).all() and (got[..., 2] == 1).all(), "y_{t-1} is never known ahead"
+    assert torch.equal(got[..., :3, 1], x_fut[..., :3, 1]) and (got[..., 3:, 1] == 0).all(), "lag 4: 3 steps known"
+    assert torch.equal(got[..., 4], x_fut[..., 4]), "a covariate known in advance is read as it is"
+
+
+def test_decoder_reads_known_hides_the_lagged_target_from_the_decoder_loss():
+    """smt.decoder_reads="known": the decoder loss gets no gradient through the future inputs' y_{t-1} (or its
+    flag), only through the covariate, and equals "all" on inputs whose y_{t-1} is missing throughout; "all"
+    reads y_{t-1}."""
+    from memtrain.methods.smt import decoder_loss
+    teacher = _nets()[0]
+    x, y = _data(T=12)
+    pos = torch.tensor([[1, 4], [0, 6], [2, 3]])
+    m_dec = torch.randn(3, 2, K * D, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    grads = {}
+    for reads, lagged in (("all", None), ("known", [[0, 1, 1]])):
+        xg = x.clone().requires_grad_()
+        loss, _ = decoder_loss(teacher, xg, y, pos, m_dec, SMTConfig(future=5, decoder_reads=reads, lagged_inputs=lagged))
+        grads[reads] = (loss, torch.autograd.grad(loss, xg)[0])
+    loss, g = grads["known"]
+    assert (g[..., :2] == 0).all() and g[..., 2].abs().sum() > 0
+    assert grads["all"][1][..., 0].abs().sum() > 0
+    missing = x.clone()
+    missing[..., 0], missing[..., 1] = 0.0, 1.0
+    want, _ = decoder_loss(teacher, missing, y, pos, m_dec, SMTConfig(future=5))
+    torch.testing.assert_close(loss, want, rtol=1e-12, atol=0)

@@ -82,7 +82,7 @@ def test_run_files_and_meta(smt_run):
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000005"], "the final training state"
     meta = json.loads((out / META).read_text())
     assert meta["format"] == FORMAT == "memtrain-run"
-    assert meta["version"] == VERSION == 12
+    assert meta["version"] == VERSION == 13
     assert meta["sha256"] == {WEIGHTS: hashlib.sha256((out / WEIGHTS).read_bytes()).hexdigest()}
     assert meta["modules"] == ["cell", "teacher"]
     assert meta["step"] == 5 == summary["steps"]
@@ -200,8 +200,8 @@ def test_other_format_and_version(run_copy):
     (run_copy / META).write_text(json.dumps({**meta, "format": "someone-else"}))
     with pytest.raises(ValueError, match="not a memtrain run.*someone-else"):
         load_run(str(run_copy))
-    (run_copy / META).write_text(json.dumps({**meta, "version": 13}))  # a newer memtrain's
-    with pytest.raises(ValueError, match=r"format version 13.*reads versions \[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12\]"):
+    (run_copy / META).write_text(json.dumps({**meta, "version": 14}))  # a newer memtrain's
+    with pytest.raises(ValueError, match=r"format version 14.*reads versions \[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13\]"):
         load_run(str(run_copy))
     (run_copy / META).write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):

@@ -93,7 +93,8 @@ def test_upgrade_translates_names_and_unset_values():
     assert v5["rollout"]["solver"] == "sequential" and v5["handover"]["teacher_acc"] == 0.9, \
         "format 5 (0.4): stepped rollouts, as those runs had"
     v3 = upgrade({"smt": {"dyn_samples": 8}, "train": {"threads": 0}, "cell": {"norm_memory": True}}, 3)
-    assert {k: v for k, v in v3["smt"].items() if k not in ADDED_IN_7 + ADDED_IN_8} == {"transitions": 8, "dec_samples": 32, "coef_last_input": 0.0} \
+    later = ADDED_IN_7 + ADDED_IN_8 + ("decoder_reads", "lagged_inputs")
+    assert {k: v for k, v in v3["smt"].items() if k not in later} == {"transitions": 8, "dec_samples": 32, "coef_last_input": 0.0} \
         and v3["train"] == {"threads": 0, "schedule_steps": None}, \
         "format 3 (0.2): renames, and the defaults of its time where it has no value"
     assert v3["cell"] == {"norm_memory": True, "features": None, "output": "categorical", "targets": None} \
@@ -189,9 +190,18 @@ def test_a_format_11_run_reads_running_sums_as_off():
     assert from_dict(RunConfig, upgrade(saved, 12)).teacher.running_sums == 26.0
 
 
+def test_a_format_12_run_reads_its_decoder_as_reading_every_future_input():
+    """0.14-0.18 (format 12) had no smt.decoder_reads: the decoder read every future input ("all")."""
+    saved = json.loads(json.dumps(to_dict(RunConfig())))
+    del saved["smt"]["decoder_reads"], saved["smt"]["lagged_inputs"]
+    got = from_dict(RunConfig, upgrade(saved, 12)).smt
+    assert got.decoder_reads == "all" and got.lagged_inputs is None and "decoder_reads" not in saved["smt"]
+
+
 @pytest.mark.parametrize("version,drop", [(10, [("handover", "count_from"), ("teacher", "running_sums")]),
-                                          (11, [("teacher", "running_sums")])])
-def test_a_format_10_or_11_checkpoint_resumes(tmp_path, capsys, version, drop):
+                                          (11, [("teacher", "running_sums")]),
+                                          (12, [("smt", "decoder_reads"), ("smt", "lagged_inputs")])])
+def test_a_format_10_to_12_checkpoint_resumes(tmp_path, capsys, version, drop):
     """A training checkpoint written before a setting existed resumes: the settings it lacks are filled
     in at their defaults before the run's settings are compared (0.13 refused a format-10 checkpoint)."""
     out = tmp_path / "run"
@@ -206,3 +216,4 @@ def test_a_format_10_or_11_checkpoint_resumes(tmp_path, capsys, version, drop):
     got = train(preset_config("tiny", args + ["train.steps=30"]), progress=False)
     assert "resuming" in capsys.readouterr().err and got["steps"] == 30
     assert read_run(out)[0]["config"]["teacher"]["running_sums"] is None
+    assert read_run(out)[0]["config"]["smt"]["decoder_reads"] == "all"
