@@ -17,7 +17,7 @@ from .training.build import build
 from .training.config import RunConfig, TrainConfig, apply_overrides
 from .training.trainer import TrainingError, train
 
-__version__ = "0.18.0"
+__version__ = "0.19.0"
 __all__ = ["BPTT", "BPTTConfig", "CELLS", "Cell", "CellConfig", "adopt_teacher", "build_cell", "RunConfig",
            "TrainConfig", "apply_overrides", "DMT", "DMTConfig", "evaluate", "rollout", "Rollout", "SMT", "SMTConfig",
            "TASKS", "build_task", "Teacher", "TeacherConfig", "build", "train", "TrainingError", "prepare", "load_prepared", "generate",

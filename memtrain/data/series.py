@@ -394,14 +394,19 @@ def _gluonts(path: str = "", name: str = "", split: str = "", seasonality: str =
         with (gzip.open(f, "rt") if f.name.endswith(".gz") else open(f)) as fh:
             for i, line in enumerate(fh):
                 if line.strip():
-                    series.append(_gluonts_entry(json.loads(line), f, i))
-                    names.append(str(series[-1][2] if series[-1][2] is not None else len(names)))
+                    try:
+                        entry = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"series source 'gluonts': {str(f)!r} line {i + 1} is not JSON ({e})") from None
+                    target, dynamic, item = _gluonts_entry(entry, f, i)
+                    series.append((target, dynamic))
+                    names.append(str(len(names) if item is None else item))
     G, K = {s[0].shape[1] for s in series}, {s[1].shape[1] for s in series}
     if len(G) > 1 or len(K) > 1:
         raise ValueError(f"series source 'gluonts': {str(root / split)!r} mixes series of {sorted(G)} targets and "
                          f"{sorted(K)} dynamic features; every series must have the same")
     (G,), (K,) = G, K
-    values, lengths = pad([np.concatenate([t, d], axis=1) for t, d, _ in series], pad_value=np.nan)
+    values, lengths = pad([np.concatenate([t, d], axis=1) for t, d in series], pad_value=np.nan)
     targets = ["target"] if G == 1 else [f"target_{g}" for g in range(G)]
     periods = _periods(seasonality) if seasonality else periods_of(freq)
     return SeriesSet(values.astype(np.float32), lengths, targets + [f"feat_dynamic_real_{k}" for k in range(K)], targets,

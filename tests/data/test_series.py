@@ -1,5 +1,6 @@
 """Real-valued series sources (memtrain/data/series.py) and `memtrain prepare series`, on small local
 files in each source's own format (nothing is downloaded; the real packages are read where installed)."""
+import gzip
 import math
 import re
 
@@ -91,7 +92,6 @@ def test_npz_series_read_targets_covariates_and_lengths(tmp_path):
 
 def _gluonts_folder(root, test_lines, train_lines=None, freq="1H"):
     """A data set as GluonTS's JsonLinesWriter writes it: metadata.json, train/ and test/data.json.gz."""
-    import gzip
     import json
     root.mkdir(parents=True)
     (root / "metadata.json").write_text(json.dumps({"freq": freq, "prediction_length": 2, "feat_static_cat": []}) + "\n")
@@ -140,6 +140,7 @@ def test_gluonts_layout_reads_each_series_in_full_with_its_dynamic_features(tmp_
     ([{"target": [1, 2]}, {"target": [[1, 2], [3, 4]]}], {}, r"mixes series of \[1, 2\] targets"),
     ([{"target": [1, "x"]}], {}, "holds 'x', not a number"),
     ([{"target": [1, 2]}], {"split": "val"}, "split must be train or test"),
+    ("broken", {}, "line 2 is not JSON"),
     ([{"target": [1, 2]}], {"split": "train"}, "holds no JSON-lines files"),
 ])
 def test_bad_gluonts_folders_are_refused_naming_what(tmp_path, make, opts, match):
@@ -147,6 +148,10 @@ def test_bad_gluonts_folders_are_refused_naming_what(tmp_path, make, opts, match
     if make == "empty":
         (tmp_path / "g").mkdir()
         path = str(tmp_path / "g")
+    elif make == "broken":
+        path = _gluonts_folder(tmp_path / "g", [{"target": [1, 2]}])
+        with gzip.open(tmp_path / "g" / "test" / "data.json.gz", "at") as fh:
+            fh.write('{"target": [3, \n')
     elif make is not None:
         path = _gluonts_folder(tmp_path / "g", make)
     with pytest.raises(ValueError, match=match):
