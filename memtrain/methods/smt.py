@@ -132,9 +132,9 @@ def hide_unknown(x_fut: torch.Tensor, lagged: list[list[int]]) -> torch.Tensor:
     with what was not known then hidden. The input k steps on holds y_{s+k-lag} at the value feature of
     a lagged target [value, flag, lag]; the memory has read y up to y_{s-2}, so that value is known
     where k <= lag - 2. Elsewhere it reads 0 and its flag 1, as a missing value does (task=series)."""
-    n, F_ = x_fut.shape[-2:]
+    n, width = x_fut.shape[-2:]
     k = torch.arange(n, device=x_fut.device)
-    value = torch.zeros(n, F_, dtype=torch.bool, device=x_fut.device)
+    value = torch.zeros(n, width, dtype=torch.bool, device=x_fut.device)
     flag = torch.zeros_like(value)
     for v, f, lag in lagged:
         value[:, v] |= k >= lag - 1

@@ -170,7 +170,8 @@ def resolve(cfg: RunConfig, task=None) -> RunConfig:
     readout_depth) from the teacher section, so one set of numbers shapes both (in a BPTT run the
     teacher section only does that); the cell's own defaults (`CellConfig.filled`: residual,
     norm_memory); and, given the run's task, the vocabulary sizes (unset: as the other one, else the
-    task's; a set one must hold the task's token ids). Then every setting is checked once, and with a
+    task's; a set one must hold the task's token ids) and, with `smt.decoder_reads=known`, which of its
+    inputs are lagged targets (`smt.lagged_inputs`). Then every setting is checked once, and with a
     task also the method's settings against its sequence length. Without a task the vocabularies
     stay unset (what `memtrain config` shows)."""
     r = copy.deepcopy(cfg)
