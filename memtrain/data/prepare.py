@@ -42,15 +42,18 @@ TEXT_SOURCE_OPTIONS = {
     "tinystories": {"limit_bytes": (int | None, None), "data_files": (dict | None, None),
                     "separator": (str, STORY_SEPARATOR), "cache_dir": (str | None, None)},
 }
+TABLE_OPTIONS = {"path": (str, ""), "target": (str, ""), "covariates": (str, ""), "series": (str, ""), "freq": (str, ""),
+                 "seasonality": (str, ""), "categorical": (str, "")}  # csv and parquet
 SERIES_SOURCE_OPTIONS = {
     "elecdemand": {"root": (str | None, None)},
     "statsmodels": {"root": (str | None, None)},
-    "csv": {"path": (str, ""), "target": (str, ""), "covariates": (str, ""), "series": (str, ""), "freq": (str, ""),
-            "seasonality": (str, ""), "categorical": (str, "")},
+    "csv": TABLE_OPTIONS,
+    "parquet": TABLE_OPTIONS,
+    "npz": {"path": (str, ""), "freq": (str, ""), "seasonality": (str, "")},
     "gluonts": {"path": (str, ""), "name": (str, ""), "split": (str, ""), "seasonality": (str, "")},
 }
-SERIES_SOURCE_OPTIONS["parquet"] = SERIES_SOURCE_OPTIONS["csv"]
-SERIES_SOURCE_OPTIONS["npz"] = {"path": (str, ""), "freq": (str, ""), "seasonality": (str, "")}
+# sources read from one file of the user's: its SHA-256 is kept, and a changed file is not taken for the prepared one
+FILE_SOURCES = ("file", "csv", "parquet", "npz")
 PIXEL_OPTIONS = {"size": (int | None, None), "levels": (int, 256), "limit": (int | None, None),
                  "root": (str | None, None), "base_url": (str | None, None), "classifier_steps": (int, 1500)}
 CLASSIFIER_DIR = "classifier"  # the digit classifier that scores generated images (memtrain.digits)
@@ -116,7 +119,7 @@ def _text_arrays(source: str, opts: dict, progress: bool) -> tuple[dict, dict]:
         return {"train": np.frombuffer(parts[0], np.uint8), "val": np.frombuffer(parts[1], np.uint8)}, {}
     if source == "file":
         data = load_text(source, path=opts["path"]).encode("utf-8")
-        extra = {"source_sha256": hashlib.sha256(Path(opts["path"]).read_bytes()).hexdigest()}
+        extra = _source_digest(source, opts)
     else:
         data, extra = load_text(source).encode("utf-8"), {}
     data = data[: opts["limit_bytes"]]
@@ -164,8 +167,7 @@ def _series_arrays(source: str, opts: dict, progress: bool) -> tuple[dict, dict]
     s = load_series(source, **opts)
     extra = {"columns": s.columns, "targets": s.targets, "known": s.known, "freq": s.freq, "seasonality": s.seasonality,
              "names": s.names, "categories": s.categories}
-    if source in ("csv", "parquet", "npz"):
-        extra["source_sha256"] = hashlib.sha256(Path(opts["path"]).read_bytes()).hexdigest()
+    extra.update(_source_digest(source, opts))
     return {"values": np.ascontiguousarray(s.values, dtype=np.float32), "lengths": s.lengths.astype(np.int64)}, extra
 
 
@@ -278,6 +280,13 @@ def _version() -> str:
 
 # ---- writing --------------------------------------------------------------------------------------
 
+def _source_digest(source: str, opts: dict) -> dict:
+    """{"source_sha256": ...} of a source read from the user's own file (FILE_SOURCES), else {}."""
+    if source in FILE_SOURCES and Path(opts["path"]).is_file():
+        return {"source_sha256": hashlib.sha256(Path(opts["path"]).read_bytes()).hexdigest()}
+    return {}
+
+
 def _differences(meta: dict, kind: str, source: str, opts: dict, extra: dict) -> list[str]:
     diffs = [f"{k}: {meta[k]!r} there, {v!r} asked" for k, v in (("kind", kind), ("source", source)) if meta[k] != v]
     if not diffs:
@@ -307,10 +316,7 @@ def _existing(out: Path, kind: str, source: str, opts: dict, overwrite: bool) ->
         meta, _ = load_prepared(out)
     except ValueError as e:
         raise ValueError(f"{e}{hint}") from None
-    extra = {}
-    if source in ("file", "csv") and Path(opts["path"]).is_file():
-        extra["source_sha256"] = hashlib.sha256(Path(opts["path"]).read_bytes()).hexdigest()
-    diffs = _differences(meta, kind, source, opts, extra)
+    diffs = _differences(meta, kind, source, opts, _source_digest(source, opts))
     if diffs:
         raise ValueError(f"out_dir {str(out)!r} already holds a different prepared data set ({'; '.join(diffs)}){hint}")
     return meta

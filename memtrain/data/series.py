@@ -304,6 +304,11 @@ def _periods(seasonality: str) -> list[int]:
     return periods
 
 
+def _target_names(G: int) -> list[str]:
+    """Column names of G unnamed targets (npz, gluonts): "target", or "target_0" ... "target_{G-1}"."""
+    return ["target"] if G == 1 else [f"target_{g}" for g in range(G)]
+
+
 def _npz(path: str = "", freq: str = "", seasonality: str = "") -> SeriesSet:
     """`path` a .npz of plain arrays (nothing pickled is read): `target` (N, T) or (N, T, G), NaN where
     missing; optionally `covariates` (N, T, K) known in advance, `lengths` (N,) (rows are padding past
@@ -336,8 +341,7 @@ def _npz(path: str = "", freq: str = "", seasonality: str = "") -> SeriesSet:
         raise ValueError(f"series source 'npz': names must be N = {N} texts, got {len(names)}")
     values = np.concatenate([y, cov.astype(np.float64)], axis=-1)
     values[np.arange(T)[None, :] >= lengths[:, None]] = np.nan  # past each series' end
-    targets = ["target"] if G == 1 else [f"target_{g}" for g in range(G)]
-    known = [f"covariate_{k}" for k in range(cov.shape[-1])]
+    targets, known = _target_names(G), [f"covariate_{k}" for k in range(cov.shape[-1])]
     return SeriesSet(values.astype(np.float32), lengths.astype(np.int64), targets + known, targets, known, freq,
                      [_periods(seasonality)] * N, names)
 
@@ -407,10 +411,9 @@ def _gluonts(path: str = "", name: str = "", split: str = "", seasonality: str =
                          f"{sorted(K)} dynamic features; every series must have the same")
     (G,), (K,) = G, K
     values, lengths = pad([np.concatenate([t, d], axis=1) for t, d in series], pad_value=np.nan)
-    targets = ["target"] if G == 1 else [f"target_{g}" for g in range(G)]
+    targets, known = _target_names(G), [f"feat_dynamic_real_{k}" for k in range(K)]
     periods = _periods(seasonality) if seasonality else periods_of(freq)
-    return SeriesSet(values.astype(np.float32), lengths, targets + [f"feat_dynamic_real_{k}" for k in range(K)], targets,
-                     [f"feat_dynamic_real_{k}" for k in range(K)], freq, [periods] * len(series), names)
+    return SeriesSet(values.astype(np.float32), lengths, targets + known, targets, known, freq, [periods] * len(series), names)
 
 
 def _gluonts_entry(entry: dict, f: Path, i: int) -> tuple[np.ndarray, np.ndarray, object]:

@@ -57,6 +57,10 @@ def test_parquet_series_read_as_the_same_table_in_csv(tmp_path):
                       "day": ["mon", "tue", "mon", "sun", "tue"]})
     pq.write_table(table, tmp_path / "load.parquet")
     got = load_series("parquet", path=str(tmp_path / "load.parquet"), **opts)
+    prepare("series", "parquet", tmp_path / "prep", progress=False, path=str(tmp_path / "load.parquet"), **opts)
+    pq.write_table(table.slice(0, 4), tmp_path / "load.parquet")
+    with pytest.raises(ValueError, match="changed since it was prepared"):
+        prepare("series", "parquet", tmp_path / "prep", progress=False, path=str(tmp_path / "load.parquet"), **opts)
     np.testing.assert_array_equal(got.values, want.values)
     assert (got.names, got.lengths.tolist(), got.categories, got.seasonality) == (want.names, want.lengths.tolist(),
                                                                                     want.categories, want.seasonality)
@@ -80,6 +84,9 @@ def test_npz_series_read_targets_covariates_and_lengths(tmp_path):
     assert s.values[0, :, 2].tolist() == [0, 1, 2, 3, 4]
     meta = prepare("series", "npz", tmp_path / "prep", progress=False, path=str(tmp_path / "s.npz"))
     assert meta["sizes"] == {"series": 2, "steps": 5} and len(meta["source_sha256"]) == 64
+    np.savez(tmp_path / "s.npz", target=y + 1, covariates=cov, lengths=np.array([5, 3]), names=np.array(["north", "south"]))
+    with pytest.raises(ValueError, match="changed since it was prepared"):
+        prepare("series", "npz", tmp_path / "prep", progress=False, path=str(tmp_path / "s.npz"))
     for arrays, match in (({"y": y}, "must hold `target`"), ({"target": y[0]}, r"shape \(N, T\) or \(N, T, G\)"),
                           ({"target": y, "covariates": cov[:, :4]}, r"covariates must be numbers of shape \(N, T, K\) = \(2, 5, K\)"),
                           ({"target": y, "lengths": np.array([5, 6])}, "lengths must be N = 2 integers in 1..5"),
